@@ -1,0 +1,1 @@
+"""On-disk caches of latents and text embeddings (safetensors, written atomically)."""

@@ -1,0 +1,172 @@
+"""The ``tuner`` command line.
+
+Importing this module is cheap: torch, diffusers and plugins load only inside
+the commands that need them, so ``tuner --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from tuner.errors import TunerError
+
+if TYPE_CHECKING:
+    from tuner.config import RunConfig
+    from tuner.plugins import PluginHost
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Fine-tune diffusion models (Wan video first) with LoRA adapters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect configs: the resolved values and the JSON Schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PluginOpt = Annotated[
+    list[str] | None, typer.Option("--plugin", "-p", help="Activate a plugin (repeatable), e.g. --plugin wan.")
+]
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Config file (.toml or .json).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override an option: KEY=VALUE, e.g. train.learning_rate=1e-4.")
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn a `TunerError` into one 'error: ...' line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TunerError as exc:
+            raise _fail(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | None) -> tuple[PluginHost, RunConfig]:
+    """Read the file, apply ``--set``, activate plugins, validate."""
+    from tuner.config import merge, parse_overrides, read_config_file, resolve_config
+    from tuner.plugins import PluginHost
+
+    raw = merge(read_config_file(config), parse_overrides(sets or []))
+    listed = raw.get("plugins", [])
+    if not isinstance(listed, list):
+        from tuner.errors import ConfigError
+
+        raise ConfigError(f"'plugins' must be a list of plugin names, got {listed!r}")
+    host = PluginHost.build([*(plugins or []), *listed])
+    return host, resolve_config(raw, host, base_dir=config.resolve().parent)
+
+
+def _print_outputs(outputs: dict[str, Path], output_dir: Path) -> None:
+    from rich.console import Console
+
+    con = Console()
+    con.print("[bold green]done[/]")
+    for name, path in outputs.items():
+        con.print(f"  {name}: {path}")
+    videos = sorted((output_dir / "validation").glob("step-*/*.*"), key=lambda p: int(p.parent.name[5:]))
+    if videos:
+        con.print(f"  validation: {videos[-1]}")
+
+
+@app.command()
+@friendly_errors
+def train(config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None) -> None:
+    """Train an adapter as the config says."""
+    host, cfg = load_run_config(config, plugin, set_)
+    from tuner.train.run import train as run_training
+
+    outputs = run_training(cfg, host)
+    _print_outputs(outputs, Path(cfg.train.output_dir))
+
+
+@app.command()
+@friendly_errors
+def plugins(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List installed plugins with their version, hooks and config sections."""
+    from tuner.plugins import PluginHost
+
+    infos = PluginHost.build(all_installed=True).describe()
+    if json_:
+        typer.echo(json.dumps([info.__dict__ for info in infos], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("plugin", "version", "sections", "families", "hooks", title="tuner plugins")
+    for info in infos:
+        table.add_row(
+            info.name, info.version, ", ".join(info.sections), ", ".join(info.families), ", ".join(info.hooks)
+        )
+    Console().print(table)
+
+
+@config_app.command("show")
+@friendly_errors
+def config_show(config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved config (defaults filled in, overrides applied) as TOML."""
+    import tomli_w
+
+    _, cfg = load_run_config(config, plugin, set_)
+    typer.echo(tomli_w.dumps(cfg.to_dict()))
+
+
+@config_app.command("schema")
+@friendly_errors
+def config_schema(plugin: PluginOpt = None) -> None:
+    """Print a JSON Schema of the config for the given plugins (for editors)."""
+    from tuner.config import config_schema as build_schema
+    from tuner.plugins import PluginHost
+
+    typer.echo(json.dumps(build_schema(PluginHost.build(plugin or [])), indent=2))
+
+
+@app.command()
+@friendly_errors
+def demo(
+    plugin: Annotated[str, typer.Option("--plugin", "-p", help="Model family plugin to demo.")] = "wan",
+    folder: Annotated[Path, typer.Option("--dir", help="Where the demo's model, clips and output go.")] = Path("demo"),
+    steps: Annotated[int, typer.Option(help="Training steps.", min=1)] = 60,
+    prepare_only: Annotated[bool, typer.Option("--prepare-only", help="Write files, do not train.")] = False,
+) -> None:
+    """Train on the embedded default: a tiny random model and synthetic clips, written locally."""
+    from tuner.demo import write_demo
+    from tuner.plugins import PluginHost
+
+    host = PluginHost.build([plugin])
+    family = host.resolve_family(None if len(host.families) == 1 else plugin)
+    path = write_demo(host, family, folder, steps=steps)
+    typer.echo(f"demo config: {path}")
+    if prepare_only:
+        return
+    host, cfg = load_run_config(path, None, None)
+    from tuner.train.run import train as run_training
+
+    _print_outputs(run_training(cfg, host), Path(cfg.train.output_dir))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Reading, merging and validating a run's config.
+
+A config is a TOML or JSON file with two top-level keys of the core's own
+(``plugins``, ``model_family``) and one table per section: the core's ``train``,
+``data`` and ``validation`` and one per active plugin (``[wan]``, ...). Because
+option names are unique across sections, an option may also be written at the
+top level, as the Wan guide writes them; it is moved into its section.
+Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from tuner.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+if TYPE_CHECKING:
+    from tuner.plugins import PluginHost
+    from tuner.sections import DataSection, TrainSection, ValidationSection
+
+__all__ = ["RunConfig", "read_config_file", "parse_overrides", "merge", "resolve_config", "config_schema"]
+
+TOP_LEVEL_KEYS = ("plugins", "model_family")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The validated config of one run: every section as its typed model."""
+
+    plugins: list[str]
+    model_family: str
+    sections: dict[str, BaseModel]
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def section(self, name: str) -> Any:
+        """The typed section ``name`` (e.g. ``config.section("wan")``)."""
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise ConfigError(f"config has no section '{name}' (is its plugin active?)") from None
+
+    @property
+    def train(self) -> TrainSection:
+        return self.sections["train"]  # type: ignore[return-value]
+
+    @property
+    def data(self) -> DataSection:
+        return self.sections["data"]  # type: ignore[return-value]
+
+    @property
+    def validation(self) -> ValidationSection:
+        return self.sections["validation"]  # type: ignore[return-value]
+
+    def resolve_path(self, value: str | Path) -> str:
+        """A model path or hub id: a relative path that exists beside the config wins."""
+        candidate = Path(value).expanduser()
+        if not candidate.is_absolute() and (self.base_dir / candidate).exists():
+            return str((self.base_dir / candidate).resolve())
+        return str(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"plugins": list(self.plugins), "model_family": self.model_family}
+        for name, model in self.sections.items():
+            out[name] = model.model_dump(mode="json", exclude_none=True)
+        return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a ``.toml`` or ``.json`` config file into a dict."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        elif path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError(f"config file {path} must end in .toml or .json")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table/object")
+    return data
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word is a string: --set wan.model_flavour=t2v
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["train.learning_rate=1e-4", "seed=1"]`` -> nested dict (values read as TOML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.learning_rate=1e-4), got '{item}'")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: '{part}' is both a value and a section")
+        node[parts[-1]] = _parse_value(value.strip())
+    return out
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
+    owner = {name: section for section, model in sections.items() for name in model.model_fields}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in TOP_LEVEL_KEYS:
+            out[key] = value
+        elif key in sections:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"'{key}' is a section and must be a table, got {value!r}")
+            out.setdefault(key, {}).update(value)
+        elif key in owner:
+            table = out.setdefault(owner[key], {})
+            if key in table:
+                raise ConfigError(f"'{key}' is set both at the top level and in [{owner[key]}]")
+            table[key] = value
+        else:
+            known = [*TOP_LEVEL_KEYS, *sections, *owner]
+            raise ConfigError(
+                f"unknown config key '{key}'{_suggest(key, known)}"
+                " (an option of an inactive plugin? activate it with --plugin or plugins = [...])"
+            )
+    return out
+
+
+def _format_error(section: str, model: type[BaseModel], exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"])
+        where = f"{section}.{loc}" if loc else section
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{where}'{_suggest(str(err['loc'][-1]), model.model_fields)}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {msg} (got {err.get('input')!r})")
+    more = len(exc.errors()) - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _resolve_paths(model: BaseModel, base_dir: Path) -> None:
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, Path) and not value.is_absolute() and "Path" in str(info.annotation):
+            setattr(model, name, (base_dir / value.expanduser()).resolve())
+
+
+def resolve_config(raw: Mapping[str, Any], host: PluginHost, base_dir: Path | None = None) -> RunConfig:
+    """Validate ``raw`` against the sections the active plugins registered."""
+    base_dir = (base_dir or Path.cwd()).resolve()
+    nested = _nest_flat_keys(raw, host.sections)
+    sections: dict[str, BaseModel] = {}
+    for name, model in host.sections.items():
+        try:
+            sections[name] = model.model_validate(nested.get(name, {}))
+        except ValidationError as exc:
+            raise ConfigError(_format_error(name, model, exc)) from None
+        _resolve_paths(sections[name], base_dir)
+    plugins = nested.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"'plugins' must be a list of plugin names, got {plugins!r}")
+    family = host.resolve_family(nested.get("model_family"))
+    return RunConfig(plugins=host.active, model_family=family, sections=sections, base_dir=base_dir)
+
+
+def config_schema(host: PluginHost) -> dict[str, Any]:
+    """A JSON Schema of the whole config (for editors), built from the active sections."""
+    properties: dict[str, Any] = {
+        "plugins": {"type": "array", "items": {"type": "string"}, "description": "Plugins to activate."},
+        "model_family": {"type": "string", "enum": sorted(host.families), "description": "Model family to train."},
+    }
+    defs: dict[str, Any] = {}
+    for name, model in host.sections.items():
+        schema = model.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(schema.pop("$defs", {}))
+        properties[name] = schema
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "tuner config",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+        "$defs": defs,
+    }

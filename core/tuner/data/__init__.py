@@ -1,0 +1,1 @@
+"""Datasets: finding clips and captions, decoding frames, batching cached samples."""

@@ -1,0 +1,282 @@
+"""The plugin contract: every hook tuner calls, and what it expects back.
+
+This module is the plugin author's manual. A plugin is any object or module with
+functions named like the hooks below and marked ``@tuner.hookimpl``; publish it
+under the ``tuner.plugins`` entry-point group::
+
+    [project.entry-points."tuner.plugins"]
+    myplugin = "my_package.plugin"
+
+Three kinds of hook live here.
+
+* **Registration hooks** run once while plugins load. A plugin receives a
+  ``register`` callback and calls it for each thing it contributes; the core
+  validates and owns the registries.
+* **Model-family hooks** (``firstresult``) are answered by the one plugin that
+  registered the family named by the config's ``model_family``; the core calls
+  them on that plugin alone, so a family never has to check whether it is meant.
+* **Feature and lifecycle hooks** go to every active plugin. Features change
+  the model once at set-up (``prepare_model``, ``route_tokens``); lifecycle hooks
+  observe the run and must not change it.
+
+Hooks run at set-up and once per step at most, never per block or per token.
+Anything that must act inside the forward pass is an object a hook returns,
+which the core or the family installs once.
+
+Plugins never import one another: they meet only through these hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+    from pydantic import BaseModel
+
+    from tuner.config import RunConfig
+    from tuner.types import (
+        LossOutput,
+        ModelBundle,
+        RunInfo,
+        TokenRouter,
+        ValidationRequest,
+        ValidationResult,
+    )
+
+__all__ = ["hookspec", "hookimpl", "PROJECT"]
+
+PROJECT = "tuner"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------
+# Registration
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def register_config_sections(register: Callable[[str, type[BaseModel]], None]) -> None:
+    """Contribute this plugin's config section(s).
+
+    Called once, right after this plugin is registered (a plugin registered
+    late still gets the call), with a callback bound to this plugin.
+
+    :param register: call ``register(name, model)`` with the section's name
+        (the TOML table, e.g. ``"wan"``) and a pydantic model whose fields are
+        the options. Give every field a default and a ``description``, and set
+        ``model_config = ConfigDict(extra="forbid")`` so a mistyped key is an
+        error. Field names must be unique across all sections: a user may
+        write any option at the top level of the config (as the Wan guide
+        does) and the core finds its section by name.
+    """
+
+
+@hookspec
+def register_model_families(register: Callable[[str, str], None]) -> None:
+    """Declare the model families this plugin implements.
+
+    :param register: call ``register(name, description)``; ``name`` is what a
+        user writes as ``model_family``. A plugin that registers a family must
+        implement `load_model`, `encode_batch`, `encode_prompts` and
+        `compute_loss`; `validate`, `export_adapter` and `write_tiny_model` are
+        optional (without them there is no validation, the adapter is saved
+        with peft's key names, and ``tuner demo`` cannot use the family).
+    """
+
+
+# --------------------------------------------------------------------------
+# Model family (answered only by the plugin owning ``config.model_family``)
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
+    """Load every part of the model the run needs.
+
+    Called once at start-up, before any cache is built.
+
+    :param config: the resolved config; read your own section with
+        ``config.section("<name>")``.
+    :param device: where training runs. Put the networks there (or leave them
+        on the CPU where a feature plugin will place them).
+    :return: a `tuner.types.ModelBundle`. Freeze every parameter: the core
+        attaches the adapter and decides what trains.
+    """
+
+
+@hookspec(firstresult=True)
+def encode_batch(bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Encode a batch of clips (or images) into what the cache stores.
+
+    Called while the latent cache is built, under ``torch.no_grad()``, with
+    batches of clips that share one shape.
+
+    :param bundle: the bundle `load_model` returned.
+    :param pixels: float tensor ``(batch, frames, channels, height, width)`` in
+        ``[-1, 1]``, on the training device.
+    :return: one dict of tensors per clip (e.g. ``{"latents": ...}``), kept on
+        disk as given and handed back to `compute_loss` stacked per batch.
+        Return CPU tensors in the dtype you want stored.
+    """
+
+
+@hookspec(firstresult=True)
+def encode_prompts(bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+    """Encode captions into what the text cache stores.
+
+    Called while the text cache is built (and once for the empty prompt),
+    under ``torch.no_grad()``.
+
+    :param prompts: the captions of one batch.
+    :return: one dict of CPU tensors per caption. Tensors may differ in length
+        between captions; `collate_prompts` makes a batch of them.
+    """
+
+
+@hookspec(firstresult=True)
+def collate_prompts(bundle: ModelBundle, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack cached prompt encodings into one batch (padding as the model expects).
+
+    Optional: without it the core stacks each key with ``torch.stack``, which
+    needs equal shapes.
+
+    :param items: one dict per sample, as `encode_prompts` returned them.
+    :return: a dict of batched tensors, merged into the batch `compute_loss` gets.
+    """
+
+
+@hookspec(firstresult=True)
+def compute_loss(
+    bundle: ModelBundle, batch: dict[str, torch.Tensor], generator: torch.Generator, config: RunConfig
+) -> LossOutput:
+    """Compute the training loss of one micro-batch.
+
+    Called once per micro-batch inside the accumulation context; the core
+    back-propagates the returned loss, clips, steps the optimizer and logs.
+
+    :param batch: the cached tensors of the micro-batch, stacked, on the
+        training device: every key `encode_batch` returned, plus the keys of
+        the prompt encodings (after `collate_prompts`).
+    :param generator: a generator seeded from ``(seed, step, micro-step)``. Draw
+        all noise and timesteps from it: that is what makes a resumed run
+        repeat an uninterrupted one exactly.
+    :param config: the resolved config.
+    :return: a `tuner.types.LossOutput`.
+    """
+
+
+@hookspec(firstresult=True)
+def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResult:
+    """Render validation media with the adapter as it is now.
+
+    Called on the validation schedule (and at the end of the run) under
+    ``torch.no_grad()``, with the denoiser in eval mode; the core puts it back
+    in train mode afterwards. Token routing is off during validation.
+
+    :param request: prompts, sizes, sampler settings, the seed and the folder
+        to write into; write media with `tuner.validate.media`.
+    :return: a `tuner.types.ValidationResult` naming the files written.
+    """
+
+
+@hookspec(firstresult=True)
+def export_adapter(bundle: ModelBundle, state_dict: dict[str, torch.Tensor], path: Path) -> Path:
+    """Write the trained adapter in the format the family's pipeline loads.
+
+    Called at each checkpoint and at the end of the run.
+
+    :param state_dict: the adapter weights with peft's names (no adapter-name
+        suffix), e.g. ``blocks.0.attn1.to_q.lora_A.weight``.
+    :param path: the ``.safetensors`` file to write.
+    :return: the path written.
+    """
+
+
+@hookspec(firstresult=True)
+def write_tiny_model(path: Path, seed: int) -> dict[str, Any]:
+    """Write a tiny randomly initialised model of this family to ``path``.
+
+    Used by ``tuner demo`` and by the `tuner.testing` fixtures: it must use the
+    same on-disk layout as the real model (so `load_model` is exercised for
+    real) and build everything locally (no downloads).
+
+    :param path: an empty folder to write into.
+    :param seed: seed for the random weights.
+    :return: config overrides that make a run use this model and suit its
+        size, as ``{"section.key": value}`` (e.g. the model path).
+    """
+
+
+# --------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def prepare_model(bundle: ModelBundle, config: RunConfig, phase: Literal["base", "adapted"]) -> None:
+    """Change the model in place once, before training starts.
+
+    Called twice on every active plugin: with ``phase="base"`` right after
+    `load_model` and before the adapter is attached (quantize the base, swap
+    the attention backend, chunk feed-forward layers), then with
+    ``phase="adapted"`` once the adapter exists (offloading, compilation).
+    Order between plugins with ``@hookimpl(tryfirst=True)`` /
+    ``trylast=True``. Install behaviour as module hooks or processors, not by
+    patching library functions globally.
+    """
+
+
+@hookspec(firstresult=True)
+def route_tokens(bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
+    """Offer a token router (e.g. TREAD) for the training forward.
+
+    Called once at set-up after `prepare_model`. Return ``None`` when your
+    feature is off. When a router is returned, the core sets
+    ``bundle.router``; a family whose ``supports_token_routing`` is false makes
+    the run fail at start-up, naming the family.
+    """
+
+
+# --------------------------------------------------------------------------
+# Lifecycle (observe; must not change training)
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def on_run_start(run: RunInfo) -> None:
+    """The model, adapter and caches are ready; the first step is next."""
+
+
+@hookspec
+def on_step_end(run: RunInfo, step: int, logs: dict[str, float]) -> None:
+    """An optimizer step finished.
+
+    :param step: the number of optimizer steps done so far (1 after the first).
+    :param logs: ``loss``, ``lr`` and ``step_time`` plus what `compute_loss`
+        logged. Keep this fast: it runs in the training loop.
+    """
+
+
+@hookspec
+def on_checkpoint_saved(run: RunInfo, step: int, path: Path) -> None:
+    """A complete checkpoint for ``step`` now exists at ``path``."""
+
+
+@hookspec
+def on_validation_done(run: RunInfo, result: ValidationResult) -> None:
+    """A validation round wrote its media."""
+
+
+@hookspec
+def on_run_end(run: RunInfo, outputs: dict[str, Path], error: BaseException | None) -> None:
+    """The run is over.
+
+    :param outputs: files the run produced (``adapter``, ...).
+    :param error: the exception that stopped the run, or ``None`` on success.
+    """

@@ -1,0 +1,296 @@
+"""The plugin host: finds plugins, activates the ones a run names, and calls hooks.
+
+The core talks to plugins only through `PluginHost`'s typed methods; nothing
+else touches ``pm.hook``. A host is built by a function and passed along: there
+is no module-level manager, and importing this module loads no plugin.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pluggy
+
+from tuner import hookspecs
+from tuner.errors import PluginError
+
+if TYPE_CHECKING:
+    import torch
+    from pydantic import BaseModel
+
+    from tuner.config import RunConfig
+    from tuner.types import LossOutput, ModelBundle, RunInfo, TokenRouter, ValidationRequest, ValidationResult
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "DISABLE_AUTOLOAD_ENV",
+    "BUILTIN_PLUGINS",
+    "PluginHost",
+    "PluginInfo",
+    "installed_plugins",
+]
+
+ENTRY_POINT_GROUP = "tuner.plugins"
+# Set to 1 to ignore installed entry points (tests that want a clean host,
+# or to rule plugins out while debugging).
+DISABLE_AUTOLOAD_ENV = "TUNER_DISABLE_PLUGIN_AUTOLOAD"
+# The core's own settings ride the same bus as third-party plugins.
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (("core", "tuner.sections"),)
+
+_REQUIRED_FAMILY_HOOKS = ("load_model", "encode_batch", "encode_prompts", "compute_loss")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One plugin as ``tuner plugins`` shows it."""
+
+    name: str
+    version: str
+    source: str
+    hooks: tuple[str, ...]
+    sections: tuple[str, ...]
+    families: tuple[str, ...]
+    active: bool
+
+
+def installed_plugins() -> dict[str, metadata.EntryPoint]:
+    """Entry points in the ``tuner.plugins`` group, by name (nothing is imported)."""
+    if os.environ.get(DISABLE_AUTOLOAD_ENV, "") not in ("", "0"):
+        return {}
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class PluginHost:
+    """Active plugins plus the registries they filled (config sections, model families)."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.sections: dict[str, type[BaseModel]] = {}
+        self.section_owner: dict[str, str] = {}
+        self.families: dict[str, str] = {}  # family -> plugin name
+        self.family_descriptions: dict[str, str] = {}
+        self.versions: dict[str, str] = {}
+        self.sources: dict[str, str] = {}
+
+    # -- building ----------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        names: Iterable[str] = (),
+        extra: Mapping[str, object] | None = None,
+        *,
+        all_installed: bool = False,
+    ) -> PluginHost:
+        """Make a host with the built-ins, the named installed plugins and ``extra``.
+
+        :param names: plugins to activate (``--plugin`` and the config's ``plugins``).
+        :param extra: plugin objects given directly, by name (tests, embedding apps);
+            they are active and may be named in ``names`` too.
+        :param all_installed: activate every installed plugin (for ``tuner plugins``).
+        """
+        host = cls()
+        extra = dict(extra or {})
+        for name, module in BUILTIN_PLUGINS:
+            host._register(name, importlib.import_module(module), version="builtin", source=module)
+        installed = installed_plugins()
+        wanted = list(dict.fromkeys(installed if all_installed else names))
+        for name in wanted:
+            if name in extra or name in host.versions:
+                continue
+            if name not in installed:
+                choices = sorted(set(installed) | set(extra))
+                listing = ", ".join(choices) if choices else "none"
+                raise PluginError(
+                    f"unknown plugin '{name}'{_suggest(name, choices)}; installed plugins: {listing}"
+                )
+            host._load_entry_point(installed[name])
+        for name, obj in extra.items():
+            host._register(name, obj, version="local", source=getattr(obj, "__name__", type(obj).__name__))
+        host.pm.check_pending()
+        return host
+
+    def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not look like a core bug
+            raise PluginError(f"plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+        dist = getattr(ep, "dist", None)
+        self._register(ep.name, obj, version=dist.version if dist else "?", source=ep.value)
+
+    def _register(self, name: str, obj: object, *, version: str, source: str) -> None:
+        self.pm.register(obj, name=name)
+        self.versions[name] = version
+        self.sources[name] = source
+        # Each plugin's registration hooks are called with a callback bound to
+        # its own name, so the registries know who contributed what.
+        self._call_own(obj, "register_config_sections", register=lambda s, m: self._add_section(name, s, m))
+        self._call_own(
+            obj, "register_model_families", register=lambda f, d="": self._add_family(name, f, d)
+        )
+
+    def _call_own(self, obj: object, hook: str, **kwargs: Any) -> None:
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            if impl.plugin is obj:
+                impl.function(**kwargs)
+
+    def _add_section(self, plugin: str, section: str, model: type[BaseModel]) -> None:
+        from pydantic import BaseModel
+
+        if section in self.sections and self.section_owner[section] != plugin:
+            raise PluginError(
+                f"plugins '{self.section_owner[section]}' and '{plugin}' both register config section '{section}'"
+            )
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise PluginError(f"plugin '{plugin}' registered section '{section}' with a non-pydantic model")
+        if not section.isidentifier():
+            raise PluginError(f"plugin '{plugin}': section name '{section}' is not an identifier")
+        taken = {f: s for s, m in self.sections.items() for f in m.model_fields}
+        for field in model.model_fields:
+            if field in taken:
+                raise PluginError(
+                    f"plugin '{plugin}' section '{section}' reuses option '{field}' of section '{taken[field]}';"
+                    " option names must be unique across sections"
+                )
+        self.sections[section] = model
+        self.section_owner[section] = plugin
+
+    def _add_family(self, plugin: str, family: str, description: str) -> None:
+        if family in self.families and self.families[family] != plugin:
+            raise PluginError(f"plugins '{self.families[family]}' and '{plugin}' both register model family '{family}'")
+        self.families[family] = plugin
+        self.family_descriptions[family] = description
+
+    # -- introspection -----------------------------------------------------
+
+    @property
+    def active(self) -> list[str]:
+        return [name for name, _ in self.pm.list_name_plugin() if name is not None]
+
+    def describe(self) -> list[PluginInfo]:
+        """What each active plugin is and contributes."""
+        out = []
+        for name, plugin in self.pm.list_name_plugin():
+            hooks = tuple(
+                sorted(
+                    caller.name
+                    for caller in (self.pm.get_hookcallers(plugin) or [])
+                    if caller.name not in ("register_config_sections", "register_model_families")
+                )
+            )
+            out.append(
+                PluginInfo(
+                    name=name,
+                    version=self.versions.get(name, "?"),
+                    source=self.sources.get(name, "?"),
+                    hooks=hooks,
+                    sections=tuple(s for s, owner in self.section_owner.items() if owner == name),
+                    families=tuple(f for f, owner in self.families.items() if owner == name),
+                    active=True,
+                )
+            )
+        return out
+
+    def resolve_family(self, requested: str | None) -> str:
+        """The model family a run uses: the one named, or the only one active."""
+        if requested:
+            if requested not in self.families:
+                known = ", ".join(sorted(self.families)) or "none (activate a family plugin, e.g. --plugin wan)"
+                raise PluginError(
+                    f"model_family '{requested}' is not provided by any active plugin"
+                    f"{_suggest(requested, self.families)}; active families: {known}"
+                )
+            return requested
+        if len(self.families) == 1:
+            return next(iter(self.families))
+        if not self.families:
+            raise PluginError("no model family is active: add one with --plugin (e.g. --plugin wan)")
+        raise PluginError(f"several model families are active ({', '.join(sorted(self.families))}): set model_family")
+
+    # -- model-family hooks ------------------------------------------------
+
+    def _family_hook(self, family: str, hook: str) -> Any:
+        owner = self.pm.get_plugin(self.families[family])
+        others = [p for p in self.pm.get_plugins() if p is not owner]
+        return self.pm.subset_hook_caller(hook, remove_plugins=others)
+
+    def _call_family(self, family: str, hook: str, **kwargs: Any) -> Any:
+        result = self._family_hook(family, hook)(**kwargs)
+        if result is None and hook in _REQUIRED_FAMILY_HOOKS:
+            raise PluginError(f"plugin '{self.families[family]}' (family '{family}') does not implement {hook}")
+        return result
+
+    def implements(self, family: str, hook: str) -> bool:
+        owner = self.pm.get_plugin(self.families[family])
+        return any(impl.plugin is owner for impl in getattr(self.pm.hook, hook).get_hookimpls())
+
+    def load_model(self, config: RunConfig, device: torch.device) -> ModelBundle:
+        return self._call_family(config.model_family, "load_model", config=config, device=device)
+
+    def encode_batch(self, bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self._call_family(bundle.family, "encode_batch", bundle=bundle, pixels=pixels)
+
+    def encode_prompts(self, bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        return self._call_family(bundle.family, "encode_prompts", bundle=bundle, prompts=prompts)
+
+    def collate_prompts(
+        self, bundle: ModelBundle, items: list[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor] | None:
+        return self._call_family(bundle.family, "collate_prompts", bundle=bundle, items=items)
+
+    def compute_loss(
+        self, bundle: ModelBundle, batch: dict[str, torch.Tensor], generator: torch.Generator, config: RunConfig
+    ) -> LossOutput:
+        return self._call_family(
+            bundle.family, "compute_loss", bundle=bundle, batch=batch, generator=generator, config=config
+        )
+
+    def validate(self, bundle: ModelBundle, request: ValidationRequest) -> ValidationResult | None:
+        return self._call_family(bundle.family, "validate", bundle=bundle, request=request)
+
+    def export_adapter(self, bundle: ModelBundle, state_dict: dict[str, torch.Tensor], path: Path) -> Path | None:
+        return self._call_family(bundle.family, "export_adapter", bundle=bundle, state_dict=state_dict, path=path)
+
+    def write_tiny_model(self, family: str, path: Path, seed: int) -> dict[str, Any]:
+        result = self._call_family(family, "write_tiny_model", path=path, seed=seed)
+        if result is None:
+            raise PluginError(f"model family '{family}' cannot write a tiny model (no write_tiny_model hook)")
+        return result
+
+    # -- feature hooks -----------------------------------------------------
+
+    def prepare_model(self, bundle: ModelBundle, config: RunConfig, phase: Literal["base", "adapted"]) -> None:
+        self.pm.hook.prepare_model(bundle=bundle, config=config, phase=phase)
+
+    def route_tokens(self, bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
+        return self.pm.hook.route_tokens(bundle=bundle, config=config)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def on_run_start(self, run: RunInfo) -> None:
+        self.pm.hook.on_run_start(run=run)
+
+    def on_step_end(self, run: RunInfo, step: int, logs: dict[str, float]) -> None:
+        self.pm.hook.on_step_end(run=run, step=step, logs=logs)
+
+    def on_checkpoint_saved(self, run: RunInfo, step: int, path: Path) -> None:
+        self.pm.hook.on_checkpoint_saved(run=run, step=step, path=path)
+
+    def on_validation_done(self, run: RunInfo, result: ValidationResult) -> None:
+        self.pm.hook.on_validation_done(run=run, result=result)
+
+    def on_run_end(self, run: RunInfo, outputs: dict[str, Path], error: BaseException | None) -> None:
+        self.pm.hook.on_run_end(run=run, outputs=outputs, error=error)

@@ -1,0 +1,94 @@
+"""Progress bars (rich) for long work, with plain log lines when not on a terminal."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+__all__ = ["console", "task_progress", "TrainProgress"]
+
+
+def console() -> Console:
+    return Console(stderr=True)
+
+
+@contextmanager
+def task_progress(description: str, total: int, unit: str = "items") -> Iterator[Callable[[int], None]]:
+    """A progress bar with a rate; yields ``advance(n)``."""
+    con = console()
+    start = time.perf_counter()
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=con, transient=False, disable=not con.is_terminal) as progress:
+        task = progress.add_task(description, total=total, rate="")
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            rate = done / max(1e-9, time.perf_counter() - start)
+            progress.update(task, advance=n, rate=f"{rate:.1f} {unit}/s")
+
+        yield advance
+    if not con.is_terminal:
+        elapsed = time.perf_counter() - start
+        con.print(f"{description}: {done}/{total} {unit} in {elapsed:.1f}s ({done / max(elapsed, 1e-9):.1f} {unit}/s)")
+
+
+class TrainProgress:
+    """The training bar: step, loss, lr, s/it and ETA.
+
+    On a terminal it is a live bar; elsewhere (CI logs, pipes) it prints about
+    twenty plain lines per run so logs stay readable.
+    """
+
+    def __init__(self, total: int, start: int) -> None:
+        self.console = console()
+        self.total, self.start = total, start
+        self.live = self.console.is_terminal
+        self.every = max(1, (total - start) // 20)
+        self.progress = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.live,
+        )
+        self.task = self.progress.add_task("train", total=total, completed=start, stats="")
+
+    def __enter__(self) -> TrainProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def update(self, step: int, logs: dict[str, float]) -> None:
+        stats = f"loss {logs['loss']:.4f}  lr {logs['lr']:.2e}  {logs['step_time']:.3f} s/it"
+        self.progress.update(self.task, completed=step, stats=stats)
+        if not self.live and (step % self.every == 0 or step == self.total):
+            self.console.print(f"step {step}/{self.total}  {stats}")
+
+    def note(self, message: str) -> None:
+        self.console.print(message)

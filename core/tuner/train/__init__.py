@@ -1,0 +1,1 @@
+"""Training: the loop, adapters, timestep sampling and checkpoints."""

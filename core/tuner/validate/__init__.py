@@ -1,0 +1,1 @@
+"""Validation rounds and the media they write."""

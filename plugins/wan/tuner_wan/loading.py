@@ -1,0 +1,129 @@
+"""Loading Wan's parts with diffusers / transformers ``from_pretrained``.
+
+Sources follow the guide's options: one diffusers-layout folder or hub id, with
+optional overrides for the transformer (also a single ``.safetensors`` file, in
+diffusers or original key names), the VAE and the UMT5 text encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import ConfigError
+
+from tuner_wan.settings import FLAVOURS
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.config import RunConfig
+
+    from tuner_wan.settings import WanSection
+
+__all__ = ["WEIGHT_DTYPES", "load_components", "load_transformer"]
+
+WEIGHT_DTYPES = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _subfolder(value: str | None) -> str | None:
+    return None if value in (None, "", "none", "None") else value
+
+
+def load_transformer(source: str, base: str, subfolder: str | None, dtype: torch.dtype, revision: str | None) -> Any:
+    """A ``WanTransformer3DModel`` from a folder/hub id, or from one ``.safetensors`` file."""
+    from diffusers import WanTransformer3DModel
+
+    if source.endswith(".safetensors"):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"wan.pretrained_transformer_model_name_or_path: no such file {path}")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            diffusers_names = any(k.startswith(("blocks.0.attn1.", "condition_embedder.")) for k in f.keys())
+        if diffusers_names:
+            # Diffusers key names: build from the base's config, then load the tensors.
+            from safetensors.torch import load_file
+
+            config = WanTransformer3DModel.load_config(base, subfolder="transformer", revision=revision)
+            model = WanTransformer3DModel.from_config(config)
+            missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+            if missing or unexpected:
+                raise ConfigError(
+                    f"{path} does not match the base transformer config: "
+                    f"{len(missing)} missing, {len(unexpected)} unexpected keys (e.g. {(missing or unexpected)[0]})"
+                )
+            return model.to(dtype)
+        # Original (ComfyUI / Wan repo) key names: diffusers converts them.
+        return WanTransformer3DModel.from_single_file(
+            str(path), config=base, subfolder="transformer", torch_dtype=dtype
+        )
+    return WanTransformer3DModel.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype, revision=revision)
+
+
+def _fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_components(section: WanSection, config: RunConfig, device: torch.device) -> dict[str, Any]:
+    """Every Wan part, frozen, on ``device``; the VAE stays in float32 for clean latents."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    dtype = getattr(torch, WEIGHT_DTYPES[config.train.mixed_precision])
+    base = config.resolve_path(section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour])
+    transformer_src = config.resolve_path(section.pretrained_transformer_model_name_or_path or base)
+    vae_src = config.resolve_path(section.pretrained_vae_model_name_or_path or base)
+    t5_src = config.resolve_path(section.pretrained_t5_model_name_or_path or base)
+    revision = section.revision
+    try:
+        transformer = load_transformer(
+            transformer_src, base, _subfolder(section.pretrained_transformer_subfolder), dtype, revision
+        )
+        vae = AutoencoderKLWan.from_pretrained(vae_src, subfolder="vae", torch_dtype=torch.float32, revision=revision)
+        text_encoder = UMT5EncoderModel.from_pretrained(
+            t5_src, subfolder="text_encoder", torch_dtype=dtype, revision=revision
+        )
+        tokenizer = AutoTokenizer.from_pretrained(t5_src, subfolder="tokenizer", revision=revision)
+        # Any scheduler class reads scheduler_config.json; its _class_name picks the real one.
+        scheduler_config = UniPCMultistepScheduler.load_config(base, subfolder="scheduler", revision=revision)
+    except OSError as exc:
+        raise ConfigError(f"cannot load Wan from '{base}': {str(exc).splitlines()[0]}") from None
+    import diffusers
+
+    # The repository names its scheduler class (UniPC for Wan); use that one.
+    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+
+    for module in (transformer, vae, text_encoder):
+        module.requires_grad_(False)
+        module.to(device)
+    vae.eval()
+    text_encoder.eval()
+    pipeline = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    cache_id = _fingerprint(
+        "wan-2.1",
+        dict(vae.config),
+        dict(text_encoder.config.to_dict()),
+        vae_src,
+        t5_src,
+        section.max_sequence_length,
+    )
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+        "pipeline": pipeline,
+        "dtype": dtype,
+        "max_sequence_length": section.max_sequence_length,
+        "cache_id": cache_id,
+    }

@@ -1,0 +1,104 @@
+"""The Wan model family, as tuner hooks.
+
+This module is the ``tuner.plugins`` entry point. It imports nothing heavy:
+each hook imports what it needs when called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.hookspecs import hookimpl
+
+from tuner_wan.settings import WanSection
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.config import RunConfig
+    from tuner.types import LossOutput, ModelBundle, ValidationRequest, ValidationResult
+
+FAMILY = "wan"
+# Attention and feed-forward projections of every block: what LoRA adapts by default.
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
+
+
+@hookimpl
+def register_config_sections(register: Any) -> None:
+    register("wan", WanSection)
+
+
+@hookimpl
+def register_model_families(register: Any) -> None:
+    register(FAMILY, "Wan 2.1 text-to-video (diffusers layout)")
+
+
+@hookimpl
+def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
+    from tuner.types import ModelBundle
+
+    from tuner_wan.loading import load_components
+
+    parts = load_components(config.section("wan"), config, device)
+    vae = parts["vae"]
+    return ModelBundle(
+        family=FAMILY,
+        denoiser=parts["transformer"],
+        lora_target_modules=list(LORA_TARGETS),
+        components=parts,
+        temporal_compression=int(vae.config.scale_factor_temporal),
+        spatial_multiple=int(vae.config.scale_factor_spatial) * int(parts["transformer"].config.patch_size[1]),
+        cache_id=parts["cache_id"],
+    )
+
+
+@hookimpl
+def encode_batch(bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    from tuner_wan.encode import encode_clips
+
+    return encode_clips(bundle, pixels)
+
+
+@hookimpl
+def encode_prompts(bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+    from tuner_wan.encode import encode_texts
+
+    return encode_texts(bundle, prompts)
+
+
+@hookimpl
+def collate_prompts(bundle: ModelBundle, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    from tuner_wan.encode import collate_texts
+
+    return collate_texts(bundle, items)
+
+
+@hookimpl
+def compute_loss(
+    bundle: ModelBundle, batch: dict[str, torch.Tensor], generator: torch.Generator, config: RunConfig
+) -> LossOutput:
+    from tuner_wan.loss import flow_matching_loss
+
+    return flow_matching_loss(bundle, batch, generator, config)
+
+
+@hookimpl
+def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResult:
+    from tuner_wan.validation import render_validation
+
+    return render_validation(bundle, request)
+
+
+@hookimpl
+def export_adapter(bundle: ModelBundle, state_dict: dict[str, torch.Tensor], path: Path) -> Path:
+    from tuner_wan.export import save_diffusers_lora
+
+    return save_diffusers_lora(state_dict, path)
+
+
+@hookimpl
+def write_tiny_model(path: Path, seed: int) -> dict[str, Any]:
+    from tuner_wan.tiny import write_tiny_wan
+
+    return write_tiny_wan(path, seed)
