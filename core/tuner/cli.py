@@ -77,15 +77,13 @@ def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | N
 
 
 def _print_outputs(outputs: dict[str, Path], output_dir: Path) -> None:
-    from rich.console import Console
-
-    con = Console()
-    con.print("[bold green]done[/]")
+    # Plain lines, never wrapped: scripts read these paths.
+    typer.echo("done")
     for name, path in outputs.items():
-        con.print(f"  {name}: {path}")
+        typer.echo(f"  {name}: {path}")
     videos = sorted((output_dir / "validation").glob("step-*/*.*"), key=lambda p: int(p.parent.name[5:]))
     if videos:
-        con.print(f"  validation: {videos[-1]}")
+        typer.echo(f"  validation: {videos[-1]}")
 
 
 @app.command()
@@ -143,7 +141,9 @@ def config_schema(plugin: PluginOpt = None) -> None:
 @app.command()
 @friendly_errors
 def demo(
-    plugin: Annotated[str, typer.Option("--plugin", "-p", help="Model family plugin to demo.")] = "wan",
+    plugin: Annotated[
+        str | None, typer.Option("--plugin", "-p", help="Model family plugin to demo (default: the only one installed).")
+    ] = None,
     folder: Annotated[Path, typer.Option("--dir", help="Where the demo's model, clips and output go.")] = Path("demo"),
     steps: Annotated[int, typer.Option(help="Training steps.", min=1)] = 60,
     prepare_only: Annotated[bool, typer.Option("--prepare-only", help="Write files, do not train.")] = False,
@@ -152,8 +152,8 @@ def demo(
     from tuner.demo import write_demo
     from tuner.plugins import PluginHost
 
-    host = PluginHost.build([plugin])
-    family = host.resolve_family(None if len(host.families) == 1 else plugin)
+    host = PluginHost.build([plugin] if plugin else [], all_installed=plugin is None)
+    family = host.resolve_family(None)
     path = write_demo(host, family, folder, steps=steps)
     typer.echo(f"demo config: {path}")
     if prepare_only:

@@ -10,19 +10,32 @@ from tuner.config import tomllib
 if TYPE_CHECKING:
     from tuner.plugins import PluginHost
 
-__all__ = ["DEMO_CLIPS", "demo_config", "write_demo"]
+__all__ = ["DEMO_CLIPS", "MODEL_MARKER", "prepare_tiny_model", "demo_config", "write_demo"]
 
 DEMO_CLIPS = 2
 _SIZE, _FRAMES = 64, 17
 
 
-def _relative(value: Any, folder: Path) -> Any:
-    if isinstance(value, str) and Path(value).is_absolute():
-        try:
-            return str(Path(value).relative_to(folder))
-        except ValueError:
-            return value
-    return value
+MODEL_MARKER = ".tuner-model.toml"
+
+
+def prepare_tiny_model(host: PluginHost, family: str, model_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """Write the family's tiny model into ``model_dir`` unless it is there; return its config overrides.
+
+    A marker file beside the weights records the overrides, with paths inside
+    ``model_dir`` stored relative to it so the folder can move.
+    """
+    import tomli_w
+
+    model_dir = model_dir.resolve()
+    marker = model_dir / MODEL_MARKER
+    if not marker.is_file():
+        overrides = host.write_tiny_model(family, model_dir, seed)
+        paths = [k for k, v in overrides.items() if isinstance(v, str) and Path(v).resolve().is_relative_to(model_dir)]
+        stored = {k: (str(Path(v).resolve().relative_to(model_dir)) if k in paths else v) for k, v in overrides.items()}
+        marker.write_text(tomli_w.dumps({"overrides": stored, "paths": paths}))
+    data = tomllib.loads(marker.read_text())
+    return {k: (str(model_dir / v) if k in data["paths"] else v) for k, v in data["overrides"].items()}
 
 
 def demo_config(family: str, plugin: str, prompt: str, model_overrides: dict[str, Any], steps: int) -> dict:
@@ -68,13 +81,12 @@ def write_demo(host: PluginHost, family: str, folder: Path, *, steps: int = 60, 
     from tuner.data.synthetic import write_synthetic_clips
 
     folder = folder.resolve()
-    model_dir = folder / "model"
-    marker = model_dir / ".tuner-model.toml"
-    if marker.is_file():
-        overrides = tomllib.loads(marker.read_text())
-    else:
-        overrides = {k: _relative(v, folder) for k, v in host.write_tiny_model(family, model_dir, seed).items()}
-        marker.write_text(tomli_w.dumps(overrides))
+    overrides = prepare_tiny_model(host, family, folder / "model", seed)
+    # Paths relative to the config file keep the demo folder movable.
+    overrides = {
+        k: (str(Path(v).relative_to(folder)) if isinstance(v, str) and Path(v).is_relative_to(folder) else v)
+        for k, v in overrides.items()
+    }
     clips = write_synthetic_clips(folder / "clips", count=DEMO_CLIPS, num_frames=_FRAMES, width=_SIZE, height=_SIZE)
     prompt = clips[0].with_suffix(".txt").read_text().strip()
     config = demo_config(family, host.families[family], prompt, overrides, steps)

@@ -41,8 +41,12 @@ ENTRY_POINT_GROUP = "tuner.plugins"
 # Set to 1 to ignore installed entry points (tests that want a clean host,
 # or to rule plugins out while debugging).
 DISABLE_AUTOLOAD_ENV = "TUNER_DISABLE_PLUGIN_AUTOLOAD"
-# The core's own settings ride the same bus as third-party plugins.
-BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (("core", "tuner.sections"),)
+# The core's own settings and reporting ride the same bus as third-party
+# plugins: (name, "module" or "module:Class"); a class is instantiated per host.
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("core", "tuner.sections"),
+    ("jsonlog", "tuner.report.jsonlog:JsonLog"),
+)
 
 _REQUIRED_FAMILY_HOOKS = ("load_model", "encode_batch", "encode_prompts", "compute_loss")
 
@@ -104,8 +108,12 @@ class PluginHost:
         """
         host = cls()
         extra = dict(extra or {})
-        for name, module in BUILTIN_PLUGINS:
-            host._register(name, importlib.import_module(module), version="builtin", source=module)
+        for name, target in BUILTIN_PLUGINS:
+            module, _, attr = target.partition(":")
+            obj: object = importlib.import_module(module)
+            if attr:
+                obj = getattr(obj, attr)()
+            host._register(name, obj, version="builtin", source=target)
         installed = installed_plugins()
         wanted = list(dict.fromkeys(installed if all_installed else names))
         for name in wanted:

@@ -1,0 +1,104 @@
+"""Test fixtures for tuner and for outside plugin authors.
+
+Use from a ``conftest.py``::
+
+    pytest_plugins = ["tuner.testing"]
+
+and take the fixtures: ``tiny_model_dir(family)`` writes a family's tiny model
+once per session; ``make_run(...)`` lays out a complete run folder (tiny model,
+synthetic clips, config) and returns the config path; ``cli(...)`` runs the
+``tuner`` command in-process and returns exit code and output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuner.config import merge, parse_overrides
+
+__all__ = ["CliResult", "run_cli", "write_run_folder", "tiny_model_dir", "make_run", "cli"]
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    output: str
+    stderr: str
+
+
+def run_cli(args: list[str]) -> CliResult:
+    """Run ``tuner ARGS`` in this process (exceptions that are not user errors propagate)."""
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def write_run_folder(
+    folder: Path,
+    model_dir: Path,
+    *,
+    plugin: str = "wan",
+    family: str | None = None,
+    steps: int = 20,
+    clips: int = 2,
+    overrides: list[str] | None = None,
+) -> Path:
+    """A run folder using the tiny model at ``model_dir``: clips/, config.toml. Returns the config path."""
+    import tomli_w
+
+    from tuner.data.synthetic import write_synthetic_clips
+    from tuner.demo import demo_config, prepare_tiny_model
+    from tuner.plugins import PluginHost
+
+    family = family or plugin
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = write_synthetic_clips(folder / "clips", count=clips, num_frames=17, width=64, height=64)
+    model_overrides = prepare_tiny_model(PluginHost.build([plugin]), family, model_dir)
+    config = demo_config(family, plugin, paths[0].with_suffix(".txt").read_text().strip(), model_overrides, steps)
+    config = merge(config, parse_overrides(overrides or []))
+    path = folder / "config.toml"
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``tiny_model_dir(plugin)`` -> a folder with that family's tiny model, written once per session."""
+    from tuner.demo import prepare_tiny_model
+    from tuner.plugins import PluginHost
+
+    made: dict[str, Path] = {}
+
+    def get(plugin: str = "wan") -> Path:
+        if plugin not in made:
+            host = PluginHost.build([plugin])
+            folder = tmp_path_factory.mktemp(f"tiny-{plugin}") / "model"
+            prepare_tiny_model(host, host.resolve_family(None), folder)
+            made[plugin] = folder
+        return made[plugin]
+
+    return get
+
+
+@pytest.fixture
+def make_run(tmp_path: Path, tiny_model_dir: Callable[[str], Path]) -> Callable[..., Path]:
+    """``make_run(steps=20, overrides=[...], plugin="wan", name="run")`` -> config path of a ready run folder."""
+
+    def make(*, plugin: str = "wan", name: str = "run", **kwargs: Any) -> Path:
+        return write_run_folder(tmp_path / name, tiny_model_dir(plugin), plugin=plugin, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def cli() -> Iterator[Callable[[list[str]], CliResult]]:
+    """``cli(["train", "--config", ...])`` -> `CliResult`."""
+    yield run_cli
