@@ -142,7 +142,8 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 def _nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
     owner = {name: section for section, model in sections.items() for name in model.model_fields}
     out: dict[str, Any] = {}
-    for key, value in raw.items():
+    # Tables first, so a flat key that repeats a table entry is caught either way round.
+    for key, value in sorted(raw.items(), key=lambda kv: kv[0] not in sections):
         if key in TOP_LEVEL_KEYS:
             out[key] = value
         elif key in sections:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,22 +66,36 @@ def load_transformer(source: str, base: str, subfolder: str | None, dtype: torch
     return WanTransformer3DModel.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype, revision=revision)
 
 
+@contextmanager
+def _quiet_library_bars() -> Iterator[None]:
+    """Hide the libraries' per-file loading bars for the duration, then restore them."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    states = [(lib, lib.is_progress_bar_enabled()) for lib in (dlog, tlog)]
+    for lib, _ in states:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, enabled in states:
+            if enabled:
+                lib.enable_progress_bar()
+
+
 def _fingerprint(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def load_components(section: WanSection, config: RunConfig, device: torch.device) -> dict[str, Any]:
-    """Every Wan part, frozen, on ``device``; the VAE stays in float32 for clean latents."""
+def _load_parts(
+    base: str, transformer_src: str, vae_src: str, t5_src: str, section: WanSection, dtype: torch.dtype
+) -> tuple[Any, Any, Any, Any, Any]:
+    import diffusers
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    dtype = getattr(torch, WEIGHT_DTYPES[config.train.mixed_precision])
-    base = config.resolve_path(section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour])
-    transformer_src = config.resolve_path(section.pretrained_transformer_model_name_or_path or base)
-    vae_src = config.resolve_path(section.pretrained_vae_model_name_or_path or base)
-    t5_src = config.resolve_path(section.pretrained_t5_model_name_or_path or base)
     revision = section.revision
     try:
         transformer = load_transformer(
@@ -90,15 +106,28 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
             t5_src, subfolder="text_encoder", torch_dtype=dtype, revision=revision
         )
         tokenizer = AutoTokenizer.from_pretrained(t5_src, subfolder="tokenizer", revision=revision)
-        # Any scheduler class reads scheduler_config.json; its _class_name picks the real one.
+        # Any scheduler class reads scheduler_config.json; its _class_name picks the real one (UniPC for Wan).
         scheduler_config = UniPCMultistepScheduler.load_config(base, subfolder="scheduler", revision=revision)
     except OSError as exc:
         raise ConfigError(f"cannot load Wan from '{base}': {str(exc).splitlines()[0]}") from None
-    import diffusers
-
-    # The repository names its scheduler class (UniPC for Wan); use that one.
     scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+    return transformer, vae, text_encoder, tokenizer, scheduler
 
+
+def load_components(section: WanSection, config: RunConfig, device: torch.device) -> dict[str, Any]:
+    """Every Wan part, frozen, on ``device``; the VAE stays in float32 for clean latents."""
+    import torch
+    from diffusers import WanPipeline
+
+    dtype = getattr(torch, WEIGHT_DTYPES[config.train.mixed_precision])
+    base = config.resolve_path(section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour])
+    transformer_src = config.resolve_path(section.pretrained_transformer_model_name_or_path or base)
+    vae_src = config.resolve_path(section.pretrained_vae_model_name_or_path or base)
+    t5_src = config.resolve_path(section.pretrained_t5_model_name_or_path or base)
+    with _quiet_library_bars():
+        transformer, vae, text_encoder, tokenizer, scheduler = _load_parts(
+            base, transformer_src, vae_src, t5_src, section, dtype
+        )
     for module in (transformer, vae, text_encoder):
         module.requires_grad_(False)
         module.to(device)
