@@ -250,7 +250,10 @@ def route_tokens(bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
 
 @hookspec
 def on_run_start(run: RunInfo) -> None:
-    """The model, adapter and caches are ready; the first step is next."""
+    """The model, adapter and caches are ready; the first step is next.
+
+    :param run: facts about the run (``start_step`` > 0 when resuming).
+    """
 
 
 @hookspec
@@ -265,12 +268,19 @@ def on_step_end(run: RunInfo, step: int, logs: dict[str, float]) -> None:
 
 @hookspec
 def on_checkpoint_saved(run: RunInfo, step: int, path: Path) -> None:
-    """A complete checkpoint for ``step`` now exists at ``path``."""
+    """A complete checkpoint for ``step`` now exists at ``path``.
+
+    Called after the atomic rename and after rotation, so ``path`` is final:
+    copy or upload it from here.
+    """
 
 
 @hookspec
 def on_validation_done(run: RunInfo, result: ValidationResult) -> None:
-    """A validation round wrote its media."""
+    """A validation round wrote its media.
+
+    :param result: the step and the media files written, by nickname.
+    """
 
 
 @hookspec

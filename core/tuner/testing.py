@@ -21,7 +21,7 @@ import pytest
 
 from tuner.config import merge, parse_overrides
 
-__all__ = ["CliResult", "run_cli", "write_run_folder", "tiny_model_dir", "make_run", "cli"]
+__all__ = ["CliResult", "run_cli", "write_run_folder", "tuner_plugin", "tiny_model_dir", "make_run", "cli"]
 
 
 @dataclass
@@ -45,7 +45,7 @@ def write_run_folder(
     folder: Path,
     model_dir: Path,
     *,
-    plugin: str = "wan",
+    plugin: str,
     family: str | None = None,
     steps: int = 20,
     clips: int = 2,
@@ -70,6 +70,18 @@ def write_run_folder(
 
 
 @pytest.fixture(scope="session")
+def tuner_plugin() -> str:
+    """The family plugin `make_run` uses: the only one installed, unless a conftest overrides this fixture."""
+    from tuner.plugins import PluginHost
+
+    host = PluginHost.build(all_installed=True)
+    owners = sorted(set(host.families.values()))
+    if len(owners) != 1:
+        pytest.fail(f"several family plugins are installed ({', '.join(owners)}): override the tuner_plugin fixture")
+    return owners[0]
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """``tiny_model_dir(plugin)`` -> a folder with that family's tiny model, written once per session."""
     from tuner.demo import prepare_tiny_model
@@ -77,7 +89,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
 
     made: dict[str, Path] = {}
 
-    def get(plugin: str = "wan") -> Path:
+    def get(plugin: str) -> Path:
         if plugin not in made:
             host = PluginHost.build([plugin])
             folder = tmp_path_factory.mktemp(f"tiny-{plugin}") / "model"
@@ -89,10 +101,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
 
 
 @pytest.fixture
-def make_run(tmp_path: Path, tiny_model_dir: Callable[[str], Path]) -> Callable[..., Path]:
-    """``make_run(steps=20, overrides=[...], plugin="wan", name="run")`` -> config path of a ready run folder."""
+def make_run(tmp_path: Path, tiny_model_dir: Callable[[str], Path], tuner_plugin: str) -> Callable[..., Path]:
+    """``make_run(steps=20, overrides=[...], name="run")`` -> config path of a ready run folder."""
 
-    def make(*, plugin: str = "wan", name: str = "run", **kwargs: Any) -> Path:
+    def make(*, plugin: str | None = None, name: str = "run", **kwargs: Any) -> Path:
+        plugin = plugin or tuner_plugin
         return write_run_folder(tmp_path / name, tiny_model_dir(plugin), plugin=plugin, **kwargs)
 
     return make

@@ -31,7 +31,7 @@ def trained(tmp_path_factory, tiny_model_dir):
     from tuner.testing import run_cli, write_run_folder
 
     folder = tmp_path_factory.mktemp("wan-e2e")
-    config = write_run_folder(folder, tiny_model_dir("wan"), steps=60, clips=2)
+    config = write_run_folder(folder, tiny_model_dir("wan"), plugin="wan", steps=60, clips=2)
     result = run_cli(["train", "--plugin", "wan", "--config", str(config)])
     assert result.exit_code == 0, result.stderr
     return config, result
@@ -65,7 +65,7 @@ def test_validation_video_decodes_to_the_requested_frames(trained):
     assert len(frames) == 17 and frames[0].shape == (64, 64, 3)
 
 
-def test_exported_lora_has_diffusers_keys(trained):
+def test_hook_export_adapter_writes_diffusers_keys(trained):
     config, _ = trained
     keys = list(load_file(_output_dir(config) / "pytorch_lora_weights.safetensors"))
     assert "transformer.blocks.0.attn1.to_q.lora_A.weight" in keys

@@ -1,0 +1,93 @@
+"""A non-Wan family trains through the same core: the core is model-agnostic in fact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+from toy_family import RoutingFeature, ToyFamily, toy_config
+
+from tuner.config import resolve_config
+from tuner.data.synthetic import write_synthetic_clips
+from tuner.errors import PluginError
+from tuner.plugins import PluginHost
+from tuner.report.jsonlog import read_log
+from tuner.train.run import train
+
+
+@pytest.fixture
+def toy_run(tmp_path):
+    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+    family = ToyFamily()
+    host = PluginHost.build([], extra={"toy": family})
+    return tmp_path, family, host
+
+
+def test_toy_family_trains_through_the_core(toy_run):
+    folder, family, host = toy_run
+    config = resolve_config(toy_config(folder), host)
+    outputs = train(config, host)
+    losses = [r["loss"] for r in read_log(folder / "out") if r["event"] == "step"]
+    assert len(losses) == 40
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    # No export hook: the adapter keeps peft's names, without the adapter suffix.
+    keys = list(load_file(outputs["adapter"]))
+    assert "inp.lora_A.weight" in keys and not [k for k in keys if "default" in k]
+    assert family.calls["load_model"] == 1
+    assert family.calls["encode_batch"] == 2  # vae_batch_size 1, two clips
+    assert family.calls["compute_loss"] == 40
+    assert (folder / "out" / "validation" / "step-40" / "main.png").is_file()
+
+
+def test_cache_is_reused_on_a_second_run(toy_run):
+    folder, family, host = toy_run
+    train(resolve_config(toy_config(folder, max_train_steps=2), host), host)
+    assert family.calls["encode_batch"] == 2 and family.calls["encode_prompts"] == 1
+    train(resolve_config(toy_config(folder, max_train_steps=2), host), host)
+    assert family.calls["encode_batch"] == 2 and family.calls["encode_prompts"] == 1, "nothing re-encoded"
+
+
+def test_hook_prepare_model_runs_before_and_after_the_adapter(toy_run):
+    folder, family, host = toy_run
+    train(resolve_config(toy_config(folder, max_train_steps=1), host), host)
+    (phase1, trainable1), (phase2, trainable2) = family.prepare_phases
+    assert (phase1, trainable1) == ("base", 0)
+    assert phase2 == "adapted" and trainable2 > 0
+
+
+def test_hook_route_tokens_needs_a_family_that_supports_it(toy_run):
+    folder, family, _ = toy_run
+    host = PluginHost.build([], extra={"toy": family, "router": RoutingFeature()})
+    with pytest.raises(PluginError, match="family 'toy' does not support it"):
+        train(resolve_config(toy_config(folder, max_train_steps=1), host), host)
+
+
+def test_hook_validate_sees_eval_mode_and_no_router(toy_run):
+    folder, _, _ = toy_run
+    family = ToyFamily(supports_routing=True)
+    host = PluginHost.build([], extra={"toy": family, "router": RoutingFeature()})
+    train(resolve_config(toy_config(folder, max_train_steps=1), host), host)
+    assert family.validate_saw_router is None and family.validate_saw_training is False
+
+
+def test_family_hooks_go_only_to_the_configured_family(tmp_path):
+    """Two families active: only the one named by model_family is asked."""
+    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+
+    class Other(ToyFamily):
+        def register_model_families(self, register):  # type: ignore[override]
+            register("other", "")
+
+        def register_config_sections(self, register):  # type: ignore[override]
+            pass
+
+    toy, other = ToyFamily(), Other()
+    # Re-mark the overridden hooks so pluggy sees them.
+    from tuner.hookspecs import hookimpl
+
+    hookimpl(Other.register_model_families)
+    hookimpl(Other.register_config_sections)
+    host = PluginHost.build([], extra={"toy": toy, "other": other})
+    assert set(host.families) == {"toy", "other"}
+    train(resolve_config(toy_config(tmp_path, max_train_steps=2), host), host)
+    assert toy.calls["compute_loss"] == 2 and "compute_loss" not in other.calls

@@ -1,0 +1,146 @@
+"""A tiny non-Wan model family, registered as a plugin object: proof the core knows no family."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from tuner.hookspecs import hookimpl
+from tuner.train.timesteps import add_noise, sample_sigmas
+from tuner.types import LossOutput, ModelBundle, ValidationResult
+from tuner.validate.media import write_image
+
+TEXT_DIM = 8
+
+
+class ToySection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    toy_hidden: int = Field(32, ge=4, description="Width of the toy denoiser.")
+    toy_pool: int = Field(4, ge=1, description="Pixels pooled into one latent pixel.")
+
+
+class ToyDenoiser(nn.Module):
+    """A per-pixel MLP conditioned on the noise level and a prompt vector."""
+
+    def __init__(self, channels: int = 3, hidden: int = 32) -> None:
+        super().__init__()
+        self.inp = nn.Linear(channels + 1 + TEXT_DIM, hidden)
+        self.mid = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        pixels = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c)
+        cond = torch.cat([sigma.view(b, 1, 1).expand(b, pixels.shape[1], 1), text[:, None].expand(-1, pixels.shape[1], -1)], -1)
+        y = self.out(F.silu(self.mid(F.silu(self.inp(torch.cat([pixels, cond], -1))))))
+        return y.view(b, f, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+def _prompt_vector(prompt: str) -> torch.Tensor:
+    digest = hashlib.sha256(prompt.encode()).digest()
+    return torch.tensor([b / 127.5 - 1 for b in digest[:TEXT_DIM]])
+
+
+class ToyFamily:
+    """Counts its calls so tests can see what the core asked for."""
+
+    def __init__(self, supports_routing: bool = False) -> None:
+        self.supports_routing = supports_routing
+        self.calls: dict[str, int] = {}
+        self.prepare_phases: list[tuple[str, int]] = []
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    @hookimpl
+    def register_config_sections(self, register: Any) -> None:
+        register("toy", ToySection)
+
+    @hookimpl
+    def register_model_families(self, register: Any) -> None:
+        register("toy", "a per-pixel MLP for tests")
+
+    @hookimpl
+    def load_model(self, config: Any, device: torch.device) -> ModelBundle:
+        self._count("load_model")
+        section = config.section("toy")
+        torch.manual_seed(0)
+        model = ToyDenoiser(hidden=section.toy_hidden).requires_grad_(False).to(device)
+        return ModelBundle(
+            family="toy",
+            denoiser=model,
+            lora_target_modules=["inp", "mid", "out"],
+            components={"pool": section.toy_pool},
+            cache_id=f"toy-{section.toy_pool}",
+            supports_token_routing=self.supports_routing,
+        )
+
+    @hookimpl
+    def prepare_model(self, bundle: ModelBundle, config: Any, phase: str) -> None:
+        trainable = sum(p.numel() for p in bundle.denoiser.parameters() if p.requires_grad)
+        self.prepare_phases.append((phase, trainable))
+
+    @hookimpl
+    def encode_batch(self, bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        self._count("encode_batch")
+        pool = bundle.components["pool"]
+        video = pixels.permute(0, 2, 1, 3, 4)  # (B, C, F, H, W)
+        latents = F.avg_pool3d(video, (1, pool, pool))
+        return [{"latents": latent.float().cpu()} for latent in latents]
+
+    @hookimpl
+    def encode_prompts(self, bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        self._count("encode_prompts")
+        return [{"text": _prompt_vector(p)} for p in prompts]
+
+    @hookimpl
+    def compute_loss(self, bundle: ModelBundle, batch: dict[str, torch.Tensor], generator: torch.Generator, config: Any) -> LossOutput:
+        self._count("compute_loss")
+        x0 = batch["latents"]
+        sigmas = sample_sigmas(x0.shape[0], generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        pred = bundle.denoiser(add_noise(x0, noise, sigmas), sigmas, batch["text"])
+        return LossOutput(loss=F.mse_loss(pred, noise - x0), logs={"toy": 1.0})
+
+    @hookimpl
+    def validate(self, bundle: ModelBundle, request: Any) -> ValidationResult:
+        self._count("validate")
+        self.validate_saw_router = bundle.router
+        self.validate_saw_training = bundle.denoiser.training
+        result = ValidationResult(step=request.step)
+        g = torch.Generator().manual_seed(request.seed)
+        for nickname, prompt in request.prompts.items():
+            x = torch.randn(1, 3, 1, request.height // 4, request.width // 4, generator=g)
+            for sigma in torch.linspace(1.0, 0.0, request.num_inference_steps + 1)[:-1]:
+                x = x - (1.0 / request.num_inference_steps) * bundle.denoiser(x, sigma.view(1), _prompt_vector(prompt)[None])
+            frame = ((x[0, :, 0].permute(1, 2, 0).clamp(-1, 1) + 1) / 2).numpy()
+            result.media[nickname] = write_image(frame, request.output_dir / f"{nickname}.png")
+        return result
+
+
+class Router:
+    def plan(self, num_blocks, num_tokens, batch_size, generator):
+        return []
+
+
+class RoutingFeature:
+    """A feature plugin that offers a token router."""
+
+    @hookimpl
+    def route_tokens(self, bundle: ModelBundle, config: Any) -> Router:
+        return Router()
+
+
+def toy_config(folder: Path, **train: Any) -> dict[str, Any]:
+    return {
+        "model_family": "toy",
+        "train": {"output_dir": str(folder / "out"), "learning_rate": 2e-2, "lora_rank": 8, "max_train_steps": 40, **train},
+        "data": {"instance_data_dir": str(folder / "clips"), "num_frames": 3, "resolution": 16, "cache_dir": str(folder / "cache")},
+        "validation": {"validation_prompt": "a toy", "validation_resolution": "16x16", "validation_num_inference_steps": 4},
+    }
