@@ -138,6 +138,16 @@ def config_schema(plugin: PluginOpt = None) -> None:
     typer.echo(json.dumps(build_schema(PluginHost.build(plugin or [])), indent=2))
 
 
+@config_app.command("docs")
+@friendly_errors
+def config_docs(plugin: PluginOpt = None) -> None:
+    """Print a Markdown reference of every option of the given plugins."""
+    from tuner.config_docs import options_markdown
+    from tuner.plugins import PluginHost
+
+    typer.echo(options_markdown(PluginHost.build(plugin or [])), nl=False)
+
+
 @app.command()
 @friendly_errors
 def demo(

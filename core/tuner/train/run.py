@@ -193,6 +193,11 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     clean_partials(output_dir)
     resume_from = _resume_path(config)
 
+    # accelerate keeps its settings process-wide; a run in the same process
+    # (tests, notebooks) must not inherit the last run's mixed precision.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     try:
         accelerator = Accelerator(
             mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.gradient_accumulation_steps
