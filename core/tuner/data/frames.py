@@ -20,7 +20,7 @@ def read_frames(path: Path, num_frames: int) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))[None]
+            return np.array(img.convert("RGB"))[None]
     import av
 
     frames: list[np.ndarray] = []
