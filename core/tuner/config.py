@@ -29,7 +29,9 @@ else:  # pragma: no cover
 
 if TYPE_CHECKING:
     from tuner.plugins import PluginHost
-    from tuner.sections import DataSection, TrainSection, ValidationSection
+    from tuner.data.settings import DataSection
+    from tuner.train.settings import TrainSection
+    from tuner.validate.settings import ValidationSection
 
 __all__ = ["RunConfig", "read_config_file", "parse_overrides", "merge", "resolve_config", "config_schema"]
 

@@ -134,6 +134,8 @@ class PluginHost:
     def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
         try:
             obj = ep.load()
+            if isinstance(obj, type):  # a class: each host gets its own instance (and its own state)
+                obj = obj()
         except Exception as exc:  # a broken plugin must not look like a core bug
             raise PluginError(f"plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
         dist = getattr(ep, "dist", None)

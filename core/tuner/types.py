@@ -103,7 +103,7 @@ class ValidationResult:
     media: dict[str, Path] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: plugins may key per-run state on it
 class RunInfo:
     """Facts about the run, passed to the lifecycle hooks.
 

@@ -179,15 +179,14 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     import torch
     from accelerate import Accelerator
 
-    from tuner.cache.build import build_caches
-    from tuner.data.local import scan_folder
+    from tuner.data.prepare import prepare_samples, scan_samples
     from tuner.report.progress import TrainProgress
     from tuner.train.adapters import attach_lora
     from tuner.train.checkpoints import clean_partials
     from tuner.types import RunInfo
 
-    tc, dc = config.train, config.data
-    samples = scan_folder(dc.instance_data_dir, dc.caption_strategy, dc.instance_prompt)
+    tc = config.train
+    samples = scan_samples(config)
     output_dir = Path(tc.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     clean_partials(output_dir)
@@ -217,20 +216,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
         raise PluginError(f"token routing is configured but model family '{bundle.family}' does not support it")
     bundle.router = router
 
-    cached = build_caches(
-        host,
-        bundle,
-        samples,
-        cache_dir=Path(dc.cache_dir),
-        num_frames=dc.num_frames,
-        resolution=dc.resolution,
-        vae_batch_size=dc.vae_batch_size,
-        text_batch_size=dc.text_batch_size,
-        device=accelerator.device,
-    )
-    from tuner.data.batches import batches_per_epoch
-
-    batches_per_epoch(len(cached), tc.train_batch_size)  # fail now, not at step 1
+    cached = prepare_samples(host, bundle, config, samples, accelerator.device)
 
     optimizer = torch.optim.AdamW(
         params,

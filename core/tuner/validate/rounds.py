@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuner.sections import parse_size
+from tuner.validate.settings import parse_size
 from tuner.types import ValidationRequest
 
 if TYPE_CHECKING:
