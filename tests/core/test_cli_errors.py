@@ -34,7 +34,8 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
         (["data.instance_data_dir='nowhere'"], "data.instance_data_dir does not exist or is not a folder"),
         (["validation.validation_resolution='832by480'"], "expected WIDTHxHEIGHT"),
         (["wan.model_flavour='t2v-9b'"], "wan.model_flavour: Input should be"),
-        (["data.num_frames=16"], "data.num_frames = 16 does not fit the wan VAE, which needs 4k+1 frames: use 13 or 17"),
+        (["data.resolution_type='pixels'"], "data.resolution_type: Input should be 'pixel', 'area' or 'pixel_area'"),
+        (["data_backend_config='datasets.json'"], "set either data_backend_config (a backend file) or instance_data_dir"),
         (["plugins=['wann']"], "unknown plugin 'wann' (did you mean 'wan'?); installed plugins:"),
     ],
 )

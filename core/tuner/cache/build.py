@@ -1,95 +1,204 @@
 """Filling the caches: decode and encode whatever is not cached yet.
 
-Decoding runs in a thread pool ahead of the encoder (PyAV releases the GIL), so
-the encoder does not wait on the decoder.
+Three stages run at once: decoder threads (PyAV and Pillow release the GIL) read
+and resize clips ahead of the encoder, the encoder works through same-shape
+batches of ``vae_batch_size``, and a writer thread stores finished entries.
+Each entry is written atomically as soon as it is encoded, so an interrupted
+build keeps its finished entries and the next run encodes only the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tuner.cache.store import entry_key, entry_path, file_digest, write_entry
-from tuner.data.frames import load_sample_pixels
+from tuner.cache.store import write_entry
+from tuner.data.buckets import PlannedSample as CachedSample
+from tuner.data.frames import decode_sample, to_pixels
+from tuner.errors import DataError
 from tuner.report.progress import task_progress
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-    from tuner.data.local import Sample
+    from tuner.data.sizing import Geometry
     from tuner.plugins import PluginHost
     from tuner.types import ModelBundle
 
-__all__ = ["CachedSample", "EMPTY_PROMPT", "build_caches"]
-
-EMPTY_PROMPT = ""
+# ``CachedSample`` is what one cached training sample is called outside the data package.
+__all__ = ["CachedSample", "LatentJob", "EntryWriter", "build_latents", "build_texts"]
 
 
 @dataclass(frozen=True)
-class CachedSample:
-    """Where one training sample's latents and caption embedding are kept."""
+class LatentJob:
+    """One clip to encode: where it is, how to cut it, where its entry goes."""
 
     source: Path
-    latents: Path
-    text: Path
+    geometry: Geometry
+    entry: Path
 
 
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+class EntryWriter:
+    """A background thread that writes entries; at most ``depth`` wait in memory."""
+
+    def __init__(self, depth: int, compress: bool) -> None:
+        self.compress = compress
+        self.queue: queue.Queue[tuple[Path, dict[str, Any], dict[str, str] | None] | None] = queue.Queue(max(1, depth))
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="tuner-cache-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    write_entry(item[0], item[1], item[2], compress=self.compress)
+                except BaseException as exc:  # noqa: BLE001 - surfaced in the caller's thread
+                    self.error = exc
+
+    def put(self, path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((path, tensors, metadata))
+
+    def close(self) -> None:
+        """Write what is queued, then stop (also after an interruption: finished work is kept)."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> EntryWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _text_path(folder: Path, bundle: ModelBundle, caption: str) -> Path:
-    return entry_path(folder, entry_key(kind="text", caption=caption, encoder=bundle.cache_id))
+def _pipeline(
+    decode: Callable[[LatentJob], Any], jobs: Sequence[LatentJob], workers: int, lookahead: int
+) -> Generator[tuple[LatentJob, Any], None, None]:
+    """``(job, decoded or the DataError)`` in job order, decoding at most ``lookahead`` jobs ahead."""
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="tuner-decode") as pool:
+        pending: deque[tuple[LatentJob, Future]] = deque()
+        it = iter(jobs)
+        try:
+            for job in it:
+                pending.append((job, pool.submit(decode, job)))
+                if len(pending) >= lookahead:
+                    break
+            while pending:
+                job, future = pending.popleft()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(decode, nxt)))
+                try:
+                    result = future.result()
+                except DataError as exc:
+                    result = exc
+                yield job, result
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
-def build_caches(
+def build_latents(
     host: PluginHost,
     bundle: ModelBundle,
-    samples: Sequence[Sample],
+    jobs: Sequence[LatentJob],
     *,
-    cache_dir: Path,
-    num_frames: int,
-    resolution: int,
     vae_batch_size: int,
-    text_batch_size: int,
+    write_batch_size: int,
+    workers: int,
+    compress: bool,
     device: torch.device,
-) -> list[CachedSample]:
-    """Make sure every sample (and the empty prompt) is cached; return where."""
+    on_failure: Callable[[LatentJob, str], None],
+) -> int:
+    """Encode ``jobs`` into their entries; broken files go to ``on_failure``. Returns entries written."""
     import torch
 
-    latent_dir, text_dir = cache_dir / "vae", cache_dir / "text"
-    settings = {"num_frames": num_frames, "resolution": resolution, "encoder": bundle.cache_id}
-    latent_paths = [
-        entry_path(latent_dir, entry_key(kind="latents", file=file_digest(s.path), **settings)) for s in samples
-    ]
-    todo = [(s, p) for s, p in zip(samples, latent_paths) if not p.is_file()]
-    if todo:
-        with task_progress("encoding clips", len(todo), unit="clips") as advance, ThreadPoolExecutor(2) as pool:
-            decoded = pool.map(lambda item: load_sample_pixels(item[0].path, num_frames, resolution), todo)
-            for batch in _chunks(todo, vae_batch_size):
-                pixels = torch.stack([next(decoded) for _ in batch]).to(device)
-                with torch.no_grad():
-                    encoded = host.encode_batch(bundle, pixels)
-                for (sample, path), tensors in zip(batch, encoded):
-                    write_entry(path, tensors, {"source": str(sample.path)})
-                advance(len(batch))
+    # Same-shape batches: order the work by shape so batches fill up.
+    jobs = sorted(jobs, key=lambda j: (j.geometry.shape, str(j.source)))
+    on_cpu = torch.device(device).type == "cpu"
 
-    captions = list(dict.fromkeys([EMPTY_PROMPT, *(s.caption for s in samples)]))
-    missing = [c for c in captions if not _text_path(text_dir, bundle, c).is_file()]
-    if missing:
-        with task_progress("encoding captions", len(missing), unit="captions") as advance:
-            for batch in _chunks(missing, text_batch_size):
-                with torch.no_grad():
-                    encoded = host.encode_prompts(bundle, list(batch))
-                for caption, tensors in zip(batch, encoded):
-                    write_entry(_text_path(text_dir, bundle, caption), tensors)
-                advance(len(batch))
+    def decode(job: LatentJob) -> np.ndarray | torch.Tensor:
+        frames = decode_sample(job.source, job.geometry)
+        # On a CPU run the conversion to float happens here, in parallel; a GPU gets uint8 (4x fewer bytes).
+        return to_pixels(frames) if on_cpu else torch.from_numpy(frames)
 
-    return [
-        CachedSample(source=s.path, latents=p, text=_text_path(text_dir, bundle, s.caption))
-        for s, p in zip(samples, latent_paths)
-    ]
+    written = 0
+    batch: list[tuple[LatentJob, Any]] = []
+    lookahead = max(2 * workers, vae_batch_size + workers)
+    with (
+        task_progress("encoding clips", len(jobs), unit="clips") as advance,
+        EntryWriter(write_batch_size, compress) as writer,
+    ):
+
+        def flush() -> None:
+            nonlocal written
+            if not batch:
+                return
+            stacked = torch.stack([pixels for _, pixels in batch]).to(device, non_blocking=True)
+            if not on_cpu:
+                stacked = to_pixels(stacked)  # (B, F, H, W, 3) uint8 -> (B, F, 3, H, W) in [-1, 1]
+            with torch.no_grad():
+                encoded = host.encode_batch(bundle, stacked)
+            if len(encoded) != len(batch):
+                raise DataError(f"encode_batch returned {len(encoded)} entries for {len(batch)} clips")
+            for (job, _), tensors in zip(batch, encoded, strict=True):
+                writer.put(job.entry, tensors, {"source": str(job.source)})
+            written += len(batch)
+            advance(len(batch))
+            batch.clear()
+
+        decoded = _pipeline(decode, jobs, workers, lookahead)
+        try:
+            for job, pixels in decoded:
+                if isinstance(pixels, DataError):
+                    on_failure(job, str(pixels))
+                    advance(1)
+                    continue
+                if batch and batch[0][0].geometry.shape != job.geometry.shape:
+                    flush()
+                batch.append((job, pixels))
+                if len(batch) == vae_batch_size:
+                    flush()
+            flush()
+        finally:
+            decoded.close()  # on an interruption too: stop the decoders now, not when the traceback is freed
+    return written
+
+
+def build_texts(
+    host: PluginHost,
+    bundle: ModelBundle,
+    todo: Sequence[tuple[str, Path]],
+    *,
+    text_batch_size: int,
+    write_batch_size: int,
+    compress: bool,
+) -> int:
+    """Encode captions ``(caption, entry)`` in batches of ``text_batch_size``. Returns entries written."""
+    import torch
+
+    with (
+        task_progress("encoding captions", len(todo), unit="captions") as advance,
+        EntryWriter(write_batch_size, compress) as writer,
+    ):
+        for start in range(0, len(todo), text_batch_size):
+            chunk = todo[start : start + text_batch_size]
+            with torch.no_grad():
+                encoded = host.encode_prompts(bundle, [caption for caption, _ in chunk])
+            if len(encoded) != len(chunk):
+                raise DataError(f"encode_prompts returned {len(encoded)} entries for {len(chunk)} captions")
+            for (_, entry), tensors in zip(chunk, encoded, strict=True):
+                writer.put(entry, tensors)
+            advance(len(chunk))
+    return len(todo)

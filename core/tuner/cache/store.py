@@ -1,31 +1,37 @@
 """Cache entries: content-addressed safetensors files, written atomically.
 
 An entry's file name is a hash of everything that decides its content (the
-source file's bytes or the caption, the encoder's identity, the settings), so a
-changed input gets a new entry and an unchanged one is found again.
+source file's bytes or the caption, the encoder's identity, the frames, size and
+crop), so a changed input gets a new entry and an unchanged one is found again.
+With ``compress_disk_cache`` the same bytes are stored gzip-compressed under
+``<key>.safetensors.gz``; either form is read, so switching the option re-encodes
+nothing.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["file_digest", "entry_key", "entry_path", "write_entry", "read_entry"]
+__all__ = [
+    "entry_key",
+    "entry_path",
+    "find_entry",
+    "entry_is_sound",
+    "write_entry",
+    "read_entry",
+    "clean_partials",
+]
 
-
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+_GZ = ".gz"
 
 
 def entry_key(**parts: Any) -> str:
@@ -35,21 +41,87 @@ def entry_key(**parts: Any) -> str:
 
 
 def entry_path(folder: Path, key: str) -> Path:
-    # Two-character fan-out keeps directories small for large datasets.
+    """Where the entry ``key`` lives (uncompressed form). Two-character fan-out keeps folders small."""
     return folder / key[:2] / f"{key}.safetensors"
 
 
-def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` to ``path`` so that a crash never leaves a partial entry behind."""
-    from safetensors.torch import save_file
+def find_entry(path: Path) -> Path | None:
+    """The stored file of the entry at ``path``: plain or compressed, or ``None`` when missing."""
+    if path.is_file():
+        return path
+    packed = path.with_name(path.name + _GZ)
+    return packed if packed.is_file() else None
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+
+def entry_is_sound(path: Path) -> bool:
+    """A cheap check that a plain entry is a whole safetensors file (its header parses and fits)."""
+    if path.name.endswith(_GZ):
+        return path.stat().st_size > 18  # gzip's own CRC guards the rest when read
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n <= 0 or 8 + n > size:
+                return False
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return 8 + n + end == size
+    except (OSError, ValueError, struct.error, KeyError, TypeError):
+        return False
+
+
+def write_entry(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, compress: bool = False
+) -> Path:
+    """Write ``tensors`` for the entry at ``path`` so that a crash never leaves a partial entry behind."""
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    target = path.with_name(path.name + _GZ) if compress else path
+    if compress:
+        blob = gzip.compress(blob, compresslevel=3, mtime=0)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    with tmp.open("wb") as f:
+        f.write(blob)
+    os.replace(tmp, target)
+    return target
 
 
 def read_entry(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    """The tensors of an entry (``path`` may name either stored form)."""
+    from safetensors.torch import load, load_file
 
-    return load_file(str(path))
+    stored = find_entry(path) if not path.is_file() else path
+    if stored is None:
+        raise FileNotFoundError(path)
+    if stored.name.endswith(_GZ):
+        return load(gzip.decompress(stored.read_bytes()))
+    return load_file(str(stored))
+
+
+def clean_partials(folder: Path) -> int:
+    """Remove temporary files left by writers that died (never those of a live process)."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.rglob(".*.partial"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except ValueError:
+            pid = -1
+        if pid != os.getpid() and pid > 0 and _alive(pid):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,1 +1,10 @@
-"""Datasets: finding clips and captions, decoding frames, batching cached samples."""
+"""Datasets: from a backend file (or one folder) to same-shape batches of cached samples.
+
+The run calls `tuner.data.prepare.scan_samples` before the model loads and
+`tuner.data.prepare.prepare_samples` after; the rest, in the order data flows:
+``backends`` (the backend file's keys) and ``layout`` (defaults resolved),
+``local``/``captions``/``probe`` (files, captions, sizes and digests), ``scan``
+and ``report``/``quarantine`` (skipping and listing bad files), ``sizing`` and
+``buckets`` (frames, sizes, crops, buckets, pruning), ``frames`` (decoding),
+``batches`` (the pure batch order and `TrainingData`).
+"""

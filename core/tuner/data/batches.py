@@ -1,15 +1,25 @@
-"""Which samples form each micro-batch, as a pure function of the micro-batch's index.
+"""Which samples form each micro-batch, as a pure function of ``(seed, micro-batch index)``.
 
-The order is a fresh seeded permutation each epoch. Because a batch depends only
-on ``(seed, index)``, a resumed run continues mid-epoch exactly where the
-interrupted one stopped, with nothing to save.
+An epoch is planned from ``(seed, epoch)`` alone: each bucket's samples (each
+repeated ``1 + repeats`` times) are shuffled and cut into batches of
+``train_batch_size``, so a batch never mixes shapes or datasets; then the
+datasets' batches are interleaved, the next batch coming from a dataset with
+chance proportional to its ``probability`` among those with batches left. A
+resumed run therefore continues mid-epoch exactly where the interrupted one
+stopped, with nothing to save. Caption dropout is drawn per sample from
+``(seed, index)`` too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from tuner.cache.store import read_entry
 from tuner.errors import DataError
@@ -17,43 +27,199 @@ from tuner.errors import DataError
 if TYPE_CHECKING:
     import torch
 
-    from tuner.cache.build import CachedSample
+    from tuner.data.buckets import Bucket, PlannedSample
+    from tuner.data.report import DataReport
 
-__all__ = ["batches_per_epoch", "batch_indices", "load_batch"]
+__all__ = ["epoch_batches", "epoch_length", "load_batch", "TrainingData"]
 
 
-def batches_per_epoch(num_samples: int, batch_size: int) -> int:
-    count = num_samples // batch_size
-    if count == 0:
+def epoch_length(buckets: Sequence[Bucket], batch_size: int, prune: bool) -> int:
+    """Micro-batches per epoch: whole batches per bucket, plus a completed last one when not pruning."""
+    return sum(b.size // batch_size if prune else -(-b.size // batch_size) for b in buckets)
+
+
+def _bucket_batches(bucket: Bucket, batch_size: int, prune: bool, rng: np.random.Generator) -> list[list[int]]:
+    items = np.tile(np.asarray(bucket.members, dtype=np.int64), 1 + bucket.repeats)
+    order = items[rng.permutation(len(items))]
+    full, rest = divmod(len(order), batch_size)
+    batches = [order[i * batch_size : (i + 1) * batch_size].tolist() for i in range(full)]
+    if rest and not prune:
+        # Keep every sample: complete the last batch with samples of the same bucket, drawn again.
+        tail = order[full * batch_size :].tolist()
+        while len(tail) < batch_size:
+            tail += items[rng.permutation(len(items))][: batch_size - len(tail)].tolist()
+        batches.append(tail)
+    return batches
+
+
+def epoch_batches(
+    buckets: Sequence[Bucket], batch_size: int, seed: int, epoch: int, prune: bool = True
+) -> list[list[int]]:
+    """Every micro-batch of epoch ``epoch``, in order."""
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, epoch, 0xBA7C4])
+    datasets: dict[str, list[list[int]]] = {}
+    weights: dict[str, float] = {}
+    for bucket in buckets:
+        datasets.setdefault(bucket.dataset, []).extend(_bucket_batches(bucket, batch_size, prune, rng))
+        weights[bucket.dataset] = bucket.probability
+    names = list(datasets)
+    for name in names:  # buckets of a dataset take turns at random
+        batches = datasets[name]
+        datasets[name] = [batches[i] for i in rng.permutation(len(batches))]
+    if len(names) == 1:
+        return datasets[names[0]]
+    left = np.array([len(datasets[n]) for n in names])
+    taken = np.zeros(len(names), dtype=np.int64)
+    w = np.array([weights[n] for n in names], dtype=np.float64)
+    out: list[list[int]] = []
+    for u in rng.random(int(left.sum())):
+        active = w * (taken < left)
+        k = int(np.searchsorted(np.cumsum(active), u * active.sum(), side="right"))
+        k = min(k, len(names) - 1)
+        out.append(datasets[names[k]][taken[k]])
+        taken[k] += 1
+    return out
+
+
+def _read(path: Path, source: Path) -> dict[str, torch.Tensor]:
+    try:
+        return read_entry(path)
+    except Exception as exc:  # a damaged file on disk: say which and how to recover
         raise DataError(
-            f"{num_samples} sample(s) cannot fill one batch of train_batch_size = {batch_size}: "
-            "add clips or lower train_batch_size"
-        )
-    return count
+            f"cache entry {path} (of {source}) cannot be read ({exc}): delete it and start again; it will be"
+            " encoded anew"
+        ) from None
 
 
-def batch_indices(index: int, num_samples: int, batch_size: int, seed: int) -> list[int]:
-    """Sample indices of micro-batch ``index`` (0-based, counted across epochs)."""
+def _stack(latents: list[dict[str, torch.Tensor]], picked: Sequence[PlannedSample]) -> dict[str, torch.Tensor]:
     import torch
 
-    per_epoch = batches_per_epoch(num_samples, batch_size)
-    epoch, within = divmod(index, per_epoch)
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return order[within * batch_size : (within + 1) * batch_size].tolist()
+    try:
+        return {k: torch.stack([entry[k] for entry in latents]) for k in latents[0]}
+    except RuntimeError as exc:
+        names = ", ".join(s.source.name for s in picked)
+        raise DataError(f"samples of different shapes in one batch ({names}): {exc}") from None
 
 
 def load_batch(
-    samples: Sequence[CachedSample], indices: Sequence[int]
+    samples: Sequence[PlannedSample], indices: Sequence[int]
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Stacked cached latents of ``indices`` and the per-sample prompt encodings."""
-    import torch
+    """Stacked cached latents of ``samples[indices]`` (same shape) and their prompt encodings."""
+    picked = [samples[i] for i in indices]
+    return _stack([_read(s.latents, s.source) for s in picked], picked), [_read(s.text, s.source) for s in picked]
 
-    latents = [read_entry(samples[i].latents) for i in indices]
-    prompts = [read_entry(samples[i].text) for i in indices]
-    keys = latents[0].keys()
-    try:
-        stacked = {k: torch.stack([entry[k] for entry in latents]) for k in keys}
-    except RuntimeError as exc:
-        paths = ", ".join(str(Path(samples[i].source).name) for i in indices)
-        raise DataError(f"samples of different shapes in one batch ({paths}): {exc}") from None
-    return stacked, prompts
+
+class TrainingData:
+    """The cached training set as the loop sees it: ``epoch_length`` and one micro-batch per index.
+
+    :ivar samples: every planned sample; batches hold indices into it.
+    :ivar buckets: the buckets that train (after pruning).
+    :ivar epoch_length: micro-batches per epoch.
+    :ivar report: notices, skipped files, buckets and pruning of this run.
+    """
+
+    def __init__(
+        self,
+        samples: list[PlannedSample],
+        buckets: list[Bucket],
+        *,
+        batch_size: int,
+        seed: int,
+        prune: bool,
+        caption_dropout: float,
+        empty_prompt: Path,
+        report: DataReport,
+        rebucket: Callable[[list[PlannedSample]], list[Bucket]] | None = None,
+    ) -> None:
+        self.samples = samples
+        self.buckets = buckets
+        self.batch_size = batch_size
+        self.seed = seed
+        self.prune = prune
+        self.caption_dropout = caption_dropout
+        self.empty_prompt = empty_prompt
+        self.report = report
+        self._rebucket = rebucket
+        self.epoch_length = epoch_length(buckets, batch_size, prune)
+        if self.epoch_length == 0:
+            raise DataError("no batch can be formed from the data (every bucket was pruned)")
+        self._epoch = lru_cache(maxsize=2)(self._plan)
+        self._empty: dict[str, torch.Tensor] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._next: tuple[int, Future] | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def only(self, samples: Sequence[PlannedSample]) -> TrainingData:
+        """The same data restricted to ``samples`` (e.g. without held-out ones), bucketed and pruned again."""
+        if self._rebucket is None:
+            raise ValueError("this TrainingData cannot be bucketed again")
+        kept = list(samples)
+        if len(kept) == len(self.samples):
+            return self
+        return TrainingData(
+            kept,
+            self._rebucket(kept),
+            batch_size=self.batch_size,
+            seed=self.seed,
+            prune=self.prune,
+            caption_dropout=self.caption_dropout,
+            empty_prompt=self.empty_prompt,
+            report=self.report,
+            rebucket=self._rebucket,
+        )
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        return epoch_batches(self.buckets, self.batch_size, self.seed, epoch, self.prune)
+
+    def batch_indices(self, index: int) -> list[int]:
+        """Sample indices of micro-batch ``index`` (0-based, counted across epochs)."""
+        epoch, within = divmod(index, self.epoch_length)
+        with self._lock:
+            return list(self._epoch(epoch)[within])
+
+    def dropped_captions(self, index: int, count: int) -> list[bool]:
+        """Which samples of micro-batch ``index`` train with the empty prompt."""
+        if self.caption_dropout <= 0:
+            return [False] * count
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.seed >> 32 & 0xFFFFFFFF, index, 0xD409])
+        return (rng.random(count) < self.caption_dropout).tolist()
+
+    def _load(self, index: int) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+        indices = self.batch_indices(index)
+        picked = [self.samples[i] for i in indices]
+        latents = [_read(s.latents, s.source) for s in picked]
+        prompts = []
+        for s, dropped in zip(picked, self.dropped_captions(index, len(indices)), strict=True):
+            if dropped:
+                if self._empty is None:
+                    self._empty = _read(self.empty_prompt, Path("(empty prompt)"))
+                prompts.append(dict(self._empty))
+            else:
+                prompts.append(_read(s.text, s.source))
+        return _stack(latents, picked), prompts
+
+    def load_micro_batch(self, index: int) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """Stacked cached latents of micro-batch ``index`` and its per-sample prompt encodings.
+
+        The next index is read in the background meanwhile: the loop asks for them in order.
+        """
+        ahead = self._next
+        if ahead is not None and ahead[0] == index:
+            result = ahead[1].result()
+        else:
+            if ahead is not None:
+                ahead[1].cancel()
+            result = self._load(index)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="tuner-batches")
+        self._next = (index + 1, self._pool.submit(self._load, index + 1))
+        return result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._next = None

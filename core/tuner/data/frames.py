@@ -1,58 +1,83 @@
-"""Decoding clips and images into fixed-size frame tensors (PyAV, Pillow)."""
+"""Decoding files into training pixels: PyAV for clips, Pillow for images.
+
+Resizing happens inside the decoder (libswscale through PyAV's ``reformat``), in
+C and without the GIL, so several decoder threads run truly in parallel with the
+encoder.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from tuner.data.local import IMAGE_EXTENSIONS
+from tuner.data.probe import IMAGE_EXTENSIONS, error_text
 from tuner.errors import DataError
 
-__all__ = ["read_frames", "fit_square", "load_sample_pixels"]
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.data.sizing import Geometry
+
+__all__ = ["decode_sample", "to_pixels"]
 
 
-def read_frames(path: Path, num_frames: int) -> np.ndarray:
-    """The first ``num_frames`` frames of a clip (or the image, as one frame), ``(F, H, W, 3)`` uint8."""
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))[None]
+def _decode_video(path: Path, geometry: Geometry) -> np.ndarray:
     import av
 
-    frames: list[np.ndarray] = []
+    rw, rh = geometry.resize
+    left, top = geometry.crop
+    out = np.empty((geometry.frames, geometry.height, geometry.width, 3), dtype=np.uint8)
+    count = 0
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if len(frames) == num_frames:
+                if (frame.width, frame.height) == (rw, rh):
+                    rgb = frame.to_ndarray(format="rgb24")
+                else:
+                    rgb = frame.to_ndarray(width=rw, height=rh, format="rgb24", interpolation="BICUBIC")
+                out[count] = rgb[top : top + geometry.height, left : left + geometry.width]
+                count += 1
+                if count == geometry.frames:
                     break
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise DataError(f"cannot decode {path}: {exc}") from None
-    if len(frames) < num_frames:
-        raise DataError(f"{path} has {len(frames)} frames, fewer than data.num_frames = {num_frames}")
-    return np.stack(frames)
+    except DataError:
+        raise
+    except Exception as exc:  # PyAV raises many types for broken files
+        raise DataError(f"cannot decode: {error_text(exc)}") from None
+    if count < geometry.frames:
+        raise DataError(f"truncated: decoded {count} of the {geometry.frames} frames needed")
+    return out
 
 
-def fit_square(frames: np.ndarray, size: int) -> torch.Tensor:
-    """Resize the short side to ``size`` and centre-crop: ``(F, 3, size, size)`` float in ``[-1, 1]``."""
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    h, w = video.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    if (new_h, new_w) != (h, w):
-        video = F.interpolate(video, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    video = video[..., top : top + size, left : left + size]
-    return (video / 127.5 - 1.0).clamp(-1.0, 1.0)
+def _decode_image(path: Path, geometry: Geometry) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            if img.size != geometry.resize:
+                img = img.resize(geometry.resize, Image.Resampling.BICUBIC, reducing_gap=3.0)
+            left, top = geometry.crop
+            img = img.crop((left, top, left + geometry.width, top + geometry.height))
+            return np.asarray(img, dtype=np.uint8)[None]
+    except Exception as exc:  # truncated or corrupt files surface only when the pixels are read
+        raise DataError(f"cannot decode: {error_text(exc)}") from None
 
 
-def load_sample_pixels(path: Path, num_frames: int, size: int) -> torch.Tensor:
-    """Decode and fit one sample; images become 1-frame clips."""
-    frames = read_frames(path, num_frames)
-    return fit_square(frames, size)
+def decode_sample(path: Path, geometry: Geometry) -> np.ndarray:
+    """The sample's pixels, ``(frames, height, width, 3)`` uint8; raises `DataError` for a broken file."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return _decode_image(path, geometry)
+    return _decode_video(path, geometry)
+
+
+def to_pixels(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 ``(..., H, W, 3)`` -> float ``(..., 3, H, W)`` in ``[-1, 1]``, as `encode_batch` expects."""
+    import torch
+
+    video = torch.as_tensor(frames)
+    video = video.movedim(-1, -3).float()
+    return video.div_(127.5).sub_(1.0)

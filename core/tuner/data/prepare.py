@@ -1,49 +1,159 @@
-"""From the ``[data]`` section to cached, batchable samples."""
+"""From the ``[data]`` section to a cached, batchable training set: the two calls the run makes.
+
+``scan_samples(config)`` runs before the model loads: it reads the backend file,
+lists, captions, probes and hashes the files (reporting and skipping bad ones).
+``prepare_samples(...)`` runs once the model is known: it sizes every sample for
+the model's strides, forms and prunes the buckets, encodes whatever the caches
+lack, and returns a `TrainingData`.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
-    from tuner.cache.build import CachedSample
     from tuner.config import RunConfig
-    from tuner.data.local import Sample
+    from tuner.data.batches import TrainingData
+    from tuner.data.buckets import Bucket, PlannedSample
+    from tuner.data.scan import DataScan
     from tuner.plugins import PluginHost
     from tuner.types import ModelBundle
 
 __all__ = ["scan_samples", "prepare_samples"]
 
 
-def scan_samples(config: RunConfig) -> list[Sample]:
+def scan_samples(config: RunConfig) -> DataScan:
     """Find the training files and captions; fails fast, before any model loads."""
-    from tuner.data.local import scan_folder
+    from tuner.data.scan import scan_datasets
 
-    dc = config.data
-    return scan_folder(dc.instance_data_dir, dc.caption_strategy, dc.instance_prompt)
+    return scan_datasets(config)
+
+
+def _encode_missing_latents(
+    host: PluginHost,
+    bundle: ModelBundle,
+    config: RunConfig,
+    scan: DataScan,
+    samples: list[PlannedSample],
+    device: torch.device,
+) -> set[int]:
+    """Encode every sample whose latent entry is missing or damaged; return the indices that failed to decode."""
+    from tuner.cache.build import LatentJob, build_latents
+    from tuner.cache.store import clean_partials, entry_is_sound, find_entry
+    from tuner.data.scan import decode_workers
+
+    todo: dict[str, int] = {}
+    for i, s in enumerate(samples):
+        stored = find_entry(s.latents)
+        if stored is not None and entry_is_sound(stored):
+            continue
+        if stored is not None:  # damaged on disk (not by us: writes are atomic): encode it again
+            stored.unlink(missing_ok=True)
+        todo.setdefault(str(s.latents), i)  # two datasets may share one entry
+    if not todo:
+        return set()
+    for folder in {samples[i].latents.parent.parent for i in todo.values()}:
+        clean_partials(folder)
+    failed: set[str] = set()
+    by_entry = {str(samples[i].latents): samples[i] for i in todo.values()}
+
+    def on_failure(job: LatentJob, reason: str) -> None:
+        failed.add(str(job.entry))
+        sample = by_entry[str(job.entry)]
+        scan.forget_broken(sample.dataset, sample.source, reason)
+
+    data = config.data
+    jobs = [LatentJob(samples[i].source, samples[i].geometry, samples[i].latents) for i in todo.values()]
+    build_latents(
+        host,
+        bundle,
+        jobs,
+        vae_batch_size=data.vae_batch_size,
+        write_batch_size=data.write_batch_size,
+        workers=decode_workers(data),
+        compress=data.compress_disk_cache,
+        device=device,
+        on_failure=on_failure,
+    )
+    return {i for i, s in enumerate(samples) if str(s.latents) in failed}
+
+
+def _encode_missing_texts(
+    host: PluginHost, bundle: ModelBundle, config: RunConfig, scan: DataScan, samples: list[PlannedSample]
+) -> Path:
+    """Encode the captions (and the empty prompt) the text caches lack; return the empty prompt's entry."""
+    from tuner.cache.build import build_texts
+    from tuner.cache.store import entry_is_sound, entry_key, entry_path, find_entry
+
+    empty = entry_path(scan.layout.default_text_cache, entry_key(kind="text", caption="", encoder=bundle.cache_id))
+    wanted = {str(empty): ("", empty)}
+    for s in samples:
+        wanted.setdefault(str(s.text), (s.caption, s.text))
+    todo = []
+    for caption, path in wanted.values():
+        stored = find_entry(path)
+        if stored is not None and entry_is_sound(stored):
+            continue
+        if stored is not None:
+            stored.unlink(missing_ok=True)
+        todo.append((caption, path))
+    if todo:
+        build_texts(
+            host,
+            bundle,
+            todo,
+            text_batch_size=config.data.text_batch_size,
+            write_batch_size=scan.layout.text_write_batch_size,
+            compress=config.data.compress_disk_cache,
+        )
+    return empty
 
 
 def prepare_samples(
-    host: PluginHost, bundle: ModelBundle, config: RunConfig, samples: list[Sample], device: torch.device
-) -> list[CachedSample]:
-    """Encode what is not cached yet and check that the data can fill a batch."""
-    from pathlib import Path
+    host: PluginHost, bundle: ModelBundle, config: RunConfig, scan: DataScan, device: torch.device
+) -> TrainingData:
+    """Size, bucket and cache the scanned samples; fail for a dataset left without samples."""
+    from tuner.data.batches import TrainingData
+    from tuner.data.buckets import check_datasets, make_buckets, plan_samples, prune_buckets
 
-    from tuner.cache.build import build_caches
-    from tuner.data.batches import batches_per_epoch
+    report = scan.report
+    quarantining = config.data.delete_problematic_images
+    samples = plan_samples(scan, bundle, config)
+    # Prune before encoding: nothing is encoded for a bucket that will not train.
+    buckets = prune_buckets(make_buckets(samples, scan), config, report)
+    report.print_new_skips("filtered", quarantining)
+    report.write(scan.report_path)
+    check_datasets(scan, samples, buckets, config)
+    training = {i for b in buckets for i in b.members}
+    samples = [s for i, s in enumerate(samples) if i in training]
+    failed = _encode_missing_latents(host, bundle, config, scan, samples, device)
+    # Bucket again over what trains (without files found broken while decoding).
+    samples = [s for i, s in enumerate(samples) if i not in failed]
+    buckets = prune_buckets(make_buckets(samples, scan), config, report)
+    report.print_new_skips("decoding", quarantining)
+    report.write(scan.report_path)
+    check_datasets(scan, samples, buckets, config)
+    empty = _encode_missing_texts(host, bundle, config, scan, samples)
+    report.print_buckets()
+    tc = config.train
 
-    dc = config.data
-    cached = build_caches(
-        host,
-        bundle,
+    def rebucket(kept: list[PlannedSample]) -> list[Bucket]:
+        buckets = prune_buckets(make_buckets(kept, scan), config, report)
+        check_datasets(scan, kept, buckets, config)
+        return buckets
+
+    return TrainingData(
         samples,
-        cache_dir=Path(dc.cache_dir),
-        num_frames=dc.num_frames,
-        resolution=dc.resolution,
-        vae_batch_size=dc.vae_batch_size,
-        text_batch_size=dc.text_batch_size,
-        device=device,
+        buckets,
+        batch_size=tc.train_batch_size,
+        seed=tc.seed,
+        prune=not config.data.disable_bucket_pruning,
+        caption_dropout=config.data.caption_dropout_probability,
+        empty_prompt=empty,
+        report=report,
+        rebucket=rebucket,
     )
-    batches_per_epoch(len(cached), config.train.train_batch_size)
-    return cached

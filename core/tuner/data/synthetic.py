@@ -12,7 +12,7 @@ import numpy as np
 
 from tuner.validate.media import write_video
 
-__all__ = ["SHAPES", "render_clip", "write_synthetic_clips"]
+__all__ = ["SHAPES", "render_clip", "write_synthetic_clips", "write_synthetic_image", "write_broken_files"]
 
 _COLORS = {"red": (220, 40, 40), "green": (40, 200, 70), "blue": (40, 80, 230), "yellow": (235, 215, 40)}
 _BACKGROUNDS = {"black": (10, 10, 10), "white": (240, 240, 240), "grey": (120, 120, 120)}
@@ -41,19 +41,96 @@ def render_clip(
     return frames
 
 
-def write_synthetic_clips(
-    folder: Path, count: int = 4, num_frames: int = 17, width: int = 64, height: int = 48, fps: int = 16
-) -> list[Path]:
-    """Write ``count`` mp4 clips with same-name ``.txt`` captions into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _caption(i: int) -> tuple[str, str, str, str]:
     colors, backgrounds, directions = list(_COLORS), list(_BACKGROUNDS), list(_DIRECTIONS)
+    return (
+        SHAPES[i % len(SHAPES)],
+        colors[i % len(colors)],
+        backgrounds[i % len(backgrounds)],
+        directions[i % len(directions)],
+    )
+
+
+def write_synthetic_clips(
+    folder: Path,
+    count: int = 4,
+    num_frames: int = 17,
+    width: int = 64,
+    height: int = 48,
+    fps: int = 16,
+    *,
+    prefix: str = "clip",
+    start: int = 0,
+    captions: bool = True,
+) -> list[Path]:
+    """Write ``count`` mp4 clips (``{prefix}_{i:03d}.mp4``) with same-name ``.txt`` captions into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i in range(count):
-        shape, color = SHAPES[i % len(SHAPES)], colors[i % len(colors)]
-        background, direction = backgrounds[i % len(backgrounds)], directions[i % len(directions)]
+    for i in range(start, start + count):
+        shape, color, background, direction = _caption(i)
         frames = render_clip(shape, color, background, direction, num_frames, width, height)
-        path = write_video(frames, folder / f"clip_{i:03d}.mp4", fps=fps)
-        caption = f"a {color} {shape} moving {direction} on a {background} background"
-        path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
+        path = write_video(frames, folder / f"{prefix}_{i:03d}.mp4", fps=fps)
+        if captions:
+            caption = f"a {color} {shape} moving {direction} on a {background} background"
+            path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
         paths.append(path)
     return paths
+
+
+def write_synthetic_image(path: Path, width: int = 64, height: int = 48, index: int = 0, caption: bool = True) -> Path:
+    """Write one PNG still of a shape (and its ``.txt`` caption)."""
+    from PIL import Image
+
+    shape, color, background, direction = _caption(index)
+    frame = render_clip(shape, color, background, direction, 1, width, height)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(frame).save(path)
+    if caption:
+        path.with_suffix(".txt").write_text(f"a still {color} {shape} on a {background} background\n", encoding="utf-8")
+    return path
+
+
+def write_broken_files(folder: Path, num_frames: int = 17, width: int = 64, height: int = 48) -> dict[str, Path]:
+    """Files a real dataset ends up with, each captioned: empty, garbage, cut-off clips and a cut-off image.
+
+    ``truncated_tail.mp4`` loses its index (the moov box, written last), so it cannot be opened;
+    ``truncated_frames.mp4`` keeps its index (written first) but loses frame data, so it opens and
+    fails while decoding; ``truncated.png`` opens and fails while decoding.
+    """
+    import os
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        name: folder / name
+        for name in ("empty.mp4", "garbage.mp4", "truncated_tail.mp4", "truncated_frames.mp4", "truncated.png")
+    }
+    files["empty.mp4"].write_bytes(b"")
+    files["garbage.mp4"].write_bytes(os.urandom(2048))
+    frames = render_clip("circle", "red", "white", "left", num_frames, width, height)
+    tail = write_video(frames, files["truncated_tail.mp4"])
+    tail.write_bytes(tail.read_bytes()[: tail.stat().st_size // 2])
+    _write_faststart(frames, files["truncated_frames.mp4"])
+    data = files["truncated_frames.mp4"].read_bytes()
+    files["truncated_frames.mp4"].write_bytes(data[: len(data) * 4 // 5])
+    Image.fromarray(frames[0]).save(files["truncated.png"])
+    png = files["truncated.png"].read_bytes()
+    files["truncated.png"].write_bytes(png[: len(png) // 2])
+    for path in files.values():
+        path.with_suffix(".txt").write_text(f"a broken file {path.stem}\n", encoding="utf-8")
+    return files
+
+
+def _write_faststart(frames: np.ndarray, path: Path, fps: int = 16) -> None:
+    import av
+
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -1,0 +1,221 @@
+"""The backend file: a JSON list of datasets, read as the Wan guide writes it.
+
+Each entry is checked by the model of its ``dataset_type`` (``extra="forbid"``),
+and every error names the file, the dataset and the key. `tuner.data.layout`
+turns the entries into the datasets a run trains on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuner.data.settings import CaptionStrategy, ResolutionType
+from tuner.errors import DataError
+
+__all__ = [
+    "VideoOptions",
+    "ParquetOptions",
+    "MediaDatasetEntry",
+    "TextEmbedsEntry",
+    "ConditioningImageEmbedsEntry",
+    "DEFAULT_ASPECT_BUCKETS",
+    "parse_backend_file",
+]
+
+_FORBID = ConfigDict(extra="forbid", populate_by_name=True)
+# Used by crop_aspect closest/random when the dataset names no crop_aspect_buckets.
+DEFAULT_ASPECT_BUCKETS = (0.5625, 0.6667, 0.75, 1.0, 1.3333, 1.5, 1.7778)
+
+
+class VideoOptions(BaseModel):
+    """The ``video`` block of a video dataset."""
+
+    model_config = _FORBID
+
+    num_frames: int | None = Field(None, ge=1, description="Frames trained per clip, from its start.")
+    min_frames: int | None = Field(None, ge=1, description="Shorter clips are skipped; defaults to num_frames.")
+    max_frames: int | None = Field(None, ge=1, description="Longer clips are skipped.")
+    bucket_strategy: Literal["aspect_ratio", "resolution_frames"] = Field(
+        "aspect_ratio", description="aspect_ratio: group by rounded aspect; resolution_frames: by WxH@frames."
+    )
+    frame_interval: int | None = Field(
+        None, ge=1, description="With resolution_frames: frame counts are rounded down to a multiple of this."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VideoOptions:
+        if self.min_frames and self.max_frames and self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames {self.min_frames} is above max_frames {self.max_frames}")
+        if self.num_frames and self.max_frames and self.num_frames > self.max_frames:
+            raise ValueError(f"num_frames {self.num_frames} is above max_frames {self.max_frames}: no clip could fit")
+        return self
+
+
+class ParquetOptions(BaseModel):
+    """The metadata file of ``caption_strategy: parquet`` (JSONL, JSON or CSV; .parquet with pyarrow)."""
+
+    model_config = _FORBID
+
+    path: str = Field(description="The metadata file; relative paths are read from the config file's folder.")
+    filename_column: str = Field("file_name", description="Column naming the file (relative path, name or stem).")
+    caption_column: str = Field("caption", description="Column holding the caption.")
+    fallback_caption_column: str | None = Field(None, description="Used where caption_column is empty.")
+    identifier_includes_extension: bool | None = Field(
+        None, description="Whether filename_column keeps the extension; unset matches either way."
+    )
+
+
+class MediaDatasetEntry(BaseModel):
+    """A dataset of training files (``dataset_type`` video or image)."""
+
+    model_config = _FORBID
+
+    id: str = Field(min_length=1)
+    type: Literal["local"] = "local"
+    dataset_type: Literal["video", "image"] = "image"
+    disabled: bool = Field(False, validation_alias=AliasChoices("disabled", "disable"))
+    instance_data_dir: str
+    caption_strategy: CaptionStrategy | None = None
+    instance_prompt: str | None = None
+    parquet: ParquetOptions | None = None
+    metadata_backend: Literal["discovery"] = "discovery"
+    crop: bool = False
+    crop_style: Literal["center", "centre", "corner", "random"] = "center"
+    crop_aspect: Literal["square", "preserve", "closest", "random"] = "square"
+    crop_aspect_buckets: list[float] | None = None
+    resolution: float | None = Field(None, gt=0)
+    resolution_type: ResolutionType | None = None
+    minimum_image_size: float | None = Field(None, ge=0)
+    maximum_image_size: float | None = Field(None, gt=0)
+    target_downsample_size: float | None = Field(None, gt=0)
+    repeats: int = Field(0, ge=0)
+    probability: float = Field(1.0, gt=0)
+    cache_dir_vae: str | None = None
+    text_embeds: str | None = None
+    conditioning_image_embeds: str | None = None
+    cache_dir_conditioning_image_embeds: str | None = None
+    video: VideoOptions | None = None
+
+    @model_validator(mode="after")
+    def _coherent(self) -> MediaDatasetEntry:
+        if self.video is not None and self.dataset_type != "video":
+            raise ValueError("the 'video' block applies to dataset_type 'video' only")
+        if (self.maximum_image_size is None) != (self.target_downsample_size is None):
+            raise ValueError("maximum_image_size and target_downsample_size work together: set both or neither")
+        if (
+            self.maximum_image_size
+            and self.target_downsample_size
+            and self.target_downsample_size > self.maximum_image_size
+        ):
+            raise ValueError("target_downsample_size must not be above maximum_image_size")
+        if self.crop_aspect_buckets is not None and (
+            not self.crop_aspect_buckets or min(self.crop_aspect_buckets) <= 0
+        ):
+            raise ValueError("crop_aspect_buckets must be a non-empty list of positive width/height ratios")
+        if self.parquet is not None and self.caption_strategy != "parquet":
+            raise ValueError("the 'parquet' block is read only with caption_strategy 'parquet'")
+        if self.caption_strategy == "parquet" and self.parquet is None:
+            raise ValueError("caption_strategy 'parquet' needs a 'parquet' block naming the metadata file (path)")
+        return self
+
+
+class TextEmbedsEntry(BaseModel):
+    """Where caption embeddings are cached (``dataset_type: text_embeds``)."""
+
+    model_config = _FORBID
+
+    id: str = Field(min_length=1)
+    type: Literal["local"] = "local"
+    dataset_type: Literal["text_embeds"]
+    default: bool = False
+    disabled: bool = Field(False, validation_alias=AliasChoices("disabled", "disable"))
+    cache_dir: str | None = None
+    write_batch_size: int | None = Field(None, ge=1)
+
+
+class ConditioningImageEmbedsEntry(BaseModel):
+    """Cached conditioning image embeddings (image-to-video families); parsed, not used by any family yet."""
+
+    model_config = _FORBID
+
+    id: str = Field(min_length=1)
+    type: Literal["local"] = "local"
+    dataset_type: Literal["conditioning_image_embeds"]
+    disabled: bool = Field(False, validation_alias=AliasChoices("disabled", "disable"))
+    cache_dir: str | None = None
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    "video": MediaDatasetEntry,
+    "image": MediaDatasetEntry,
+    "text_embeds": TextEmbedsEntry,
+    "conditioning_image_embeds": ConditioningImageEmbedsEntry,
+}
+_NOT_YET = {"image_embeds", "conditioning", "audio"}
+
+
+def _entry_error(where: str, model: type[BaseModel], exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            names = model.model_fields
+            if len(err["loc"]) > 1 and err["loc"][0] in ("video", "parquet"):
+                names = (VideoOptions if err["loc"][0] == "video" else ParquetOptions).model_fields
+            close = difflib.get_close_matches(str(err["loc"][-1]), list(names), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            parts.append(f"unknown key '{loc}'{hint}")
+        elif err["type"] == "missing":
+            parts.append(f"'{loc}' is required")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            hint = ""
+            if loc == "crop_aspect" and err.get("input") in ("center", "centre", "corner"):
+                hint = "; where the crop is taken is crop_style (center, corner, random)"
+            parts.append(f"{loc}: {msg} (got {err.get('input')!r}){hint}" if loc else msg)
+    more = len(exc.errors()) - len(parts)
+    return f"{where}: " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_backend_file(path: Path) -> list[tuple[str, BaseModel]]:
+    """Every entry of the backend file at ``path``, validated, with how errors name it."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"data_backend_config {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(raw, list):
+        raise DataError(f"data_backend_config {path}: the top level must be a list of datasets ([{{...}}, ...])")
+    entries: list[tuple[str, BaseModel]] = []
+    seen: set[str] = set()
+    for number, item in enumerate(raw, start=1):
+        if not isinstance(item, dict):
+            raise DataError(f"data_backend_config {path}: entry {number} is not an object")
+        name = item.get("id")
+        where = (
+            f"data_backend_config {path}: dataset '{name}' (entry {number})"
+            if name
+            else f"data_backend_config {path}: entry {number}"
+        )
+        if not isinstance(name, str) or not name:
+            raise DataError(f"{where}: every dataset needs an 'id' (a non-empty string)")
+        if name in seen:
+            raise DataError(f"{where}: id '{name}' is used twice; ids must be unique")
+        seen.add(name)
+        kind = item.get("dataset_type", "image")
+        if kind in _NOT_YET:
+            raise DataError(f"{where}: dataset_type '{kind}' is not supported by tuner yet")
+        if kind not in _MODELS:
+            raise DataError(f"{where}: dataset_type must be one of {', '.join(_MODELS)} (got {kind!r})")
+        model = _MODELS[kind]
+        try:
+            entries.append((where, model.model_validate(item)))
+        except ValidationError as exc:
+            raise DataError(_entry_error(where, model, exc)) from None
+    return entries

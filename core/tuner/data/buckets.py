@@ -1,0 +1,226 @@
+"""From scanned files to buckets of same-shape samples.
+
+Every sample gets its frame count and size from `tuner.data.sizing`, with the
+model's strides; samples of one dataset and one shape form a bucket, and a batch
+is always drawn from one bucket. Buckets too small for
+``train_batch_size x gradient_accumulation_steps`` are pruned (unless
+``disable_bucket_pruning``); a dataset left with nothing fails with the reasons
+and the fixes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuner.cache.store import entry_key, entry_path
+from tuner.data.sizing import Geometry, fit, frames_for, valid_frames
+from tuner.errors import DataError
+
+if TYPE_CHECKING:
+    from tuner.config import RunConfig
+    from tuner.data.report import DataReport
+    from tuner.data.scan import DataScan
+    from tuner.types import ModelBundle
+
+__all__ = [
+    "PIXELS_VERSION",
+    "PlannedSample",
+    "Bucket",
+    "plan_samples",
+    "make_buckets",
+    "prune_buckets",
+    "check_datasets",
+]
+
+# Part of every latent key: bump it when decoding or resizing changes, so old latents are not reused.
+PIXELS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    """A sample as it will train: its source, caption, geometry and cache entries."""
+
+    dataset: str
+    source: Path
+    caption: str
+    geometry: Geometry
+    latents: Path
+    text: Path
+
+
+@dataclass
+class Bucket:
+    """Samples of one dataset that share a shape ``(frames, height, width)``."""
+
+    dataset: str
+    shape: tuple[int, int, int]
+    members: list[int]
+    repeats: int
+    probability: float
+
+    @property
+    def label(self) -> str:
+        f, h, w = self.shape
+        return f"{w}x{h}@{f}"
+
+    @property
+    def size(self) -> int:
+        """Samples per epoch, repeats included."""
+        return len(self.members) * (1 + self.repeats)
+
+
+def _frame_notices(scan: DataScan, bundle: ModelBundle, report: DataReport) -> None:
+    t = bundle.temporal_compression
+    for ds in scan.datasets:
+        spec = ds.spec
+        if spec.kind != "video":
+            continue
+        if spec.num_frames is not None and valid_frames(spec.num_frames, t) != spec.num_frames:
+            used = valid_frames(spec.num_frames, t)
+            report.notice(
+                f"{spec.frames_key} = {spec.num_frames} does not fit the {bundle.family} VAE, which needs {t}k+1"
+                f" frames: training on {used} frames (set {used} or {used + t} to silence this)"
+            )
+        if spec.frame_interval and spec.bucket_strategy != "resolution_frames":
+            report.notice(
+                f"dataset '{spec.id}': frame_interval applies to bucket_strategy 'resolution_frames' only; ignored"
+            )
+        elif spec.frame_interval and spec.num_frames is None and t > 1:
+            report.notice(
+                f"dataset '{spec.id}': frame counts are rounded down to a multiple of frame_interval"
+                f" {spec.frame_interval}, then to the {bundle.family} VAE's {t}k+1 (e.g. {2 * spec.frame_interval}"
+                f" -> {valid_frames(2 * spec.frame_interval, t)})"
+            )
+
+
+def plan_samples(scan: DataScan, bundle: ModelBundle, config: RunConfig) -> list[PlannedSample]:
+    """Geometry and cache entries of every usable file; files that do not fit are reported and left out."""
+    report = scan.report
+    _frame_notices(scan, bundle, report)
+    rounding = config.data.aspect_bucket_rounding
+    planned: list[PlannedSample] = []
+    for ds in scan.datasets:
+        spec = ds.spec
+        for f in ds.files:
+            frames = frames_for(spec, f.info, bundle.temporal_compression)
+            geometry = (
+                frames
+                if isinstance(frames, str)
+                else fit(spec, f.info, frames, bundle.spatial_multiple, rounding, int(f.digest[:15], 16))
+            )
+            if isinstance(geometry, str):
+                report.skip(spec.id, f.path, geometry)
+                continue
+            g = geometry
+            key = entry_key(
+                kind="latents",
+                file=f.digest,
+                encoder=bundle.cache_id,
+                frames=g.frames,
+                size=[g.width, g.height],
+                resize=list(g.resize),
+                crop=list(g.crop),
+                pixels=PIXELS_VERSION,
+            )
+            text_key = entry_key(kind="text", caption=f.caption, encoder=bundle.cache_id)
+            planned.append(
+                PlannedSample(
+                    spec.id,
+                    f.path,
+                    f.caption,
+                    g,
+                    entry_path(spec.vae_cache, key),
+                    entry_path(spec.text_cache, text_key),
+                )
+            )
+    return planned
+
+
+def make_buckets(samples: list[PlannedSample], scan: DataScan) -> list[Bucket]:
+    """One bucket per (dataset, shape), in a stable order."""
+    specs = {ds.spec.id: ds.spec for ds in scan.datasets}
+    groups: dict[tuple[str, tuple[int, int, int]], list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        groups[(s.dataset, s.geometry.shape)].append(i)
+    order = {ds.spec.id: n for n, ds in enumerate(scan.datasets)}
+    return [
+        Bucket(dataset, shape, members, specs[dataset].repeats, specs[dataset].probability)
+        for (dataset, shape), members in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))
+    ]
+
+
+def prune_buckets(buckets: list[Bucket], config: RunConfig, report: DataReport) -> list[Bucket]:
+    """Drop buckets smaller than one optimizer step's samples, unless pruning is disabled; report both."""
+    tc = config.train
+    need = tc.train_batch_size * tc.gradient_accumulation_steps
+    kept: list[Bucket] = []
+    for b in buckets:
+        if b.size >= need or config.data.disable_bucket_pruning:
+            kept.append(b)
+            if b.size < tc.train_batch_size:
+                report.notice(
+                    f"dataset '{b.dataset}' bucket {b.label} has {b.size} sample(s), fewer than train_batch_size"
+                    f" {tc.train_batch_size}: its batches repeat its samples (disable_bucket_pruning is on)"
+                )
+        else:
+            report.pruned.append(
+                f"dataset '{b.dataset}' bucket {b.label}: {len(b.members)} sample(s) x (1 + repeats {b.repeats}) ="
+                f" {b.size}, fewer than train_batch_size {tc.train_batch_size} x gradient_accumulation_steps"
+                f" {tc.gradient_accumulation_steps} = {need}"
+            )
+    by_dataset: dict[str, list[Bucket]] = defaultdict(list)
+    for b in kept:
+        by_dataset[b.dataset].append(b)
+    report.buckets = [
+        f"dataset '{d}': {sum(b.size for b in bs)} samples per epoch in {len(bs)} bucket(s): "
+        + ", ".join(f"{b.label} x{b.size}" for b in bs)
+        for d, bs in by_dataset.items()
+    ]
+    return kept
+
+
+def check_datasets(scan: DataScan, samples: list[PlannedSample], buckets: list[Bucket], config: RunConfig) -> None:
+    """Fail for every enabled dataset that ends up with no samples, saying why and how to fix it."""
+    tc = config.train
+    need = tc.train_batch_size * tc.gradient_accumulation_steps
+    kept = {b.dataset for b in buckets}
+    for ds in scan.datasets:
+        spec = ds.spec
+        if spec.id in kept:
+            continue
+        usable = [s for s in samples if s.dataset == spec.id]
+        skipped = scan.report.reasons(spec.id)
+        facts = [f"{ds.found} file(s) found"]
+        if skipped:
+            facts.append(f"skipped: {skipped}")
+        fixes = []
+        if usable:
+            largest = max(
+                sum(1 for s in usable if s.geometry.shape == shape) for shape in {s.geometry.shape for s in usable}
+            )
+            repeats = math.ceil(need / largest) - 1
+            facts.append(
+                f"{len(usable)} usable, but no bucket reaches train_batch_size {tc.train_batch_size} x"
+                f" gradient_accumulation_steps {tc.gradient_accumulation_steps} = {need} (largest: {largest} x"
+                f" (1 + repeats {spec.repeats}))"
+            )
+            fixes += [
+                f"set repeats to {max(repeats, spec.repeats + 1)} or more",
+                "lower train_batch_size or gradient_accumulation_steps",
+                "set disable_bucket_pruning",
+            ]
+        if skipped and ("too short" in skipped or "too long" in skipped):
+            fixes.append("relax video min_frames/max_frames or num_frames")
+        if skipped and "too small" in skipped:
+            fixes.append("lower minimum_image_size")
+        if skipped and "no caption" in skipped:
+            fixes.append("add the caption files or change caption_strategy")
+        fixes = fixes or ["add usable clips or images"]
+        raise DataError(
+            f"no samples detected in dataset '{spec.id}' ({spec.root}): {'; '.join(facts)}. Fix: {'; '.join(fixes)}"
+            f" (details in {scan.report_path})"
+        )

@@ -1,0 +1,164 @@
+"""Captions: caption files in any common encoding, file names, and JSONL/CSV metadata files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuner.errors import DataError
+
+if TYPE_CHECKING:
+    from tuner.data.layout import DatasetSpec
+
+__all__ = ["decode_caption", "read_caption_file", "caption_from_filename", "MetadataCaptions", "CaptionSource"]
+
+
+def decode_caption(raw: bytes) -> tuple[str, str | None]:
+    """Text of a caption file and, when it was not UTF-8, a note saying how it was read.
+
+    UTF-8 (with or without BOM) and UTF-16 with BOM are read as such. Anything else is
+    read as Windows-1252, the usual encoding of captions written by older Windows tools;
+    bytes undefined there fall back to Latin-1, which maps every byte, so nothing fails.
+    """
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16"), None
+    try:
+        return raw.decode("utf-8-sig"), None
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("cp1252"), "not UTF-8: read as Windows-1252"
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), "not UTF-8: read as Latin-1"
+
+
+def _clean(text: str) -> str:
+    # Line breaks and runs of spaces become single spaces: one caption per file.
+    return " ".join(text.replace("\x00", " ").split())
+
+
+def read_caption_file(path: Path) -> tuple[str | None, str | None]:
+    """``(caption, note)``; the caption is ``None`` when the file is missing."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot read {path.name}: {exc.strerror or exc}"
+    text, note = decode_caption(raw)
+    return _clean(text), note
+
+
+def caption_from_filename(path: Path) -> str:
+    return _clean(path.stem.replace("_", " "))
+
+
+class MetadataCaptions:
+    """Captions from a metadata file: JSON lines, a JSON list, CSV, or Parquet (with pyarrow)."""
+
+    def __init__(
+        self,
+        path: Path,
+        filename_column: str,
+        caption_column: str,
+        fallback_column: str | None,
+        includes_extension: bool | None,
+    ) -> None:
+        self.path = path
+        self.includes_extension = includes_extension
+        rows = self._rows(path)
+        self.by_key: dict[str, tuple[str | None, str | None]] = {}
+        for number, row in enumerate(rows, start=1):
+            if filename_column not in row:
+                raise DataError(f"{path}: row {number} has no column '{filename_column}' (columns: {', '.join(row)})")
+            key = str(row[filename_column]).replace("\\", "/").strip()
+            self.by_key[key] = (row.get(caption_column), row.get(fallback_column) if fallback_column else None)
+        if rows and caption_column not in rows[0]:
+            raise DataError(f"{path}: no caption column '{caption_column}' (columns: {', '.join(rows[0])})")
+
+    @staticmethod
+    def _rows(path: Path) -> list[dict]:
+        if not path.is_file():
+            raise DataError(f"caption metadata file not found: {path}")
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise DataError(
+                    f"{path}: reading .parquet needs pyarrow (pip install pyarrow), or use JSONL/CSV"
+                ) from None
+            return pq.read_table(path).to_pylist()
+        text, _ = decode_caption(path.read_bytes())
+        if suffix == ".csv":
+            return list(csv.DictReader(io.StringIO(text)))
+        stripped = text.lstrip()
+        try:
+            if stripped.startswith("["):
+                return list(json.loads(stripped))
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path}: invalid JSON at line {exc.lineno}: {exc.msg} (expected JSON lines or CSV)"
+            ) from None
+
+    def caption(self, path: Path, root: Path) -> str | None:
+        rel = path.relative_to(root).as_posix()
+        if self.includes_extension is True:
+            keys = [rel, path.name]
+        elif self.includes_extension is False:
+            keys = [rel.rsplit(".", 1)[0], path.stem]
+        else:
+            keys = [rel, path.name, rel.rsplit(".", 1)[0], path.stem]
+        for key in keys:
+            if key in self.by_key:
+                main, fallback = self.by_key[key]
+                for value in (main, fallback):
+                    if value is not None and _clean(str(value)):
+                        return _clean(str(value))
+                return ""
+        return None
+
+
+class CaptionSource:
+    """The caption of each file of one dataset, under its ``caption_strategy``."""
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+        self.metadata: MetadataCaptions | None = None
+        if spec.caption_strategy == "parquet":
+            assert spec.metadata is not None and spec.metadata_path is not None
+            m = spec.metadata
+            self.metadata = MetadataCaptions(
+                spec.metadata_path,
+                m.filename_column,
+                m.caption_column,
+                m.fallback_caption_column,
+                m.identifier_includes_extension,
+            )
+
+    def caption(self, path: Path) -> tuple[str | None, str | None]:
+        """``(caption, message)``: a caption (and maybe a note), or ``None`` and why the file is skipped."""
+        strategy = self.spec.caption_strategy
+        if strategy == "instanceprompt":
+            return self.spec.instance_prompt or "", None
+        if strategy == "filename":
+            return caption_from_filename(path), None
+        if strategy == "parquet":
+            assert self.metadata is not None
+            text = self.metadata.caption(path, self.spec.root)
+            if text is None:
+                return None, f"no row in {self.metadata.path.name}"
+            if not text:
+                return None, f"empty caption in {self.metadata.path.name}"
+            return text, None
+        caption_file = path.with_suffix(".txt")
+        text, note = read_caption_file(caption_file)
+        if text is None:
+            return None, note or f"no caption file {caption_file.name}"
+        if not text:
+            return None, f"empty caption file {caption_file.name}"
+        return text, (f"{caption_file.name} {note}" if note else None)

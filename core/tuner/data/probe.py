@@ -1,0 +1,209 @@
+"""What each file is: size, frame count and content digest, remembered between runs.
+
+Probing opens every file and hashing reads all its bytes, which is slow for a large
+dataset. A `FileIndex` remembers both per file, keyed by the file's stat signature
+(size, modification and change times, inode; the signature git uses to notice
+edits), so a second start only stats the files. An edited file gets a new
+signature and is probed and hashed again; cache keys use the digest, never the
+signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "MediaInfo",
+    "ProbeError",
+    "file_digest",
+    "probe_media",
+    "FileIndex",
+    "Probed",
+    "probe_files",
+    "error_text",
+]
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+_INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """A file's picture size (after EXIF rotation for images) and frame count (1 for images)."""
+
+    width: int
+    height: int
+    frames: int
+    is_image: bool
+
+
+class ProbeError(Exception):
+    """The file cannot be used; the message says why."""
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def error_text(exc: BaseException) -> str:
+    """A library error as one short line (PyAV's messages end with the path, which the report shows anyway)."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(text).splitlines()[0]
+
+
+def _probe_image(path: Path) -> MediaInfo:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.verify()  # checks the structure (and a PNG's checksums) without decoding the pixels
+    with Image.open(path) as img:
+        width, height = img.size
+        # EXIF orientations 5-8 are rotated by 90 degrees: the picture is height x width.
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            width, height = height, width
+    return MediaInfo(width, height, 1, True)
+
+
+def _probe_video(path: Path) -> MediaInfo:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ProbeError("no video stream")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        frames = stream.frames
+        if frames <= 0:  # some containers (webm, mkv) do not store it: count the packets
+            frames = sum(1 for packet in container.demux(stream) if packet.size)
+    if width <= 0 or height <= 0:
+        raise ProbeError("the video stream has no picture size")
+    if frames <= 0:
+        raise ProbeError("no frames")
+    return MediaInfo(width, height, frames, False)
+
+
+def probe_media(path: Path) -> MediaInfo:
+    """Read a file's header; raise `ProbeError` when it is empty, unreadable or not media."""
+    if path.stat().st_size == 0:
+        raise ProbeError("empty file (0 bytes)")
+    try:
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            return _probe_image(path)
+        return _probe_video(path)
+    except ProbeError:
+        raise
+    except Exception as exc:  # PyAV and Pillow raise many types for broken files
+        raise ProbeError(f"unreadable: {error_text(exc)}") from None
+
+
+def _signature(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+class FileIndex:
+    """Digest and probe results per file, valid while the file's stat signature is unchanged."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        self.dirty = False
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") == _INDEX_VERSION:
+                self.records = data["files"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass  # missing or damaged: everything is probed again
+
+    def get(self, file: Path, st: os.stat_result) -> dict[str, Any] | None:
+        record = self.records.get(str(file))
+        return record if record is not None and record.get("sig") == _signature(st) else None
+
+    def put(self, file: Path, st: os.stat_result, **record: Any) -> None:
+        self.records[str(file)] = {"sig": _signature(st), **record}
+        self.dirty = True
+
+    def mark_broken(self, file: Path, reason: str) -> None:
+        """Remember a failure found later (while decoding), so the next scan skips the file at once."""
+        try:
+            st = file.stat()
+        except OSError:
+            return
+        self.put(file, st, error=reason)
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        tmp.write_text(json.dumps({"version": _INDEX_VERSION, "files": self.records}))
+        os.replace(tmp, self.path)
+        self.dirty = False
+
+
+@dataclass(frozen=True)
+class Probed:
+    """One file after probing: its info and digest, or why it cannot be used."""
+
+    path: Path
+    info: MediaInfo | None
+    digest: str | None
+    error: str | None
+
+
+def _probe_one(path: Path) -> tuple[MediaInfo | None, str | None, str | None]:
+    try:
+        info = probe_media(path)
+        return info, file_digest(path), None
+    except ProbeError as exc:
+        return None, None, str(exc)
+    except OSError as exc:
+        return None, None, f"unreadable: {exc.strerror or exc}"
+
+
+def probe_files(
+    files: Iterable[Path], index: FileIndex, workers: int, on_done: Callable[[int], None] | None = None
+) -> list[Probed]:
+    """Probe and hash ``files`` (in parallel), reusing what ``index`` remembers."""
+    files = list(files)
+    results: dict[Path, Probed] = {}
+    todo: list[tuple[Path, os.stat_result]] = []
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            results[path] = Probed(path, None, None, f"unreadable: {exc.strerror or exc}")
+            continue
+        record = index.get(path, st)
+        if record is None:
+            todo.append((path, st))
+        elif record.get("error"):
+            results[path] = Probed(path, None, None, record["error"])
+        else:
+            results[path] = Probed(path, MediaInfo(*record["info"]), record["digest"], None)
+    if todo:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for (path, st), (info, digest, error) in zip(todo, pool.map(_probe_one, [p for p, _ in todo]), strict=True):
+                if error is not None:
+                    index.put(path, st, error=error)
+                else:
+                    assert info is not None
+                    index.put(path, st, digest=digest, info=[info.width, info.height, info.frames, info.is_image])
+                results[path] = Probed(path, info, digest, error)
+                if on_done:
+                    on_done(1)
+    return [results[p] for p in files]
