@@ -223,6 +223,17 @@ def test_text_embeds_default_and_per_dataset_caches(clips):
     assert layout.default_text_cache == clips / "text/main" and layout.text_write_batch_size == 7
 
 
+def test_cache_folders_receive_the_entries(clips):
+    backend = [
+        video("a", "clips", cache_dir_vae="latents/a"),
+        {"id": "text", "dataset_type": "text_embeds", "default": True, "cache_dir": "text/main"},
+    ]
+    data, _ = prepared(configure(clips, backend))
+    assert len(list((clips / "latents/a").rglob("*.safetensors"))) == 3
+    assert len(list((clips / "text/main").rglob("*.safetensors"))) == 4  # 3 captions and the empty prompt
+    assert all(s.latents.is_relative_to(clips / "latents/a") for s in data.samples)
+
+
 def test_conditioning_image_embeds_has_a_place_and_is_noted_as_unused(clips):
     backend = [
         video("a", "clips", conditioning_image_embeds="cond", cache_dir_conditioning_image_embeds="cache/cond/a"),

@@ -21,22 +21,38 @@ SHAPES = ("square", "circle")
 
 
 def render_clip(
-    shape: str, color: str, background: str, direction: str, num_frames: int, width: int, height: int
+    shape: str,
+    color: str,
+    background: str,
+    direction: str,
+    num_frames: int,
+    width: int,
+    height: int,
+    variant: int = 0,
 ) -> np.ndarray:
-    """``(F, H, W, 3)`` uint8 frames of one shape crossing the frame."""
+    """``(F, H, W, 3)`` uint8 frames of one shape crossing the frame.
+
+    ``variant`` > 0 moves the shape's track sideways and then shades the background, so
+    clips of the same caption still differ.
+    """
     yy, xx = np.mgrid[0:height, 0:width]
     radius = max(2, min(width, height) // 6)
     dx, dy = _DIRECTIONS[direction]
+    span = max(1, (height if dx else width) - 2 * radius)
+    lane = (variant + span // 2) % span - span // 2  # 0, 1, 2, ... then wrapping to the far side
+    shade = (variant // span) * 9 % 100
+    base = np.array(_BACKGROUNDS[background])
+    base = np.clip(base + (shade if base.mean() < 128 else -shade), 0, 255).astype(np.uint8)
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     for i in range(num_frames):
         t = i / max(1, num_frames - 1)
-        cx = width / 2 + dx * (t - 0.5) * (width - 2 * radius)
-        cy = height / 2 + dy * (t - 0.5) * (height - 2 * radius)
+        cx = width / 2 + dx * (t - 0.5) * (width - 2 * radius) + (lane if dy else 0)
+        cy = height / 2 + dy * (t - 0.5) * (height - 2 * radius) + (lane if dx else 0)
         if shape == "circle":
             mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
         else:
             mask = (np.abs(xx - cx) <= radius) & (np.abs(yy - cy) <= radius)
-        frames[i] = _BACKGROUNDS[background]
+        frames[i] = base
         frames[i][mask] = _COLORS[color]
     return frames
 
@@ -63,12 +79,16 @@ def write_synthetic_clips(
     start: int = 0,
     captions: bool = True,
 ) -> list[Path]:
-    """Write ``count`` mp4 clips (``{prefix}_{i:03d}.mp4``) with same-name ``.txt`` captions into ``folder``."""
+    """Write ``count`` mp4 clips (``{prefix}_{i:03d}.mp4``) with same-name ``.txt`` captions into ``folder``.
+
+    Captions repeat every 12 clips; the pictures do not: each round of 12 has its own track
+    (then background shade), so every file has its own content.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(start, start + count):
         shape, color, background, direction = _caption(i)
-        frames = render_clip(shape, color, background, direction, num_frames, width, height)
+        frames = render_clip(shape, color, background, direction, num_frames, width, height, variant=i // 12)
         path = write_video(frames, folder / f"{prefix}_{i:03d}.mp4", fps=fps)
         if captions:
             caption = f"a {color} {shape} moving {direction} on a {background} background"
