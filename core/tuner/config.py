@@ -195,9 +195,10 @@ def resolve_config(raw: Mapping[str, Any], host: PluginHost, base_dir: Path | No
     for name, model in host.sections.items():
         try:
             sections[name] = model.model_validate(nested.get(name, {}))
+            # Assigning the resolved paths validates those fields again: file checks see the real path.
+            _resolve_paths(sections[name], base_dir)
         except ValidationError as exc:
             raise ConfigError(_format_error(name, model, exc)) from None
-        _resolve_paths(sections[name], base_dir)
     plugins = nested.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise ConfigError(f"'plugins' must be a list of plugin names, got {plugins!r}")

@@ -176,12 +176,46 @@ def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResul
     """Render validation media with the adapter as it is now.
 
     Called on the validation schedule (and at the end of the run) under
-    ``torch.no_grad()``, with the denoiser in eval mode; the core puts it back
-    in train mode afterwards. Token routing is off during validation.
+    ``torch.no_grad()``, with the denoiser in eval mode and a forked RNG; the
+    core puts it back in train mode afterwards. Token routing is off during
+    validation. The core calls it once per prompt, size and weight variant
+    (trained / EMA weights, already swapped in), and writes the files.
 
-    :param request: prompts, sizes, sampler settings, the seed and the folder
-        to write into; write media with `tuner.validate.media`.
-    :return: a `tuner.types.ValidationResult` naming the files written.
+    :param request: prompts (nickname -> prompt), size, frames, sampler
+        settings and the seed. Seed a fresh generator from ``request.seed`` for
+        every prompt, so every round starts from the same noise. When
+        ``request.skip_layer_guidance`` is set, honour it or raise
+        `tuner.errors.PluginError` saying the family cannot.
+    :return: a `tuner.types.ValidationResult` whose ``frames`` maps each
+        nickname to its frames, ``(frames, height, width, 3)`` in ``[0, 1]``.
+        (A family may instead write a file into ``request.output_dir`` and name
+        it in ``media``.)
+    """
+
+
+@hookspec(firstresult=True)
+def eval_loss(
+    bundle: ModelBundle,
+    batch: dict[str, torch.Tensor],
+    sigmas: torch.Tensor,
+    generator: torch.Generator,
+    config: RunConfig,
+) -> torch.Tensor:
+    """The training objective of a batch at given noise levels, per sample.
+
+    Optional; without it a run cannot use ``eval_steps_interval``. Called for
+    the stable evaluation loss under ``torch.no_grad()`` with the denoiser in
+    eval mode, on held-out samples: the core repeats one sample along the
+    batch, once per noise level.
+
+    :param batch: as for `compute_loss`.
+    :param sigmas: ``(batch,)`` noise levels in ``(0, 1)``, one per sample:
+        use them instead of sampling any.
+    :param generator: draw the noise from it (and nothing else random): it is
+        seeded the same way every time, which is what makes the loss stable.
+    :param config: the resolved config.
+    :return: a ``(batch,)`` tensor, the loss of each sample, computed exactly
+        as `compute_loss` computes it at those noise levels.
     """
 
 

@@ -46,6 +46,10 @@ DISABLE_AUTOLOAD_ENV = "TUNER_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("core", "tuner.sections"),
     ("jsonlog", "tuner.report.jsonlog:JsonLog"),
+    ("console", "tuner.report.console:ConsoleLog"),
+    ("trackers", "tuner.report.trackers:Trackers"),
+    ("webhooks", "tuner.report.webhooks:Webhooks"),
+    ("hub", "tuner.report.hub:Hub"),
 )
 
 _REQUIRED_FAMILY_HOOKS = ("load_model", "encode_batch", "encode_prompts", "compute_loss")
@@ -270,6 +274,18 @@ class PluginHost:
 
     def validate(self, bundle: ModelBundle, request: ValidationRequest) -> ValidationResult | None:
         return self._call_family(bundle.family, "validate", bundle=bundle, request=request)
+
+    def eval_loss(
+        self,
+        bundle: ModelBundle,
+        batch: dict[str, torch.Tensor],
+        sigmas: torch.Tensor,
+        generator: torch.Generator,
+        config: RunConfig,
+    ) -> torch.Tensor:
+        return self._call_family(
+            bundle.family, "eval_loss", bundle=bundle, batch=batch, sigmas=sigmas, generator=generator, config=config
+        )
 
     def export_adapter(self, bundle: ModelBundle, state_dict: dict[str, torch.Tensor], path: Path) -> Path | None:
         return self._call_family(bundle.family, "export_adapter", bundle=bundle, state_dict=state_dict, path=path)

@@ -1,6 +1,6 @@
 """The built-in plugin that registers the core's config sections.
 
-``train``, ``data`` and ``validation`` are registered through the same hook as
+``train``, ``data``, ``validation`` and ``evaluation`` are registered through the same hook as
 any plugin's section; each model lives beside the code that reads it. Option
 names follow the Wan quickstart guide, so a user can also write them at the top
 level of the config, as the guide does.
@@ -13,7 +13,7 @@ from typing import Any
 from tuner.data.settings import DataSection
 from tuner.hookspecs import hookimpl
 from tuner.train.settings import TrainSection
-from tuner.validate.settings import ValidationSection
+from tuner.validate.settings import EvaluationSection, ValidationSection
 
 __all__ = ["register_config_sections"]
 
@@ -23,3 +23,4 @@ def register_config_sections(register: Any) -> None:
     register("train", TrainSection)
     register("data", DataSection)
     register("validation", ValidationSection)
+    register("evaluation", EvaluationSection)

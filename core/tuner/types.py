@@ -17,6 +17,7 @@ __all__ = [
     "ModelBundle",
     "LossOutput",
     "ValidationRequest",
+    "SkipLayerGuidance",
     "ValidationResult",
     "RunInfo",
     "TokenRouter",
@@ -40,6 +41,8 @@ class ModelBundle:
         cached latents and embeddings made by other encoders are not reused.
     :ivar supports_token_routing: the family's forward honours `router`.
     :ivar router: set by the core when a plugin answers `route_tokens`.
+    :ivar base_model: where the base weights came from (hub id or path), for
+        model cards and trackers.
     """
 
     family: str
@@ -51,6 +54,7 @@ class ModelBundle:
     cache_id: str = ""
     supports_token_routing: bool = False
     router: TokenRouter | None = None
+    base_model: str = ""
 
 
 @dataclass
@@ -80,6 +84,7 @@ class ValidationRequest:
     :ivar seed: noise seed; the same seed every round makes rounds comparable.
     :ivar output_dir: the folder the media go into (already created).
     :ivar fps: frame rate of written videos.
+    :ivar skip_layer_guidance: skip-layer guidance to apply, or ``None``.
     """
 
     step: int
@@ -93,14 +98,52 @@ class ValidationRequest:
     seed: int
     output_dir: Path
     fps: int = 16
+    skip_layer_guidance: SkipLayerGuidance | None = None
+
+
+@dataclass(frozen=True)
+class SkipLayerGuidance:
+    """Skip-layer guidance for one validation round.
+
+    On the sampler steps inside ``[start, stop)`` (fractions of the steps), run
+    one more conditional pass with the blocks ``layers`` skipped and add
+    ``scale * (full - skipped)`` to the guided prediction.
+
+    :ivar layers: indices of the blocks to skip (0-based).
+    :ivar start: fraction of the steps after which it starts.
+    :ivar stop: fraction of the steps after which it stops.
+    :ivar scale: strength of the correction.
+    """
+
+    layers: tuple[int, ...]
+    start: float
+    stop: float
+    scale: float
+
+    def active(self, index: int, num_steps: int) -> bool:
+        """Whether sampler step ``index`` (0-based) of ``num_steps`` gets the extra pass."""
+        return self.start * num_steps <= index < self.stop * num_steps
 
 
 @dataclass
 class ValidationResult:
-    """What `validate` returns: the media files written, by nickname."""
+    """What `validate` returns.
+
+    :ivar step: the step of the request.
+    :ivar frames: nickname -> rendered frames, ``(frames, height, width, 3)``,
+        float in ``[0, 1]`` or uint8. The core writes them (mp4 for clips, PNG
+        for single frames) and adds the contact sheet: return frames rather
+        than writing files yourself.
+    :ivar media: nickname -> file. In the result the core passes to
+        `on_validation_done`, every file of the round; a family may also write
+        files itself and name them here.
+    :ivar contact_sheet: the round's contact sheet PNG (set by the core).
+    """
 
     step: int
     media: dict[str, Path] = field(default_factory=dict)
+    frames: dict[str, Any] = field(default_factory=dict)
+    contact_sheet: Path | None = None
 
 
 @dataclass(eq=False)  # compared and hashed by identity: plugins may key per-run state on it
@@ -112,6 +155,7 @@ class RunInfo:
     :ivar start_step: 0 for a fresh run, k when resuming after step k.
     :ivar family: the model family being trained.
     :ivar config: the resolved `tuner.config.RunConfig`.
+    :ivar base_model: the bundle's ``base_model`` (hub id or path of the base weights).
     """
 
     output_dir: Path
@@ -119,6 +163,7 @@ class RunInfo:
     start_step: int
     family: str
     config: Any
+    base_model: str = ""
 
 
 class TokenRouter(Protocol):

@@ -109,6 +109,14 @@ class ToyFamily:
         return LossOutput(loss=F.mse_loss(pred, noise - x0), logs={"toy": 1.0})
 
     @hookimpl
+    def eval_loss(self, bundle: ModelBundle, batch: dict[str, torch.Tensor], sigmas: torch.Tensor, generator: torch.Generator, config: Any) -> torch.Tensor:
+        self._count("eval_loss")
+        x0 = batch["latents"]
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        pred = bundle.denoiser(add_noise(x0, noise, sigmas), sigmas, batch["text"])
+        return (pred - (noise - x0)).pow(2).flatten(1).mean(1)
+
+    @hookimpl
     def validate(self, bundle: ModelBundle, request: Any) -> ValidationResult:
         self._count("validate")
         self.validate_saw_router = bundle.router

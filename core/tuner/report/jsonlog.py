@@ -2,6 +2,8 @@
 
 A built-in lifecycle plugin. Scripts and tests read the loss curve from it; a
 resumed run appends, so the file tells the whole story of an output folder.
+`EventLog` builds the records; `JsonLog` writes them to the file, and the
+console plugin writes the same records to stdout in ``json`` log mode.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import IO, Any
 
 from tuner.hookspecs import hookimpl
 
-__all__ = ["LOG_NAME", "JsonLog", "read_log"]
+__all__ = ["LOG_NAME", "EventLog", "JsonLog", "read_log"]
 
 LOG_NAME = "train_log.jsonl"
 
@@ -25,11 +27,17 @@ def read_log(output_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-class JsonLog:
-    """Appends every lifecycle event of a run to its log file."""
+class EventLog:
+    """Turns every lifecycle event of a run into one JSON line; subclasses say where it goes."""
 
     def __init__(self) -> None:
         self._file: IO[str] | None = None
+
+    def _open(self, run: Any) -> IO[str] | None:
+        raise NotImplementedError
+
+    def _close(self, file: IO[str]) -> None:
+        file.close()
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
@@ -38,8 +46,7 @@ class JsonLog:
 
     @hookimpl
     def on_run_start(self, run: Any) -> None:
-        run.output_dir.mkdir(parents=True, exist_ok=True)
-        self._file = (run.output_dir / LOG_NAME).open("a", encoding="utf-8")
+        self._file = self._open(run)
         self._write({"event": "start", "start_step": run.start_step, "max_train_steps": run.max_train_steps})
 
     @hookimpl
@@ -52,11 +59,22 @@ class JsonLog:
 
     @hookimpl
     def on_validation_done(self, run: Any, result: Any) -> None:
-        self._write({"event": "validation", "step": result.step, "media": {k: str(v) for k, v in result.media.items()}})
+        record = {"event": "validation", "step": result.step, "media": {k: str(v) for k, v in result.media.items()}}
+        if result.contact_sheet is not None:
+            record["contact_sheet"] = str(result.contact_sheet)
+        self._write(record)
 
     @hookimpl
     def on_run_end(self, run: Any, outputs: dict[str, Path], error: BaseException | None) -> None:
         self._write({"event": "end", "outputs": {k: str(v) for k, v in outputs.items()}, "error": repr(error) if error else None})
         if self._file is not None:
-            self._file.close()
+            self._close(self._file)
             self._file = None
+
+
+class JsonLog(EventLog):
+    """Appends every lifecycle event of a run to ``output_dir/train_log.jsonl``."""
+
+    def _open(self, run: Any) -> IO[str]:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        return (run.output_dir / LOG_NAME).open("a", encoding="utf-8")

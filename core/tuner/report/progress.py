@@ -1,10 +1,18 @@
-"""Progress bars (rich) for long work, with plain log lines when not on a terminal."""
+"""Progress bars (rich) for long work, plain lines off a terminal, or silence.
+
+The log format (``log_format`` in ``[console]``) is set once per run with
+`set_log_format`: ``auto`` shows rich bars on a terminal and about twenty plain
+lines per task elsewhere; ``quiet`` and ``json`` print no progress at all (in
+``json`` mode the run's events go to stdout as JSON lines instead).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Literal
 
 from rich.console import Console
 from rich.progress import (
@@ -17,7 +25,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["console", "task_progress", "TrainProgress"]
+__all__ = ["LogFormat", "console", "set_log_format", "log_format", "task_progress", "TrainProgress"]
+
+LogFormat = Literal["auto", "quiet", "json"]
+_FORMAT: ContextVar[str] = ContextVar("tuner_log_format", default="auto")
+
+
+def set_log_format(value: LogFormat) -> None:
+    """Use ``value`` for the progress shown from now on in this thread of work."""
+    _FORMAT.set(value)
+
+
+def log_format() -> str:
+    return _FORMAT.get()
 
 
 def console() -> Console:
@@ -27,6 +47,9 @@ def console() -> Console:
 @contextmanager
 def task_progress(description: str, total: int, unit: str = "items") -> Iterator[Callable[[int], None]]:
     """A progress bar with a rate; yields ``advance(n)``."""
+    if log_format() != "auto":
+        yield lambda n: None
+        return
     con = console()
     start = time.perf_counter()
     columns = [
@@ -44,25 +67,27 @@ def task_progress(description: str, total: int, unit: str = "items") -> Iterator
             nonlocal done
             done += n
             rate = done / max(1e-9, time.perf_counter() - start)
-            progress.update(task, advance=n, rate=f"{rate:.1f} {unit}/s")
+            progress.update(task, advance=n, rate=f"{rate:.1f} {unit}/s" if rate >= 1 else f"{1 / rate:.1f} s/{unit}")
 
         yield advance
     if not con.is_terminal:
         elapsed = time.perf_counter() - start
-        con.print(f"{description}: {done}/{total} {unit} in {elapsed:.1f}s ({done / max(elapsed, 1e-9):.1f} {unit}/s)")
+        con.print(f"{description}: {done}/{total} {unit} in {elapsed:.1f}s")
 
 
 class TrainProgress:
     """The training bar: step, loss, lr, s/it and ETA.
 
     On a terminal it is a live bar; elsewhere (CI logs, pipes) it prints about
-    twenty plain lines per run so logs stay readable.
+    twenty plain lines per run so logs stay readable; in ``quiet`` and ``json``
+    modes it prints nothing.
     """
 
     def __init__(self, total: int, start: int) -> None:
         self.console = console()
         self.total, self.start = total, start
-        self.live = self.console.is_terminal
+        self.silent = log_format() != "auto"
+        self.live = self.console.is_terminal and not self.silent
         self.every = max(1, (total - start) // 20)
         self.progress = Progress(
             TextColumn("training"),
@@ -86,9 +111,12 @@ class TrainProgress:
 
     def update(self, step: int, logs: dict[str, float]) -> None:
         stats = f"loss {logs['loss']:.4f}  lr {logs['lr']:.2e}  {logs['step_time']:.3f} s/it"
+        if "eval_loss" in logs:
+            stats += f"  eval {logs['eval_loss']:.4f}"
         self.progress.update(self.task, completed=step, stats=stats)
-        if not self.live and (step % self.every == 0 or step == self.total):
+        if not self.live and not self.silent and (step % self.every == 0 or step == self.total):
             self.console.print(f"step {step}/{self.total}  {stats}")
 
     def note(self, message: str) -> None:
-        self.console.print(message)
+        if not self.silent:
+            self.console.print(message)

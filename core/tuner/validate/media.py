@@ -1,4 +1,4 @@
-"""Writing validation media: H.264 mp4 clips that play in a browser, and PNGs."""
+"""Writing validation media: H.264 mp4 clips that play in a browser, PNGs, and contact sheets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["to_uint8", "write_video", "write_image", "safe_filename"]
+__all__ = [
+    "to_uint8",
+    "write_video",
+    "write_image",
+    "write_media",
+    "read_media",
+    "safe_filename",
+    "thumbnails",
+    "contact_sheet",
+    "SHEET_PAD",
+    "SHEET_LABEL",
+    "SHEET_GAP",
+]
+
+# Contact-sheet geometry, in pixels: padding around every cell, the label strip
+# above each row, and the gap between side-by-side variants of one prompt.
+SHEET_PAD, SHEET_LABEL, SHEET_GAP = 4, 14, 12
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -41,7 +57,8 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 16) -> Path:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
+        # One encoder thread: the same frames always give the same file (a clip takes well under a second).
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -58,5 +75,80 @@ def write_image(frame: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     Image.fromarray(to_uint8(np.asarray(frame))).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def write_media(frames: np.ndarray, folder: Path, stem: str, fps: int = 16) -> Path:
+    """``stem.png`` for one frame, ``stem.mp4`` for several."""
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if len(frames) == 1:
+        return write_image(frames[0], folder / f"{stem}.png")
+    return write_video(frames, folder / f"{stem}.mp4", fps=fps)
+
+
+def read_media(path: Path) -> np.ndarray:
+    """Frames of a written PNG or video, ``(F, H, W, 3)`` uint8."""
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))[None]
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def thumbnails(frames: np.ndarray, count: int = 5, max_side: int = 256) -> np.ndarray:
+    """``count`` frames evenly spread over a clip (first and last included), no side above ``max_side``."""
+    frames = to_uint8(np.asarray(frames))
+    if frames.ndim == 3:
+        frames = frames[None]
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
+    chosen = frames[picks]
+    h, w = chosen.shape[1:3]
+    if max(h, w) <= max_side:
+        return chosen
+    from PIL import Image
+
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BILINEAR)) for f in chosen])
+
+
+def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], path: Path) -> Path:
+    """One PNG showing a whole round: a row per prompt, its thumbnails left to right.
+
+    :param rows: ``(label, variants)``; each variant is a ``(K, H, W, 3)`` stack
+        from `thumbnails`. Several variants of one prompt (trained and EMA
+        weights) sit side by side in its row, separated by a wider gap.
+    """
+    from PIL import Image, ImageDraw
+
+    def row_width(variants: list[np.ndarray]) -> int:
+        cells = sum(SHEET_PAD + len(v) * (v.shape[2] + SHEET_PAD) for v in variants)
+        return cells + SHEET_GAP * (len(variants) - 1)
+
+    width = max(row_width(v) for _, v in rows)
+    height = SHEET_PAD + sum(SHEET_LABEL + max(x.shape[1] for x in v) + SHEET_PAD for _, v in rows)
+    sheet = Image.new("RGB", (width, height), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    y = SHEET_PAD
+    for label, variants in rows:
+        draw.text((SHEET_PAD, y + 1), label, fill=(230, 230, 230))
+        y += SHEET_LABEL
+        x = 0
+        for variant in variants:
+            for frame in variant:
+                sheet.paste(Image.fromarray(to_uint8(frame)), (x + SHEET_PAD, y))
+                x += frame.shape[1] + SHEET_PAD
+            x += SHEET_PAD + SHEET_GAP
+        y += max(v.shape[1] for v in variants) + SHEET_PAD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    sheet.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path

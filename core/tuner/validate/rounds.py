@@ -1,60 +1,188 @@
-"""One validation round: build the request from the config, render, restore training state."""
+"""One validation round: every prompt at every size, written as media plus one contact sheet.
+
+The family renders (its `validate` hook returns frames); the core decides what
+is rendered, names and writes the files, and leaves training untouched.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuner.validate.settings import parse_size
-from tuner.types import ValidationRequest
+from tuner.errors import ConfigError, PluginError
+from tuner.types import SkipLayerGuidance, ValidationRequest, ValidationResult
+from tuner.validate.inference import inference_state
+from tuner.validate.media import contact_sheet, read_media, thumbnails, write_media
+from tuner.validate.prompts import CONTACT_SHEET_NAME, file_stems, round_prompts
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from tuner.config import RunConfig
     from tuner.plugins import PluginHost
-    from tuner.types import ModelBundle, ValidationResult
+    from tuner.types import ModelBundle
 
-__all__ = ["validation_enabled", "run_validation"]
+__all__ = ["EmaSwap", "validation_enabled", "check_validation", "run_validation", "round_variants"]
 
-MAIN_PROMPT_NICKNAME = "main"
+# A callable returning a context manager inside which the model carries its EMA weights.
+EmaSwap = Callable[[], AbstractContextManager[object]]
 
 
 def validation_enabled(host: PluginHost, config: RunConfig) -> bool:
-    return bool(config.validation.validation_prompt) and host.implements(config.model_family, "validate")
+    """Validation is on, there is a prompt to render and the family can render."""
+    v = config.validation
+    return not v.validation_disable and bool(round_prompts(v)) and host.implements(config.model_family, "validate")
 
 
-def run_validation(host: PluginHost, bundle: ModelBundle, config: RunConfig, step: int) -> ValidationResult | None:
-    """Render the validation prompts at ``step`` into ``output_dir/validation/step-N``.
+def check_validation(host: PluginHost, bundle: ModelBundle, config: RunConfig) -> None:
+    """Start-up checks, so a bad setting fails before step 1 rather than at the first round."""
+    v = config.validation
+    if not validation_enabled(host, config):
+        return
+    frames, t = v.validation_num_video_frames, bundle.temporal_compression
+    if t > 1 and frames % t != 1:
+        lower = (frames - 1) // t * t + 1
+        raise ConfigError(
+            f"validation_num_video_frames = {frames} does not fit the {bundle.family} VAE, which needs {t}k+1"
+            f" frames: use {lower} or {lower + t}"
+        )
+    m = bundle.spatial_multiple
+    for width, height in v.sizes():
+        if width % m or height % m:
+            raise ConfigError(
+                f"validation_resolution {width}x{height} must be a multiple of {m} on both sides for"
+                f" {bundle.family}: use {max(m, width // m * m)}x{max(m, height // m * m)}"
+            )
+    layers = v.validation_guidance_skip_layers
+    if layers and bundle.num_blocks and max(layers) >= bundle.num_blocks:
+        raise ConfigError(
+            f"validation_guidance_skip_layers {layers} names block {max(layers)}, but this {bundle.family} model has"
+            f" {bundle.num_blocks} blocks (0..{bundle.num_blocks - 1})"
+        )
+
+
+def round_variants(config: RunConfig, use_ema: EmaSwap | None) -> list[tuple[str, EmaSwap | None]]:
+    """``(suffix, swap)`` per weight variant rendered, honouring ``ema_validation``.
+
+    Without EMA weights (``use_ema`` is None) only the trained weights render.
+    """
+    mode = config.train.ema_validation if use_ema is not None else "none"
+    if mode == "ema_only":
+        return [("", use_ema)]
+    if mode == "comparison":
+        return [("", None), ("ema", use_ema)]
+    return [("", None)]
+
+
+def _skip_layer_guidance(config: RunConfig) -> SkipLayerGuidance | None:
+    v = config.validation
+    if not v.validation_guidance_skip_layers:
+        return None
+    return SkipLayerGuidance(
+        layers=tuple(v.validation_guidance_skip_layers),
+        start=v.validation_guidance_skip_layers_start,
+        stop=v.validation_guidance_skip_layers_stop,
+        scale=v.validation_guidance_skip_scale,
+    )
+
+
+def run_validation(
+    host: PluginHost,
+    bundle: ModelBundle,
+    config: RunConfig,
+    step: int,
+    *,
+    use_ema: EmaSwap | None = None,
+) -> ValidationResult | None:
+    """Render the round of ``step`` into ``output_dir/validation/step-N``.
+
+    Each prompt is rendered at each ``validation_resolution`` (file names get a
+    ``-WxH`` suffix when there are several), with the same seed every round.
+    With ``use_ema`` (a callable returning a context manager that swaps the EMA
+    weights in), ``ema_validation`` picks the EMA weights only, or both, the
+    EMA files suffixed ``-ema`` and shown beside the trained ones on the sheet.
 
     Training state is untouched: the global RNG is forked, token routing is
-    switched off and the denoiser goes back to train mode afterwards.
+    off, gradients are off and the denoiser returns to its mode afterwards.
+
+    :return: every file written, by key, and the contact sheet; ``None`` when
+        validation is off or nothing is configured.
     """
-    import torch
+    from tuner.report.progress import task_progress
 
     v = config.validation
     if not validation_enabled(host, config):
         return None
-    width, height = parse_size(v.validation_resolution)
-    request = ValidationRequest(
+    prompts = round_prompts(v)
+    sizes = v.sizes()
+    variants = round_variants(config, use_ema)
+    folder = Path(config.train.output_dir) / "validation" / f"step-{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def key_of(nickname: str, size: tuple[int, int]) -> str:
+        return nickname if len(sizes) == 1 else f"{nickname}-{size[0]}x{size[1]}"
+
+    keys = [key_of(n, s) for s in sizes for n in prompts]
+    stems = file_stems([f"{k}-{suffix}" if suffix else k for k in keys for suffix, _ in variants])
+    owner = host.families[config.model_family]
+    out = ValidationResult(step=step)
+    rows: list[tuple[str, list[np.ndarray]]] = []
+    with inference_state(bundle), task_progress(
+        f"validation (step {step})", len(keys) * len(variants), unit="clips"
+    ) as advance:
+        for size in sizes:
+            for nickname, prompt in prompts.items():
+                key = key_of(nickname, size)
+                request = _request(config, step, key, prompt, size, folder)
+                shown = []
+                for suffix, swap in variants:
+                    with swap() if swap is not None else contextlib.nullcontext():
+                        rendered = host.validate(bundle, request)
+                    name = f"{key}-{suffix}" if suffix else key
+                    out.media[name], frames = _keep(rendered, key, folder, stems[name], v.validation_fps, owner)
+                    shown.append(thumbnails(frames))
+                    advance(1)
+                labels = " | ".join(s or "trained" for s, _ in variants) if len(variants) > 1 else ""
+                rows.append((f"{key}  ({labels})" if labels else key, shown))
+        out.contact_sheet = contact_sheet(rows, folder / f"{CONTACT_SHEET_NAME}.png")
+    return out
+
+
+def _request(
+    config: RunConfig, step: int, key: str, prompt: str, size: tuple[int, int], folder: Path
+) -> ValidationRequest:
+    v = config.validation
+    return ValidationRequest(
         step=step,
-        prompts={MAIN_PROMPT_NICKNAME: v.validation_prompt or ""},
+        prompts={key: prompt},
         negative_prompt=v.validation_negative_prompt,
         num_frames=v.validation_num_video_frames,
-        width=width,
-        height=height,
+        width=size[0],
+        height=size[1],
         num_inference_steps=v.validation_num_inference_steps,
         guidance_scale=v.validation_guidance,
         seed=v.validation_seed,
-        output_dir=Path(config.train.output_dir) / "validation" / f"step-{step}",
+        output_dir=folder,
         fps=v.validation_fps,
+        skip_layer_guidance=_skip_layer_guidance(config),
     )
-    request.output_dir.mkdir(parents=True, exist_ok=True)
-    router, bundle.router = bundle.router, None
-    was_training = bundle.denoiser.training
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    try:
-        bundle.denoiser.eval()
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            return host.validate(bundle, request)
-    finally:
-        bundle.router = router
-        bundle.denoiser.train(was_training)
+
+
+def _keep(
+    rendered: ValidationResult | None, key: str, folder: Path, stem: str, fps: int, owner: str
+) -> tuple[Path, np.ndarray]:
+    """Write what the family rendered for ``key`` (or adopt the file it wrote); return the file and its frames."""
+    if rendered is not None and key in rendered.frames:
+        frames = rendered.frames[key]
+        return write_media(frames, folder, stem, fps), frames
+    if rendered is None or key not in rendered.media:
+        raise PluginError(f"plugin '{owner}': validate returned nothing for prompt '{key}'")
+    written = Path(rendered.media[key])
+    path = written.with_name(f"{stem}{written.suffix}")
+    if written != path:
+        os.replace(written, path)
+    return path, read_media(path)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.hookspecs import hookimpl
 
-from tuner_wan.settings import WanSection
+from tuner_wan.settings import FLAVOURS, WanSection
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,9 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
 
     from tuner_wan.loading import load_components
 
-    parts = load_components(config.section("wan"), config, device)
+    section = config.section("wan")
+    parts = load_components(section, config, device)
+    parts["validation_sampler"] = section.wan_validation_sampler
     vae = parts["vae"]
     return ModelBundle(
         family=FAMILY,
@@ -50,6 +52,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         temporal_compression=int(vae.config.scale_factor_temporal),
         spatial_multiple=int(vae.config.scale_factor_spatial) * int(parts["transformer"].config.patch_size[1]),
         cache_id=parts["cache_id"],
+        base_model=section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour],
     )
 
 
@@ -88,6 +91,15 @@ def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResul
     from tuner_wan.validation import render_validation
 
     return render_validation(bundle, request)
+
+
+@hookimpl
+def eval_loss(
+    bundle: ModelBundle, batch: dict[str, torch.Tensor], sigmas: torch.Tensor, generator: torch.Generator, config: RunConfig
+) -> torch.Tensor:
+    from tuner_wan.evaluation import velocity_errors
+
+    return velocity_errors(bundle, batch, sigmas, generator)
 
 
 @hookimpl

@@ -44,3 +44,8 @@ class WanSection(BaseModel):
     max_sequence_length: int = Field(
         512, ge=1, le=4096, description="Text tokens per prompt; Wan was trained with 512. Longer prompts are cut."
     )
+    wan_validation_sampler: Literal["unipc", "euler"] = Field(
+        "unipc",
+        description="Validation sampler: unipc (UniPC multistep, Wan's own) or euler (flow-matching Euler, which"
+        " wants more steps, 40 or so).",
+    )

@@ -1,0 +1,90 @@
+"""The model card (``README.md``) written beside the trained adapter."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tuner.types import RunInfo, ValidationResult
+
+__all__ = ["CARD_NAME", "model_card", "write_model_card"]
+
+CARD_NAME = "README.md"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _rel(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def model_card(
+    run: RunInfo, outputs: dict[str, Path], validation: ValidationResult | None, repo_id: str | None = None
+) -> str:
+    """Markdown with YAML metadata: base model, prompts, training settings, the last validation round."""
+    from tuner.validate.prompts import round_prompts
+
+    config = run.config
+    base = run.base_model
+    on_hub = bool(base) and _HUB_ID.match(base) is not None and not Path(base).exists()
+    meta = ["---", "library_name: diffusers"]
+    if on_hub:
+        meta.append(f"base_model: {base}")
+    meta += ["tags:", "- lora", "- tuner", f"- {run.family}", "---", ""]
+    title = repo_id or Path(run.output_dir).name
+    lines = [*meta, f"# {title}", ""]
+    lines.append(
+        f"A LoRA adapter for `{base or 'the base model'}` (model family `{run.family}`), trained with tuner"
+        f" for {run.max_train_steps} steps."
+    )
+    prompts = round_prompts(config.validation)
+    if prompts:
+        lines += ["", "## Prompts", "", "The validation prompts, by nickname:", ""]
+        lines += [f"- **{_cell(n)}**: {_cell(p)}" for n, p in prompts.items()]
+    if validation is not None:
+        root = Path(run.output_dir)
+        lines += ["", f"## Validation at step {validation.step}", ""]
+        if validation.contact_sheet is not None:
+            lines.append(f"![contact sheet]({_rel(validation.contact_sheet, root)})")
+            lines.append("")
+        lines += [f"- [{_cell(k)}]({_rel(Path(p), root)})" for k, p in validation.media.items()]
+    # Local paths say nothing to a reader of the card; they are left out.
+    settings = {
+        f"{section}.{key}": value
+        for section in ("train", "validation")
+        for key, value in config.section(section).model_dump().items()
+        if value is not None and not isinstance(value, (Path, dict, list))
+    }
+    lines += ["", "## Training settings", "", "| setting | value |", "| --- | --- |"]
+    lines += [f"| `{k}` | {_cell(v)} |" for k, v in settings.items()]
+    adapter = outputs.get("adapter")
+    if adapter is not None:
+        source = repo_id or str(Path(run.output_dir).resolve())
+        lines += [
+            "",
+            "## Use it",
+            "",
+            "```python",
+            "from diffusers import DiffusionPipeline",
+            "",
+            f'pipe = DiffusionPipeline.from_pretrained("{base}")',
+            f'pipe.load_lora_weights("{source}", weight_name="{adapter.name}")',
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(
+    run: RunInfo, outputs: dict[str, Path], validation: ValidationResult | None, repo_id: str | None = None
+) -> Path:
+    path = Path(run.output_dir) / CARD_NAME
+    tmp = path.with_name(f".{CARD_NAME}.partial")
+    tmp.write_text(model_card(run, outputs, validation, repo_id), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,161 @@
+"""Experiment trackers (TensorBoard, Weights & Biases) through accelerate's tracker classes.
+
+A built-in lifecycle plugin with the ``[tracking]`` section. Per step it logs the
+loss, learning rate, gradient norm, seconds per step, the evaluation loss when
+there is one and whatever the family logs; per validation round the contact
+sheet and (wandb) the videos. A tracker that fails is reported once and
+dropped: reporting never stops training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tuner.hookspecs import hookimpl
+
+__all__ = ["TrackingSection", "Trackers", "TRACKERS", "tracker_values"]
+
+log = logging.getLogger(__name__)
+
+# name -> (modules that provide it, the pip package to install)
+TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+}
+# Step logs under the names trackers show.
+_NAMES = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "step_time": "train/s_per_it",
+          "eval_loss": "eval/loss"}
+
+
+def _names(value: str | list[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    return [i.strip().lower() for i in items if i.strip()]
+
+
+class TrackingSection(BaseModel):
+    """Where the run's numbers and media are reported."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    report_to: str | list[str] = Field(
+        "none",
+        description="none, tensorboard, wandb, or several ('tensorboard,wandb' or a list). TensorBoard logs go to"
+        " output_dir/logs; wandb honours WANDB_MODE=offline.",
+    )
+    tracker_project_name: str = Field("tuner", min_length=1, description="Project name in the trackers.")
+    tracker_run_name: str | None = Field(
+        None, description="Run name in the trackers; unset uses the output folder's name."
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _known(cls, value: str | list[str]) -> str | list[str]:
+        names = _names(value)
+        unknown = [n for n in names if n != "none" and n not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker '{unknown[0]}'; choose from none, {', '.join(TRACKERS)}")
+        if "none" in names and len(names) > 1:
+            raise ValueError("'none' cannot be combined with a tracker")
+        for name in names:
+            if name == "none":
+                continue
+            modules, package = TRACKERS[name]
+            if not any(importlib.util.find_spec(m) for m in modules):
+                raise ValueError(f"report_to = {name} needs the '{package}' package: pip install {package}")
+        return value
+
+    def trackers(self) -> list[str]:
+        return [n for n in _names(self.report_to) if n != "none"]
+
+
+def tracker_values(logs: dict[str, float]) -> dict[str, float]:
+    """Step logs under tracker names (``train/loss``, ``eval/loss``, ...)."""
+    return {_NAMES.get(k, f"train/{k}"): float(v) for k, v in logs.items()}
+
+
+def _flat_config(config: Any) -> dict[str, Any]:
+    """``{"section.option": scalar}``: what trackers accept as hyper-parameters."""
+    out: dict[str, Any] = {}
+    for section, values in config.to_dict().items():
+        if not isinstance(values, dict):
+            out[section] = str(values)
+            continue
+        for key, value in values.items():
+            out[f"{section}.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
+
+
+class Trackers:
+    """Starts the configured trackers at run start and feeds them until the run ends."""
+
+    def __init__(self) -> None:
+        self.active: list[Any] = []
+
+    @hookimpl
+    def register_config_sections(self, register: Any) -> None:
+        register("tracking", TrackingSection)
+
+    @hookimpl
+    def on_run_start(self, run: Any) -> None:
+        from accelerate.tracking import TensorBoardTracker, WandBTracker
+
+        section: TrackingSection = run.config.section("tracking")
+        run_name = section.tracker_run_name or Path(run.output_dir).name
+        self.active = []
+        for name in section.trackers():
+            if name == "tensorboard":
+                tracker = TensorBoardTracker(f"{section.tracker_project_name}/{run_name}", run.output_dir / "logs")
+            else:
+                tracker = WandBTracker(section.tracker_project_name, name=run_name, dir=str(run.output_dir))
+            self.active.append(tracker)
+        hparams = _flat_config(run.config)
+        self._each("start", lambda t: t.start())
+        self._each("store the config", lambda t: t.store_init_configuration(hparams))
+
+    def _each(self, action: str, call: Any) -> None:
+        for tracker in list(self.active):
+            try:
+                call(tracker)
+            except Exception as exc:  # a tracker must never stop training
+                log.warning("tracker %s failed to %s (%s); it is switched off for this run", tracker.name, action, exc)
+                self.active.remove(tracker)
+
+    @hookimpl
+    def on_step_end(self, run: Any, step: int, logs: dict[str, float]) -> None:
+        values = tracker_values(logs)
+        self._each("log", lambda t: t.log(values, step=step))
+
+    @hookimpl
+    def on_validation_done(self, run: Any, result: Any) -> None:
+        if not self.active or result.contact_sheet is None:
+            return
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(result.contact_sheet) as image:
+            sheet = np.asarray(image.convert("RGB"))
+
+        def send(tracker: Any) -> None:
+            if tracker.name == "tensorboard":
+                tracker.log_images({"validation/contact_sheet": sheet[None]}, step=result.step, dataformats="NHWC")
+                return
+            import wandb
+
+            media: dict[str, Any] = {"validation/contact_sheet": wandb.Image(sheet)}
+            for key, path in result.media.items():
+                media[f"validation/{key}"] = (
+                    wandb.Video(str(path), format="mp4") if Path(path).suffix == ".mp4" else wandb.Image(str(path))
+                )
+            tracker.log(media, step=result.step)
+
+        self._each("log validation media", send)
+
+    @hookimpl
+    def on_run_end(self, run: Any, outputs: dict[str, Path], error: BaseException | None) -> None:
+        self._each("finish", lambda t: t.finish())
+        self.active = []

@@ -1,0 +1,148 @@
+"""Wan's validation sampler: WanPipeline's denoising loop, plus skip-layer guidance.
+
+diffusers' WanPipeline has no place for a third (skip-layer) pass in its loop,
+so this is its loop step for step: the same prompt encoding, latents, scheduler
+calls and VAE decoding (a test holds the two equal when skip-layer guidance is
+off). The skipping itself is diffusers' layer-skip hook (`apply_layer_skip`),
+installed on the named blocks for the skip pass only and removed right after,
+so no block is ever patched by hand.
+
+Samplers: UniPC multistep (Wan's own scheduler, the default) or flow-matching
+Euler, chosen with ``wan_validation_sampler``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from tuner.types import SkipLayerGuidance, ValidationRequest
+
+__all__ = ["SAMPLERS", "make_scheduler", "skipped_blocks", "sample_clip"]
+
+SAMPLERS = ("unipc", "euler")
+
+
+def make_scheduler(kind: str, loaded: Any) -> Any:
+    """The validation scheduler ``kind``, with the flow shift of the model's own scheduler config."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    config = loaded.config
+    shift = float(config.get("flow_shift") or config.get("shift") or 1.0)
+    steps = int(config.get("num_train_timesteps", 1000))
+    if kind == "unipc":
+        if isinstance(loaded, UniPCMultistepScheduler):
+            return loaded
+        return UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, num_train_timesteps=steps
+        )
+    if kind == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=steps, shift=shift)
+    raise ConfigError(f"wan_validation_sampler '{kind}' is not one of {', '.join(SAMPLERS)}")
+
+
+@contextmanager
+def skipped_blocks(transformer: Any, layers: tuple[int, ...]) -> Iterator[None]:
+    """Blocks ``layers`` of ``transformer.blocks`` pass their input through unchanged, for the duration."""
+    from diffusers.hooks import HookRegistry, LayerSkipConfig, apply_layer_skip
+    from diffusers.hooks import layer_skip
+
+    count = len(transformer.blocks)
+    if max(layers) >= count:
+        raise ConfigError(
+            f"validation_guidance_skip_layers {list(layers)} names block {max(layers)}, but this transformer has"
+            f" {count} blocks (0..{count - 1})"
+        )
+    apply_layer_skip(transformer, LayerSkipConfig(indices=list(layers), fqn="blocks"))
+    try:
+        yield
+    finally:
+        name = getattr(layer_skip, "_LAYER_SKIP_HOOK", "layer_skip_hook")
+        HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(name, recurse=True)
+
+
+def _guided(
+    transformer: Any,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    scale: float,
+    slg: SkipLayerGuidance | None,
+) -> torch.Tensor:
+    """CFG, plus ``slg.scale * (full - skipped)`` when skip-layer guidance is active on this step."""
+
+    def predict(embeds: torch.Tensor) -> torch.Tensor:
+        return transformer(hidden_states=x, timestep=t, encoder_hidden_states=embeds, return_dict=False)[0]
+
+    full = predict(cond)
+    pred = full
+    if uncond is not None:
+        pred = predict(uncond)
+        pred = pred + scale * (full - pred)
+    if slg is not None:
+        with skipped_blocks(transformer, slg.layers):
+            skipped = predict(cond)
+        pred = pred + slg.scale * (full - skipped)
+    return pred
+
+
+def sample_clip(pipe: Any, request: ValidationRequest, prompt: str, scheduler: Any, max_sequence_length: int) -> np.ndarray:
+    """One clip, ``(frames, height, width, 3)`` float in [0, 1], from a generator seeded with ``request.seed``."""
+    import torch
+
+    with torch.no_grad():
+        return _sample(pipe, request, prompt, scheduler, max_sequence_length)
+
+
+def _sample(pipe: Any, request: ValidationRequest, prompt: str, scheduler: Any, max_sequence_length: int) -> np.ndarray:
+    import torch
+
+    transformer = pipe.transformer
+    # Where the pipeline runs, not where a network sits now: networks may sit in CPU memory between uses.
+    device, dtype = pipe._execution_device, transformer.dtype
+    guidance = request.guidance_scale
+    use_cfg = guidance > 1.0  # as WanPipeline.do_classifier_free_guidance
+    generator = torch.Generator(device).manual_seed(request.seed)
+    cond, uncond = pipe.encode_prompt(
+        prompt=prompt,
+        negative_prompt=request.negative_prompt,
+        do_classifier_free_guidance=use_cfg,
+        num_videos_per_prompt=1,
+        max_sequence_length=max_sequence_length,
+        device=device,
+    )
+    cond = cond.to(dtype)
+    uncond = uncond.to(dtype) if uncond is not None else None
+    scheduler.set_timesteps(request.num_inference_steps, device=device)
+    timesteps = scheduler.timesteps
+    latents = pipe.prepare_latents(
+        1, transformer.config.in_channels, request.height, request.width, request.num_frames, torch.float32, device, generator
+    )
+    scheduler.set_begin_index(0)
+    slg = request.skip_layer_guidance
+    for i, t in enumerate(timesteps):
+        active = slg if slg is not None and slg.active(i, len(timesteps)) else None
+        pred = _guided(transformer, latents.to(dtype), t.expand(latents.shape[0]), cond, uncond, guidance, active)
+        latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+    return _decode(pipe, latents)
+
+
+def _decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:
+    """As WanPipeline decodes: un-normalise with the VAE's statistics, decode, to numpy frames."""
+    import torch
+
+    vae = pipe.vae
+    latents = latents.to(dtype=vae.dtype)
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+    video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+    return pipe.video_processor.postprocess_video(video, output_type="np")[0]
