@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configs: the resolved values and the JSON Schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+plot_app = typer.Typer(help="Draw what a config will do: the LR schedule, the sampled noise levels.", no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -146,6 +148,38 @@ def config_docs(plugin: PluginOpt = None) -> None:
     from tuner.plugins import PluginHost
 
     typer.echo(options_markdown(PluginHost.build(plugin or [])), nl=False)
+
+
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default: in output_dir).")]
+
+
+@plot_app.command("lr")
+@friendly_errors
+def plot_lr(
+    config: ConfigOpt,
+    plugin: PluginOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    steps: Annotated[int | None, typer.Option(help="Steps to draw (default: max_train_steps).", min=1)] = None,
+) -> None:
+    """Write a PNG of the learning rate over the run."""
+    from tuner.train.plots import plot_lr as draw
+
+    _, cfg = load_run_config(config, plugin, set_)
+    total = steps or cfg.train.max_train_steps
+    if not total:
+        raise _fail("max_train_steps is 0 (the length comes from epochs): pass --steps")
+    typer.echo(draw(cfg, total, out or Path(cfg.train.output_dir) / "lr_schedule.png"))
+
+
+@plot_app.command("timesteps")
+@friendly_errors
+def plot_timesteps(config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
+    """Write a PNG histogram of the noise levels (sigmas) training samples."""
+    from tuner.train.plots import plot_timesteps as draw
+
+    _, cfg = load_run_config(config, plugin, set_)
+    typer.echo(draw(cfg, out or Path(cfg.train.output_dir) / "timesteps.png"))
 
 
 @app.command()

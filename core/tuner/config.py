@@ -175,7 +175,9 @@ def _format_error(section: str, model: type[BaseModel], exc: ValidationError) ->
             parts.append(f"unknown key '{where}'{_suggest(str(err['loc'][-1]), model.model_fields)}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"{where}: {msg} (got {err.get('input')!r})")
+            # A whole-section rule has the section as its input: not worth echoing.
+            got = f" (got {err.get('input')!r})" if loc else ""
+            parts.append(f"{where}: {msg}{got}")
     more = len(exc.errors()) - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from tuner.config import RunConfig
     from tuner.types import (
+        AdapterWeights,
         LossOutput,
         ModelBundle,
         RunInfo,
@@ -103,10 +104,14 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
 
     :param config: the resolved config; read your own section with
         ``config.section("<name>")``.
-    :param device: where training runs. Put the networks there (or leave them
-        on the CPU where a feature plugin will place them).
+    :param device: where training runs. Put the encoders there; leave the
+        denoiser on the CPU: the core moves it to ``device`` once the caches
+        are built (so encoding never shares the accelerator with it), unless
+        a feature plugin placed it during `prepare_model` (offloading).
     :return: a `tuner.types.ModelBundle`. Freeze every parameter: the core
-        attaches the adapter and decides what trains.
+        attaches the adapter and decides what trains. Fill ``block_lists``,
+        ``encoders`` and ``refused_precisions`` so that memory features can
+        work on the model without knowing the family.
     """
 
 
@@ -220,15 +225,21 @@ def eval_loss(
 
 
 @hookspec(firstresult=True)
-def export_adapter(bundle: ModelBundle, state_dict: dict[str, torch.Tensor], path: Path) -> Path:
-    """Write the trained adapter in the format the family's pipeline loads.
+def export_adapter(bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str) -> Path | None:
+    """Write the trained adapter in a format the family's tools load.
 
-    Called at each checkpoint and at the end of the run.
+    Called at each checkpoint and at the end of the run (and once more for the
+    EMA weights when ``use_ema`` is on).
 
-    :param state_dict: the adapter weights with peft's names (no adapter-name
-        suffix), e.g. ``blocks.0.attn1.to_q.lora_A.weight``.
+    :param weights: a `tuner.types.AdapterWeights`: tensors named
+        ``<module path>.<param>`` plus LoRA alphas and ranks. ``scale_baked()``
+        folds alpha / rank into the weights for loaders that assume scale 1.
     :param path: the ``.safetensors`` file to write.
-    :return: the path written.
+    :param lora_format: ``"diffusers"`` (the family's diffusers pipeline) or
+        ``"comfyui"`` (the original model's key names, with alphas).
+    :return: the path written, or ``None`` to let the core write the adapter
+        library's own layout (`AdapterWeights.native`), e.g. for a combination
+        of adapter kind and format the family has no layout for.
     """
 
 
@@ -253,7 +264,9 @@ def write_tiny_model(path: Path, seed: int) -> dict[str, Any]:
 
 
 @hookspec
-def prepare_model(bundle: ModelBundle, config: RunConfig, phase: Literal["base", "adapted"]) -> None:
+def prepare_model(
+    bundle: ModelBundle, config: RunConfig, phase: Literal["base", "adapted"], device: torch.device
+) -> None:
     """Change the model in place once, before training starts.
 
     Called twice on every active plugin: with ``phase="base"`` right after
@@ -262,7 +275,13 @@ def prepare_model(bundle: ModelBundle, config: RunConfig, phase: Literal["base",
     ``phase="adapted"`` once the adapter exists (offloading, compilation).
     Order between plugins with ``@hookimpl(tryfirst=True)`` /
     ``trylast=True``. Install behaviour as module hooks or processors, not by
-    patching library functions globally.
+    patching library functions globally. A feature that reads the hidden
+    states a block outputs records it in ``bundle.block_taps`` here, so that
+    token routing over that block is refused at start-up.
+
+    :param device: where training runs. The denoiser may still be on the CPU
+        (see `load_model`); a plugin that places weights itself (offloading)
+        uses this as the accelerator to stream them to.
     """
 
 
@@ -271,9 +290,18 @@ def route_tokens(bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
     """Offer a token router (e.g. TREAD) for the training forward.
 
     Called once at set-up after `prepare_model`. Return ``None`` when your
-    feature is off. When a router is returned, the core sets
-    ``bundle.router``; a family whose ``supports_token_routing`` is false makes
-    the run fail at start-up, naming the family.
+    feature is off. When a router is returned, the core checks it against the
+    model before any step (`tuner.routing.check_routing`): the run fails at
+    start-up, with one line, when the family's ``supports_token_routing`` is
+    false, when ``router.spans(bundle.num_blocks)`` raises (spans that do not
+    fit the model), or when a span covers a block in ``bundle.block_taps``.
+    Then the core sets ``bundle.router``; the family calls ``router.plan``
+    once per training forward and carries the plan out (validation and
+    inference never route).
+
+    :param bundle: the model, adapter attached; ``bundle.num_blocks`` is the
+        depth of the block stack the router plans for.
+    :return: a `tuner.types.TokenRouter`, or ``None``.
     """
 
 

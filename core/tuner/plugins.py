@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from tuner.config import RunConfig
-    from tuner.types import LossOutput, ModelBundle, RunInfo, TokenRouter, ValidationRequest, ValidationResult
+    from tuner.types import AdapterWeights, LossOutput, ModelBundle, RunInfo, TokenRouter, ValidationRequest, ValidationResult
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -287,8 +287,12 @@ class PluginHost:
             bundle.family, "eval_loss", bundle=bundle, batch=batch, sigmas=sigmas, generator=generator, config=config
         )
 
-    def export_adapter(self, bundle: ModelBundle, state_dict: dict[str, torch.Tensor], path: Path) -> Path | None:
-        return self._call_family(bundle.family, "export_adapter", bundle=bundle, state_dict=state_dict, path=path)
+    def export_adapter(
+        self, bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str
+    ) -> Path | None:
+        return self._call_family(
+            bundle.family, "export_adapter", bundle=bundle, weights=weights, path=path, lora_format=lora_format
+        )
 
     def write_tiny_model(self, family: str, path: Path, seed: int) -> dict[str, Any]:
         result = self._call_family(family, "write_tiny_model", path=path, seed=seed)
@@ -298,8 +302,10 @@ class PluginHost:
 
     # -- feature hooks -----------------------------------------------------
 
-    def prepare_model(self, bundle: ModelBundle, config: RunConfig, phase: Literal["base", "adapted"]) -> None:
-        self.pm.hook.prepare_model(bundle=bundle, config=config, phase=phase)
+    def prepare_model(
+        self, bundle: ModelBundle, config: RunConfig, phase: Literal["base", "adapted"], device: torch.device
+    ) -> None:
+        self.pm.hook.prepare_model(bundle=bundle, config=config, phase=phase, device=device)
 
     def route_tokens(self, bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
         return self.pm.hook.route_tokens(bundle=bundle, config=config)

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "AdapterWeights",
     "ModelBundle",
     "LossOutput",
     "ValidationRequest",
     "SkipLayerGuidance",
     "ValidationResult",
     "RunInfo",
+    "TokenRoute",
     "TokenRouter",
 ]
 
@@ -39,10 +41,29 @@ class ModelBundle:
     :ivar spatial_multiple: height and width must be multiples of this.
     :ivar cache_id: a string that changes whenever the encoders change, so
         cached latents and embeddings made by other encoders are not reused.
-    :ivar supports_token_routing: the family's forward honours `router`.
+    :ivar supports_token_routing: the family's training forward honours `router`.
+    :ivar num_blocks: how many transformer blocks a router may route over (the
+        length of the block stack); set by families that support routing.
+    :ivar block_taps: features that read the hidden states a block outputs (a
+        representation-alignment loss, for instance) record it here from
+        `prepare_model`: feature name -> block index (negative counts from the
+        last block). The core refuses a token router whose spans cover a tap,
+        since inside a span only the kept tokens exist.
     :ivar router: set by the core when a plugin answers `route_tokens`.
     :ivar base_model: where the base weights came from (hub id or path), for
         model cards and trackers.
+    :ivar block_lists: dotted paths, inside ``denoiser``, of the
+        ``torch.nn.ModuleList``\ s holding its repeated blocks in execution
+        order (``["blocks"]``); memory features (offloading, block swap,
+        quantization) find the blocks through it.
+    :ivar encoders: the networks in ``components`` that only encode inputs:
+        component key -> kind (``"text"``, ``"latent"``, ``"image"``). Text
+        encoders are numbered in this order (``text_encoder_1_precision``
+        applies to the first); offloading moves these on and off the
+        accelerator as they are used.
+    :ivar refused_precisions: base-weight precisions this family cannot train
+        in (e.g. ``"int4-quanto"``) -> why; a quantization plugin refuses them
+        at start-up with that reason.
     """
 
     family: str
@@ -53,8 +74,61 @@ class ModelBundle:
     spatial_multiple: int = 1
     cache_id: str = ""
     supports_token_routing: bool = False
+    num_blocks: int = 0
+    block_taps: dict[str, int] = field(default_factory=dict)
     router: TokenRouter | None = None
     base_model: str = ""
+    block_lists: list[str] = field(default_factory=list)
+    encoders: dict[str, str] = field(default_factory=dict)
+    refused_precisions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AdapterWeights:
+    """Trained adapter weights, named by the module they modify.
+
+    :ivar kind: ``"lora"`` (peft) or ``"lycoris"``.
+    :ivar tensors: ``"<module path>.<param>"`` -> tensor, e.g.
+        ``blocks.0.attn1.to_q.lora_A.weight`` or ``blocks.0.attn1.to_q.lokr_w1``.
+    :ivar alphas: LoRA only: module path -> alpha (the branch is scaled by alpha / rank).
+    :ivar ranks: LoRA only: module path -> rank.
+    """
+
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    alphas: dict[str, float] = field(default_factory=dict)
+    ranks: dict[str, int] = field(default_factory=dict)
+
+    def modules(self) -> list[str]:
+        """Module paths in first-seen order."""
+        seen: dict[str, None] = {}
+        for key in self.tensors:
+            seen[self.module_of(key)] = None
+        return list(seen)
+
+    def module_of(self, key: str) -> str:
+        for suffix in (".lora_A.weight", ".lora_B.weight"):
+            if key.endswith(suffix):
+                return key[: -len(suffix)]
+        return key.rsplit(".", 1)[0]
+
+    def scale_baked(self) -> dict[str, torch.Tensor]:
+        """LoRA tensors with alpha / rank folded into ``lora_B``, for loaders that assume scale 1."""
+        out = dict(self.tensors)
+        for module, alpha in self.alphas.items():
+            scale = alpha / self.ranks[module]
+            if scale != 1.0:
+                key = f"{module}.lora_B.weight"
+                out[key] = out[key] * scale
+        return out
+
+    def native(self) -> dict[str, torch.Tensor]:
+        """The adapter library's own layout: peft names for LoRA, ``lycoris_a_b_c.param`` for LyCORIS."""
+        if self.kind != "lycoris":
+            return dict(self.tensors)
+        return {
+            f"lycoris_{self.module_of(k).replace('.', '_')}.{k.rsplit('.', 1)[1]}": v for k, v in self.tensors.items()
+        }
 
 
 @dataclass
@@ -166,20 +240,64 @@ class RunInfo:
     base_model: str = ""
 
 
+class TokenRoute(NamedTuple):
+    """One span of one training forward: which tokens run through it.
+
+    :ivar start: first block of the span (resolved, ``0 <= start``).
+    :ivar end: last block of the span, inclusive.
+    :ivar keep: ``(batch, kept)`` long tensor, ascending within each row: the
+        positions (in the family's routable token sequence) that run through
+        blocks ``start..end``. Every other token skips the span and rejoins,
+        unchanged and in place, after block ``end``.
+    """
+
+    start: int
+    end: int
+    keep: torch.Tensor
+
+
 class TokenRouter(Protocol):
     """A policy for which tokens skip which blocks (returned by `route_tokens`).
 
-    The model family owns the mechanism (gathering tokens and their positional
-    data before a span of blocks, scattering them back after); the router only
-    decides. A family calls it once per training forward.
+    The model family owns the mechanism: before a span it gathers the kept
+    tokens together with everything that travels per token (positional
+    encodings, per-token conditioning), runs the span's blocks on them, and
+    scatters them back into place after it (see `tuner.routing`). The router
+    only decides. A family calls `plan` once per training forward and never
+    while validating or at inference.
+
+    Routable tokens are the family's latent (image / video) tokens; text and
+    other context tokens are never routed.
     """
 
-    def plan(
-        self, num_blocks: int, num_tokens: int, batch_size: int, generator: torch.Generator | None
-    ) -> list[tuple[int, int, torch.Tensor]]:
-        """Return ``[(start_block, end_block, keep_index), ...]``.
+    def spans(self, num_blocks: int) -> list[tuple[int, int]]:
+        """The block spans ``[(start, end), ...]`` (inclusive, in order) for a stack of ``num_blocks``.
 
-        ``keep_index`` is a ``(batch, kept)`` long tensor of the tokens that run
-        through blocks ``start_block..end_block`` inclusive; the others skip them.
+        Called by the core at set-up; raise `tuner.errors.ConfigError` when
+        the configured spans do not fit a model of this depth.
+        """
+        ...
+
+    def plan(
+        self,
+        num_blocks: int,
+        num_tokens: int,
+        batch_size: int,
+        generator: torch.Generator | None,
+        force_keep: torch.Tensor | None = None,
+    ) -> list[TokenRoute]:
+        """Choose the tokens of one forward: one `TokenRoute` per span that skips anything.
+
+        :param num_blocks: the depth of the block stack.
+        :param num_tokens: routable tokens per sample.
+        :param batch_size: samples in the batch; every sample keeps the same
+            number of tokens so the kept ones stack into one tensor.
+        :param generator: draw all randomness from it (the one `compute_loss`
+            received), so routing repeats exactly when the run does.
+        :param force_keep: optional ``(batch, num_tokens)`` bool tensor; tokens
+            marked True never skip a span (conditioning frames, the tokens a
+            loss mask keeps).
+        :return: routes in block order; the ``keep`` tensors live on the
+            generator's device.
         """
         ...

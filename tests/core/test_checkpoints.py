@@ -9,6 +9,7 @@ import torch
 
 from tuner.errors import CheckpointError
 from tuner.train.checkpoints import (
+    ADAPTER_FILE,
     clean_partials,
     latest_checkpoint,
     list_checkpoints,
@@ -19,7 +20,7 @@ from tuner.train.checkpoints import (
 
 
 def _write(tmp_path, step, **kwargs):
-    return write_checkpoint(tmp_path, step, {"x": torch.tensor([step])}, lambda p: p.write_bytes(b"adapter"), {"seed": 1}, **kwargs)
+    return write_checkpoint(tmp_path, step, {"x": torch.tensor([step])}, lambda d: (d / ADAPTER_FILE).write_bytes(b"adapter"), {"seed": 1}, **kwargs)
 
 
 def test_written_checkpoint_reads_back(tmp_path):
@@ -54,7 +55,7 @@ def test_a_folder_without_state_is_not_a_checkpoint(tmp_path):
 
 def test_rewriting_a_step_replaces_it(tmp_path):
     _write(tmp_path, 2)
-    write_checkpoint(tmp_path, 2, {"x": torch.tensor([7])}, lambda p: p.write_bytes(b"new"), {})
+    write_checkpoint(tmp_path, 2, {"x": torch.tensor([7])}, lambda d: (d / ADAPTER_FILE).write_bytes(b"new"), {})
     state, _ = read_checkpoint(tmp_path / "checkpoint-2")
     assert torch.equal(state["x"], torch.tensor([7]))
     assert not list(tmp_path.glob(".*partial"))

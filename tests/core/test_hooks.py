@@ -118,7 +118,13 @@ class _Incomplete:
 def test_hook_load_model_is_required_of_a_family(tmp_path):
     host = PluginHost.build([], extra={"half": _Incomplete()})
     write_synthetic_clips(tmp_path / "clips", count=1, num_frames=1, width=8, height=8)
-    config = resolve_config({"data": {"instance_data_dir": str(tmp_path / "clips")}, "train": {"output_dir": str(tmp_path / "o")}}, host)
+    config = resolve_config(
+        {
+            "data": {"instance_data_dir": str(tmp_path / "clips"), "cache_dir": str(tmp_path / "cache")},
+            "train": {"output_dir": str(tmp_path / "o")},
+        },
+        host,
+    )
     with pytest.raises(PluginError, match="'half' .* does not implement load_model"):
         train(config, host)
 

@@ -133,7 +133,10 @@ class ToyFamily:
 
 
 class Router:
-    def plan(self, num_blocks, num_tokens, batch_size, generator):
+    def spans(self, num_blocks):
+        return []
+
+    def plan(self, num_blocks, num_tokens, batch_size, generator, force_keep=None):
         return []
 
 

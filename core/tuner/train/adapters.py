@@ -1,59 +1,121 @@
-"""Attaching, reading and restoring the trained adapter (peft LoRA)."""
+"""Attaching the trained adapter (peft LoRA or LyCORIS) and reading its weights."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ADAPTER_NAME", "attach_lora", "adapter_state_dict", "load_adapter_state", "trainable_parameters"]
+    from tuner.train.settings import TrainSection
+    from tuner.types import AdapterWeights
+
+__all__ = ["ADAPTER_NAME", "Adapter", "attach_adapter", "matching_modules"]
 
 ADAPTER_NAME = "default"
 
 
-def attach_lora(
-    model: torch.nn.Module, targets: list[str], rank: int, alpha: float | None, dropout: float
-) -> list[torch.nn.Parameter]:
-    """Inject LoRA layers into ``model`` on the modules named by ``targets``; return the new parameters."""
-    from peft import LoraConfig, inject_adapter_in_model
+def matching_modules(model: torch.nn.Module, targets: list[str]) -> list[str]:
+    """Full names of the modules whose name is, or ends with, one of ``targets`` (peft's rule)."""
+    return [name for name, _ in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)]
 
-    from tuner.errors import ConfigError
 
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha if alpha is not None else rank,
-        lora_dropout=dropout,
-        target_modules=targets,
-        init_lora_weights=True,
-    )
-    try:
+class Adapter:
+    """The trainable part of a run: its parameters and a way to read them by module."""
+
+    kind = "lora"
+
+    def __init__(self, model: torch.nn.Module, params: list[torch.nn.Parameter]) -> None:
+        self.model = model
+        self.params = params
+
+    def weights(self) -> AdapterWeights:
+        raise NotImplementedError
+
+
+class PeftLora(Adapter):
+    kind = "lora"
+
+    def __init__(self, model: torch.nn.Module, tc: TrainSection, targets: list[str]) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if not matching_modules(model, targets):
+            raise ConfigError(f"train.lora_target_modules {targets} match no module of the model")
+        self.alpha = tc.lora_alpha if tc.lora_alpha is not None else float(tc.lora_rank)
+        self.rank = tc.lora_rank
+        config = LoraConfig(
+            r=tc.lora_rank, lora_alpha=self.alpha, lora_dropout=tc.lora_dropout, target_modules=targets, init_lora_weights=True
+        )
         inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
-    except ValueError as exc:
-        raise ConfigError(f"train.lora_target_modules {targets} match no module of the model: {exc}") from None
-    params = trainable_parameters(model)
-    if not params:
-        raise ConfigError(f"train.lora_target_modules {targets} created no trainable parameters")
-    return params
+        super().__init__(model, [p for p in model.parameters() if p.requires_grad])
+
+    def weights(self) -> AdapterWeights:
+        from peft.utils import get_peft_model_state_dict
+
+        from tuner.types import AdapterWeights
+
+        tensors = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model, adapter_name=ADAPTER_NAME).items()}
+        weights = AdapterWeights(kind="lora", tensors=tensors)
+        for module in weights.modules():
+            weights.alphas[module] = self.alpha
+            weights.ranks[module] = self.rank
+        return weights
 
 
-def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+class Lycoris(Adapter):
+    kind = "lycoris"
+
+    def __init__(self, model: torch.nn.Module, tc: TrainSection, targets: list[str]) -> None:
+        from lycoris import LycorisNetwork, create_lycoris
+
+        options = _read_lycoris_config(tc.lycoris_config)
+        preset = options.pop("apply_preset", None) or {"target_name": matching_modules(model, targets)}
+        multiplier = float(options.pop("multiplier", 1.0))
+        linear_dim = int(options.pop("linear_dim", tc.lora_rank))
+        linear_alpha = float(options.pop("linear_alpha", tc.lora_alpha or 1.0))
+        # LyCORIS keeps its preset on the class; set it for this run every time.
+        LycorisNetwork.apply_preset(preset)
+        try:
+            self.network = create_lycoris(model, multiplier, linear_dim=linear_dim, linear_alpha=linear_alpha, **options)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"train.lycoris_config {tc.lycoris_config}: {exc}") from None
+        if not self.network.loras:
+            raise ConfigError(f"train.lycoris_config {tc.lycoris_config} matches no module of the model")
+        self.network.apply_to()
+        self.network.to(next(model.parameters()).device)
+        names = {f"lycoris_{name.replace('.', '_')}": name for name, _ in model.named_modules()}
+        self.module_names = {lora.lora_name: names[lora.lora_name] for lora in self.network.loras}
+        super().__init__(model, [p for p in self.network.parameters() if p.requires_grad])
+
+    def weights(self) -> AdapterWeights:
+        from tuner.types import AdapterWeights
+
+        tensors = {}
+        for key, value in self.network.state_dict().items():
+            lora_name, param = key.split(".", 1)
+            tensors[f"{self.module_names[lora_name]}.{param}"] = value.detach().clone()
+        return AdapterWeights(kind="lycoris", tensors=tensors)
 
 
-def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's weights with peft's names, without the adapter-name suffix."""
-    from peft.utils import get_peft_model_state_dict
+def _read_lycoris_config(path: Path | None) -> dict[str, Any]:
+    if path is None or not Path(path).is_file():
+        raise ConfigError(f"train.lycoris_config: no such file {path}")
+    try:
+        options = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"train.lycoris_config {path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(options, dict) or "algo" not in options:
+        raise ConfigError(f"train.lycoris_config {path}: expected an object with at least 'algo' (e.g. \"lokr\")")
+    return options
 
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME).items()}
 
-
-def load_adapter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    from peft.utils import set_peft_model_state_dict
-
-    result = set_peft_model_state_dict(model, state, adapter_name=ADAPTER_NAME)
-    unexpected = getattr(result, "unexpected_keys", None)
-    if unexpected:
-        from tuner.errors import CheckpointError
-
-        raise CheckpointError(f"checkpoint adapter does not fit this model (e.g. {unexpected[0]})")
+def attach_adapter(model: torch.nn.Module, tc: TrainSection, targets: list[str]) -> Adapter:
+    """Attach the configured adapter to ``model``; its parameters are the only trainable ones."""
+    adapter: Adapter = Lycoris(model, tc, targets) if tc.lora_type == "lycoris" else PeftLora(model, tc, targets)
+    if not adapter.params:
+        raise ConfigError(f"the adapter on {targets} has no trainable parameters")
+    return adapter

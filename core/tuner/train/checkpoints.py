@@ -63,13 +63,13 @@ def write_checkpoint(
     output_dir: Path,
     step: int,
     training_state: dict[str, Any],
-    write_adapter: Any,
+    write_adapters: Any,
     info: dict[str, Any],
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically and return its path.
 
     :param training_state: trainable tensors, optimizer state, RNG states (torch.save).
-    :param write_adapter: ``callable(path)`` exporting the loadable adapter file.
+    :param write_adapters: ``callable(folder)`` exporting the loadable adapter file(s) into the checkpoint.
     :param info: JSON-able facts (step, seed, ...), written last as ``state.json``.
     """
     import torch
@@ -80,7 +80,7 @@ def write_checkpoint(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     torch.save(training_state, partial / _TRAINING_STATE)
-    write_adapter(partial / ADAPTER_FILE)
+    write_adapters(partial)
     with (partial / _STATE_JSON).open("w") as f:
         json.dump({"step": step, **info}, f, indent=2)
         f.flush()

@@ -5,9 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["TrainSection"]
+__all__ = ["TrainSection", "OptimizerName", "LRSchedule"]
+
+OptimizerName = Literal[
+    "adamw",
+    "adamw_bf16",
+    "optimi-adamw",
+    "optimi-adam",
+    "optimi-lion",
+    "optimi-stableadamw",
+    "optimi-radam",
+    "optimi-ranger",
+    "optimi-adan",
+    "optimi-sgd",
+    "prodigy",
+    "bnb-adamw8bit",
+    "bnb-adamw8bit-paged",
+    "bnb-lion8bit",
+    "bnb-lion8bit-paged",
+]
+LRSchedule = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -19,17 +38,65 @@ class TrainSection(BaseModel):
 
     output_dir: Path = Field(Path("output"), description="Folder for checkpoints, the adapter and validation media.")
     seed: int = Field(42, description="Seed for the data order, noise and timesteps. Same seed, same run.")
-    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate (constant).")
-    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
-    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
-    adam_weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay.")
-    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    optimizer: OptimizerName = Field(
+        "adamw",
+        description="adamw (torch); adamw_bf16 (adapter kept in bf16, Kahan-summed updates); optimi-adamw,"
+        " optimi-adam, optimi-lion, optimi-stableadamw, optimi-radam, optimi-ranger, optimi-adan, optimi-sgd"
+        " (torch-optimi); prodigy (learning-rate free: use learning_rate = 1.0); bnb-adamw8bit,"
+        " bnb-adamw8bit-paged, bnb-lion8bit, bnb-lion8bit-paged (bitsandbytes, CUDA only).",
+    )
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (after warmup).")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="First moment decay (beta1) of Adam-style and Lion optimizers.")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="Second moment decay (beta2) of Adam-style and Lion optimizers.")
+    adam_weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    lr_scheduler: LRSchedule = Field(
+        "constant",
+        description="constant, constant_with_warmup, linear (to 0), cosine (to 0), cosine_with_restarts, polynomial."
+        " Every schedule except constant warms up linearly over lr_warmup_steps first.",
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="Steps of linear warmup from 0 to learning_rate.")
+    lr_num_cycles: int = Field(1, ge=1, description="Hard restarts of cosine_with_restarts.")
+    lr_power: float = Field(1.0, gt=0, description="Power of the polynomial decay.")
     train_batch_size: int = Field(1, ge=1, description="Samples per micro-batch.")
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="Micro-batches whose gradients add up to one optimizer step."
     )
-    max_train_steps: int = Field(100, ge=1, description="Optimizer steps to train for.")
-    max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient's global norm to this; 0 turns clipping off.")
+    max_train_steps: int = Field(
+        100, ge=0, description="Optimizer steps to train for; 0 means: as many as num_train_epochs make."
+    )
+    num_train_epochs: int = Field(
+        0, ge=0, description="Passes over the data; 0 means: no epoch limit (max_train_steps decides)."
+    )
+    ignore_final_epochs: bool = Field(
+        False,
+        description="When both limits are set, the run normally stops at whichever comes first; true ignores the"
+        " epoch limit so max_train_steps alone decides.",
+    )
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping threshold; 0 turns clipping off.")
+    grad_clip_method: Literal["norm", "value"] = Field(
+        "norm", description="norm: scale the gradient so its global L2 norm is at most max_grad_norm;"
+        " value: clamp every gradient element to [-max_grad_norm, max_grad_norm]."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: much less memory, about 30% slower."
+    )
+    base_model_default_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Storage dtype of the frozen base weights; auto follows mixed_precision."
+    )
+    on_nan_loss: Literal["stop", "skip"] = Field(
+        "stop",
+        description="stop: end the run at the step whose loss is NaN/inf, keeping the last checkpoint; skip: drop"
+        " that step's update and go on (stops anyway after 10 in a row).",
+    )
+    use_ema: bool = Field(False, description="Keep an exponential moving average of the adapter weights.")
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per update.")
+    ema_update_interval: int = Field(1, ge=1, description="Update the EMA every N optimizer steps.")
+    ema_validation: Literal["none", "ema_only", "comparison"] = Field(
+        "comparison",
+        description="With use_ema: none validates the trained weights, ema_only the EMA weights, comparison both"
+        " side by side.",
+    )
     checkpoint_step_interval: int = Field(
         0, ge=0, description="Save a resumable checkpoint every N optimizer steps; 0 saves none before the end."
     )
@@ -50,9 +117,40 @@ class TrainSection(BaseModel):
         description="Shift of the sampled noise levels: above 1 trains more on noisy steps (composition), below 1"
         " on fine detail. 1 leaves the logit-normal sampling as it is.",
     )
+    flow_schedule_auto_shift: bool = Field(
+        False,
+        description="Pick the shift from each batch's frame size (about 1.6 at 256x256 up to 3.2 at 1024x1024)"
+        " instead of flow_schedule_shift.",
+    )
+    flow_timestep_sampling: Literal["logit_normal", "uniform"] = Field(
+        "logit_normal", description="Distribution of noise levels before the shift."
+    )
+    flow_logit_mean: float = Field(0.0, description="Mean of the logit-normal noise-level distribution.")
+    flow_logit_std: float = Field(1.0, gt=0, description="Standard deviation of the logit-normal distribution.")
+    lora_type: Literal["standard", "lycoris"] = Field(
+        "standard", description="standard: peft LoRA (lora_rank, lora_alpha); lycoris: LyCORIS from lycoris_config."
+    )
+    lycoris_config: Path | None = Field(
+        None,
+        description="JSON file for lora_type = lycoris: algo (lokr, loha, locon, full, ...), multiplier,"
+        " linear_dim, linear_alpha, factor, and an optional apply_preset block.",
+    )
+    lora_format: Literal["diffusers", "comfyui"] = Field(
+        "diffusers",
+        description="Key layout of exported adapters: diffusers (transformer.blocks.N...) or comfyui (the original"
+        " model's names, diffusion_model.blocks.N..., with .alpha).",
+    )
     lora_rank: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; unset means equal to lora_rank (scale 1).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
     lora_target_modules: list[str] | None = Field(
         None, description="Module-name suffixes to adapt; unset uses the model family's default."
     )
+
+    @model_validator(mode="after")
+    def _length_and_adapter(self) -> TrainSection:
+        if self.max_train_steps == 0 and self.num_train_epochs == 0:
+            raise ValueError("set max_train_steps or num_train_epochs (both are 0, so the run would not train)")
+        if self.lora_type == "lycoris" and self.lycoris_config is None:
+            raise ValueError("lora_type 'lycoris' needs lycoris_config (a JSON file, see docs/training.md)")
+        return self

@@ -6,9 +6,19 @@ resumed run draws the same values as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
 
-__all__ = ["shift_sigmas", "sample_sigmas", "add_noise"]
+if TYPE_CHECKING:
+    from tuner.config import RunConfig
+
+__all__ = ["shift_sigmas", "auto_shift", "sample_sigmas", "training_sigmas", "add_noise"]
+
+# Auto shift: mu grows linearly with the tokens of one frame (16x16-pixel
+# patches), from 0.5 at 256x256 to 1.15 at 1024x1024; shift = e^mu.
+_BASE_TOKENS, _MAX_TOKENS, _BASE_MU, _MAX_MU = 256, 4096, 0.5, 1.15
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
@@ -18,18 +28,49 @@ def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
 
 
+def auto_shift(pixel_area: int) -> float:
+    """The shift for frames of ``pixel_area`` pixels (width x height)."""
+    tokens = pixel_area / 256.0
+    mu = _BASE_MU + (tokens - _BASE_TOKENS) * (_MAX_MU - _BASE_MU) / (_MAX_TOKENS - _BASE_TOKENS)
+    return math.exp(mu)
+
+
 def sample_sigmas(
     batch_size: int,
     generator: torch.Generator,
     *,
     shift: float = 1.0,
+    distribution: str = "logit_normal",
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Logit-normal sigmas, then shifted: ``(batch,)`` float32."""
-    z = torch.randn(batch_size, generator=generator, device=generator.device) * logit_std + logit_mean
-    return shift_sigmas(torch.sigmoid(z), shift).to(device)
+    """Sigmas from ``distribution`` (logit-normal or uniform), then shifted: ``(batch,)`` float32."""
+    if distribution == "uniform":
+        u = torch.rand(batch_size, generator=generator, device=generator.device)
+    else:
+        u = torch.sigmoid(torch.randn(batch_size, generator=generator, device=generator.device) * logit_std + logit_mean)
+    return shift_sigmas(u, shift).to(device)
+
+
+def training_sigmas(
+    config: RunConfig, batch_size: int, generator: torch.Generator, pixel_area: int, device: torch.device | str
+) -> torch.Tensor:
+    """Sigmas as the ``[train]`` section asks; families call this from `compute_loss`.
+
+    :param pixel_area: width x height of the batch's frames in pixels (for the auto shift).
+    """
+    tc = config.train
+    shift = auto_shift(pixel_area) if tc.flow_schedule_auto_shift else tc.flow_schedule_shift
+    return sample_sigmas(
+        batch_size,
+        generator,
+        shift=shift,
+        distribution=tc.flow_timestep_sampling,
+        logit_mean=tc.flow_logit_mean,
+        logit_std=tc.flow_logit_std,
+        device=device,
+    )
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ def latent_stats(vae: object, like: torch.Tensor) -> tuple[torch.Tensor, torch.T
 def encode_clips(bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """``(B, F, C, H, W)`` pixels in [-1, 1] -> per-clip ``{"latents": (C, F', H', W')}``, normalised."""
     vae = bundle.components["vae"]
-    video = pixels.permute(0, 2, 1, 3, 4).to(vae.device, vae.dtype)
+    # The pixels are where the work runs; the VAE may sit in CPU memory between uses.
+    video = pixels.permute(0, 2, 1, 3, 4).to(dtype=vae.dtype)
     # The distribution's mean: deterministic, so a cache entry never depends on luck.
     latents = vae.encode(video).latent_dist.mode()
     mean, std = latent_stats(vae, latents)
@@ -46,7 +47,7 @@ def encode_texts(bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torc
         prompts,
         do_classifier_free_guidance=False,
         max_sequence_length=max_len,
-        device=pipe.text_encoder.device,
+        device=pipe._execution_device,  # where the work runs: the encoder may sit in CPU memory between uses
     )
     return [{"prompt_embeds": e[: max(1, n)].cpu()} for e, n in zip(embeds, lengths)]
 

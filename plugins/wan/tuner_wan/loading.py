@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import ConfigError
+from tuner.train.precision import base_weight_dtype
 
 from tuner_wan.settings import FLAVOURS
 
@@ -25,9 +26,7 @@ if TYPE_CHECKING:
 
     from tuner_wan.settings import WanSection
 
-__all__ = ["WEIGHT_DTYPES", "load_components", "load_transformer"]
-
-WEIGHT_DTYPES = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}
+__all__ = ["load_components", "load_transformer"]
 
 
 def _subfolder(value: str | None) -> str | None:
@@ -115,11 +114,14 @@ def _load_parts(
 
 
 def load_components(section: WanSection, config: RunConfig, device: torch.device) -> dict[str, Any]:
-    """Every Wan part, frozen, on ``device``; the VAE stays in float32 for clean latents."""
+    """Every Wan part, frozen; the encoders on ``device``, the transformer on the CPU until the core places it.
+
+    The VAE stays in float32 for clean latents.
+    """
     import torch
     from diffusers import WanPipeline
 
-    dtype = getattr(torch, WEIGHT_DTYPES[config.train.mixed_precision])
+    dtype = base_weight_dtype(config)
     base = config.resolve_path(section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour])
     transformer_src = config.resolve_path(section.pretrained_transformer_model_name_or_path or base)
     vae_src = config.resolve_path(section.pretrained_vae_model_name_or_path or base)
@@ -130,6 +132,7 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
         )
     for module in (transformer, vae, text_encoder):
         module.requires_grad_(False)
+    for module in (vae, text_encoder):
         module.to(device)
     vae.eval()
     text_encoder.eval()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tuner.train.timesteps import add_noise, sample_sigmas
+from tuner.train.timesteps import add_noise, training_sigmas
 from tuner.types import LossOutput
 
 if TYPE_CHECKING:
@@ -24,15 +24,29 @@ def flow_matching_loss(
     import torch.nn.functional as F
 
     x0 = batch["latents"].float()
-    sigmas = sample_sigmas(x0.shape[0], generator, shift=config.train.flow_schedule_shift, device=x0.device)
+    vae = bundle.components["vae"].config
+    pixel_area = x0.shape[-1] * x0.shape[-2] * vae.scale_factor_spatial**2
+    sigmas = training_sigmas(config, x0.shape[0], generator, pixel_area, x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
     noisy = add_noise(x0, noise, sigmas)
     dtype = bundle.components["dtype"]
-    pred = bundle.denoiser(
-        hidden_states=noisy.to(dtype),
-        timestep=sigmas * 1000.0,
-        encoder_hidden_states=batch["prompt_embeds"].to(dtype),
-        return_dict=False,
-    )[0]
+    inputs = {
+        "hidden_states": noisy.to(dtype),
+        "timestep": sigmas * 1000.0,
+        "encoder_hidden_states": batch["prompt_embeds"].to(dtype),
+    }
+    transformer = bundle.denoiser
+    if bundle.router is not None and transformer.training:
+        from tuner_wan.routing import routed_forward
+
+        # accelerate runs the model's own forward under autocast when mixed precision is on; the
+        # routed forward calls the blocks directly, so it opens the same autocast here. The router
+        # draws after the noise, so routing changes neither the noise nor the timesteps.
+        # T2V has no conditioning frames and no loss mask, so no token is forced to stay.
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
+        with torch.autocast(x0.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            pred = routed_forward(transformer, **inputs, router=bundle.router, generator=generator)
+    else:
+        pred = transformer(**inputs, return_dict=False)[0]
     loss = F.mse_loss(pred.float(), noise - x0)
     return LossOutput(loss=loss, logs={"sigma_mean": float(sigmas.mean())})

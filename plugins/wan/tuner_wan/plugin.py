@@ -17,11 +17,17 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
-    from tuner.types import LossOutput, ModelBundle, ValidationRequest, ValidationResult
+    from tuner.types import AdapterWeights, LossOutput, ModelBundle, ValidationRequest, ValidationResult
 
 FAMILY = "wan"
 # Attention and feed-forward projections of every block: what LoRA adapts by default.
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
+# Wan 2.1 is sensitive to quantization (the quickstart guide): 4-bit and lower weights ruin it.
+_TOO_COARSE = (
+    "Wan 2.1 is sensitive to quantization: with {bits} weights (like NF4/int4 and below) its output breaks down;"
+    " use int8-quanto or fp8-quanto"
+)
+REFUSED_PRECISIONS = {"int4-quanto": _TOO_COARSE.format(bits="4-bit"), "int2-quanto": _TOO_COARSE.format(bits="2-bit")}
 
 
 @hookimpl
@@ -52,7 +58,12 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         temporal_compression=int(vae.config.scale_factor_temporal),
         spatial_multiple=int(vae.config.scale_factor_spatial) * int(parts["transformer"].config.patch_size[1]),
         cache_id=parts["cache_id"],
+        supports_token_routing=True,  # flow_matching_loss carries a router's plan out (tuner_wan.routing)
+        num_blocks=len(parts["transformer"].blocks),
         base_model=section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour],
+        block_lists=["blocks"],
+        encoders={"text_encoder": "text", "vae": "latent"},
+        refused_precisions=dict(REFUSED_PRECISIONS),
     )
 
 
@@ -103,10 +114,10 @@ def eval_loss(
 
 
 @hookimpl
-def export_adapter(bundle: ModelBundle, state_dict: dict[str, torch.Tensor], path: Path) -> Path:
-    from tuner_wan.export import save_diffusers_lora
+def export_adapter(bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str) -> Path | None:
+    from tuner_wan.export import save_adapter
 
-    return save_diffusers_lora(state_dict, path)
+    return save_adapter(weights, path, lora_format)
 
 
 @hookimpl

@@ -1,0 +1,181 @@
+"""Framework overhead: tuner's training step against a bare accelerate + diffusers + peft loop.
+
+    python bench/overhead.py            # mid-size ratio + tiny demo figures
+    python bench/overhead.py --quick    # fewer steps
+
+Both loops train the same mid-size Wan-shaped transformer (random init, LoRA
+rank 16 on the same modules, AdamW, same cached batch shape), alternating in
+rounds so machine noise hits both alike. Printed: median step times, their
+ratio (target <= 1.02), and the time per step tuner spends outside
+forward/backward/optimizer. Then the tiny demo model: median s/step (target
+<= 0.01), launch -> first step with warm caches (target < 5 s) and peak RSS
+(target < 600 MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+MID = dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=1024, num_layers=3)
+LATENT_SHAPE = (16, 5, 32, 32)  # 17 frames of 256x256 pixels -> 1280 tokens
+
+
+def write_mid_model(folder: Path) -> Path:
+    """The tiny Wan with a mid-size transformer in place of the tiny one."""
+    from diffusers import WanTransformer3DModel
+
+    from tuner.demo import prepare_tiny_model
+    from tuner.plugins import PluginHost
+    from tuner_wan.tiny import TINY_TRANSFORMER
+
+    model = folder / "model"
+    prepare_tiny_model(PluginHost.build(["wan"]), "wan", model)
+    torch.manual_seed(0)
+    WanTransformer3DModel(**{**TINY_TRANSFORMER, **MID}).save_pretrained(str(model / "transformer"))
+    return model
+
+
+def tuner_step_times(model: Path, folder: Path, steps: int) -> list[float]:
+    """Wall time between consecutive steps of a real tuner run (everything the loop does)."""
+    from tuner.config import resolve_config
+    from tuner.data.synthetic import write_synthetic_clips
+    from tuner.hookspecs import hookimpl
+    from tuner.plugins import PluginHost
+    from tuner.train.run import train
+
+    clips = folder / "clips"
+    if not clips.is_dir():
+        write_synthetic_clips(clips, count=2, num_frames=17, width=256, height=256)
+
+    class Clock:
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+
+        @hookimpl
+        def on_run_start(self, run):  # type: ignore[no-untyped-def]
+            self.marks.append(time.perf_counter())
+
+        @hookimpl
+        def on_step_end(self, run, step, logs):  # type: ignore[no-untyped-def]
+            self.marks.append(time.perf_counter())
+
+    clock = Clock()
+    host = PluginHost.build(["wan"], extra={"clock": clock})
+    config = resolve_config(
+        {
+            "train": {"output_dir": str(folder / "out"), "max_train_steps": steps, "lora_rank": 16, "learning_rate": 1e-4},
+            "data": {"instance_data_dir": str(clips), "num_frames": 17, "resolution": 256, "cache_dir": str(folder / "cache")},
+            "wan": {"pretrained_model_name_or_path": str(model), "max_sequence_length": 32},
+        },
+        host,
+    )
+    train(config, host)
+    return [b - a for a, b in zip(clock.marks[1:], clock.marks[2:])]  # drop the first (warm-up) step
+
+
+def bare_step_times(model: Path, steps: int) -> list[float]:
+    """The same work with no tuner code: accelerate + diffusers + peft, one cached batch."""
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from diffusers import WanTransformer3DModel
+    from peft import LoraConfig
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    transformer = WanTransformer3DModel.from_pretrained(str(model), subfolder="transformer").requires_grad_(False)
+    transformer.add_adapter(
+        LoraConfig(r=16, lora_alpha=16, target_modules=["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"])
+    )
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    latents = torch.randn(1, *LATENT_SHAPE)
+    text = torch.randn(1, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        sigma = torch.sigmoid(torch.randn(1, generator=generator))
+        noise = torch.randn(latents.shape, generator=generator)
+        noisy = (1 - sigma) * latents + sigma * noise
+        pred = transformer(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise - latents)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def tiny_demo_figures(folder: Path, steps: int) -> dict[str, float]:
+    """Median s/step, launch -> first step (warm caches) and peak RSS of `tuner train` on the demo."""
+    demo = folder / "demo"
+    subprocess.run(["tuner", "demo", "--plugin", "wan", "--dir", str(demo), "--steps", str(steps)], check=True, capture_output=True)
+    config = demo / "config.toml"
+    log = demo / "output" / "train_log.jsonl"
+    log.unlink()
+    import psutil
+
+    launched = time.time()
+    proc = subprocess.Popen(
+        ["tuner", "train", "--config", str(config), "--set", "validation.validation_prompt=''", "--set", "train.checkpoint_step_interval=0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    watched, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:  # sample the training process's own resident memory
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    if proc.returncode:
+        raise SystemExit(f"tuner train failed with exit code {proc.returncode}")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    steps_ = [r for r in records if r["event"] == "step"]
+    return {
+        "median_s_per_step": statistics.median(r["step_time"] for r in steps_[1:]),
+        "launch_to_first_step_s": steps_[0]["time"] - launched,
+        "peak_rss_mib": peak / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds")
+    args = parser.parse_args()
+    steps, rounds = (4, 2) if args.quick else (8, 3)
+    print(f"threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = write_mid_model(folder)
+        tuner_times: list[float] = []
+        bare_times: list[float] = []
+        for r in range(rounds):  # alternate so noise falls on both
+            bare_times += bare_step_times(model, steps)
+            tuner_times += tuner_step_times(model, folder / f"run{r}", steps)
+        t, b = statistics.median(tuner_times), statistics.median(bare_times)
+        print("\nmid-size Wan-shaped model (3 blocks, dim 256, 1280 tokens, LoRA r16)")
+        print(f"  bare loop   median step {b:.4f} s  ({len(bare_times)} steps)")
+        print(f"  tuner       median step {t:.4f} s  ({len(tuner_times)} steps)")
+        print(f"  ratio tuner / bare      {t / b:.3f}   (target <= 1.02)")
+        print(f"  outside fwd/bwd/opt     {max(0.0, t - b) * 1000:.1f} ms per step")
+        figures = tiny_demo_figures(folder, 40)
+        print("\ntiny demo model")
+        print(f"  median s/step           {figures['median_s_per_step']:.4f}   (target <= 0.01)")
+        print(f"  launch -> first step    {figures['launch_to_first_step_s']:.2f} s (target < 5, warm caches)")
+        print(f"  peak RSS                {figures['peak_rss_mib']:.0f} MiB (target < 600)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

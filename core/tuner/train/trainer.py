@@ -1,0 +1,209 @@
+"""The training state of one run and the step that advances it.
+
+`Trainer.step` reads top to bottom: micro-batches, backward, clip, update,
+schedule, EMA. Everything a step draws at random comes from a generator seeded
+by ``(seed, micro-batch index)``, so resuming repeats an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import CheckpointError, TunerError
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.data.batches import TrainingData
+    from tuner.config import RunConfig
+    from tuner.plugins import PluginHost
+    from tuner.train.adapters import Adapter
+    from tuner.train.ema import EMA
+    from tuner.types import ModelBundle, RunInfo
+
+__all__ = ["TrainingDiverged", "Trainer", "micro_seed", "EMA_ADAPTER_FILE", "MAX_SKIPPED_STEPS"]
+
+EMA_ADAPTER_FILE = "pytorch_lora_weights_ema.safetensors"
+MAX_SKIPPED_STEPS = 10
+
+
+class TrainingDiverged(TunerError):
+    """The loss became NaN or infinite."""
+
+
+def micro_seed(seed: int, index: int) -> int:
+    """The seed of micro-batch ``index``: noise and timesteps depend on nothing else."""
+    return (seed * 1_000_003 + index * 7_919 + 1) % (2**63 - 1)
+
+
+@dataclass
+class Trainer:
+    host: PluginHost
+    config: RunConfig
+    bundle: ModelBundle
+    data: TrainingData
+    adapter: Adapter
+    optimizer: Any
+    schedule: Any
+    accelerator: Any
+    run: RunInfo
+    ema: EMA | None = None
+    skipped_in_a_row: int = field(default=0)
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return self.adapter.params
+
+    # -- the step ------------------------------------------------------------
+
+    def micro_batch(self, index: int) -> dict[str, torch.Tensor]:
+        import torch
+
+        latents, prompts = self.data.load_micro_batch(index)
+        text = self.host.collate_prompts(self.bundle, prompts)
+        if text is None:
+            text = {k: torch.stack([p[k] for p in prompts]) for k in prompts[0]}
+        device = self.accelerator.device
+        return {k: v.to(device, non_blocking=True) for k, v in {**latents, **text}.items()}
+
+    def step(self, step: int) -> dict[str, float]:
+        """Optimizer step ``step + 1``: accumulate micro-batches, clip, update, schedule, EMA."""
+        import torch
+
+        tc, acc, model = self.config.train, self.accelerator, self.bundle.denoiser
+        start = time.perf_counter()
+        ga = tc.gradient_accumulation_steps
+        losses: list[torch.Tensor] = []
+        logs: dict[str, float] = {}
+        for micro in range(ga):
+            index = step * ga + micro
+            batch = self.micro_batch(index)
+            generator = torch.Generator(acc.device).manual_seed(micro_seed(tc.seed, index))
+            out = self.host.compute_loss(self.bundle, batch, generator, self.config)
+            if not torch.isfinite(out.loss.detach()).all():
+                return self._bad_loss(step, float(out.loss.detach()), start)
+            # Gradients add up across micro-batches; DDP syncs only on the last one.
+            sync = micro == ga - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(model):
+                acc.backward(out.loss / ga)
+            losses.append(out.loss.detach())
+            logs.update(out.logs)
+        logs["grad_norm"] = self._clip()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(step + 1)
+        self.skipped_in_a_row = 0
+        loss = float(torch.stack(losses).float().mean())
+        return {"loss": loss, "lr": self._lr(), "step_time": time.perf_counter() - start, **logs}
+
+    def _clip(self) -> float:
+        """Clip as configured; return the gradient norm before clipping."""
+        import torch
+
+        tc, acc = self.config.train, self.accelerator
+        if tc.max_grad_norm > 0 and tc.grad_clip_method == "norm":
+            return float(acc.clip_grad_norm_(self.params, tc.max_grad_norm))
+        if acc.scaler is not None:  # fp16: clip the true gradients, not the scaled ones
+            acc.unscale_gradients()
+        grads = [p.grad.detach().float() for p in self.params if p.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+        if tc.max_grad_norm > 0:
+            acc.clip_grad_value_(self.params, tc.max_grad_norm)
+        return norm
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _bad_loss(self, step: int, loss: float, start: float) -> dict[str, float]:
+        tc = self.config.train
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_in_a_row += 1
+        if tc.on_nan_loss == "stop" or self.skipped_in_a_row >= MAX_SKIPPED_STEPS:
+            why = "" if tc.on_nan_loss == "stop" else f" ({MAX_SKIPPED_STEPS} steps in a row)"
+            raise TrainingDiverged(
+                f"loss became {loss} at step {step + 1}{why}; no update was applied and the last checkpoint is"
+                " intact: lower learning_rate or max_grad_norm and resume from it, or set on_nan_loss = 'skip'"
+            )
+        # The step still counts (data, noise and the schedule move on), without an update.
+        self.schedule.step()
+        return {"loss": loss, "lr": self._lr(), "step_time": time.perf_counter() - start, "skipped": 1.0}
+
+    # -- adapters and checkpoints -------------------------------------------
+
+    def export_adapter(self, path: Path, *, ema: bool = False) -> Path:
+        """Write the adapter (or its EMA) to ``path`` atomically, in the configured format."""
+        from safetensors.torch import save_file
+
+        context = self.ema.applied() if ema and self.ema is not None else contextlib.nullcontext()
+        with context:
+            weights = self.adapter.weights()
+        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        if self.host.export_adapter(self.bundle, weights, tmp, self.config.train.lora_format) is None:
+            save_file({k: v.contiguous() for k, v in weights.native().items()}, str(tmp))
+        os.replace(tmp, path)
+        return path
+
+    def _write_adapters(self, folder: Path) -> None:
+        from tuner.train.checkpoints import ADAPTER_FILE
+
+        self.export_adapter(folder / ADAPTER_FILE)
+        if self.ema is not None:
+            self.export_adapter(folder / EMA_ADAPTER_FILE, ema=True)
+
+    def save_checkpoint(self, step: int) -> Path:
+        import torch
+
+        from tuner.train.checkpoints import rotate_checkpoints, write_checkpoint
+
+        tc = self.config.train
+        state = {
+            "params": [p.detach().cpu().clone() for p in self.params],
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "skipped_in_a_row": self.skipped_in_a_row,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        path = write_checkpoint(Path(tc.output_dir), step, state, self._write_adapters, {"seed": tc.seed})
+        rotate_checkpoints(Path(tc.output_dir), tc.checkpoints_total_limit)
+        self.host.on_checkpoint_saved(self.run, step, path)
+        return path
+
+    def resume(self, path: Path) -> int:
+        import torch
+
+        from tuner.train.checkpoints import read_checkpoint
+
+        state, info = read_checkpoint(path)
+        if len(state["params"]) != len(self.params) or any(a.shape != b.shape for a, b in zip(state["params"], self.params)):
+            raise CheckpointError(f"{path} was written for a different adapter (type, rank or targets changed)")
+        with torch.no_grad():
+            for saved, param in zip(state["params"], self.params):
+                param.copy_(saved.to(param.device, param.dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise CheckpointError(f"{path} has no EMA weights; resume with use_ema = false or start afresh")
+            self.ema.load_state_dict(state["ema"])
+        self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return int(info["step"])
+
+    def validate(self, step: int) -> None:
+        from tuner.validate.rounds import run_validation
+
+        use_ema = self.ema.applied if self.ema is not None else None
+        result = run_validation(self.host, self.bundle, self.config, step, use_ema=use_ema)
+        if result is not None:
+            self.host.on_validation_done(self.run, result)

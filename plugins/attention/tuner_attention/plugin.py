@@ -1,0 +1,56 @@
+"""The attention plugin: installs the chosen kernel into the denoiser's attention layers.
+
+It works on any denoiser whose attention goes through diffusers' attention dispatcher and knows no
+model family. A kernel that cannot run on this machine stops the run here, before anything loads
+into the caches, with one line naming what is missing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from tuner.hookspecs import hookimpl
+
+from tuner_attention.settings import AttentionSection
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.config import RunConfig
+    from tuner.types import ModelBundle
+
+
+@hookimpl
+def register_config_sections(register: Any) -> None:
+    register("attention", AttentionSection)
+
+
+@hookimpl
+def prepare_model(
+    bundle: ModelBundle, config: RunConfig, phase: Literal["base", "adapted"], device: torch.device
+) -> None:
+    from tuner.errors import PluginError
+
+    from tuner_attention.backends import BACKENDS, install, problems
+
+    name = config.section("attention").attention_mechanism
+    if phase != "base" or BACKENDS[name].diffusers is None:
+        return
+    missing = problems(name, device, config.train.mixed_precision)
+    if missing:
+        raise PluginError(
+            f"attention_mechanism = '{name}' cannot run here: it needs {'; and '.join(missing)}."
+            " Use 'diffusers' (PyTorch SDPA), which runs everywhere"
+        )
+    layers = install(bundle.denoiser, name)
+    from tuner.report.progress import console, log_format
+
+    if not BACKENDS[name].backward:
+        console().print(
+            f"[yellow]notice:[/] attention_mechanism '{name}' has no backward pass: training uses PyTorch SDPA,"
+            " validation uses it",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif log_format() == "auto":
+        console().print(f"attention: {name} in {layers} attention layers", highlight=False, soft_wrap=True)

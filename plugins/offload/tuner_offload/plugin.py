@@ -1,0 +1,155 @@
+"""The offload plugin: where the denoiser's and the encoders' weights live, and chunked feed-forward.
+
+Everything offloading does happens here, through `prepare_model`: the core and the model families
+only describe the model (``ModelBundle.block_lists``, ``encoders``) and never name an offload
+option. Chunking goes in with the base model; weight placement once the adapter exists, after the
+other plugins (``trylast``), so that the adapter is known to stay on the accelerator.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from tuner.hookspecs import hookimpl
+
+from tuner_offload.settings import OffloadSection
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.config import RunConfig
+    from tuner.types import ModelBundle
+
+
+def _notice(message: str) -> None:
+    from tuner.report.progress import console
+
+    console().print(f"[yellow]notice:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _say(message: str) -> None:
+    """One line saying what was installed (not in the quiet and json log formats)."""
+    from tuner.report.progress import console, log_format
+
+    if log_format() == "auto":
+        console().print(message, highlight=False, soft_wrap=True)
+
+
+@hookimpl
+def register_config_sections(register: Any) -> None:
+    register("offload", OffloadSection)
+
+
+@hookimpl(trylast=True)
+def prepare_model(
+    bundle: ModelBundle, config: RunConfig, phase: Literal["base", "adapted"], device: torch.device
+) -> None:
+    section: OffloadSection = config.section("offload")
+    if phase == "base":
+        _chunk(bundle, section)
+        return
+    if section.enable_group_offload or section.blocks_to_swap:
+        _stream(bundle, section, device)
+    if section.enable_model_cpu_offload or section.offload_during_startup:
+        _take_turns(bundle, section, device)
+
+
+def _chunk(bundle: ModelBundle, section: OffloadSection) -> None:
+    from tuner_offload.chunking import chunk_feed_forward, chunk_size_from_environment
+
+    tokens = section.feed_forward_chunk_size if section.enable_chunked_feed_forward else None
+    if (env := chunk_size_from_environment(bundle.family)) is not None:
+        name, tokens = env
+        _notice(f"{name}={tokens}: feed-forward layers run in chunks of {tokens} tokens")
+    if tokens is not None:
+        layers = chunk_feed_forward(bundle, tokens)
+        _say(f"chunked feed-forward: {layers} layers run over {tokens} tokens at a time")
+
+
+def blocks_of(bundle: ModelBundle) -> list[torch.nn.Module]:
+    """The denoiser's repeated blocks in execution order, from ``bundle.block_lists``."""
+    from tuner.errors import PluginError
+
+    if not bundle.block_lists:
+        raise PluginError(
+            f"model family '{bundle.family}' does not name its denoiser's blocks (ModelBundle.block_lists),"
+            " which block offloading needs"
+        )
+    return [block for path in bundle.block_lists for block in bundle.denoiser.get_submodule(path)]
+
+
+def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device) -> None:
+    from tuner.errors import ConfigError
+
+    from tuner_offload.streaming import block_units, leaf_units, stream_weights
+
+    use_stream = device.type == "cuda"
+    if section.enable_group_offload and section.group_offload_use_stream and not use_stream:
+        _notice(f"group_offload_use_stream needs CUDA; this run is on {device.type}, so copies are not overlapped")
+    blocks = blocks_of(bundle)
+    if section.blocks_to_swap:
+        if section.blocks_to_swap >= len(blocks):
+            raise ConfigError(
+                f"blocks_to_swap = {section.blocks_to_swap} but the denoiser has {len(blocks)} blocks: swap at most"
+                f" {len(blocks) - 1}, or use enable_group_offload to offload them all"
+            )
+        first = len(blocks) - section.blocks_to_swap
+        how = "on a side stream" if use_stream else "synchronously"
+        _say(f"block swap: blocks {first}-{len(blocks) - 1} of {len(blocks)} stream from CPU memory to {device} {how}")
+        stream_weights(
+            bundle.denoiser,
+            block_units(blocks[first:], 1, prefix=f"swap_{first}"),
+            prefetch_from=blocks[first - 1],
+            device=device,
+            use_stream=use_stream,
+            disk_path=None,
+        )
+        return
+    if section.group_offload_type == "leaf_level":
+        units, kind = leaf_units(bundle.denoiser), "layers"
+    else:
+        units, kind = block_units(blocks, section.group_offload_blocks_per_group), "block groups"
+    source = "disk" if section.group_offload_to_disk_path else "CPU memory"
+    how = "on a side stream" if use_stream and section.group_offload_use_stream else "synchronously"
+    _say(f"group offload: {len(units)} {kind} stream from {source} to {device} {how}; the adapter stays on {device}")
+    stream_weights(
+        bundle.denoiser,
+        units,
+        prefetch_from=None,
+        device=device,
+        use_stream=use_stream and section.group_offload_use_stream,
+        disk_path=_disk_folder(bundle, section.group_offload_to_disk_path),
+    )
+
+
+def _disk_folder(bundle: ModelBundle, root: Path | None) -> str | None:
+    """A fresh folder per run under ``root`` (files of an earlier run must never be read back), removed at exit."""
+    if root is None:
+        return None
+    root.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="tuner-offload-", dir=root)
+    weakref.finalize(bundle.denoiser, shutil.rmtree, folder, True)
+    return folder
+
+
+def _take_turns(bundle: ModelBundle, section: OffloadSection, device: torch.device) -> None:
+    from tuner.errors import PluginError
+
+    from tuner_offload.juggling import Turns
+
+    if not bundle.encoders and not section.enable_model_cpu_offload:
+        raise PluginError(
+            f"offload_during_startup: model family '{bundle.family}' names no encoders (ModelBundle.encoders) to move"
+        )
+    turns = Turns(device)
+    for key in bundle.encoders:
+        turns.add_encoder(bundle.components[key])
+    # With model CPU offload the denoiser takes turns too; otherwise it only sends the encoders away.
+    turns.add_denoiser(bundle.denoiser, movable=section.enable_model_cpu_offload)
+    names = [*bundle.encoders, *(["the denoiser"] if section.enable_model_cpu_offload else [])]
+    what = "model CPU offload" if section.enable_model_cpu_offload else "offload during start-up"
+    _say(f"{what}: {', '.join(names) or 'nothing'} take turns on {device}, one at a time")

@@ -1,0 +1,65 @@
+"""The quantize plugin: the frozen base (and the first text encoder) stored in fewer bits.
+
+Quantization happens in the ``base`` phase, before the adapter exists, so the adapter wraps the
+quantized layers and is the only thing that trains. A family names the precisions its model does
+not survive in ``ModelBundle.refused_precisions``; this plugin refuses them with the family's reason.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from tuner.hookspecs import hookimpl
+
+from tuner_quantize.settings import QuantizeSection
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.config import RunConfig
+    from tuner.types import ModelBundle
+
+
+def _say(message: str) -> None:
+    from tuner.report.progress import console, log_format
+
+    if log_format() == "auto":
+        console().print(message, highlight=False, soft_wrap=True)
+
+
+@hookimpl
+def register_config_sections(register: Any) -> None:
+    register("quantize", QuantizeSection)
+
+
+@hookimpl(tryfirst=True)
+def prepare_model(
+    bundle: ModelBundle, config: RunConfig, phase: Literal["base", "adapted"], device: torch.device
+) -> None:
+    import torch
+
+    from tuner.errors import PluginError
+
+    from tuner_quantize.quanto import quantize_weights
+
+    section: QuantizeSection = config.section("quantize")
+    if phase != "base":
+        return
+    where = torch.device("cpu") if section.quantize_via == "cpu" else device
+    precision = section.base_model_precision
+    if precision != "no_change":
+        if (reason := bundle.refused_precisions.get(precision)) is not None:
+            raise PluginError(f"base_model_precision = '{precision}' is refused for model family '{bundle.family}': {reason}")
+        include = [f"{path}.*" for path in bundle.block_lists] or None
+        layers = quantize_weights(bundle.denoiser, precision, include=include, where=where, option="base_model_precision")
+        _say(f"quantized base: {layers} layers of the denoiser in {precision}, on {where}")
+    precision = section.text_encoder_1_precision
+    if precision != "no_change":
+        text = [key for key, kind in bundle.encoders.items() if kind == "text"]
+        if not text:
+            raise PluginError(f"text_encoder_1_precision: model family '{bundle.family}' names no text encoder")
+        layers = quantize_weights(
+            bundle.components[text[0]], precision, include=None, where=where, option="text_encoder_1_precision"
+        )
+        _say(f"quantized {text[0]}: {layers} layers in {precision}, on {where}")
+        bundle.cache_id = f"{bundle.cache_id}+{text[0]}:{precision}"  # other embeddings: re-encode them
