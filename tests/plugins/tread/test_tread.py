@@ -27,6 +27,16 @@ GUIDE_FIVE_ROUTES = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run on one thread: their ops are too small to split, and on a busy machine a second
+    thread only makes every op wait for a time slice (a 30-block model then runs 100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # never more than OMP_NUM_THREADS allows
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def host():
     return PluginHost.build(["wan", "tread"])
