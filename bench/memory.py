@@ -2,11 +2,12 @@
 
     python bench/memory.py                        # tiny and mid-size Wan-shaped transformers
     python bench/memory.py --steps 5 --rounds 3   # more timed steps, more alternating rounds
+    OMP_NUM_THREADS=1 python bench/memory.py --sizes mid   # steadier timings on a busy machine
 
 Every case runs in a fresh process: a Wan-shaped transformer with random weights (no download)
 is prepared exactly as a run prepares it (the plugins' ``prepare_model``, base phase, LoRA rank 16
-on the family's targets, adapted phase), then trains on one fixed latent batch: forward,
-flow-matching loss, backward, AdamW. Printed per case: the denoiser's weight storage and the part
+on the family's targets, gradient checkpointing, adapted phase), then trains on one fixed latent
+batch: forward, flow-matching loss, backward, AdamW. Printed per case: the denoiser's weight storage and the part
 of it kept on the accelerator between uses (the rest streams in from CPU memory or disk), peak
 memory during the timed steps (on a CPU: RSS sampled every millisecond, minus the RSS of the
 process before the model was built, i.e. without the libraries themselves; on a GPU:
@@ -105,10 +106,11 @@ def run_case(size: str, case: str, steps: int, tmp: str) -> dict[str, float]:
     if "group_offload_to_disk_path" in options:
         options["group_offload_to_disk_path"] = tempfile.mkdtemp(dir=tmp)
     host = PluginHost.build(["wan", "offload", "attention", "quantize"])
-    config = resolve_config(options, host)
+    config = resolve_config({"gradient_checkpointing": True, **options}, host)
     bundle = ModelBundle("wan", model, list(LORA_TARGETS), block_lists=["blocks"])
     host.prepare_model(bundle, config, "base", device)
     inject_adapter_in_model(LoraConfig(r=16, lora_alpha=16, target_modules=LORA_TARGETS), model)
+    model.enable_gradient_checkpointing()  # as the guide's runs do; offloading in training needs it
     host.prepare_model(bundle, config, "adapted", device)
     model.to(device)  # what accelerate.prepare does; offloaded models ignore it
     params = [p for p in model.parameters() if p.requires_grad]
@@ -160,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--one", nargs=2, metavar=("SIZE", "CASE"), help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default="/tmp", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,7 +172,7 @@ def main() -> None:
 
     import tempfile
 
-    runs: dict[tuple[str, str], list[dict]] = {(size, case): [] for size in SIZES for case in CASES}
+    runs: dict[tuple[str, str], list[dict]] = {(size, case): [] for size in args.sizes for case in CASES}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for size, case in runs:

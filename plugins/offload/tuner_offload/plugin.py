@@ -53,7 +53,7 @@ def prepare_model(
         _chunk(bundle, section)
         return
     if section.enable_group_offload or section.blocks_to_swap:
-        _stream(bundle, section, device)
+        _stream(bundle, section, device, config.train.gradient_checkpointing)
     if section.enable_model_cpu_offload or section.offload_during_startup:
         _take_turns(bundle, section, device)
 
@@ -70,7 +70,7 @@ def _chunk(bundle: ModelBundle, section: OffloadSection) -> None:
         _say(f"chunked feed-forward: {layers} layers run over {tokens} tokens at a time")
 
 
-def blocks_of(bundle: ModelBundle) -> list[torch.nn.Module]:
+def _blocks_of(bundle: ModelBundle) -> list[torch.nn.Module]:
     """The denoiser's repeated blocks in execution order, from ``bundle.block_lists``."""
     from tuner.errors import PluginError
 
@@ -82,16 +82,26 @@ def blocks_of(bundle: ModelBundle) -> list[torch.nn.Module]:
     return [block for path in bundle.block_lists for block in bundle.denoiser.get_submodule(path)]
 
 
-def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device) -> None:
+def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device, checkpointing: bool) -> None:
     from tuner.errors import ConfigError
 
     from tuner_offload.streaming import block_units, leaf_units, stream_weights
 
+    option = "enable_group_offload" if section.enable_group_offload else "blocks_to_swap"
+    if not checkpointing:
+        # Autograd keeps views of the weights a layer used until its backward: without recomputation
+        # every block's weights would stay on the accelerator from its forward to its backward.
+        raise ConfigError(
+            f"{option} saves memory in training only with gradient checkpointing (without it the forward pass"
+            " keeps every block's weights on the accelerator until the backward pass):"
+            " set gradient_checkpointing = true"
+        )
+
     use_stream = device.type == "cuda"
     if section.enable_group_offload and section.group_offload_use_stream and not use_stream:
         _notice(f"group_offload_use_stream needs CUDA; this run is on {device.type}, so copies are not overlapped")
-    blocks = blocks_of(bundle)
     if section.blocks_to_swap:
+        blocks = _blocks_of(bundle)
         if section.blocks_to_swap >= len(blocks):
             raise ConfigError(
                 f"blocks_to_swap = {section.blocks_to_swap} but the denoiser has {len(blocks)} blocks: swap at most"
@@ -112,7 +122,7 @@ def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device) 
     if section.group_offload_type == "leaf_level":
         units, kind = leaf_units(bundle.denoiser), "layers"
     else:
-        units, kind = block_units(blocks, section.group_offload_blocks_per_group), "block groups"
+        units, kind = block_units(_blocks_of(bundle), section.group_offload_blocks_per_group), "block groups"
     source = "disk" if section.group_offload_to_disk_path else "CPU memory"
     how = "on a side stream" if use_stream and section.group_offload_use_stream else "synchronously"
     _say(f"group offload: {len(units)} {kind} stream from {source} to {device} {how}; the adapter stays on {device}")

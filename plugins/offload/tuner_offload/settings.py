@@ -22,7 +22,7 @@ class OffloadSection(BaseModel):
         False,
         description="Keep the denoiser's frozen weights in CPU memory (or on disk) and bring each group of them to"
         " the accelerator just before it runs, in the forward and again in the backward pass. The adapter stays on"
-        " the accelerator. Not with enable_model_cpu_offload or blocks_to_swap.",
+        " the accelerator. Needs gradient_checkpointing = true; not with enable_model_cpu_offload or blocks_to_swap.",
     )
     group_offload_type: Literal["block_level", "leaf_level"] = Field(
         "block_level",
@@ -52,7 +52,8 @@ class OffloadSection(BaseModel):
         ge=0,
         description="Keep the last N transformer blocks' frozen weights in CPU memory and stream each to the"
         " accelerator just before it runs (on a side stream on CUDA, overlapping compute); the other blocks stay"
-        " put. 0 turns it off. Not with enable_group_offload or enable_model_cpu_offload.",
+        " put. 0 turns it off. Needs gradient_checkpointing = true; not with enable_group_offload or"
+        " enable_model_cpu_offload.",
     )
     enable_chunked_feed_forward: bool = Field(
         False,

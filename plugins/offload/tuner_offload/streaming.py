@@ -3,10 +3,10 @@
 The copies themselves are diffusers' `ModuleGroup` (pinned CPU copies, a side stream on CUDA,
 files on disk). What this module adds is the schedule around them, because diffusers' own group
 offloading is built for inference: its hooks bring a group in before its forward and send it out
-after, and training needs the weights a second time, in the backward pass (diffusers' own test of
-training with group offloading fails with a device mismatch). Its groups also move every parameter
-of a module, adapter included, which would strand the adapter's gradients and optimizer state on
-the CPU. So:
+after, while training needs the weights a second time, when a checkpointed block is recomputed for
+its backward pass (diffusers' own draft test of training with group offloading, PR #11515, fails
+with a device mismatch). Its groups also move every parameter of a module, adapter included, which
+would strand the adapter's gradients and optimizer state on the CPU. So:
 
 * a unit holds only frozen tensors (a group of blocks, or one layer); trainable parameters, and
   the layers outside the blocks (embeddings, output projection: a few percent of the weights),
@@ -18,6 +18,14 @@ the CPU. So:
   again and stays while its backward (and, with gradient checkpointing, its recomputation) runs,
   the next unit in backward order is prefetched, and a unit is sent out once two later ones have
   been entered; whatever is left goes out when the backward pass ends.
+
+Training with it needs gradient checkpointing: autograd keeps what a layer used (for a linear
+layer, a view of its weight's storage) until that layer's backward, so without recomputation every
+block's weights would stay on the accelerator from its forward to its backward whatever the schedule
+does. With checkpointing the forward keeps only each block's input, and the block runs again, its
+weights brought back, just before its backward. The recomputation stops as soon as it has what the
+backward needs, before the block's forward returns, so it is the backward schedule, not the forward
+hooks, that sends the block out again.
 
 Hooks are registered under diffusers' own group-offloading name, so diffusers sees the model as
 group offloaded: ``model.device`` is the accelerator and ``model.to(device)`` leaves it alone.
@@ -48,6 +56,7 @@ class Unit:
     first: torch.nn.Module
     last: torch.nn.Module
     group: Any = None  # diffusers ModuleGroup, made by stream_weights
+    index: int = -1  # position in execution order, set by stream_weights
     onloaded: bool = True
     held: bool = False  # the backward pass in progress still needs it
 
@@ -108,9 +117,6 @@ class Schedule:
     _pending: bool = False
     _backward_running: bool = False
 
-    def _index(self, unit: Unit) -> int:
-        return self.units.index(unit)
-
     def _wait(self) -> None:
         if self._pending:
             self.stream.synchronize()
@@ -140,7 +146,8 @@ class Schedule:
 
     def before_forward(self, unit: Unit) -> None:
         self.bring_in(unit)
-        self.prefetch(self._index(unit) + 1)
+        if not unit.held:  # a recomputation inside backward goes on to earlier units, not later ones
+            self.prefetch(unit.index + 1)
 
     def after_forward(self, unit: Unit, output: Any) -> None:
         import torch
@@ -171,7 +178,7 @@ class Schedule:
             done = self._entered.pop(0)
             done.held = False
             self.send_out(done)
-        self.prefetch(self._index(unit) - 1)
+        self.prefetch(unit.index - 1)
 
     def _backward_done(self) -> None:
         self._backward_running = False
@@ -277,7 +284,8 @@ def stream_weights(
     _quiet_expected_move_note()
     schedule = Schedule(units, stream)
     hook_class = _hook_class()
-    for unit in units:
+    for index, unit in enumerate(units):
+        unit.index = index
         unit.group = ModuleGroup(
             modules=[],
             offload_device=cpu,

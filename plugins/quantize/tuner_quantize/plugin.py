@@ -49,9 +49,13 @@ def prepare_model(
     precision = section.base_model_precision
     if precision != "no_change":
         if (reason := bundle.refused_precisions.get(precision)) is not None:
-            raise PluginError(f"base_model_precision = '{precision}' is refused for model family '{bundle.family}': {reason}")
+            raise PluginError(
+                f"base_model_precision = '{precision}' is refused for model family '{bundle.family}': {reason}"
+            )
         include = [f"{path}.*" for path in bundle.block_lists] or None
-        layers = quantize_weights(bundle.denoiser, precision, include=include, where=where, option="base_model_precision")
+        layers = quantize_weights(
+            bundle.denoiser, precision, include=include, where=where, option="base_model_precision"
+        )
         _say(f"quantized base: {layers} layers of the denoiser in {precision}, on {where}")
     precision = section.text_encoder_1_precision
     if precision != "no_change":

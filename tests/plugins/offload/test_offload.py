@@ -3,7 +3,10 @@
 On a CPU the accelerator and the offload target are the same memory, so moving weights proves
 nothing by itself. Offloading to disk does: an offloaded tensor's memory is released, and here it is
 filled with NaN as well, so any computation that reads a weight the schedule has sent out (in
-forward, in backward, or in a checkpointed recomputation) turns the loss or the gradients into NaN.
+forward, or in backward and the checkpointed recomputation that precedes it) turns the loss or the
+gradients into NaN. Offloading in training requires gradient checkpointing (without recomputation
+autograd would keep every block's weights alive from forward to backward), so the models here
+checkpoint.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ def loss_and_grads(model):
 
 
 def offloaded(model, host, tmp_path, **options):
-    config = resolve_config({"enable_group_offload": True, "group_offload_to_disk_path": str(tmp_path), **options}, host)
+    options = {"enable_group_offload": True, "group_offload_to_disk_path": str(tmp_path), **options}
+    config = resolve_config({"gradient_checkpointing": True, **options}, host)
     bundle = ModelBundle("wan", model, [], block_lists=["blocks"])
     host.prepare_model(bundle, config, "adapted", torch.device("cpu"))
     return model
@@ -79,20 +83,13 @@ def reference():
 
 
 @pytest.mark.parametrize(
-    "options, checkpointing",
-    [
-        ({}, False),
-        ({"group_offload_blocks_per_group": 2}, True),
-        ({"group_offload_type": "leaf_level"}, False),
-        ({"group_offload_type": "leaf_level"}, True),
-    ],
-    ids=["block", "two-blocks-checkpointed", "leaf", "leaf-checkpointed"],
+    "options",
+    [{}, {"group_offload_blocks_per_group": 2}, {"group_offload_type": "leaf_level"}],
+    ids=["block", "two-blocks", "leaf"],
 )
-def test_group_offload_brings_weights_back_for_backward(
-    host, tmp_path, poisoned_disk, reference, options, checkpointing
-):
+def test_group_offload_brings_weights_back_for_backward(host, tmp_path, poisoned_disk, reference, options):
     want_loss, want_grads = reference
-    model = offloaded(tiny_adapted_wan(checkpointing=checkpointing), host, tmp_path, **options)
+    model = offloaded(tiny_adapted_wan(checkpointing=True), host, tmp_path, **options)
     for _ in range(2):  # a second step starts from the offloaded state the first one left
         model.zero_grad(set_to_none=True)
         loss, grads = loss_and_grads(model)
@@ -103,6 +100,27 @@ def test_group_offload_brings_weights_back_for_backward(
     streamed = [p for hook in hooks if hook is not None for p in hook.unit.params]
     assert streamed and all(torch.isnan(p).all() for p in streamed), "after backward every streamed weight is out"
     assert all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad), "the adapter never moves"
+
+
+def test_backward_keeps_at_most_three_groups_in(host, tmp_path, monkeypatch):
+    """Checkpointing recomputes a block without finishing its forward (it stops once it has what backward
+    needs), so nothing but the schedule sends the block out again: without it the whole model would
+    pile up on the accelerator during backward."""
+    from tuner_offload.streaming import Schedule
+
+    most = []
+    bring_in = Schedule.bring_in
+
+    def counting(self, unit):
+        bring_in(self, unit)
+        most.append(sum(u.onloaded for u in self.units))
+
+    monkeypatch.setattr(Schedule, "bring_in", counting)
+    model = offloaded(tiny_adapted_wan(layers=6, checkpointing=True), host, tmp_path)
+    loss_and_grads(model)
+    assert len(most) > 6 and max(most) <= 3, most  # 6 groups; in backward: this one and the two before
+    hooks = [m._diffusers_hook.get_hook("group_offloading") for m in model.modules() if hasattr(m, "_diffusers_hook")]
+    assert not any(h.unit.onloaded for h in hooks if h is not None), "all out once backward ends"
 
 
 def test_group_offload_under_no_grad_matches_and_reports_the_onload_device(host, tmp_path, poisoned_disk):
@@ -157,21 +175,29 @@ def test_mutually_exclusive_offloads_stop_the_cli_with_one_line(make_run, cli):
     assert "error:" in result.stderr and "cannot be combined" in result.stderr
 
 
+def test_offloading_in_training_needs_gradient_checkpointing(host, tmp_path):
+    for options in ({"enable_group_offload": True}, {"blocks_to_swap": 1}):
+        bundle = ModelBundle("wan", tiny_adapted_wan(), [], block_lists=["blocks"])
+        with pytest.raises(ConfigError, match="only with gradient checkpointing .*set gradient_checkpointing = true"):
+            host.prepare_model(bundle, resolve_config(options, host), "adapted", torch.device("cpu"))
+
+
 def test_swapping_every_block_is_refused(host):
-    config = resolve_config({"blocks_to_swap": 3}, host)
+    config = resolve_config({"blocks_to_swap": 3, "gradient_checkpointing": True}, host)
     bundle = ModelBundle("wan", tiny_adapted_wan(layers=3), [], block_lists=["blocks"])
     with pytest.raises(ConfigError, match="blocks_to_swap = 3 but the denoiser has 3 blocks"):
         host.prepare_model(bundle, config, "adapted", torch.device("cpu"))
 
 
 def test_a_family_that_names_no_blocks_gets_a_clear_error(host, tmp_path):
-    config = resolve_config({"enable_group_offload": True}, host)
+    config = resolve_config({"enable_group_offload": True, "gradient_checkpointing": True}, host)
     with pytest.raises(PluginError, match="does not name its denoiser's blocks"):
         host.prepare_model(ModelBundle("toy", tiny_adapted_wan(), []), config, "adapted", torch.device("cpu"))
 
 
 def test_use_stream_off_cuda_is_a_notice_not_an_error(host, capsys):
-    config = resolve_config({"enable_group_offload": True, "group_offload_use_stream": True}, host)
+    options = {"enable_group_offload": True, "group_offload_use_stream": True, "gradient_checkpointing": True}
+    config = resolve_config(options, host)
     bundle = ModelBundle("wan", tiny_adapted_wan(), [], block_lists=["blocks"])
     host.prepare_model(bundle, config, "adapted", torch.device("cpu"))
     assert "group_offload_use_stream needs CUDA" in capsys.readouterr().err
@@ -232,8 +258,8 @@ def baseline(tmp_path_factory, tiny_model_dir):
 @pytest.mark.parametrize(
     "options, installed",
     [
-        (["enable_group_offload=true"], "group offload: 2 block groups stream from disk"),
-        (["blocks_to_swap=1"], "block swap: blocks 1-1 of 2 stream"),
+        (["enable_group_offload=true", "gradient_checkpointing=true"], "group offload: 2 block groups stream from disk"),
+        (["blocks_to_swap=1", "gradient_checkpointing=true"], "block swap: blocks 1-1 of 2 stream"),
         (["enable_model_cpu_offload=true"], "model CPU offload: text_encoder, vae, the denoiser take turns"),
         (["offload_during_startup=true"], "offload during start-up: text_encoder, vae take turns"),
         (["enable_chunked_feed_forward=true", "feed_forward_chunk_size=32"], "chunked feed-forward: 2 layers"),
@@ -243,7 +269,7 @@ def baseline(tmp_path_factory, tiny_model_dir):
 def test_training_with_the_option_repeats_the_baseline(
     baseline, make_run, cli, options, installed, poisoned_disk, tmp_path
 ):
-    if options == ["enable_group_offload=true"]:
+    if "enable_group_offload=true" in options:
         options = [*options, f"group_offload_to_disk_path='{tmp_path / 'spill'}'"]
     config = make_run(steps=3, overrides=[PLUGINS, NO_VALIDATION, *options])
     result = cli(["train", "--config", str(config)])
@@ -265,12 +291,14 @@ def test_group_offload_validates_through_the_pipeline(make_run, cli, tmp_path, p
     from tuner.validate.media import read_media
 
     def frames(*options):
-        config = make_run(name="-".join(options) or "plain", steps=1, overrides=[PLUGINS, *options])
+        config = make_run(name="offloaded" if options else "plain", steps=1, overrides=[PLUGINS, *options])
         result = cli(["train", "--config", str(config)])
         assert result.exit_code == 0, result.stderr
         assert ("group offload:" in result.stderr) == bool(options)
         return read_media(next((_output(config) / "validation").rglob("*.mp4")))
 
     plain = frames()
-    spilled = frames("enable_group_offload=true", f"group_offload_to_disk_path='{tmp_path / 'spill'}'")
+    spilled = frames(
+        "enable_group_offload=true", "gradient_checkpointing=true", f"group_offload_to_disk_path='{tmp_path / 'spill'}'"
+    )
     assert np.array_equal(plain, spilled)
