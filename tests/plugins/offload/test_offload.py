@@ -203,6 +203,36 @@ def test_use_stream_off_cuda_is_a_notice_not_an_error(host, capsys):
     assert "group_offload_use_stream needs CUDA" in capsys.readouterr().err
 
 
+def test_networks_take_turns_one_at_a_time(monkeypatch):
+    """Which network is where, tracked by hand: on a CPU every device is the same memory."""
+    from tuner_offload import juggling
+
+    where: dict[int, str] = {}
+
+    class Net(torch.nn.Linear):
+        def to(self, device):  # records the move instead of making it
+            where[id(self)] = str(device)
+            return self
+
+    monkeypatch.setattr(juggling, "_on_accelerator", lambda m: where.get(id(m)) == "accel")
+    monkeypatch.setattr("accelerate.utils.send_to_device", lambda obj, device: obj)  # no "accel" device here
+    vae, text, denoiser = Net(2, 2), Net(2, 2), Net(2, 2)
+    turns = juggling.Turns("accel")
+    turns.add_encoder(vae)
+    turns.add_encoder(text)
+    turns.add_denoiser(denoiser, movable=False)  # offload during start-up: the denoiser stays put
+    where[id(denoiser)] = "accel"
+    x = torch.randn(1, 2)
+    vae(x)
+    assert (where[id(vae)], where[id(text)]) == ("accel", "cpu")
+    text(x)
+    assert (where[id(vae)], where[id(text)]) == ("cpu", "accel")
+    denoiser(x)
+    assert (where[id(vae)], where[id(text)], where[id(denoiser)]) == ("cpu", "cpu", "accel")
+    vae._hf_hook.pre_forward(vae)  # how diffusers' apply_forward_hook starts a VAE's encode() or decode()
+    assert where[id(vae)] == "accel" and vae._hf_hook.execution_device == "accel"
+
+
 # -- chunked feed-forward ----------------------------------------------------
 
 
