@@ -1,6 +1,6 @@
 """Latent cache build throughput: tuner against a bare decode + VAE-encode loop, side by side.
 
-    python bench/data_cache.py                  # 32 clips of 33 frames, 320x176 -> trained at 224x128
+    python bench/data_cache.py                  # 16 clips of 17 frames, 640x352 -> trained at 176x96
     python bench/data_cache.py --clips 64 --rounds 5
     python bench/data_cache.py --workers 1      # tuner with a single decoder thread
 
