@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from safetensors.torch import load_file
@@ -45,6 +47,7 @@ def test_cache_is_reused_on_a_second_run(toy_run):
     assert family.calls["encode_batch"] == 2 and family.calls["encode_prompts"] == 1
     train(resolve_config(toy_config(folder, max_train_steps=2), host), host)
     assert family.calls["encode_batch"] == 2 and family.calls["encode_prompts"] == 1, "nothing re-encoded"
+    assert not [t for t in threading.enumerate() if t.name.startswith("tuner-")], "a finished run leaves no thread"
 
 
 def test_hook_prepare_model_runs_before_and_after_the_adapter(toy_run):

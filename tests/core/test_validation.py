@@ -135,6 +135,21 @@ def test_video_decodes_to_its_frames_and_size(tmp_path):
     assert odd.shape == (9, 30, 44, 3), "yuv420p needs even sizes: padded by one edge pixel"
 
 
+def test_the_same_frames_always_give_the_same_video(tmp_path):
+    """Rounds are compared by eye and by file: the encoder must not add its own variation.
+
+    With a decode between writes on the same thread, x264 gave several different files out of 60.
+    """
+    rng = np.random.default_rng(0)
+    frames = np.clip(np.cumsum(rng.integers(0, 255, (5, 32, 32, 3)), axis=2) // 20, 0, 255).astype(np.uint8)
+    other = write_video(np.zeros((9, 48, 64, 3), np.uint8), tmp_path / "other.mp4")
+    decoded = set()
+    for i in range(60):
+        read_media(other)
+        decoded.add(read_media(write_video(frames, tmp_path / f"{i}.mp4")).tobytes())
+    assert len(decoded) == 1
+
+
 def test_contact_sheet_is_a_grid_of_frames_by_prompts(tmp_path):
     rng = np.random.default_rng(1)
     a, b = (rng.integers(0, 255, (17, 24, 32, 3), dtype=np.uint8) for _ in range(2))

@@ -42,9 +42,9 @@ class DataReport:
         """A one-time message (a setting adjusted, an option with no effect): printed once."""
         if message not in self.notices:
             self.notices.append(message)
-            from tuner.report.progress import console
+            from tuner.report.progress import notice
 
-            console().print(f"[yellow]notice:[/] {message}", highlight=False, soft_wrap=True)
+            notice(message)
 
     def skip(self, dataset: str, path: Path, reason: str, broken: bool = False) -> None:
         self.skipped.append(Skip(dataset, path, reason, broken))

@@ -25,7 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["LogFormat", "console", "set_log_format", "log_format", "task_progress", "TrainProgress"]
+__all__ = ["LogFormat", "console", "say", "notice", "set_log_format", "log_format", "task_progress", "TrainProgress"]
 
 LogFormat = Literal["auto", "quiet", "json"]
 _FORMAT: ContextVar[str] = ContextVar("tuner_log_format", default="auto")
@@ -42,6 +42,17 @@ def log_format() -> str:
 
 def console() -> Console:
     return Console(stderr=True)
+
+
+def say(message: str) -> None:
+    """One informational line (what was set up, how): shown in the ``auto`` log format only."""
+    if log_format() == "auto":
+        console().print(message, highlight=False, soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    """One line about something the user should know (an option ignored, a fallback taken): always shown."""
+    console().print(f"[yellow]notice:[/] {message}", highlight=False, soft_wrap=True)
 
 
 @contextmanager

@@ -74,7 +74,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     import torch
 
     from tuner.data.prepare import prepare_samples, scan_samples
-    from tuner.report.progress import TrainProgress, console, set_log_format
+    from tuner.report.progress import TrainProgress, notice, set_log_format
     from tuner.train.adapters import attach_adapter
     from tuner.train.checkpoints import clean_partials
     from tuner.train.ema import EMA
@@ -139,8 +139,8 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     host.on_run_start(run)
     try:
         with TrainProgress(steps, run.start_step) as bar:
-            for notice in filter(None, notices):
-                console().print(f"[yellow]notice:[/] {notice}")
+            for message in filter(None, notices):
+                notice(message)
             if resume_from is not None:
                 bar.note(f"resumed from {resume_from} at step {run.start_step}")
             if run.start_step == 0 and validation_due(config.validation, 0, steps):
@@ -173,5 +173,6 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
         error = exc
         raise
     finally:
+        data.close()  # the batch prefetch thread: a process that runs again must not collect them
         host.on_run_end(run, outputs, error)
     return outputs

@@ -45,7 +45,7 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 16) -> Path:
 
     yuv420p needs even sizes; odd ones are padded by one edge pixel.
     """
-    import av
+    from concurrent.futures import ThreadPoolExecutor
 
     frames = to_uint8(np.asarray(frames))
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
@@ -53,7 +53,19 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 16) -> Path:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    # The encoder runs on a thread of its own: once FFmpeg's H.264 decoder had run on a thread, x264's
+    # output for the same frames varied from call to call on that thread (PyAV 18 wheels; some per-thread
+    # CPU state left behind, we suspect). On a fresh thread it is the same every time.
+    with ThreadPoolExecutor(1, thread_name_prefix="tuner-video") as encoder:
+        encoder.submit(_encode_h264, frames, tmp, fps).result()
+    os.replace(tmp, path)
+    return path
+
+
+def _encode_h264(frames: np.ndarray, path: Path, fps: int) -> None:
+    import av
+
+    with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -64,8 +76,6 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 16) -> Path:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
-    return path
 
 
 def write_image(frame: np.ndarray, path: Path) -> Path:

@@ -43,14 +43,9 @@ def prepare_model(
             " Use 'diffusers' (PyTorch SDPA), which runs everywhere"
         )
     layers = install(bundle.denoiser, name)
-    from tuner.report.progress import console, log_format
+    from tuner.report.progress import notice, say
 
     if not BACKENDS[name].backward:
-        console().print(
-            f"[yellow]notice:[/] attention_mechanism '{name}' has no backward pass: training uses PyTorch SDPA,"
-            " validation uses it",
-            highlight=False,
-            soft_wrap=True,
-        )
-    elif log_format() == "auto":
-        console().print(f"attention: {name} in {layers} attention layers", highlight=False, soft_wrap=True)
+        notice(f"attention_mechanism '{name}' has no backward pass: training uses PyTorch SDPA, validation uses it")
+    else:
+        say(f"attention: {name} in {layers} attention layers")

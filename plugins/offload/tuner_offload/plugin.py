@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tuner.hookspecs import hookimpl
+from tuner.report.progress import notice, say
 
 from tuner_offload.settings import OffloadSection
 
@@ -23,20 +24,6 @@ if TYPE_CHECKING:
 
     from tuner.config import RunConfig
     from tuner.types import ModelBundle
-
-
-def _notice(message: str) -> None:
-    from tuner.report.progress import console
-
-    console().print(f"[yellow]notice:[/] {message}", highlight=False, soft_wrap=True)
-
-
-def _say(message: str) -> None:
-    """One line saying what was installed (not in the quiet and json log formats)."""
-    from tuner.report.progress import console, log_format
-
-    if log_format() == "auto":
-        console().print(message, highlight=False, soft_wrap=True)
 
 
 @hookimpl
@@ -64,10 +51,10 @@ def _chunk(bundle: ModelBundle, section: OffloadSection) -> None:
     tokens = section.feed_forward_chunk_size if section.enable_chunked_feed_forward else None
     if (env := chunk_size_from_environment(bundle.family)) is not None:
         name, tokens = env
-        _notice(f"{name}={tokens}: feed-forward layers run in chunks of {tokens} tokens")
+        notice(f"{name}={tokens}: feed-forward layers run in chunks of {tokens} tokens")
     if tokens is not None:
         layers = chunk_feed_forward(bundle, tokens)
-        _say(f"chunked feed-forward: {layers} layers run over {tokens} tokens at a time")
+        say(f"chunked feed-forward: {layers} layers run over {tokens} tokens at a time")
 
 
 def _blocks_of(bundle: ModelBundle) -> list[torch.nn.Module]:
@@ -99,7 +86,7 @@ def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device, 
 
     use_stream = device.type == "cuda"
     if section.enable_group_offload and section.group_offload_use_stream and not use_stream:
-        _notice(f"group_offload_use_stream needs CUDA; this run is on {device.type}, so copies are not overlapped")
+        notice(f"group_offload_use_stream needs CUDA; this run is on {device.type}, so copies are not overlapped")
     if section.blocks_to_swap:
         blocks = _blocks_of(bundle)
         if section.blocks_to_swap >= len(blocks):
@@ -109,7 +96,7 @@ def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device, 
             )
         first = len(blocks) - section.blocks_to_swap
         how = "on a side stream" if use_stream else "synchronously"
-        _say(f"block swap: blocks {first}-{len(blocks) - 1} of {len(blocks)} stream from CPU memory to {device} {how}")
+        say(f"block swap: blocks {first}-{len(blocks) - 1} of {len(blocks)} stream from CPU memory to {device} {how}")
         stream_weights(
             bundle.denoiser,
             block_units(blocks[first:], 1, prefix=f"swap_{first}"),
@@ -125,7 +112,7 @@ def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device, 
         units, kind = block_units(_blocks_of(bundle), section.group_offload_blocks_per_group), "block groups"
     source = "disk" if section.group_offload_to_disk_path else "CPU memory"
     how = "on a side stream" if use_stream and section.group_offload_use_stream else "synchronously"
-    _say(f"group offload: {len(units)} {kind} stream from {source} to {device} {how}; the adapter stays on {device}")
+    say(f"group offload: {len(units)} {kind} stream from {source} to {device} {how}; the adapter stays on {device}")
     stream_weights(
         bundle.denoiser,
         units,
@@ -162,4 +149,4 @@ def _take_turns(bundle: ModelBundle, section: OffloadSection, device: torch.devi
     turns.add_denoiser(bundle.denoiser, movable=section.enable_model_cpu_offload)
     names = [*bundle.encoders, *(["the denoiser"] if section.enable_model_cpu_offload else [])]
     what = "model CPU offload" if section.enable_model_cpu_offload else "offload during start-up"
-    _say(f"{what}: {', '.join(names) or 'nothing'} take turns on {device}, one at a time")
+    say(f"{what}: {', '.join(names) or 'nothing'} take turns on {device}, one at a time")

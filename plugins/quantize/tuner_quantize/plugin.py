@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from tuner.hookspecs import hookimpl
+from tuner.report.progress import say
 
 from tuner_quantize.settings import QuantizeSection
 
@@ -18,13 +19,6 @@ if TYPE_CHECKING:
 
     from tuner.config import RunConfig
     from tuner.types import ModelBundle
-
-
-def _say(message: str) -> None:
-    from tuner.report.progress import console, log_format
-
-    if log_format() == "auto":
-        console().print(message, highlight=False, soft_wrap=True)
 
 
 @hookimpl
@@ -56,7 +50,7 @@ def prepare_model(
         layers = quantize_weights(
             bundle.denoiser, precision, include=include, where=where, option="base_model_precision"
         )
-        _say(f"quantized base: {layers} layers of the denoiser in {precision}, on {where}")
+        say(f"quantized base: {layers} layers of the denoiser in {precision}, on {where}")
     precision = section.text_encoder_1_precision
     if precision != "no_change":
         text = [key for key, kind in bundle.encoders.items() if kind == "text"]
@@ -65,5 +59,5 @@ def prepare_model(
         layers = quantize_weights(
             bundle.components[text[0]], precision, include=None, where=where, option="text_encoder_1_precision"
         )
-        _say(f"quantized {text[0]}: {layers} layers in {precision}, on {where}")
+        say(f"quantized {text[0]}: {layers} layers in {precision}, on {where}")
         bundle.cache_id = f"{bundle.cache_id}+{text[0]}:{precision}"  # other embeddings: re-encode them
