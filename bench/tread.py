@@ -40,16 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GUIDE_ONE_ROUTE = {"routes": [{"selection_ratio": 0.1, "start_layer_idx": 2, "end_layer_idx": -2}]}
-GUIDE_FIVE_ROUTES = {
-    "routes": [
-        {"selection_ratio": 0.1, "start_layer_idx": 2, "end_layer_idx": 8},
-        {"selection_ratio": 0.25, "start_layer_idx": 9, "end_layer_idx": 11},
-        {"selection_ratio": 0.35, "start_layer_idx": 12, "end_layer_idx": 15},
-        {"selection_ratio": 0.25, "start_layer_idx": 16, "end_layer_idx": 23},
-        {"selection_ratio": 0.1, "start_layer_idx": 24, "end_layer_idx": -2},
-    ]
-}
+from tuner_tread.examples import GUIDE_FIVE_ROUTES, GUIDE_ONE_ROUTE
+
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 LINEAR_TRAIN, ATTENTION_TRAIN = 2.0, 3.5  # forward + backward, in forwards
 

@@ -13,18 +13,7 @@ from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.routing import check_routing, gather_tokens, scatter_tokens
 from tuner.types import ModelBundle, TokenRoute
-
-# The guide's two examples: one conservative route, and five progressive ones for Wan 1.3B's 30 blocks.
-GUIDE_ONE_ROUTE = {"routes": [{"selection_ratio": 0.1, "start_layer_idx": 2, "end_layer_idx": -2}]}
-GUIDE_FIVE_ROUTES = {
-    "routes": [
-        {"selection_ratio": 0.1, "start_layer_idx": 2, "end_layer_idx": 8},
-        {"selection_ratio": 0.25, "start_layer_idx": 9, "end_layer_idx": 11},
-        {"selection_ratio": 0.35, "start_layer_idx": 12, "end_layer_idx": 15},
-        {"selection_ratio": 0.25, "start_layer_idx": 16, "end_layer_idx": 23},
-        {"selection_ratio": 0.1, "start_layer_idx": 24, "end_layer_idx": -2},
-    ]
-}
+from tuner_tread.examples import GUIDE_FIVE_ROUTES, GUIDE_ONE_ROUTE
 
 
 @pytest.fixture(autouse=True, scope="module")
