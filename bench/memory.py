@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 SIZES = {
     # name: (transformer overrides of the tiny config, latent shape (C, F, H, W))

@@ -53,7 +53,7 @@ class ModelBundle:
     :ivar base_model: where the base weights came from (hub id or path), for
         model cards and trackers.
     :ivar block_lists: dotted paths, inside ``denoiser``, of the
-        ``torch.nn.ModuleList``\ s holding its repeated blocks in execution
+        ``torch.nn.ModuleList`` objects holding its repeated blocks in execution
         order (``["blocks"]``); memory features (offloading, block swap,
         quantization) find the blocks through it.
     :ivar encoders: the networks in ``components`` that only encode inputs:

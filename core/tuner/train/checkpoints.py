@@ -12,12 +12,9 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tuner.errors import CheckpointError
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "ADAPTER_FILE",

@@ -118,7 +118,6 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
 
     The VAE stays in float32 for clean latents.
     """
-    import torch
     from diffusers import WanPipeline
 
     dtype = base_weight_dtype(config)
