@@ -15,7 +15,7 @@ from toy_family import ToyFamily, _prompt_vector, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
-from tuner.errors import ConfigError, PluginError
+from tuner.errors import ConfigError, DataError, PluginError
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
@@ -318,6 +318,41 @@ def test_eval_loss_is_logged_at_its_interval_on_held_out_samples(tmp_path):
     train_part, held = split_eval_samples(list(range(4)), config)
     assert len(held) == 1 and held == split_eval_samples(list(range(4)), config)[1], "the same every time"
     assert sorted(train_part + held) == [0, 1, 2, 3]
+
+
+def test_eval_dataset_id_holds_out_a_whole_dataset_even_below_a_batch(tmp_path):
+    write_synthetic_clips(tmp_path / "clips", count=4, num_frames=3, width=16, height=16)
+    write_synthetic_clips(tmp_path / "held", count=1, num_frames=3, width=16, height=16, start=20)
+    (tmp_path / "backend.json").write_text(json.dumps([
+        {"id": "train", "dataset_type": "video", "instance_data_dir": "clips"},
+        {"id": "eval", "dataset_type": "video", "instance_data_dir": "held"},
+    ]))
+    family = ToyFamily()
+    host = PluginHost.build([], extra={"toy": family})
+    raw = toy_config(tmp_path, max_train_steps=3, train_batch_size=2)
+    raw["data"] = {"data_backend_config": "backend.json", "cache_dir": "cache", "num_frames": 3, "resolution": 16}
+    raw["evaluation"] = {"eval_steps_interval": 2, "eval_dataset_id": "eval"}
+    config = resolve_config(raw, host, base_dir=tmp_path)
+    train(config, host)
+    assert family.calls["encode_batch"] == 5, "the held-out clip is cached too"
+    steps = [r for r in read_log(tmp_path / "out") if r["event"] == "step"]
+    assert [r["step"] for r in steps if "eval_loss" in r] == [2, 3]
+
+    from tuner.data.prepare import prepare_samples, scan_samples
+
+    bundle = host.load_model(config, torch.device("cpu"))
+    data = prepare_samples(host, bundle, config, scan_samples(config), torch.device("cpu"))
+    kept, held = split_eval_samples(data.samples, config)
+    assert [s.dataset for s in held] == ["eval"], "one clip, fewer than a batch of 2, and not pruned"
+    trained = data.only(kept)
+    assert {trained.samples[i].dataset for b in trained.buckets for i in b.members} == {"train"}
+    data.close()
+
+    raw["evaluation"]["eval_dataset_id"] = "evl"
+    with pytest.raises(DataError, match=r"eval_dataset_id 'evl' names no enabled dataset \(did you mean 'eval'\?\)"):
+        train(resolve_config(raw, host, base_dir=tmp_path), host)
+    with pytest.raises(ValueError, match="either eval_split or eval_dataset_id"):
+        EvaluationSection(eval_steps_interval=2, eval_split=0.5, eval_dataset_id="eval")
 
 
 def test_eval_loss_needs_a_family_that_can(tmp_path):

@@ -188,9 +188,10 @@ def check_datasets(scan: DataScan, samples: list[PlannedSample], buckets: list[B
     tc = config.train
     need = tc.train_batch_size * tc.gradient_accumulation_steps
     kept = {b.dataset for b in buckets}
+    held_out = config.section("evaluation").eval_dataset_id  # never trains, so it has no buckets
     for ds in scan.datasets:
         spec = ds.spec
-        if spec.id in kept:
+        if spec.id in kept or spec.id == held_out:
             continue
         usable = [s for s in samples if s.dataset == spec.id]
         skipped = scan.report.reasons(spec.id)

@@ -9,7 +9,10 @@ lack, and returns a `TrainingData`.
 
 from __future__ import annotations
 
+import difflib
 from typing import TYPE_CHECKING
+
+from tuner.errors import DataError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -113,6 +116,23 @@ def _encode_missing_texts(
     return empty
 
 
+def _hold_out_eval_dataset(
+    samples: list[PlannedSample], scan: DataScan, config: RunConfig
+) -> tuple[list[PlannedSample], list[PlannedSample]]:
+    """``(training, held_out)``: the samples of ``eval_dataset_id`` never train, so they are never bucketed."""
+    eval_id = config.section("evaluation").eval_dataset_id
+    if not eval_id:
+        return samples, []
+    ids = [ds.spec.id for ds in scan.datasets]
+    if eval_id not in ids:
+        close = difflib.get_close_matches(eval_id, ids, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise DataError(f"eval_dataset_id '{eval_id}' names no enabled dataset{hint}; datasets: {', '.join(ids)}")
+    if len(ids) == 1:
+        raise DataError(f"eval_dataset_id '{eval_id}' is the only dataset: nothing would be left to train on")
+    return [s for s in samples if s.dataset != eval_id], [s for s in samples if s.dataset == eval_id]
+
+
 def prepare_samples(
     host: PluginHost, bundle: ModelBundle, config: RunConfig, scan: DataScan, device: torch.device
 ) -> TrainingData:
@@ -122,7 +142,7 @@ def prepare_samples(
 
     report = scan.report
     quarantining = config.data.delete_problematic_images
-    samples = plan_samples(scan, bundle, config)
+    samples, held_out = _hold_out_eval_dataset(plan_samples(scan, bundle, config), scan, config)
     # Prune before encoding: nothing is encoded for a bucket that will not train.
     buckets = prune_buckets(make_buckets(samples, scan), config, report)
     report.print_new_skips("filtered", quarantining)
@@ -130,14 +150,20 @@ def prepare_samples(
     check_datasets(scan, samples, buckets, config)
     training = {i for b in buckets for i in b.members}
     samples = [s for i, s in enumerate(samples) if i in training]
-    failed = _encode_missing_latents(host, bundle, config, scan, samples, device)
+    failed = _encode_missing_latents(host, bundle, config, scan, samples + held_out, device)
     # Bucket again over what trains (without files found broken while decoding).
+    held_out = [s for i, s in enumerate(held_out, len(samples)) if i not in failed]
     samples = [s for i, s in enumerate(samples) if i not in failed]
     buckets = prune_buckets(make_buckets(samples, scan), config, report)
     report.print_new_skips("decoding", quarantining)
     report.write(scan.report_path)
     check_datasets(scan, samples, buckets, config)
-    empty = _encode_missing_texts(host, bundle, config, scan, samples)
+    eval_id = config.section("evaluation").eval_dataset_id
+    if eval_id and not held_out:
+        raise DataError(f"eval_dataset_id '{eval_id}' has no usable samples (details in {scan.report_path})")
+    if held_out:
+        report.buckets.append(f"dataset '{eval_id}': {len(held_out)} sample(s) held out for the evaluation loss")
+    empty = _encode_missing_texts(host, bundle, config, scan, samples + held_out)
     report.print_buckets()
     tc = config.train
 
@@ -146,8 +172,9 @@ def prepare_samples(
         check_datasets(scan, kept, buckets, config)
         return buckets
 
+    # Held-out samples come last: the buckets index the training samples before them.
     return TrainingData(
-        samples,
+        samples + held_out,
         buckets,
         batch_size=tc.train_batch_size,
         seed=tc.seed,

@@ -34,8 +34,15 @@ def eval_sigmas(count: int) -> list[float]:
 
 
 def split_eval_samples(samples: Sequence[T], config: RunConfig) -> tuple[list[T], list[T]]:
-    """``(train, held_out)`` as ``eval_split`` asks; the choice depends only on the seed and the sample order."""
-    fraction = config.section("evaluation").eval_split
+    """``(train, held_out)`` as ``eval_dataset_id`` or ``eval_split`` asks.
+
+    With ``eval_split`` the choice depends only on the seed and the sample order.
+    """
+    ec = config.section("evaluation")
+    if ec.eval_dataset_id:
+        held_out = [s for s in samples if getattr(s, "dataset", None) == ec.eval_dataset_id]
+        return [s for s in samples if getattr(s, "dataset", None) != ec.eval_dataset_id], held_out
+    fraction = ec.eval_split
     if fraction <= 0:
         return list(samples), []
     count = max(1, round(len(samples) * fraction))
@@ -64,7 +71,7 @@ class EvalLoss:
         device: torch.device,
     ) -> None:
         if not samples:
-            raise ConfigError("the evaluation loss has no held-out samples: set eval_split")
+            raise ConfigError("the evaluation loss has no held-out samples: set eval_split or eval_dataset_id")
         if not host.implements(bundle.family, "eval_loss"):
             raise PluginError(
                 f"model family '{bundle.family}' has no eval_loss hook, so eval_steps_interval cannot work:"

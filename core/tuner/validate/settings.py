@@ -153,6 +153,11 @@ class EvaluationSection(BaseModel):
         description="Fraction of the training samples held out (never trained on) for the evaluation loss; at least"
         " one sample when above 0. The choice depends only on the seed, so a resumed run holds out the same ones.",
     )
+    eval_dataset_id: str | None = Field(
+        None,
+        description="A dataset of the backend file (its id) held out whole for the evaluation loss: it is cached but never"
+        " trained on, and its buckets are never pruned. The alternative to eval_split.",
+    )
     eval_timesteps: int = Field(
         8, ge=1, le=1000, description="Noise levels the evaluation loss averages over, evenly spaced in (0, 1)."
     )
@@ -161,8 +166,13 @@ class EvaluationSection(BaseModel):
 
     @model_validator(mode="after")
     def _needs_samples(self) -> EvaluationSection:
-        if self.eval_steps_interval and not self.eval_split:
-            raise ValueError("eval_steps_interval needs held-out samples: set eval_split (e.g. 0.1)")
-        if self.eval_split and not self.eval_steps_interval:
-            raise ValueError("eval_split holds samples out of training for nothing: set eval_steps_interval too")
+        if self.eval_split and self.eval_dataset_id:
+            raise ValueError("set either eval_split or eval_dataset_id, not both: they are two ways to hold samples out")
+        if self.eval_steps_interval and not (self.eval_split or self.eval_dataset_id):
+            raise ValueError(
+                "eval_steps_interval needs held-out samples: set eval_split (e.g. 0.1) or eval_dataset_id (a dataset id)"
+            )
+        for name in ("eval_split", "eval_dataset_id"):
+            if getattr(self, name) and not self.eval_steps_interval:
+                raise ValueError(f"{name} holds samples out of training for nothing: set eval_steps_interval too")
         return self
