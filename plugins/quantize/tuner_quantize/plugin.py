@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from tuner.hookspecs import hookimpl
-from tuner.report.progress import say
+from tuner.report.progress import notice, say
 
 from tuner_quantize.settings import QuantizeSection
 
@@ -40,6 +40,9 @@ def prepare_model(
     if phase != "base":
         return
     where = torch.device("cpu") if section.quantize_via == "cpu" else device
+    if "quantize_via" in section.model_fields_set and not section.quantizes:
+        # The guide's example sets it beside base_model_precision = "no_change": accepted, and said.
+        notice("quantize_via has no effect: base_model_precision and text_encoder_1_precision are both 'no_change'")
     precision = section.base_model_precision
     if precision != "no_change":
         if (reason := bundle.refused_precisions.get(precision)) is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["Precision", "QuantizeSection"]
 
@@ -37,9 +37,7 @@ class QuantizeSection(BaseModel):
         " embeddings (they are re-encoded).",
     )
 
-    @model_validator(mode="after")
-    def _via_needs_quantization(self) -> QuantizeSection:
-        quantizing = {self.base_model_precision, self.text_encoder_1_precision} != {"no_change"}
-        if "quantize_via" in self.model_fields_set and not quantizing:
-            raise ValueError("quantize_via only applies when base_model_precision or text_encoder_1_precision is set")
-        return self
+    @property
+    def quantizes(self) -> bool:
+        """Whether any weights are quantized."""
+        return {self.base_model_precision, self.text_encoder_1_precision} != {"no_change"}

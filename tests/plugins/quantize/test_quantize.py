@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tuner.config import read_config_file, resolve_config
-from tuner.errors import ConfigError, PluginError
+from tuner.errors import PluginError
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.types import ModelBundle
@@ -108,9 +108,12 @@ def test_quantizing_the_text_encoder_changes_the_cache_id(host, tiny_model_dir):
     assert not any(isinstance(m, quanto.QLinear) for m in bundle.denoiser.modules())
 
 
-def test_quantize_via_alone_is_refused(host):
-    with pytest.raises(ConfigError, match="quantize_via only applies"):
-        resolve_config({"quantize_via": "cpu"}, host)
+def test_quantize_via_without_quantization_is_accepted_and_said(host, tiny_model_dir, capsys):
+    """The guide's example sets quantize_via = "cpu" beside base_model_precision = "no_change"."""
+    bundle, config = loaded_tiny_wan(host, tiny_model_dir, base_model_precision="no_change", quantize_via="cpu")
+    host.prepare_model(bundle, config, "base", torch.device("cpu"))
+    assert "quantize_via has no effect" in capsys.readouterr().err
+    assert not any(isinstance(m, quanto.QLinear) for m in bundle.denoiser.modules())
 
 
 def test_a_missing_optimum_quanto_is_named(host, monkeypatch):
