@@ -68,14 +68,14 @@ def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | N
     from tuner.config import merge, parse_overrides, read_config_file, resolve_config
     from tuner.plugins import PluginHost
 
-    raw = merge(read_config_file(config), parse_overrides(sets or []))
-    listed = raw.get("plugins", [])
+    raw, overrides = read_config_file(config), parse_overrides(sets or [])
+    listed = merge(raw, overrides).get("plugins", [])
     if not isinstance(listed, list):
         from tuner.errors import ConfigError
 
         raise ConfigError(f"'plugins' must be a list of plugin names, got {listed!r}")
     host = PluginHost.build([*(plugins or []), *listed])
-    return host, resolve_config(raw, host, base_dir=config.resolve().parent)
+    return host, resolve_config(raw, host, base_dir=config.resolve().parent, overrides=overrides)
 
 
 def _print_outputs(outputs: dict[str, Path], output_dir: Path) -> None:

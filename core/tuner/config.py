@@ -189,10 +189,21 @@ def _resolve_paths(model: BaseModel, base_dir: Path) -> None:
             setattr(model, name, (base_dir / value.expanduser()).resolve())
 
 
-def resolve_config(raw: Mapping[str, Any], host: PluginHost, base_dir: Path | None = None) -> RunConfig:
-    """Validate ``raw`` against the sections the active plugins registered."""
+def resolve_config(
+    raw: Mapping[str, Any],
+    host: PluginHost,
+    base_dir: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Validate ``raw`` (and ``overrides`` on top of it) against the sections the active plugins registered.
+
+    Each side may write an option flat or in its section: ``--set train.max_train_steps=2`` overrides
+    a file's flat ``max_train_steps`` and ``--set max_train_steps=2`` a ``[train]`` entry.
+    """
     base_dir = (base_dir or Path.cwd()).resolve()
     nested = _nest_flat_keys(raw, host.sections)
+    if overrides:
+        nested = merge(nested, _nest_flat_keys(overrides, host.sections))
     sections: dict[str, BaseModel] = {}
     for name, model in host.sections.items():
         try:

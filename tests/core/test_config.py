@@ -77,6 +77,18 @@ def test_show_prints_resolved_defaults(make_run, cli):
     assert "adam_beta1 = 0.9" in result.output, "defaults are filled in"
 
 
+def test_set_overrides_a_flat_file_key_and_the_other_way_round(tmp_path, cli):
+    """The guide's configs are flat; --set may name the option either way."""
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"model_family": "wan", "max_train_steps": 3, "output_dir": "out", "instance_data_dir": "."}))
+    tabled = tmp_path / "tabled.toml"
+    tabled.write_text('model_family = "wan"\n[train]\nmax_train_steps = 3\n[data]\ninstance_data_dir = "."\n')
+    for config, override in [(flat, "train.max_train_steps=7"), (tabled, "max_train_steps=7"), (flat, "max_train_steps=7")]:
+        result = cli(["config", "show", "--plugin", "wan", "--config", str(config), "--set", override])
+        assert result.exit_code == 0, result.output
+        assert "max_train_steps = 7" in result.output
+
+
 def test_schema_covers_core_and_plugin_sections(cli):
     result = cli(["config", "schema", "--plugin", "wan"])
     schema = json.loads(result.output)
