@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,17 +176,33 @@ def _format_error(section: str, model: type[BaseModel], exc: ValidationError) ->
         else:
             msg = err["msg"].removeprefix("Value error, ")
             # A whole-section rule has the section as its input: not worth echoing.
-            got = f" (got {err.get('input')!r})" if loc else ""
+            value = err.get("input")
+            shown = str(value) if isinstance(value, Path) else repr(value)
+            # A message that already names the value (a missing file) does not repeat it.
+            got = f" (got {shown})" if loc and str(value) not in msg else ""
             parts.append(f"{where}: {msg}{got}")
     more = len(exc.errors()) - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def beside_config(path: Path, base_dir: Path, found: Callable[[Path], bool] = Path.exists) -> Path:
+    """A relative path beside the config file (``base_dir``), else in the current directory if it is
+    ``found`` there and not beside the config: the guide writes its paths relative to the folder the
+    trainer starts in, ours are relative to the config file, and both layouts work unchanged."""
+    path = path.expanduser()
+    if path.is_absolute():
+        return path
+    if not (base_dir / path).exists() and found(Path.cwd() / path):
+        return (Path.cwd() / path).resolve()
+    return (base_dir / path).resolve()
 
 
 def _resolve_paths(model: BaseModel, base_dir: Path) -> None:
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
         if isinstance(value, Path) and not value.is_absolute() and "Path" in str(info.annotation):
-            setattr(model, name, (base_dir / value.expanduser()).resolve())
+            # Only files (the inputs) are looked for in the current directory: output folders stay put.
+            setattr(model, name, beside_config(value, base_dir, found=Path.is_file))
 
 
 def resolve_config(

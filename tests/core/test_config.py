@@ -89,6 +89,19 @@ def test_set_overrides_a_flat_file_key_and_the_other_way_round(tmp_path, cli):
         assert "max_train_steps = 7" in result.output
 
 
+def test_input_files_written_for_the_guide_layout_are_found_from_the_start_folder(tmp_path, monkeypatch, host):
+    """The guide keeps its configs in config/wan/ and names files relative to the project root."""
+    (tmp_path / "config" / "wan").mkdir(parents=True)
+    (tmp_path / "config" / "wan" / "prompts.json").write_text(json.dumps({"boat": "a paper boat"}))
+    monkeypatch.chdir(tmp_path)
+    raw = {"user_prompt_library": "config/wan/prompts.json", "output_dir": "output/wan"}
+    config = resolve_config(raw, host, base_dir=tmp_path / "config" / "wan")
+    assert config.validation.user_prompt_library == tmp_path / "config" / "wan" / "prompts.json"
+    assert Path(config.train.output_dir) == tmp_path / "config" / "wan" / "output" / "wan", "outputs stay put"
+    with pytest.raises(ConfigError, match=r"no such file .*missing.json$"):
+        resolve_config({"user_prompt_library": "missing.json"}, host, base_dir=tmp_path)
+
+
 def test_schema_covers_core_and_plugin_sections(cli):
     result = cli(["config", "schema", "--plugin", "wan"])
     schema = json.loads(result.output)

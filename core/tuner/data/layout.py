@@ -80,15 +80,14 @@ def locate_input(value: str | Path, base_dir: Path) -> Path:
     The fallback lets a backend file written for the guide's layout (paths relative to the folder the
     trainer is started from) work unchanged.
     """
+    from tuner.config import beside_config
+
     path = Path(value).expanduser()
     if path.is_absolute():
         if not path.exists() and path.is_relative_to(base_dir) and (Path.cwd() / path.relative_to(base_dir)).exists():
             return (Path.cwd() / path.relative_to(base_dir)).resolve()
         return path
-    for root in (base_dir, Path.cwd()):
-        if (root / path).exists():
-            return (root / path).resolve()
-    return (base_dir / path).resolve()
+    return beside_config(path, base_dir)
 
 
 def _output_path(value: str | Path, base_dir: Path) -> Path:
