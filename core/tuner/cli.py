@@ -78,14 +78,11 @@ def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | N
     return host, resolve_config(raw, host, base_dir=config.resolve().parent, overrides=overrides)
 
 
-def _print_outputs(outputs: dict[str, Path], output_dir: Path) -> None:
+def _print_outputs(outputs: dict[str, Path]) -> None:
     # Plain lines, never wrapped: scripts read these paths.
     typer.echo("done")
     for name, path in outputs.items():
         typer.echo(f"  {name}: {path}")
-    videos = sorted((output_dir / "validation").glob("step-*/*.*"), key=lambda p: int(p.parent.name[5:]))
-    if videos:
-        typer.echo(f"  validation: {videos[-1]}")
 
 
 @app.command()
@@ -95,8 +92,7 @@ def train(config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None) -> N
     host, cfg = load_run_config(config, plugin, set_)
     from tuner.train.run import train as run_training
 
-    outputs = run_training(cfg, host)
-    _print_outputs(outputs, Path(cfg.train.output_dir))
+    _print_outputs(run_training(cfg, host))
 
 
 @app.command()
@@ -205,7 +201,7 @@ def demo(
     host, cfg = load_run_config(path, None, None)
     from tuner.train.run import train as run_training
 
-    _print_outputs(run_training(cfg, host), Path(cfg.train.output_dir))
+    _print_outputs(run_training(cfg, host))
 
 
 def main() -> None:

@@ -349,6 +349,7 @@ def on_validation_done(run: RunInfo, result: ValidationResult) -> None:
 def on_run_end(run: RunInfo, outputs: dict[str, Path], error: BaseException | None) -> None:
     """The run is over.
 
-    :param outputs: files the run produced (``adapter``, ...).
+    :param outputs: files the run produced: ``adapter``, ``checkpoint``, ``ema_adapter`` (with EMA) and
+        ``validation`` (the final round's main file, when validation ran).
     :param error: the exception that stopped the run, or ``None`` on success.
     """

@@ -90,3 +90,11 @@ def test_resume_from_an_explicit_path_and_a_missing_one(make_run, cli):
     assert starts == [0, 2]
     missing = cli(["train", "--config", str(config), "--set", "train.resume_from_checkpoint='output/checkpoint-99'"])
     assert missing.exit_code == 2 and "no checkpoint folder" in missing.stderr
+
+
+def test_the_done_lines_name_only_this_runs_validation_video(make_run, cli):
+    config = make_run(steps=2)
+    first = cli(["train", "--config", str(config)])
+    assert first.exit_code == 0 and "  validation: " in first.output
+    again = cli(["train", "--config", str(config), "--set", "validation.validation_disable=true"])
+    assert again.exit_code == 0 and "  validation: " not in again.output, "the first run's video is not this run's"

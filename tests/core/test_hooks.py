@@ -200,7 +200,7 @@ def test_hook_on_validation_done_after_its_step_and_at_the_end(recorded):
 
 
 def test_hook_on_run_end_last_with_outputs(recorded):
-    assert recorded[-1] == ("end", ["adapter", "checkpoint"], None)
+    assert recorded[-1] == ("end", ["adapter", "checkpoint", "validation"], None)
 
 
 def test_hook_on_run_end_receives_the_error(tmp_path):

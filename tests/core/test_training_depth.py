@@ -57,6 +57,13 @@ def test_each_optimizer_trains(toy, name):
         assert all(v.dtype == torch.bfloat16 for v in weights.values())
 
 
+def test_a_lycoris_config_beside_standard_lora_is_named_as_unused(toy, capsys):
+    """The guide's example sets lycoris_config with lora_type = "standard": it trains LoRA, and says so."""
+    outputs, _ = toy(max_train_steps=1, lycoris_config="lycoris_config.json")
+    assert "lycoris_config is not used: lora_type is 'standard'" in capsys.readouterr().err
+    assert any(k.endswith("lora_A.weight") for k in load_file(outputs["adapter"]))
+
+
 def test_bitsandbytes_optimizers_fail_at_start_up_on_cpu(toy):
     with pytest.raises(PluginError, match="needs bitsandbytes on a CUDA GPU.*use 'optimi-lion'"):
         toy(optimizer="bnb-adamw8bit")

@@ -120,6 +120,8 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     evaluate = EvalLoss(host, bundle, config, held_out, accelerator.device) if ec.eval_steps_interval else None
     steps = total_steps(config, data.epoch_length)
     notices = [warmup_warning(tc, steps)]
+    if tc.lora_type == "standard" and tc.lycoris_config is not None:
+        notices.append("lycoris_config is not used: lora_type is 'standard' (set lora_type = 'lycoris' to train it)")
     if tc.optimizer == "prodigy" and tc.learning_rate != 1.0:
         notices.append(f"prodigy adapts its own step size and expects learning_rate = 1.0 (got {tc.learning_rate})")
 
@@ -161,7 +163,9 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
         outputs["adapter"] = trainer.export_adapter(output_dir / ADAPTER_FILE)
         if ema is not None:
             outputs["ema_adapter"] = trainer.export_adapter(output_dir / EMA_ADAPTER_FILE, ema=True)
-        trainer.validate(done)
+        final = trainer.validate(done)
+        if final is not None and final.media:
+            outputs["validation"] = final.media.get("main", next(iter(final.media.values())))
     except KeyboardInterrupt as exc:
         error = exc
         # Between steps the state is consistent: keep the work done so far.

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tuner.plugins import PluginHost
     from tuner.train.adapters import Adapter
     from tuner.train.ema import EMA
-    from tuner.types import ModelBundle, RunInfo
+    from tuner.types import ModelBundle, RunInfo, ValidationResult
 
 __all__ = ["TrainingDiverged", "Trainer", "micro_seed", "EMA_ADAPTER_FILE", "MAX_SKIPPED_STEPS"]
 
@@ -200,10 +200,11 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return int(info["step"])
 
-    def validate(self, step: int) -> None:
+    def validate(self, step: int) -> ValidationResult | None:
         from tuner.validate.rounds import run_validation
 
         use_ema = self.ema.applied if self.ema is not None else None
         result = run_validation(self.host, self.bundle, self.config, step, use_ema=use_ema)
         if result is not None:
             self.host.on_validation_done(self.run, result)
+        return result
