@@ -65,16 +65,24 @@ def friendly_errors(fn: F) -> F:
 
 def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | None) -> tuple[PluginHost, RunConfig]:
     """Read the file, apply ``--set``, activate plugins, validate."""
-    from tuner.config import merge, parse_overrides, read_config_file, resolve_config
+    from tuner.config import implied_plugins, merge, parse_overrides, read_config_file, resolve_config
     from tuner.plugins import PluginHost
+    from tuner.report.progress import say
 
     raw, overrides = read_config_file(config), parse_overrides(sets or [])
-    listed = merge(raw, overrides).get("plugins", [])
+    combined = merge(raw, overrides)
+    listed = combined.get("plugins", [])
     if not isinstance(listed, list):
         from tuner.errors import ConfigError
 
         raise ConfigError(f"'plugins' must be a list of plugin names, got {listed!r}")
-    host = PluginHost.build([*(plugins or []), *listed])
+    names = [*(plugins or []), *listed]
+    host = PluginHost.build(names)
+    implied = implied_plugins(combined, host)
+    if implied:
+        host = PluginHost.build([*names, *implied])
+        for plugin, key in implied.items():
+            say(f"plugin '{plugin}' switched on: the config sets its option '{key}'")
     return host, resolve_config(raw, host, base_dir=config.resolve().parent, overrides=overrides)
 
 

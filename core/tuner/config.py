@@ -158,12 +158,62 @@ def _nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseMode
                 raise ConfigError(f"'{key}' is set both at the top level and in [{owner[key]}]")
             table[key] = value
         else:
-            known = [*TOP_LEVEL_KEYS, *sections, *owner]
-            raise ConfigError(
-                f"unknown config key '{key}'{_suggest(key, known)}"
-                " (an option of an inactive plugin? activate it with --plugin or plugins = [...])"
-            )
+            raise ConfigError(_unknown_key(key, [*TOP_LEVEL_KEYS, *sections, *owner]))
     return out
+
+
+# Options of the guide tuner does not offer, and why: refused by name rather than as typos.
+NOT_OFFERED = {
+    "validation_preview": "previews of intermediate sampler steps are not offered; each round writes its final clips",
+    "validation_preview_steps": "previews of intermediate sampler steps are not offered",
+    "validation_using_datasets": "image-to-video validation from a dataset is not supported yet",
+}
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    if key in NOT_OFFERED:
+        return f"config key '{key}' is not supported: {NOT_OFFERED[key]}"
+    owner = _inactive_owner(key)
+    if owner is not None:
+        return f"config key '{key}' belongs to plugin '{owner}', which is not active: add --plugin {owner} or list it in plugins"
+    return f"unknown config key '{key}'{_suggest(key, known)}"
+
+
+def _option_owners() -> dict[str, str]:
+    """Option and section name -> the installed plugin that registers it (built-ins included)."""
+    from tuner.plugins import PluginHost
+
+    try:
+        every = PluginHost.build(all_installed=True)
+    except Exception:  # noqa: BLE001 - a broken third-party plugin must not hide the user's own mistake
+        return {}
+    owners = {}
+    for section, model in every.sections.items():
+        for name in (section, *model.model_fields):
+            owners[name] = every.section_owner[section]
+    return owners
+
+
+def _inactive_owner(key: str) -> str | None:
+    return _option_owners().get(key)
+
+
+def implied_plugins(raw: Mapping[str, Any], host: PluginHost) -> dict[str, str]:
+    """Installed plugins that ``raw`` uses but ``host`` lacks: plugin -> the first key of it found.
+
+    A config written for the guide sets the options of several features at the top level; naming
+    those options is enough to switch their plugins on.
+    """
+    active = {name for section, model in host.sections.items() for name in (section, *model.model_fields)}
+    unknown = [key for key in raw if key not in TOP_LEVEL_KEYS and key not in active]
+    if not unknown:
+        return {}
+    owners = _option_owners()
+    implied: dict[str, str] = {}
+    for key in unknown:
+        if key in owners:
+            implied.setdefault(owners[key], key)
+    return implied
 
 
 def _format_error(section: str, model: type[BaseModel], exc: ValidationError) -> str:

@@ -102,6 +102,17 @@ def test_input_files_written_for_the_guide_layout_are_found_from_the_start_folde
         resolve_config({"user_prompt_library": "missing.json"}, host, base_dir=tmp_path)
 
 
+def test_options_of_installed_plugins_switch_them_on_from_the_cli_and_are_named_in_the_api(make_run, cli, host):
+    """The guide's flat config sets feature options at the top level: naming them is enough on the CLI."""
+    config = make_run(steps=1)
+    result = cli(["config", "show", "--config", str(config), "--set", "attention_mechanism='sdpa-math'"])
+    assert result.exit_code == 0, result.output
+    assert "plugin 'attention' switched on: the config sets its option 'attention_mechanism'" in result.stderr
+    assert "[attention]" in result.output
+    with pytest.raises(ConfigError, match="config key 'attention_mechanism' belongs to plugin 'attention', which is not active"):
+        resolve_config({"attention_mechanism": "sdpa-math"}, host)
+
+
 def test_schema_covers_core_and_plugin_sections(cli):
     result = cli(["config", "schema", "--plugin", "wan"])
     schema = json.loads(result.output)

@@ -78,6 +78,12 @@ def test_validation_schedule_is_a_pure_function_of_the_step():
     assert not any(validation_due(v, s, 10) for s in range(0, 11))
 
 
+def test_the_guides_disable_benchmark_false_renders_the_baseline():
+    assert validation_due(ValidationSection(validation_prompt="x", disable_benchmark=False), 0, 10)
+    assert not validation_due(ValidationSection(validation_prompt="x", disable_benchmark=True), 0, 10)
+    assert not validation_due(ValidationSection(validation_prompt="x"), 0, 10)
+
+
 def test_eval_schedule_has_its_own_interval():
     e = EvaluationSection(eval_steps_interval=4, eval_split=0.5)
     assert [s for s in range(0, 11) if eval_due(e, s, 10)] == [4, 8, 10]

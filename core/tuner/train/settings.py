@@ -127,6 +127,11 @@ class TrainSection(BaseModel):
     )
     flow_logit_mean: float = Field(0.0, description="Mean of the logit-normal noise-level distribution.")
     flow_logit_std: float = Field(1.0, gt=0, description="Standard deviation of the logit-normal distribution.")
+    model_type: Literal["lora"] = Field(
+        "lora",
+        description="What trains: 'lora', an adapter on the frozen model (lora_type picks LoRA or LyCORIS). The guide's"
+        " configs set it; full fine-tuning is not offered.",
+    )
     lora_type: Literal["standard", "lycoris"] = Field(
         "standard", description="standard: peft LoRA (lora_rank, lora_alpha); lycoris: LyCORIS from lycoris_config."
     )

@@ -25,7 +25,7 @@ def validation_due(section: ValidationSection, step: int, max_train_steps: int) 
     if section.validation_disable:
         return False
     if step <= 0:
-        return section.validation_on_startup
+        return section.baseline
     if step >= max_train_steps:
         return True
     interval = section.validation_step_interval

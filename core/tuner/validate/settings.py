@@ -68,6 +68,11 @@ class ValidationSection(BaseModel):
     validation_on_startup: bool = Field(
         False, description="Also validate before the first step, as a baseline of the untrained adapter."
     )
+    disable_benchmark: bool | None = Field(
+        None,
+        description="The guide's name for the opposite of validation_on_startup: false renders the step-0 baseline,"
+        " true does not. Refused when it contradicts validation_on_startup.",
+    )
     validation_num_inference_steps: int = Field(30, ge=1, description="Sampler steps per validation clip.")
     validation_num_video_frames: int = Field(17, ge=1, description="Frames per validation clip (1 renders images).")
     validation_resolution: str | list[str] = Field(
@@ -121,6 +126,24 @@ class ValidationSection(BaseModel):
             if min(value) < 0:
                 raise ValueError("block indices count from 0")
         return value
+
+    @property
+    def baseline(self) -> bool:
+        """Whether a round renders before the first step."""
+        return self.validation_on_startup or self.disable_benchmark is False
+
+    @model_validator(mode="after")
+    def _benchmark_agrees(self) -> ValidationSection:
+        if (
+            self.disable_benchmark is not None
+            and "validation_on_startup" in self.model_fields_set
+            and self.validation_on_startup == self.disable_benchmark
+        ):
+            raise ValueError(
+                f"disable_benchmark = {str(self.disable_benchmark).lower()} contradicts validation_on_startup ="
+                f" {str(self.validation_on_startup).lower()}: keep one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _window(self) -> ValidationSection:

@@ -42,7 +42,7 @@ def prepare_model(
     where = torch.device("cpu") if section.quantize_via == "cpu" else device
     if "quantize_via" in section.model_fields_set and not section.quantizes:
         # The guide's example sets it beside base_model_precision = "no_change": accepted, and said.
-        notice("quantize_via has no effect: base_model_precision and text_encoder_1_precision are both 'no_change'")
+        notice("quantize_via has no effect: every *_precision option is 'no_change'")
     precision = section.base_model_precision
     if precision != "no_change":
         if (reason := bundle.refused_precisions.get(precision)) is not None:
@@ -54,13 +54,13 @@ def prepare_model(
             bundle.denoiser, precision, include=include, where=where, option="base_model_precision"
         )
         say(f"quantized base: {layers} layers of the denoiser in {precision}, on {where}")
-    precision = section.text_encoder_1_precision
-    if precision != "no_change":
-        text = [key for key, kind in bundle.encoders.items() if kind == "text"]
-        if not text:
-            raise PluginError(f"text_encoder_1_precision: model family '{bundle.family}' names no text encoder")
-        layers = quantize_weights(
-            bundle.components[text[0]], precision, include=None, where=where, option="text_encoder_1_precision"
-        )
-        say(f"quantized {text[0]}: {layers} layers in {precision}, on {where}")
-        bundle.cache_id = f"{bundle.cache_id}+{text[0]}:{precision}"  # other embeddings: re-encode them
+    text = [key for key, kind in bundle.encoders.items() if kind == "text"]
+    for n, precision in enumerate((section.text_encoder_1_precision, section.text_encoder_2_precision)):
+        option = f"text_encoder_{n + 1}_precision"
+        if precision == "no_change":
+            continue
+        if len(text) <= n:
+            raise PluginError(f"{option}: model family '{bundle.family}' has {len(text)} text encoder(s)")
+        layers = quantize_weights(bundle.components[text[n]], precision, include=None, where=where, option=option)
+        say(f"quantized {text[n]}: {layers} layers in {precision}, on {where}")
+        bundle.cache_id = f"{bundle.cache_id}+{text[n]}:{precision}"  # other embeddings: re-encode them

@@ -37,7 +37,14 @@ class QuantizeSection(BaseModel):
         " embeddings (they are re-encoded).",
     )
 
+    text_encoder_2_precision: Precision = Field(
+        "no_change",
+        description=f"Precision of the second text encoder's weights, for families that have one: {_PRECISIONS}."
+        " A family with a single text encoder (Wan) refuses anything but no_change.",
+    )
+
     @property
     def quantizes(self) -> bool:
         """Whether any weights are quantized."""
-        return {self.base_model_precision, self.text_encoder_1_precision} != {"no_change"}
+        precisions = {self.base_model_precision, self.text_encoder_1_precision, self.text_encoder_2_precision}
+        return precisions != {"no_change"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["FLAVOURS", "WanSection"]
 
@@ -44,6 +44,20 @@ class WanSection(BaseModel):
     max_sequence_length: int = Field(
         512, ge=1, le=4096, description="Text tokens per prompt; Wan was trained with 512. Longer prompts are cut."
     )
+    wan_force_2_1_time_embedding: bool = Field(
+        False, description="Wan 2.2 only (time-embedding shape mismatch fix); Wan 2.2 is not supported yet, so only false."
+    )
+    wan_validation_load_other_stage: bool = Field(
+        False, description="Wan 2.2 only (load the other noise stage for validation); not supported yet, so only false."
+    )
+
+    @field_validator("wan_force_2_1_time_embedding", "wan_validation_load_other_stage")
+    @classmethod
+    def _wan_2_2_only(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("applies to Wan 2.2 checkpoints, which tuner does not train yet (Wan 2.1 T2V only)")
+        return value
+
     wan_validation_sampler: Literal["unipc", "euler"] = Field(
         "unipc",
         description="Validation sampler: unipc (UniPC multistep, Wan's own) or euler (flow-matching Euler, which"

@@ -126,3 +126,9 @@ def test_a_missing_optimum_quanto_is_named(host, monkeypatch):
     bundle = ModelBundle("wan", WanTransformer3DModel(**TINY_TRANSFORMER), [], block_lists=["blocks"])
     with pytest.raises(PluginError, match=r"needs optimum-quanto: pip install 'tuner\[quanto\]'"):
         host.prepare_model(bundle, config, "base", torch.device("cpu"))
+
+
+def test_a_second_text_encoder_precision_needs_a_second_text_encoder(host, tiny_model_dir):
+    bundle, config = loaded_tiny_wan(host, tiny_model_dir, text_encoder_2_precision="int8-quanto")
+    with pytest.raises(PluginError, match="text_encoder_2_precision: model family 'wan' has 1 text encoder"):
+        host.prepare_model(bundle, config, "base", torch.device("cpu"))
