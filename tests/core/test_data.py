@@ -243,6 +243,13 @@ def test_conditioning_image_embeds_has_a_place_and_is_noted_as_unused(clips):
     assert any("conditioning image embeddings" in n for n in scan.report.notices)
 
 
+def test_downsample_options_without_a_crop_are_noted_as_inert(clips):
+    inert = scan_samples(configure(clips, [video("a", "clips", maximum_image_size=900, target_downsample_size=512)]))
+    assert any("does not crop (crop: false)" in n for n in inert.report.notices)
+    cropping = video("a", "clips", crop=True, maximum_image_size=900, target_downsample_size=512)
+    assert not any("does not crop" in n for n in scan_samples(configure(clips, [cropping])).report.notices)
+
+
 # -- captions ------------------------------------------------------------------------
 
 

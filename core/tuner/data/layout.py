@@ -214,6 +214,11 @@ def _from_backend_file(config: RunConfig) -> DataLayout:
                 f"dataset '{entry.id}' names conditioning_image_embeds '{entry.conditioning_image_embeds}': no model"
                 " family uses conditioning image embeddings yet, so none are cached"
             )
+        if entry.maximum_image_size is not None and not entry.crop:
+            layout.notes.append(
+                f"dataset '{entry.id}': maximum_image_size/target_downsample_size act before a crop and this dataset"
+                " does not crop (crop: false): every file is simply resized to the training size"
+            )
         own_text = text_dir(texts[entry.text_embeds][1]) if entry.text_embeds else layout.default_text_cache
         layout.datasets.append(_media_spec(entry, where, data, base_dir, own_text))
     if not layout.datasets:
