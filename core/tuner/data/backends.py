@@ -8,7 +8,6 @@ turns the entries into the datasets a run trains on.
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -184,12 +183,9 @@ def _entry_error(where: str, model: type[BaseModel], exc: ValidationError) -> st
 
 def parse_backend_file(path: Path) -> list[tuple[str, BaseModel]]:
     """Every entry of the backend file at ``path``, validated, with how errors name it."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"data_backend_config {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+    from tuner.jsonfile import read_json
+
+    raw = read_json(path, what="data_backend_config", error=DataError)
     if not isinstance(raw, list):
         raise DataError(f"data_backend_config {path}: the top level must be a list of datasets ([{{...}}, ...])")
     entries: list[tuple[str, BaseModel]] = []

@@ -70,12 +70,9 @@ class WebhookTarget(BaseModel):
 
 def read_webhook_config(path: Path) -> list[WebhookTarget]:
     """Parse and check a ``webhook_config`` file; messages never echo the URL or token."""
-    if not path.is_file():
-        raise ValueError(f"no such file {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    from tuner.jsonfile import read_json
+
+    data = read_json(path)
     items = data if isinstance(data, list) else [data]
     targets = []
     for n, item in enumerate(items, 1):

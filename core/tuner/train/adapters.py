@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,12 +101,11 @@ class Lycoris(Adapter):
 
 
 def _read_lycoris_config(path: Path | None) -> dict[str, Any]:
-    if path is None or not Path(path).is_file():
-        raise ConfigError(f"train.lycoris_config: no such file {path}")
-    try:
-        options = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"train.lycoris_config {path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    from tuner.jsonfile import read_json
+
+    if path is None:
+        raise ConfigError("train.lycoris_config: not set")
+    options = read_json(Path(path), what="train.lycoris_config", error=ConfigError)
     if not isinstance(options, dict) or "algo" not in options:
         raise ConfigError(f"train.lycoris_config {path}: expected an object with at least 'algo' (e.g. \"lokr\")")
     return options

@@ -7,7 +7,6 @@ evaluation loss. Both are registered by the core's built-in ``core`` plugin.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,12 +29,9 @@ def parse_size(value: str) -> tuple[int, int]:
 
 def read_prompt_library(path: Path) -> dict[str, str]:
     """A ``user_prompt_library`` file: a JSON object of nickname -> prompt."""
-    if not path.is_file():
-        raise ValueError(f"no such file {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    from tuner.jsonfile import read_json
+
+    data = read_json(path)
     if not isinstance(data, dict) or not data:
         raise ValueError(f'{path}: expected a non-empty JSON object such as {{"nickname": "the prompt"}}')
     bad = [k for k, v in data.items() if not isinstance(v, str) or not v.strip() or not k.strip()]
