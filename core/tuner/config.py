@@ -247,6 +247,16 @@ def beside_config(path: Path, base_dir: Path, found: Callable[[Path], bool] = Pa
     return (base_dir / path).resolve()
 
 
+def _blank_paths_unset(model: type[BaseModel], values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An empty string given to an optional path (``--set webhook_config=''``) unsets it, as it reads."""
+    blank = [
+        name
+        for name, info in model.model_fields.items()
+        if values.get(name) == "" and "Path" in str(info.annotation) and "None" in str(info.annotation)
+    ]
+    return {**values, **dict.fromkeys(blank)} if blank else values
+
+
 def _resolve_paths(model: BaseModel, base_dir: Path) -> None:
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
@@ -273,7 +283,7 @@ def resolve_config(
     sections: dict[str, BaseModel] = {}
     for name, model in host.sections.items():
         try:
-            sections[name] = model.model_validate(nested.get(name, {}))
+            sections[name] = model.model_validate(_blank_paths_unset(model, nested.get(name, {})))
             # Assigning the resolved paths validates those fields again: file checks see the real path.
             _resolve_paths(sections[name], base_dir)
         except ValidationError as exc:

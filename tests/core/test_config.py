@@ -113,6 +113,13 @@ def test_options_of_installed_plugins_switch_them_on_from_the_cli_and_are_named_
         resolve_config({"attention_mechanism": "sdpa-math"}, host)
 
 
+def test_an_empty_string_unsets_an_optional_file(host, tmp_path):
+    (tmp_path / "prompts.json").write_text(json.dumps({"boat": "a paper boat"}))
+    config = resolve_config({"user_prompt_library": "prompts.json"}, host, base_dir=tmp_path,
+                            overrides={"user_prompt_library": ""})
+    assert config.validation.user_prompt_library is None
+
+
 def test_schema_covers_core_and_plugin_sections(cli):
     result = cli(["config", "schema", "--plugin", "wan"])
     schema = json.loads(result.output)
