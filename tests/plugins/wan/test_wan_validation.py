@@ -71,12 +71,17 @@ def test_the_same_validation_seed_gives_identical_videos_twice(wan):
     with inference_state(bundle):
         rendered = [host.validate(bundle, request).frames["main"] for _ in range(2)]
     assert np.array_equal(*rendered), "the same seed, the same frames"
-    first = read_media(run_validation(host, bundle, config(), 10).media["main"])
-    torch.randn(1000)  # whatever training draws in between
-    second = read_media(run_validation(host, bundle, config(), 11).media["main"])
-    assert np.array_equal(first, second)
-    other = read_media(run_validation(host, bundle, config(validation_seed=43), 12).media["main"])
-    assert not np.array_equal(first, other)
+    rounds = []
+    for step, seed in [(10, 42), (11, 42), (12, 43)]:
+        result = run_validation(host, bundle, config(validation_seed=seed), step)
+        rounds.append((np.asarray(Image.open(result.contact_sheet)), read_media(result.media["main"])))
+        torch.randn(1000)  # whatever training draws in between
+    (sheet, video), (sheet_again, video_again), (other_sheet, _) = rounds
+    # The contact sheet is lossless: the rendered frames are the same to the bit. The mp4 goes through
+    # x264, whose output for equal frames was seen to vary by a level or two now and then.
+    assert np.array_equal(sheet, sheet_again), "the same seed, the same frames, round after round"
+    assert np.abs(video.astype(int) - video_again).max() <= 4
+    assert np.abs(sheet.astype(int) - other_sheet).mean() > 1, "another seed, another clip"
 
 
 def _count_block_calls(transformer: Any) -> tuple[dict[int, int], list[Any]]:
