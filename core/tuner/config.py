@@ -10,7 +10,6 @@ Relative paths are resolved against the config file's folder.
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from tuner.errors import ConfigError
+from tuner.errors import ConfigError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -136,11 +135,6 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _suggest(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
     owner = {name: section for section, model in sections.items() for name in model.model_fields}
     out: dict[str, Any] = {}
@@ -173,10 +167,10 @@ NOT_OFFERED = {
 def _unknown_key(key: str, known: list[str]) -> str:
     if key in NOT_OFFERED:
         return f"config key '{key}' is not supported: {NOT_OFFERED[key]}"
-    owner = _inactive_owner(key)
+    owner = _option_owners().get(key)
     if owner is not None:
         return f"config key '{key}' belongs to plugin '{owner}', which is not active: add --plugin {owner} or list it in plugins"
-    return f"unknown config key '{key}'{_suggest(key, known)}"
+    return f"unknown config key '{key}'{did_you_mean(key, known)}"
 
 
 def _option_owners() -> dict[str, str]:
@@ -192,10 +186,6 @@ def _option_owners() -> dict[str, str]:
         for name in (section, *model.model_fields):
             owners[name] = every.section_owner[section]
     return owners
-
-
-def _inactive_owner(key: str) -> str | None:
-    return _option_owners().get(key)
 
 
 def implied_plugins(raw: Mapping[str, Any], host: PluginHost) -> dict[str, str]:
@@ -222,7 +212,7 @@ def _format_error(section: str, model: type[BaseModel], exc: ValidationError) ->
         loc = ".".join(str(p) for p in err["loc"])
         where = f"{section}.{loc}" if loc else section
         if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{where}'{_suggest(str(err['loc'][-1]), model.model_fields)}")
+            parts.append(f"unknown key '{where}'{did_you_mean(str(err['loc'][-1]), model.model_fields)}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             # A whole-section rule has the section as its input: not worth echoing.

@@ -7,7 +7,16 @@ keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["TunerError", "ConfigError", "PluginError", "DataError", "CheckpointError"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["TunerError", "ConfigError", "PluginError", "DataError", "CheckpointError", "did_you_mean"]
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing: the tail of an error message."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 class TunerError(Exception):

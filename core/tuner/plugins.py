@@ -7,7 +7,6 @@ is no module-level manager, and importing this module loads no plugin.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from collections.abc import Iterable, Mapping
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pluggy
 
 from tuner import hookspecs
-from tuner.errors import PluginError
+from tuner.errors import PluginError, did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -75,11 +74,6 @@ def installed_plugins() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _suggest(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 class PluginHost:
     """Active plugins plus the registries they filled (config sections, model families)."""
 
@@ -127,7 +121,7 @@ class PluginHost:
                 choices = sorted(set(installed) | set(extra))
                 listing = ", ".join(choices) if choices else "none"
                 raise PluginError(
-                    f"unknown plugin '{name}'{_suggest(name, choices)}; installed plugins: {listing}"
+                    f"unknown plugin '{name}'{did_you_mean(name, choices)}; installed plugins: {listing}"
                 )
             host._load_entry_point(installed[name])
         for name, obj in extra.items():
@@ -225,7 +219,7 @@ class PluginHost:
                 known = ", ".join(sorted(self.families)) or "none (activate a family plugin, e.g. --plugin wan)"
                 raise PluginError(
                     f"model_family '{requested}' is not provided by any active plugin"
-                    f"{_suggest(requested, self.families)}; active families: {known}"
+                    f"{did_you_mean(requested, self.families)}; active families: {known}"
                 )
             return requested
         if len(self.families) == 1:

@@ -7,14 +7,13 @@ turns the entries into the datasets a run trains on.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuner.data.settings import CaptionStrategy, ResolutionType
-from tuner.errors import DataError
+from tuner.errors import DataError, did_you_mean
 
 __all__ = [
     "VideoOptions",
@@ -166,9 +165,7 @@ def _entry_error(where: str, model: type[BaseModel], exc: ValidationError) -> st
             names = model.model_fields
             if len(err["loc"]) > 1 and err["loc"][0] in ("video", "parquet"):
                 names = (VideoOptions if err["loc"][0] == "video" else ParquetOptions).model_fields
-            close = difflib.get_close_matches(str(err["loc"][-1]), list(names), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            parts.append(f"unknown key '{loc}'{hint}")
+            parts.append(f"unknown key '{loc}'{did_you_mean(str(err['loc'][-1]), names)}")
         elif err["type"] == "missing":
             parts.append(f"'{loc}' is required")
         else:

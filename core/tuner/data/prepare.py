@@ -9,10 +9,9 @@ lack, and returns a `TrainingData`.
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING
 
-from tuner.errors import DataError
+from tuner.errors import DataError, did_you_mean
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -125,9 +124,9 @@ def _hold_out_eval_dataset(
         return samples, []
     ids = [ds.spec.id for ds in scan.datasets]
     if eval_id not in ids:
-        close = difflib.get_close_matches(eval_id, ids, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise DataError(f"eval_dataset_id '{eval_id}' names no enabled dataset{hint}; datasets: {', '.join(ids)}")
+        raise DataError(
+            f"eval_dataset_id '{eval_id}' names no enabled dataset{did_you_mean(eval_id, ids)}; datasets: {', '.join(ids)}"
+        )
     if len(ids) == 1:
         raise DataError(f"eval_dataset_id '{eval_id}' is the only dataset: nothing would be left to train on")
     return [s for s in samples if s.dataset != eval_id], [s for s in samples if s.dataset == eval_id]
