@@ -195,6 +195,10 @@ def demo(
     folder: Annotated[Path, typer.Option("--dir", help="Where the demo's model, clips and output go.")] = Path("demo"),
     steps: Annotated[int, typer.Option(help="Training steps.", min=1)] = 60,
     prepare_only: Annotated[bool, typer.Option("--prepare-only", help="Write files, do not train.")] = False,
+    variant: Annotated[
+        str | None,
+        typer.Option("--variant", "--flavour", help="The family's model variant (Wan: a model_flavour)."),
+    ] = None,
 ) -> None:
     """Train on the embedded default: a tiny random model and synthetic clips, written locally."""
     from tuner.demo import write_demo
@@ -202,7 +206,7 @@ def demo(
 
     host = PluginHost.build([plugin] if plugin else [], all_installed=plugin is None)
     family = host.resolve_family(None)
-    path = write_demo(host, family, folder, steps=steps)
+    path = write_demo(host, family, folder, steps=steps, variant=variant)
     typer.echo(f"demo config: {path}")
     if prepare_only:
         return

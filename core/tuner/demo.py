@@ -19,7 +19,9 @@ _SIZE, _FRAMES = 64, 17
 MODEL_MARKER = ".tuner-model.toml"
 
 
-def prepare_tiny_model(host: PluginHost, family: str, model_dir: Path, seed: int = 0) -> dict[str, Any]:
+def prepare_tiny_model(
+    host: PluginHost, family: str, model_dir: Path, seed: int = 0, variant: str | None = None
+) -> dict[str, Any]:
     """Write the family's tiny model into ``model_dir`` unless it is there; return its config overrides.
 
     A marker file beside the weights records the overrides, with paths inside
@@ -30,7 +32,7 @@ def prepare_tiny_model(host: PluginHost, family: str, model_dir: Path, seed: int
     model_dir = model_dir.resolve()
     marker = model_dir / MODEL_MARKER
     if not marker.is_file():
-        overrides = host.write_tiny_model(family, model_dir, seed)
+        overrides = host.write_tiny_model(family, model_dir, seed, variant)
         paths = [k for k, v in overrides.items() if isinstance(v, str) and Path(v).resolve().is_relative_to(model_dir)]
         stored = {k: (str(Path(v).resolve().relative_to(model_dir)) if k in paths else v) for k, v in overrides.items()}
         marker.write_text(tomli_w.dumps({"overrides": stored, "paths": paths}))
@@ -74,14 +76,17 @@ def demo_config(family: str, plugin: str, prompt: str, model_overrides: dict[str
     return config
 
 
-def write_demo(host: PluginHost, family: str, folder: Path, *, steps: int = 60, seed: int = 0) -> Path:
-    """Write model/, clips/ and config.toml into ``folder`` (reusing a model already there)."""
+def write_demo(
+    host: PluginHost, family: str, folder: Path, *, steps: int = 60, seed: int = 0, variant: str | None = None
+) -> Path:
+    """Write model/ (model-VARIANT/), clips/ and config.toml into ``folder`` (reusing a model already there)."""
     import tomli_w
 
     from tuner.data.synthetic import write_synthetic_clips
 
     folder = folder.resolve()
-    overrides = prepare_tiny_model(host, family, folder / "model", seed)
+    model = folder / (f"model-{variant}" if variant else "model")
+    overrides = prepare_tiny_model(host, family, model, seed, variant)
     # Paths relative to the config file keep the demo folder movable.
     overrides = {
         k: (str(Path(v).relative_to(folder)) if isinstance(v, str) and Path(v).is_relative_to(folder) else v)

@@ -244,7 +244,7 @@ def export_adapter(bundle: ModelBundle, weights: AdapterWeights, path: Path, lor
 
 
 @hookspec(firstresult=True)
-def write_tiny_model(path: Path, seed: int) -> dict[str, Any]:
+def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, Any]:
     """Write a tiny randomly initialised model of this family to ``path``.
 
     Used by ``tuner demo`` and by the `tuner.testing` fixtures: it must use the
@@ -253,6 +253,11 @@ def write_tiny_model(path: Path, seed: int) -> dict[str, Any]:
 
     :param path: an empty folder to write into.
     :param seed: seed for the random weights.
+    :param variant: which of the family's model shapes to write, in the
+        family's own words (Wan: a ``model_flavour`` such as
+        ``i2v-14b-2.2-high``); ``None`` for the family's default. Raise
+        `tuner.errors.ConfigError` for a variant the family does not know.
+        An implementation may leave this parameter out if it has one shape.
     :return: config overrides that make a run use this model and suit its
         size, as ``{"section.key": value}`` (e.g. the model path).
     """

@@ -288,8 +288,8 @@ class PluginHost:
             bundle.family, "export_adapter", bundle=bundle, weights=weights, path=path, lora_format=lora_format
         )
 
-    def write_tiny_model(self, family: str, path: Path, seed: int) -> dict[str, Any]:
-        result = self._call_family(family, "write_tiny_model", path=path, seed=seed)
+    def write_tiny_model(self, family: str, path: Path, seed: int, variant: str | None = None) -> dict[str, Any]:
+        result = self._call_family(family, "write_tiny_model", path=path, seed=seed, variant=variant)
         if result is None:
             raise PluginError(f"model family '{family}' cannot write a tiny model (no write_tiny_model hook)")
         return result

@@ -50,6 +50,7 @@ def write_run_folder(
     steps: int = 20,
     clips: int = 2,
     overrides: list[str] | None = None,
+    variant: str | None = None,
 ) -> Path:
     """A run folder using the tiny model at ``model_dir``: clips/, config.toml. Returns the config path."""
     import tomli_w
@@ -61,7 +62,7 @@ def write_run_folder(
     family = family or plugin
     folder.mkdir(parents=True, exist_ok=True)
     paths = write_synthetic_clips(folder / "clips", count=clips, num_frames=17, width=64, height=64)
-    model_overrides = prepare_tiny_model(PluginHost.build([plugin]), family, model_dir)
+    model_overrides = prepare_tiny_model(PluginHost.build([plugin]), family, model_dir, variant=variant)
     config = demo_config(family, plugin, paths[0].with_suffix(".txt").read_text().strip(), model_overrides, steps)
     config = merge(config, parse_overrides(overrides or []))
     path = folder / "config.toml"
@@ -82,31 +83,32 @@ def tuner_plugin() -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``tiny_model_dir(plugin)`` -> a folder with that family's tiny model, written once per session."""
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``tiny_model_dir(plugin, variant=None)`` -> a folder with that family's tiny model, written once per session."""
     from tuner.demo import prepare_tiny_model
     from tuner.plugins import PluginHost
 
-    made: dict[str, Path] = {}
+    made: dict[tuple[str, str | None], Path] = {}
 
-    def get(plugin: str) -> Path:
-        if plugin not in made:
+    def get(plugin: str, variant: str | None = None) -> Path:
+        if (plugin, variant) not in made:
             host = PluginHost.build([plugin])
-            folder = tmp_path_factory.mktemp(f"tiny-{plugin}") / "model"
-            prepare_tiny_model(host, host.resolve_family(None), folder)
-            made[plugin] = folder
-        return made[plugin]
+            folder = tmp_path_factory.mktemp(f"tiny-{plugin}-{variant or 'default'}") / "model"
+            prepare_tiny_model(host, host.resolve_family(None), folder, variant=variant)
+            made[plugin, variant] = folder
+        return made[plugin, variant]
 
     return get
 
 
 @pytest.fixture
 def make_run(tmp_path: Path, tiny_model_dir: Callable[[str], Path], tuner_plugin: str) -> Callable[..., Path]:
-    """``make_run(steps=20, overrides=[...], name="run")`` -> config path of a ready run folder."""
+    """``make_run(steps=20, overrides=[...], name="run", variant=None)`` -> config path of a ready run folder."""
 
-    def make(*, plugin: str | None = None, name: str = "run", **kwargs: Any) -> Path:
+    def make(*, plugin: str | None = None, name: str = "run", variant: str | None = None, **kwargs: Any) -> Path:
         plugin = plugin or tuner_plugin
-        return write_run_folder(tmp_path / name, tiny_model_dir(plugin), plugin=plugin, **kwargs)
+        model = tiny_model_dir(plugin, variant)
+        return write_run_folder(tmp_path / name, model, plugin=plugin, variant=variant, **kwargs)
 
     return make
 

@@ -44,7 +44,6 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
         (["validation_preview=true"], "config key 'validation_preview' is not supported: previews of intermediate"),
         (["model_type='full'"], "train.model_type: Input should be 'lora'"),
         (["disable_benchmark=true", "validation_on_startup=true"], "disable_benchmark = true contradicts validation_on_startup"),
-        (["wan_force_2_1_time_embedding=true"], "applies to Wan 2.2 checkpoints, which tuner does not train yet"),
     ],
 )
 def test_bad_config_exits_with_one_readable_line(make_run, overrides, expected):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.errors import ConfigError
 from tuner.train.precision import base_weight_dtype
 
-from tuner_wan.settings import FLAVOURS
+from tuner_wan.flavours import FLAVOURS
 
 if TYPE_CHECKING:
     import torch
@@ -120,8 +120,12 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
     """
     from diffusers import WanPipeline
 
+    flavour = FLAVOURS[section.model_flavour]
+    if flavour.task != "t2v" or flavour.two_experts:
+        # Removed piece by piece as image conditioning and the two-expert models land.
+        raise ConfigError(f"wan.model_flavour = '{section.model_flavour}': {flavour.summary} cannot be trained yet")
     dtype = base_weight_dtype(config)
-    base = config.resolve_path(section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour])
+    base = config.resolve_path(section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour].repo)
     transformer_src = config.resolve_path(section.pretrained_transformer_model_name_or_path or base)
     vae_src = config.resolve_path(section.pretrained_vae_model_name_or_path or base)
     t5_src = config.resolve_path(section.pretrained_t5_model_name_or_path or base)

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.hookspecs import hookimpl
 
-from tuner_wan.settings import FLAVOURS, WanSection
+from tuner_wan.flavours import FLAVOURS
+from tuner_wan.settings import WanSection
 
 if TYPE_CHECKING:
     import torch
@@ -60,7 +61,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         cache_id=parts["cache_id"],
         supports_token_routing=True,  # flow_matching_loss carries a router's plan out (tuner_wan.routing)
         num_blocks=len(parts["transformer"].blocks),
-        base_model=section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour],
+        base_model=section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour].repo,
         block_lists=["blocks"],
         encoders={"text_encoder": "text", "vae": "latent"},
         refused_precisions=dict(REFUSED_PRECISIONS),
@@ -121,7 +122,7 @@ def export_adapter(bundle: ModelBundle, weights: AdapterWeights, path: Path, lor
 
 
 @hookimpl
-def write_tiny_model(path: Path, seed: int) -> dict[str, Any]:
+def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, Any]:
     from tuner_wan.tiny import write_tiny_wan
 
-    return write_tiny_wan(path, seed)
+    return write_tiny_wan(path, seed, variant)

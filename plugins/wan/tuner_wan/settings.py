@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["FLAVOURS", "WanSection"]
+from tuner_wan.flavours import FLAVOURS
 
-# model_flavour -> the diffusers-layout repository it trains by default.
-FLAVOURS: dict[str, str] = {
-    "t2v-480p-1.3b-2.1": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-    "t2v-480p-14b-2.1": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
-}
+__all__ = ["FLAVOURS", "FlavourName", "WanSection"]
+
+FlavourName = Literal[tuple(FLAVOURS)]  # type: ignore[valid-type]
 
 
 class WanSection(BaseModel):
@@ -20,8 +18,11 @@ class WanSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    model_flavour: Literal["t2v-480p-1.3b-2.1", "t2v-480p-14b-2.1"] = Field(
-        "t2v-480p-1.3b-2.1", description="Which Wan model to train when no path is given."
+    model_flavour: FlavourName = Field(
+        "t2v-480p-1.3b-2.1",
+        description="Which Wan model to train: its task (t2v, i2v, flf2v, ti2v), version and, for the Wan 2.2 A14B"
+        " pairs, the noise expert (-high: `transformer`, -low: `transformer_2`). Sets the repository loaded when"
+        " pretrained_model_name_or_path is unset.",
     )
     pretrained_model_name_or_path: str | None = Field(
         None,
@@ -45,19 +46,33 @@ class WanSection(BaseModel):
         512, ge=1, le=4096, description="Text tokens per prompt; Wan was trained with 512. Longer prompts are cut."
     )
     wan_force_2_1_time_embedding: bool = Field(
-        False, description="Wan 2.2 only (time-embedding shape mismatch fix); Wan 2.2 is not supported yet, so only false."
+        False,
+        description="Embed the timestep once per sample (Wan 2.1 style) instead of once per token on a Wan 2.2"
+        " transformer that embeds per token (TI2V 5B); fixes time-embedding shape mismatches and saves memory.",
     )
     wan_validation_load_other_stage: bool = Field(
-        False, description="Wan 2.2 only (load the other noise stage for validation); not supported yet, so only false."
+        False,
+        description="Wan 2.2 A14B: validation loads the other, frozen expert and samples with both stages, as the"
+        " final pipeline does; without it a single expert's validation shows only its own noise range.",
     )
-
-    @field_validator("wan_force_2_1_time_embedding", "wan_validation_load_other_stage")
-    @classmethod
-    def _wan_2_2_only(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("applies to Wan 2.2 checkpoints, which tuner does not train yet (Wan 2.1 T2V only)")
-        return value
-
+    wan_train_both_experts: bool = Field(
+        False,
+        description="Wan 2.2 A14B: train a LoRA on each expert in one run; each sample goes to the expert that owns"
+        " its timestep, and two adapter files are written (high: `transformer`, low: `transformer_2`).",
+    )
+    wan_boundary_ratio: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Wan 2.2 A14B: the switch between experts as a fraction of the 1000 training timesteps (the"
+        " high-noise expert owns t >= boundary); unset reads boundary_ratio from the model's model_index.json.",
+    )
+    wan_validation_guidance_2: float | None = Field(
+        None,
+        ge=0.0,
+        description="Wan 2.2 A14B, two-stage validation: guidance scale of the low-noise stage (diffusers'"
+        " guidance_scale_2); unset uses validation_guidance.",
+    )
     wan_validation_sampler: Literal["unipc", "euler"] = Field(
         "unipc",
         description="Validation sampler: unipc (UniPC multistep, Wan's own) or euler (flow-matching Euler, which"

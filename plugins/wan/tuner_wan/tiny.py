@@ -1,7 +1,12 @@
-"""A tiny, randomly initialised Wan 2.1 in the real diffusers folder layout.
+"""Tiny, randomly initialised Wan models in the real diffusers folder layout, one per flavour shape.
 
 Everything is built here (the tokenizer too), so demos and tests run with no
 download while exercising the same ``from_pretrained`` code as the real model.
+The shapes follow the real repositories: image-to-video transformers take 36
+input channels (16 noisy + 4 mask + 16 conditioning), Wan 2.1 I2V adds a CLIP
+image encoder, the A14B pairs hold ``transformer`` + ``transformer_2`` with
+``boundary_ratio`` in ``model_index.json``, and TI2V 5B has a 48-channel VAE
+that compresses 16x spatially with ``expand_timesteps``.
 """
 
 from __future__ import annotations
@@ -9,7 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_TRANSFORMER", "write_tiny_wan"]
+from tuner.errors import ConfigError, did_you_mean
+
+from tuner_wan.flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour
+
+__all__ = ["TINY_TRANSFORMER", "TINY_BOUNDARY_RATIOS", "write_tiny_wan"]
 
 TINY_TRANSFORMER: dict[str, Any] = dict(
     patch_size=(1, 2, 2),
@@ -26,6 +35,9 @@ TINY_TRANSFORMER: dict[str, Any] = dict(
     rope_max_seq_len=64,
 )
 TINY_MAX_SEQUENCE_LENGTH = 32
+TINY_IMAGE_DIM = 32  # the CLIP vision hidden size = the transformer's image_dim
+# The real repositories' boundaries: I2V A14B switches at t = 900, T2V A14B at t = 875.
+TINY_BOUNDARY_RATIOS = {"i2v": 0.9, "t2v": 0.875}
 
 _CORPUS = (
     "a red green blue yellow black white grey square circle triangle moving left right up down on the "
@@ -56,20 +68,89 @@ def _tokenizer(folder: Path) -> None:
     fast.save_pretrained(str(folder))
 
 
-def write_tiny_wan(path: Path, seed: int = 0) -> dict[str, Any]:
-    """Write ``model_index.json`` + transformer/, vae/, text_encoder/, tokenizer/, scheduler/ to ``path``."""
+def _transformer(flavour: Flavour) -> Any:
+    from diffusers import WanTransformer3DModel
+
+    shape = dict(TINY_TRANSFORMER)
+    if flavour.task == "ti2v":
+        shape.update(in_channels=48, out_channels=48)
+    elif flavour.conditioned:
+        shape.update(in_channels=36)  # noisy latents + 4-channel frame mask + conditioning latents
+        if flavour.version == "2.1":
+            inner = shape["num_attention_heads"] * shape["attention_head_dim"]
+            shape.update(image_dim=TINY_IMAGE_DIM, added_kv_proj_dim=inner)
+            if flavour.task == "flf2v":
+                shape.update(pos_embed_seq_len=2 * _CLIP_TOKENS)
+    return WanTransformer3DModel(**shape)
+
+
+def _vae(flavour: Flavour) -> Any:
+    from diffusers import AutoencoderKLWan
+
+    if flavour.task == "ti2v":
+        # Wan 2.2's VAE: 2x2 pixel patches in, 48 latent channels, 16x spatial compression.
+        return AutoencoderKLWan(
+            base_dim=4,
+            z_dim=48,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+            is_residual=True,
+            in_channels=12,
+            out_channels=12,
+            patch_size=2,
+            scale_factor_spatial=16,
+            latents_mean=[0.0] * 48,
+            latents_std=[1.0] * 48,
+        )
+    return AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+
+
+_CLIP_TOKENS = 5  # 4 patches of a 32x32 image + the class token
+
+
+def _image_encoder(folder: Path) -> tuple[Any, Any]:
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=TINY_IMAGE_DIM,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+            projection_dim=TINY_IMAGE_DIM,
+        )
+    )
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return encoder, processor
+
+
+def write_tiny_wan(path: Path, seed: int = 0, flavour: str | None = None) -> dict[str, Any]:
+    """Write ``model_index.json`` + transformer/, vae/, text_encoder/, tokenizer/, scheduler/ to ``path``.
+
+    ``flavour`` (a ``model_flavour``) picks the shape; its extra parts come too:
+    ``transformer_2`` for the A14B pairs, ``image_encoder``/``image_processor``
+    for Wan 2.1 image-to-video.
+    """
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
+    name = flavour or DEFAULT_FLAVOUR
+    if name not in FLAVOURS:
+        raise ConfigError(f"unknown Wan flavour '{name}'{did_you_mean(name, FLAVOURS)}")
+    spec = FLAVOURS[name]
     path.mkdir(parents=True, exist_ok=True)
     _tokenizer(path / "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
     torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(**TINY_TRANSFORMER)
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
+    transformer = _transformer(spec)
+    transformer_2 = _transformer(spec) if spec.two_experts else None
+    vae = _vae(spec)
     text_encoder = UMT5EncoderModel(
         UMT5Config(
             vocab_size=len(tokenizer),
@@ -86,11 +167,24 @@ def write_tiny_wan(path: Path, seed: int = 0) -> dict[str, Any]:
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
     )
-    pipe = WanPipeline(
+    parts: dict[str, Any] = dict(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
     )
+    if spec.two_experts:
+        parts.update(transformer_2=transformer_2, boundary_ratio=TINY_BOUNDARY_RATIOS[spec.task])
+    if spec.task == "ti2v":
+        parts.update(expand_timesteps=True)
+    if spec.conditioned:
+        if spec.version == "2.1":
+            parts["image_encoder"], parts["image_processor"] = _image_encoder(path)
+        pipe = WanImageToVideoPipeline(**parts)
+    else:
+        pipe = WanPipeline(**parts)
     pipe.save_pretrained(str(path))
-    return {
+    overrides: dict[str, Any] = {
         "wan.pretrained_model_name_or_path": str(path),
         "wan.max_sequence_length": TINY_MAX_SEQUENCE_LENGTH,
     }
+    if flavour is not None:
+        overrides["wan.model_flavour"] = name
+    return overrides
