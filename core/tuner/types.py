@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdapterWeights",
+    "Expert",
     "ModelBundle",
     "LossOutput",
     "ValidationRequest",
@@ -24,6 +26,36 @@ __all__ = [
     "TokenRoute",
     "TokenRouter",
 ]
+
+
+@dataclass
+class Expert:
+    """One denoiser of a model that splits the noise range between several (Wan 2.2 A14B: two).
+
+    Each expert denoises the samples whose noise level sigma falls in its
+    ``sigma_range``; together the experts of a bundle cover ``[0, 1]``.
+
+    :ivar name: the component name in the family's pipeline (``"transformer"``,
+        ``"transformer_2"``); also names the expert in logs and errors.
+    :ivar module: the network.
+    :ivar sigma_range: ``(low, high)``: the expert owns ``low <= sigma < high``
+        (the expert whose ``high`` is 1 owns sigma = 1 too).
+    :ivar trained: the run attaches an adapter to it and trains it; a frozen
+        expert is loaded only for validation (the full sampler).
+    :ivar label: a short word for file names (``"high_noise"``): with several
+        trained experts, each adapter file is ``<name>_<label>.safetensors``.
+    """
+
+    name: str
+    module: torch.nn.Module
+    sigma_range: tuple[float, float] = (0.0, 1.0)
+    trained: bool = True
+    label: str = ""
+
+    def owns(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the ``sigmas`` this expert denoises."""
+        low, high = self.sigma_range
+        return (sigmas >= low) & ((sigmas < high) if high < 1.0 else (sigmas <= 1.0))
 
 
 @dataclass
@@ -64,6 +96,17 @@ class ModelBundle:
     :ivar refused_precisions: base-weight precisions this family cannot train
         in (e.g. ``"int4-quanto"``) -> why; a quantization plugin refuses them
         at start-up with that reason.
+    :ivar experts: for models whose noise range is split between several
+        denoisers, every one of them (trained or frozen), in the order the
+        family names them; ``denoiser`` is then the first trained one. Empty
+        for a single denoiser over the whole range. The core attaches an
+        adapter to each trained expert and samples sigmas only inside their
+        ranges; the family runs each sample through the expert that owns its
+        sigma (`Expert.owns`), entering it with `enter`. Features that change
+        the denoiser's weights or kernels (quantization, attention, offload)
+        apply to every module of `denoisers`.
+    :ivar expert_switch: set by the core when experts take turns on the
+        accelerator: called with the expert about to run.
     """
 
     family: str
@@ -81,6 +124,29 @@ class ModelBundle:
     block_lists: list[str] = field(default_factory=list)
     encoders: dict[str, str] = field(default_factory=dict)
     refused_precisions: dict[str, str] = field(default_factory=dict)
+    experts: list[Expert] = field(default_factory=list)
+    expert_switch: Callable[[Expert], None] | None = None
+
+    def trained_experts(self) -> list[Expert]:
+        """The experts the run trains; a single denoiser is one expert over the whole range."""
+        if not self.experts:
+            return [Expert("denoiser", self.denoiser)]
+        return [e for e in self.experts if e.trained]
+
+    def denoisers(self) -> list[torch.nn.Module]:
+        """Every denoising network of the bundle, trained or frozen."""
+        return [e.module for e in self.experts] or [self.denoiser]
+
+    def sigma_range(self) -> tuple[float, float]:
+        """The noise levels training samples: the span of the trained experts' ranges."""
+        ranges = [e.sigma_range for e in self.trained_experts()]
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+    def enter(self, expert: Expert) -> torch.nn.Module:
+        """The module of ``expert``, ready to run (on the accelerator when experts take turns)."""
+        if self.expert_switch is not None:
+            self.expert_switch(expert)
+        return expert.module
 
 
 @dataclass

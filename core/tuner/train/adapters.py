@@ -11,9 +11,9 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.train.settings import TrainSection
-    from tuner.types import AdapterWeights
+    from tuner.types import AdapterWeights, Expert, ModelBundle
 
-__all__ = ["ADAPTER_NAME", "Adapter", "attach_adapter", "matching_modules"]
+__all__ = ["ADAPTER_NAME", "Adapter", "AdapterSet", "attach_adapter", "attach_adapters", "adapter_file", "matching_modules"]
 
 ADAPTER_NAME = "default"
 
@@ -117,3 +117,38 @@ def attach_adapter(model: torch.nn.Module, tc: TrainSection, targets: list[str])
     if not adapter.params:
         raise ConfigError(f"the adapter on {targets} has no trainable parameters")
     return adapter
+
+
+class AdapterSet:
+    """The adapters of a run: one per trained expert (one for a single denoiser).
+
+    The optimizer, EMA and checkpoints see `params`, the concatenation in
+    expert order; export writes one file per expert (`adapter_file`).
+    """
+
+    def __init__(self, members: list[tuple[Expert, Adapter]]) -> None:
+        self.members = members
+        self.params = [p for _, adapter in members for p in adapter.params]
+
+    @property
+    def kind(self) -> str:
+        return self.members[0][1].kind
+
+    def weights(self) -> list[tuple[Expert, AdapterWeights]]:
+        return [(expert, adapter.weights()) for expert, adapter in self.members]
+
+
+def adapter_file(path: Path, expert: Expert, several: bool) -> Path:
+    """Where ``expert``'s adapter goes when ``path`` names the run's adapter file.
+
+    One trained expert keeps ``path``; with several, each file carries the
+    expert's label: ``pytorch_lora_weights_high_noise.safetensors``.
+    """
+    if not several:
+        return path
+    return path.with_name(f"{path.stem}_{expert.label or expert.name}{path.suffix}")
+
+
+def attach_adapters(bundle: ModelBundle, tc: TrainSection, targets: list[str]) -> AdapterSet:
+    """Attach the configured adapter to every trained expert of ``bundle``."""
+    return AdapterSet([(expert, attach_adapter(expert.module, tc, targets)) for expert in bundle.trained_experts()])

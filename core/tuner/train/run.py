@@ -63,10 +63,32 @@ def _accelerator(config: RunConfig):  # type: ignore[no-untyped-def]
 
 
 def _enable_gradient_checkpointing(bundle: ModelBundle) -> None:
-    enable = getattr(bundle.denoiser, "enable_gradient_checkpointing", None)
-    if enable is None:
-        raise PluginError(f"model family '{bundle.family}' does not support gradient_checkpointing: set it to false")
-    enable()
+    for expert in bundle.trained_experts():
+        enable = getattr(expert.module, "enable_gradient_checkpointing", None)
+        if enable is None:
+            raise PluginError(
+                f"model family '{bundle.family}' does not support gradient_checkpointing: set it to false"
+            )
+        enable()
+
+
+def _adapter_outputs(name: str, files: dict[str, Path]) -> dict[str, Path]:
+    """The run's outputs for exported adapter ``files``: ``adapter``, or ``adapter_<label>`` per expert."""
+    return {f"{name}_{label}" if label else name: path for label, path in files.items()}
+
+
+def _prepare(accelerator, bundle: ModelBundle, optimizer):  # type: ignore[no-untyped-def]
+    """Hand the trained networks and the optimizer to accelerate (device placement, autocast, DDP)."""
+    experts = bundle.trained_experts()
+    for expert in experts:
+        expert.module.train()
+    prepared = accelerator.prepare(*[e.module for e in experts], optimizer)
+    for expert, module in zip(experts, prepared[:-1]):
+        if bundle.experts:
+            expert.module = module
+        if expert is experts[0]:
+            bundle.denoiser = module
+    return prepared[-1]
 
 
 def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
@@ -75,7 +97,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
 
     from tuner.data.prepare import prepare_samples, scan_samples
     from tuner.report.progress import TrainProgress, notice, set_log_format
-    from tuner.train.adapters import attach_adapter
+    from tuner.train.adapters import attach_adapters
     from tuner.train.checkpoints import clean_partials
     from tuner.train.ema import EMA
     from tuner.train.optimizers import adapter_dtype, build_optimizer, check_optimizer
@@ -99,7 +121,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     bundle = host.load_model(config, accelerator.device)
     check_validation(host, bundle, config)
     host.prepare_model(bundle, config, "base", accelerator.device)
-    adapter = attach_adapter(bundle.denoiser, tc, tc.lora_target_modules or bundle.lora_target_modules)
+    adapter = attach_adapters(bundle, tc, tc.lora_target_modules or bundle.lora_target_modules)
     if (dtype := adapter_dtype(tc.optimizer)) is not None:
         for param in adapter.params:
             param.data = param.data.to(getattr(torch, dtype))
@@ -128,8 +150,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     optimizer = build_optimizer(tc.optimizer, adapter.params, tc)
     schedule = build_schedule(optimizer, tc, steps)
     ema = EMA(adapter.params, tc.ema_decay, tc.ema_update_interval) if tc.use_ema else None
-    bundle.denoiser.train()
-    bundle.denoiser, optimizer = accelerator.prepare(bundle.denoiser, optimizer)
+    optimizer = _prepare(accelerator, bundle, optimizer)
     run = RunInfo(output_dir, steps, 0, bundle.family, config, base_model=bundle.base_model)
     trainer = Trainer(host, config, bundle, data, adapter, optimizer, schedule, accelerator, run, ema)
     if resume_from is not None:
@@ -160,9 +181,10 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
                     trainer.validate(done)  # the last step's round comes after the export, below
         if outputs.get("checkpoint") != output_dir / f"checkpoint-{done}":
             outputs["checkpoint"] = trainer.save_checkpoint(done)
-        outputs["adapter"] = trainer.export_adapter(output_dir / ADAPTER_FILE)
+        outputs.update(_adapter_outputs("adapter", trainer.export_adapter(output_dir / ADAPTER_FILE)))
         if ema is not None:
-            outputs["ema_adapter"] = trainer.export_adapter(output_dir / EMA_ADAPTER_FILE, ema=True)
+            ema_files = trainer.export_adapter(output_dir / EMA_ADAPTER_FILE, ema=True)
+            outputs.update(_adapter_outputs("ema_adapter", ema_files))
         final = trainer.validate(done)
         if final is not None and final.media:
             outputs["validation"] = final.media.get("main", next(iter(final.media.values())))

@@ -14,7 +14,7 @@ import torch
 if TYPE_CHECKING:
     from tuner.config import RunConfig
 
-__all__ = ["shift_sigmas", "auto_shift", "sample_sigmas", "training_sigmas", "add_noise"]
+__all__ = ["shift_sigmas", "unshift_sigmas", "auto_shift", "sample_sigmas", "training_sigmas", "add_noise"]
 
 # Auto shift: mu grows linearly with the tokens of one frame (16x16-pixel
 # patches), from 0.5 at 256x256 to 1.15 at 1024x1024; shift = e^mu.
@@ -35,6 +35,13 @@ def auto_shift(pixel_area: int) -> float:
     return math.exp(mu)
 
 
+def unshift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """The inverse of `shift_sigmas`."""
+    if shift == 1.0:
+        return sigmas
+    return sigmas / (shift - (shift - 1.0) * sigmas)
+
+
 def sample_sigmas(
     batch_size: int,
     generator: torch.Generator,
@@ -43,22 +50,56 @@ def sample_sigmas(
     distribution: str = "logit_normal",
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
+    sigma_range: tuple[float, float] = (0.0, 1.0),
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Sigmas from ``distribution`` (logit-normal or uniform), then shifted: ``(batch,)`` float32."""
+    """Sigmas from ``distribution`` (logit-normal or uniform), then shifted: ``(batch,)`` float32.
+
+    With a ``sigma_range`` narrower than ``[0, 1]`` (one expert of a model that
+    splits the noise range), the draw is the same distribution restricted to
+    that range: the sigmas that expert would see in a run over the whole
+    range, drawn by inverting the distribution function, never by rejection,
+    so every call takes one number per sample from ``generator``.
+    """
+    low, high = sigma_range
+    if (low, high) == (0.0, 1.0):
+        if distribution == "uniform":
+            u = torch.rand(batch_size, generator=generator, device=generator.device)
+        else:
+            z = torch.randn(batch_size, generator=generator, device=generator.device)
+            u = torch.sigmoid(z * logit_std + logit_mean)
+        return shift_sigmas(u, shift).to(device)
+    # The bounds of the range before the shift (the shift is monotonic).
+    bounds = unshift_sigmas(torch.tensor([low, high], dtype=torch.float64), shift)
+    r = torch.rand(batch_size, generator=generator, device=generator.device).double().cpu()
     if distribution == "uniform":
-        u = torch.rand(batch_size, generator=generator, device=generator.device)
+        u = bounds[0] + r * (bounds[1] - bounds[0])
     else:
-        u = torch.sigmoid(torch.randn(batch_size, generator=generator, device=generator.device) * logit_std + logit_mean)
-    return shift_sigmas(u, shift).to(device)
+        # Standard-normal bounds of the logit, then the inverse normal CDF between them.
+        z_bounds = (torch.logit(bounds) - logit_mean) / logit_std
+        cdf = torch.special.ndtr(z_bounds)
+        z = torch.special.ndtri(cdf[0] + r * (cdf[1] - cdf[0]))
+        u = torch.sigmoid(z * logit_std + logit_mean)
+    # Clamp in the dtype the sigmas are used in: rounding must not carry one across a bound.
+    sigmas = shift_sigmas(u, shift).float().clamp(low, high)
+    if high < 1.0:  # the range is half-open: high itself belongs to the next expert
+        sigmas = torch.minimum(sigmas, torch.tensor(high).nextafter(torch.tensor(0.0)))
+    return sigmas.to(device)
 
 
 def training_sigmas(
-    config: RunConfig, batch_size: int, generator: torch.Generator, pixel_area: int, device: torch.device | str
+    config: RunConfig,
+    batch_size: int,
+    generator: torch.Generator,
+    pixel_area: int,
+    device: torch.device | str,
+    sigma_range: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """Sigmas as the ``[train]`` section asks; families call this from `compute_loss`.
 
     :param pixel_area: width x height of the batch's frames in pixels (for the auto shift).
+    :param sigma_range: the noise levels the trained denoisers own
+        (`ModelBundle.sigma_range`); the draw is restricted to it.
     """
     tc = config.train
     shift = auto_shift(pixel_area) if tc.flow_schedule_auto_shift else tc.flow_schedule_shift
@@ -69,6 +110,7 @@ def training_sigmas(
         distribution=tc.flow_timestep_sampling,
         logit_mean=tc.flow_logit_mean,
         logit_std=tc.flow_logit_std,
+        sigma_range=sigma_range,
         device=device,
     )
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tuner.data.batches import TrainingData
     from tuner.config import RunConfig
     from tuner.plugins import PluginHost
-    from tuner.train.adapters import Adapter
+    from tuner.train.adapters import AdapterSet
     from tuner.train.ema import EMA
     from tuner.types import ModelBundle, RunInfo, ValidationResult
 
@@ -47,7 +47,7 @@ class Trainer:
     config: RunConfig
     bundle: ModelBundle
     data: TrainingData
-    adapter: Adapter
+    adapter: AdapterSet
     optimizer: Any
     schedule: Any
     accelerator: Any
@@ -75,7 +75,8 @@ class Trainer:
         """Optimizer step ``step + 1``: accumulate micro-batches, clip, update, schedule, EMA."""
         import torch
 
-        tc, acc, model = self.config.train, self.accelerator, self.bundle.denoiser
+        tc, acc = self.config.train, self.accelerator
+        models = [expert.module for expert in self.bundle.trained_experts()]
         start = time.perf_counter()
         ga = tc.gradient_accumulation_steps
         losses: list[torch.Tensor] = []
@@ -89,7 +90,10 @@ class Trainer:
                 return self._bad_loss(step, float(out.loss.detach()), start)
             # Gradients add up across micro-batches; DDP syncs only on the last one.
             sync = micro == ga - 1
-            with contextlib.nullcontext() if sync else acc.no_sync(model):
+            with contextlib.ExitStack() as stack:
+                if not sync:
+                    for model in models:
+                        stack.enter_context(acc.no_sync(model))
                 acc.backward(out.loss / ga)
             losses.append(out.loss.detach())
             logs.update(out.logs)
@@ -137,18 +141,30 @@ class Trainer:
 
     # -- adapters and checkpoints -------------------------------------------
 
-    def export_adapter(self, path: Path, *, ema: bool = False) -> Path:
-        """Write the adapter (or its EMA) to ``path`` atomically, in the configured format."""
+    def export_adapter(self, path: Path, *, ema: bool = False) -> dict[str, Path]:
+        """Write the adapter (or its EMA) atomically, in the configured format: one file per trained expert.
+
+        ``path`` names the file of a single adapter; with several experts each
+        file carries its expert's label (`tuner.train.adapters.adapter_file`).
+        Returns label -> file (the label is '' for a single adapter).
+        """
         from safetensors.torch import save_file
+
+        from tuner.train.adapters import adapter_file
 
         context = self.ema.applied() if ema and self.ema is not None else contextlib.nullcontext()
         with context:
-            weights = self.adapter.weights()
-        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-        if self.host.export_adapter(self.bundle, weights, tmp, self.config.train.lora_format) is None:
-            save_file({k: v.contiguous() for k, v in weights.native().items()}, str(tmp))
-        os.replace(tmp, path)
-        return path
+            members = self.adapter.weights()
+        written: dict[str, Path] = {}
+        several = len(members) > 1
+        for expert, weights in members:
+            target = adapter_file(path, expert, several)
+            tmp = target.with_name(f".{target.stem}.partial{target.suffix}")
+            if self.host.export_adapter(self.bundle, weights, tmp, self.config.train.lora_format) is None:
+                save_file({k: v.contiguous() for k, v in weights.native().items()}, str(tmp))
+            os.replace(tmp, target)
+            written[expert.label or expert.name if several else ""] = target
+        return written
 
     def _write_adapters(self, folder: Path) -> None:
         from tuner.train.checkpoints import ADAPTER_FILE

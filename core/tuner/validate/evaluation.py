@@ -28,9 +28,10 @@ __all__ = ["eval_sigmas", "split_eval_samples", "EvalLoss"]
 T = TypeVar("T")
 
 
-def eval_sigmas(count: int) -> list[float]:
-    """``count`` noise levels at the centres of equal slices of (0, 1)."""
-    return [(i + 0.5) / count for i in range(count)]
+def eval_sigmas(count: int, sigma_range: tuple[float, float] = (0.0, 1.0)) -> list[float]:
+    """``count`` noise levels at the centres of equal slices of ``sigma_range`` (the trained experts' range)."""
+    low, high = sigma_range
+    return [low + (high - low) * (i + 0.5) / count for i in range(count)]
 
 
 def split_eval_samples(samples: Sequence[T], config: RunConfig) -> tuple[list[T], list[T]]:
@@ -81,7 +82,7 @@ class EvalLoss:
         self.host, self.bundle, self.config = host, bundle, config
         self.samples = list(samples)
         self.device = device
-        self.sigmas = eval_sigmas(section.eval_timesteps)
+        self.sigmas = eval_sigmas(section.eval_timesteps, bundle.sigma_range())
         self.batch_size = section.eval_batch_size
         self.seed = section.eval_seed
 

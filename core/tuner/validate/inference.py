@@ -23,12 +23,15 @@ def inference_state(bundle: ModelBundle) -> Iterator[None]:
     import torch
 
     router, bundle.router = bundle.router, None
-    was_training = bundle.denoiser.training
+    modules = bundle.denoisers()
+    was_training = [m.training for m in modules]
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     try:
-        bundle.denoiser.eval()
+        for module in modules:
+            module.eval()
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             yield
     finally:
         bundle.router = router
-        bundle.denoiser.train(was_training)
+        for module, mode in zip(modules, was_training):
+            module.train(mode)

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from tuner.train.timesteps import add_noise
 
+from tuner_wan.experts import run_experts
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,10 +26,10 @@ def velocity_errors(
     noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
     noisy = add_noise(x0, noise, sigmas.to(x0.device))
     dtype = bundle.components["dtype"]
-    pred = bundle.denoiser(
-        hidden_states=noisy.to(dtype),
-        timestep=sigmas.to(x0.device) * 1000.0,
-        encoder_hidden_states=batch["prompt_embeds"].to(dtype),
-        return_dict=False,
-    )[0]
+    inputs = {
+        "hidden_states": noisy.to(dtype),
+        "timestep": sigmas.to(x0.device) * 1000.0,
+        "encoder_hidden_states": batch["prompt_embeds"].to(dtype),
+    }
+    pred = run_experts(bundle, sigmas, inputs, lambda model, part: model(**part, return_dict=False)[0])
     return (pred.float() - (noise - x0)).pow(2).flatten(1).mean(1)

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from tuner.errors import ConfigError
 from tuner.train.precision import base_weight_dtype
 
-from tuner_wan.flavours import FLAVOURS
+from tuner_wan.experts import boundary_ratio, loaded_experts, make_experts, trained_experts, validation_transformers
+from tuner_wan.flavours import EXPERT_COMPONENTS, FLAVOURS
 
 if TYPE_CHECKING:
     import torch
@@ -33,8 +34,18 @@ def _subfolder(value: str | None) -> str | None:
     return None if value in (None, "", "none", "None") else value
 
 
-def load_transformer(source: str, base: str, subfolder: str | None, dtype: torch.dtype, revision: str | None) -> Any:
-    """A ``WanTransformer3DModel`` from a folder/hub id, or from one ``.safetensors`` file."""
+def load_transformer(
+    source: str,
+    base: str,
+    subfolder: str | None,
+    dtype: torch.dtype,
+    revision: str | None,
+    component: str = "transformer",
+) -> Any:
+    """A ``WanTransformer3DModel`` from a folder/hub id, or from one ``.safetensors`` file.
+
+    A single file is built from the config of the base's ``component`` folder.
+    """
     from diffusers import WanTransformer3DModel
 
     if source.endswith(".safetensors"):
@@ -49,7 +60,7 @@ def load_transformer(source: str, base: str, subfolder: str | None, dtype: torch
             # Diffusers key names: build from the base's config, then load the tensors.
             from safetensors.torch import load_file
 
-            config = WanTransformer3DModel.load_config(base, subfolder="transformer", revision=revision)
+            config = WanTransformer3DModel.load_config(base, subfolder=component, revision=revision)
             model = WanTransformer3DModel.from_config(config)
             missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
             if missing or unexpected:
@@ -60,7 +71,7 @@ def load_transformer(source: str, base: str, subfolder: str | None, dtype: torch
             return model.to(dtype)
         # Original (ComfyUI / Wan repo) key names: diffusers converts them.
         return WanTransformer3DModel.from_single_file(
-            str(path), config=base, subfolder="transformer", torch_dtype=dtype
+            str(path), config=base, subfolder=component, torch_dtype=dtype
         )
     return WanTransformer3DModel.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype, revision=revision)
 
@@ -87,9 +98,31 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _transformer_sources(section: WanSection, base: str, transformer_src: str) -> dict[str, tuple[str, str | None, str]]:
+    """What to load for each transformer: key -> (source, subfolder, component of the base).
+
+    Keys are ``"single"`` for a one-transformer flavour, else ``"high"``/``"low"``.
+    The transformer options (``pretrained_transformer_*``) name the trained
+    expert's weights; a frozen other stage always comes from the base.
+    """
+    flavour = FLAVOURS[section.model_flavour]
+    subfolder = _subfolder(section.pretrained_transformer_subfolder)
+    if flavour.expert is None:
+        return {"single": (transformer_src, subfolder, "transformer")}
+    explicit_subfolder = "pretrained_transformer_subfolder" in section.model_fields_set
+    sources = {}
+    for which in loaded_experts(flavour, section):
+        component = EXPERT_COMPONENTS[which]
+        if which == flavour.expert and section.pretrained_transformer_model_name_or_path:
+            sources[which] = (transformer_src, subfolder if explicit_subfolder else component, component)
+        else:
+            sources[which] = (base, component, component)
+    return sources
+
+
 def _load_parts(
     base: str, transformer_src: str, vae_src: str, t5_src: str, section: WanSection, dtype: torch.dtype
-) -> tuple[Any, Any, Any, Any, Any]:
+) -> tuple[dict[str, Any], Any, Any, Any, Any]:
     import diffusers
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
@@ -97,9 +130,10 @@ def _load_parts(
 
     revision = section.revision
     try:
-        transformer = load_transformer(
-            transformer_src, base, _subfolder(section.pretrained_transformer_subfolder), dtype, revision
-        )
+        transformers = {
+            key: load_transformer(source, base, subfolder, dtype, revision, component)
+            for key, (source, subfolder, component) in _transformer_sources(section, base, transformer_src).items()
+        }
         vae = AutoencoderKLWan.from_pretrained(vae_src, subfolder="vae", torch_dtype=torch.float32, revision=revision)
         text_encoder = UMT5EncoderModel.from_pretrained(
             t5_src, subfolder="text_encoder", torch_dtype=dtype, revision=revision
@@ -110,7 +144,17 @@ def _load_parts(
     except OSError as exc:
         raise ConfigError(f"cannot load Wan from '{base}': {str(exc).splitlines()[0]}") from None
     scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
-    return transformer, vae, text_encoder, tokenizer, scheduler
+    return transformers, vae, text_encoder, tokenizer, scheduler
+
+
+def _model_index(base: str, revision: str | None) -> dict[str, Any]:
+    """The base's ``model_index.json`` (the pipeline's class and settings such as ``boundary_ratio``)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(base, revision=revision))
+    except OSError as exc:
+        raise ConfigError(f"cannot read model_index.json of '{base}': {str(exc).splitlines()[0]}") from None
 
 
 def load_components(section: WanSection, config: RunConfig, device: torch.device) -> dict[str, Any]:
@@ -121,8 +165,8 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
     from diffusers import WanPipeline
 
     flavour = FLAVOURS[section.model_flavour]
-    if flavour.task != "t2v" or flavour.two_experts:
-        # Removed piece by piece as image conditioning and the two-expert models land.
+    if flavour.task != "t2v":
+        # Removed as image conditioning lands.
         raise ConfigError(f"wan.model_flavour = '{section.model_flavour}': {flavour.summary} cannot be trained yet")
     dtype = base_weight_dtype(config)
     base = config.resolve_path(section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour].repo)
@@ -130,17 +174,26 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
     vae_src = config.resolve_path(section.pretrained_vae_model_name_or_path or base)
     t5_src = config.resolve_path(section.pretrained_t5_model_name_or_path or base)
     with _quiet_library_bars():
-        transformer, vae, text_encoder, tokenizer, scheduler = _load_parts(
+        transformers, vae, text_encoder, tokenizer, scheduler = _load_parts(
             base, transformer_src, vae_src, t5_src, section, dtype
         )
-    for module in (transformer, vae, text_encoder):
+    experts = []
+    if flavour.expert is not None:
+        boundary = boundary_ratio(section, _model_index(base, section.revision), base)
+        experts = make_experts(transformers, trained_experts(flavour, section), boundary)
+    transformer = next(e.module for e in experts if e.trained) if experts else transformers["single"]
+    for module in (*transformers.values(), vae, text_encoder):
         module.requires_grad_(False)
     for module in (vae, text_encoder):
         module.to(device)
     vae.eval()
     text_encoder.eval()
     pipeline = WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        **validation_transformers(experts, transformer),
     )
     pipeline.set_progress_bar_config(disable=True)
     cache_id = _fingerprint(
@@ -152,6 +205,7 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
         section.max_sequence_length,
     )
     return {
+        "experts": experts,
         "transformer": transformer,
         "vae": vae,
         "text_encoder": text_encoder,

@@ -38,18 +38,24 @@ def register_config_sections(register: Any) -> None:
 
 @hookimpl
 def register_model_families(register: Any) -> None:
-    register(FAMILY, "Wan 2.1 text-to-video (diffusers layout)")
+    register(FAMILY, "Wan 2.1 and 2.2: text-to-video, image-to-video and the A14B noise experts (diffusers layout)")
 
 
 @hookimpl
 def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
     from tuner.types import ModelBundle
 
+    from tuner.report.progress import notice
+
+    from tuner_wan.experts import single_stage_note
     from tuner_wan.loading import load_components
 
     section = config.section("wan")
     parts = load_components(section, config, device)
     parts["validation_sampler"] = section.wan_validation_sampler
+    parts["validation_guidance_2"] = section.wan_validation_guidance_2
+    if note := single_stage_note(section.model_flavour, parts["experts"]):
+        notice(note)
     vae = parts["vae"]
     return ModelBundle(
         family=FAMILY,
@@ -65,6 +71,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         block_lists=["blocks"],
         encoders={"text_encoder": "text", "vae": "latent"},
         refused_precisions=dict(REFUSED_PRECISIONS),
+        experts=parts["experts"],
     )
 
 

@@ -94,22 +94,55 @@ def _guided(
     return pred
 
 
-def sample_clip(pipe: Any, request: ValidationRequest, prompt: str, scheduler: Any, max_sequence_length: int) -> np.ndarray:
-    """One clip, ``(frames, height, width, 3)`` float in [0, 1], from a generator seeded with ``request.seed``."""
+def sample_clip(
+    pipe: Any,
+    request: ValidationRequest,
+    prompt: str,
+    scheduler: Any,
+    max_sequence_length: int,
+    guidance_2: float | None = None,
+) -> np.ndarray:
+    """One clip, ``(frames, height, width, 3)`` float in [0, 1], from a generator seeded with ``request.seed``.
+
+    A pipeline holding ``transformer_2`` and a ``boundary_ratio`` samples in two
+    stages as diffusers does: ``transformer`` for timesteps at or above the
+    boundary, ``transformer_2`` (with guidance ``guidance_2``, default the
+    request's) below it.
+    """
     import torch
 
     with torch.no_grad():
-        return _sample(pipe, request, prompt, scheduler, max_sequence_length)
+        return _sample(pipe, request, prompt, scheduler, max_sequence_length, guidance_2)
 
 
-def _sample(pipe: Any, request: ValidationRequest, prompt: str, scheduler: Any, max_sequence_length: int) -> np.ndarray:
+def _stages(pipe: Any, scheduler: Any, guidance: float, guidance_2: float | None) -> Any:
+    """``stage(t) -> (transformer, guidance scale)`` for timestep ``t``."""
+    transformer, second = pipe.transformer, getattr(pipe, "transformer_2", None)
+    ratio = pipe.config.get("boundary_ratio") if second is not None else None
+    if ratio is None:
+        return lambda t: (transformer, guidance)
+    boundary = ratio * scheduler.config.num_train_timesteps
+    low_guidance = guidance if guidance_2 is None else guidance_2
+    return lambda t: (transformer, guidance) if t >= boundary else (second, low_guidance)
+
+
+def _sample(
+    pipe: Any,
+    request: ValidationRequest,
+    prompt: str,
+    scheduler: Any,
+    max_sequence_length: int,
+    guidance_2: float | None,
+) -> np.ndarray:
     import torch
 
     transformer = pipe.transformer
     # Where the pipeline runs, not where a network sits now: networks may sit in CPU memory between uses.
     device, dtype = pipe._execution_device, transformer.dtype
     guidance = request.guidance_scale
-    use_cfg = guidance > 1.0  # as WanPipeline.do_classifier_free_guidance
+    stage = _stages(pipe, scheduler, guidance, guidance_2)
+    # As WanPipeline.do_classifier_free_guidance, for either stage.
+    use_cfg = guidance > 1.0 or (guidance_2 is not None and guidance_2 > 1.0)
     generator = torch.Generator(device).manual_seed(request.seed)
     cond, uncond = pipe.encode_prompt(
         prompt=prompt,
@@ -130,7 +163,8 @@ def _sample(pipe: Any, request: ValidationRequest, prompt: str, scheduler: Any, 
     slg = request.skip_layer_guidance
     for i, t in enumerate(timesteps):
         active = slg if slg is not None and slg.active(i, len(timesteps)) else None
-        pred = _guided(transformer, latents.to(dtype), t.expand(latents.shape[0]), cond, uncond, guidance, active)
+        model, scale = stage(t)
+        pred = _guided(model, latents.to(dtype), t.expand(latents.shape[0]), cond, uncond, scale, active)
         latents = scheduler.step(pred, t, latents, return_dict=False)[0]
     return _decode(pipe, latents)
 

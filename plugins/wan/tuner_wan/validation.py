@@ -21,5 +21,7 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
     scheduler = make_scheduler(parts["validation_sampler"], pipe.scheduler)
     result = ValidationResult(step=request.step)
     for key, prompt in request.prompts.items():
-        result.frames[key] = sample_clip(pipe, request, prompt, scheduler, parts["max_sequence_length"])
+        result.frames[key] = sample_clip(
+            pipe, request, prompt, scheduler, parts["max_sequence_length"], parts.get("validation_guidance_2")
+        )
     return result
