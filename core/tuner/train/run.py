@@ -17,6 +17,7 @@ from tuner.train.trainer import EMA_ADAPTER_FILE, Trainer, TrainingDiverged, mic
 if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.plugins import PluginHost
+    from tuner.train.adapters import AdapterSet
     from tuner.types import ModelBundle
 
 __all__ = ["TrainingDiverged", "train", "micro_seed", "total_steps"]
@@ -77,12 +78,26 @@ def _adapter_outputs(name: str, files: dict[str, Path]) -> dict[str, Path]:
     return {f"{name}_{label}" if label else name: path for label, path in files.items()}
 
 
-def _prepare(accelerator, bundle: ModelBundle, optimizer):  # type: ignore[no-untyped-def]
-    """Hand the trained networks and the optimizer to accelerate (device placement, autocast, DDP)."""
+def _prepare(accelerator, bundle: ModelBundle, adapter: AdapterSet, optimizer, keep_all: bool):  # type: ignore[no-untyped-def]
+    """Hand the trained networks and the optimizer to accelerate (device placement, autocast, DDP).
+
+    When experts take turns on the accelerator (`tuner.train.experts`), accelerate must not
+    place them all there at once: only the adapters go now, each expert's frozen weights
+    when it runs.
+    """
+    from tuner.train.experts import install_expert_turns
+
     experts = bundle.trained_experts()
     for expert in experts:
         expert.module.train()
-    prepared = accelerator.prepare(*[e.module for e in experts], optimizer)
+    install_expert_turns(bundle, accelerator.device, keep_all)
+    if bundle.expert_switch is not None:
+        for param in adapter.params:
+            param.data = param.data.to(accelerator.device)
+        modules = [accelerator.prepare_model(e.module, device_placement=False) for e in experts]
+        prepared = (*modules, accelerator.prepare_optimizer(optimizer))
+    else:
+        prepared = accelerator.prepare(*[e.module for e in experts], optimizer)
     for expert, module in zip(experts, prepared[:-1]):
         if bundle.experts:
             expert.module = module
@@ -150,7 +165,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     optimizer = build_optimizer(tc.optimizer, adapter.params, tc)
     schedule = build_schedule(optimizer, tc, steps)
     ema = EMA(adapter.params, tc.ema_decay, tc.ema_update_interval) if tc.use_ema else None
-    optimizer = _prepare(accelerator, bundle, optimizer)
+    optimizer = _prepare(accelerator, bundle, adapter, optimizer, tc.experts_on_accelerator == "all")
     run = RunInfo(output_dir, steps, 0, bundle.family, config, base_model=bundle.base_model)
     trainer = Trainer(host, config, bundle, data, adapter, optimizer, schedule, accelerator, run, ema)
     if resume_from is not None:

@@ -108,6 +108,12 @@ class TrainSection(BaseModel):
         description="'latest' resumes from the newest complete checkpoint in output_dir (or starts fresh if there"
         " is none); a path resumes from that checkpoint folder.",
     )
+    experts_on_accelerator: Literal["one", "all"] = Field(
+        "one",
+        description="Models with several denoisers (Wan 2.2 A14B experts): 'one' keeps only the expert in use on"
+        " the accelerator and the others in CPU memory (their frozen weights move at each switch; adapters stay);"
+        " 'all' keeps every expert there (no moves, the memory of all of them).",
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Autocast precision for the forward pass; the frozen base is stored in it too."
     )

@@ -42,7 +42,7 @@ def prepare_model(
             f"attention_mechanism = '{name}' cannot run here: it needs {'; and '.join(missing)}."
             " Use 'diffusers' (PyTorch SDPA), which runs everywhere"
         )
-    layers = install(bundle.denoiser, name)
+    layers = sum(install(module, name) for module in bundle.denoisers())
     from tuner.report.progress import notice, say
 
     if not BACKENDS[name].backward:

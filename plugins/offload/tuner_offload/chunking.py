@@ -59,7 +59,7 @@ def chunk_feed_forward(bundle: ModelBundle, tokens: int) -> int:
 
     from tuner.errors import PluginError
 
-    layers = [m for m in bundle.denoiser.modules() if isinstance(m, FeedForward)]
+    layers = [m for denoiser in bundle.denoisers() for m in denoiser.modules() if isinstance(m, FeedForward)]
     if not layers:
         raise PluginError(
             f"enable_chunked_feed_forward: the {bundle.family} denoiser has no diffusers FeedForward layers to chunk"

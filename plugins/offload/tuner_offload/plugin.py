@@ -40,9 +40,17 @@ def prepare_model(
         _chunk(bundle, section)
         return
     if section.enable_group_offload or section.blocks_to_swap:
-        _stream(bundle, section, device, config.train.gradient_checkpointing)
+        for module in bundle.denoisers():  # each expert of a model that has several streams on its own
+            _stream(bundle, module, section, device, config.train.gradient_checkpointing)
     if section.enable_model_cpu_offload or section.offload_during_startup:
         _take_turns(bundle, section, device)
+    if bundle.experts and (section.enable_group_offload or section.blocks_to_swap or section.enable_model_cpu_offload):
+        # The weights of every expert are placed here already: the core's expert turns would fight it.
+        bundle.expert_switch = _placed_here
+
+
+def _placed_here(expert: Any) -> None:
+    """Nothing to move when an expert runs: streaming or model CPU offload brings its weights in."""
 
 
 def _chunk(bundle: ModelBundle, section: OffloadSection) -> None:
@@ -57,7 +65,7 @@ def _chunk(bundle: ModelBundle, section: OffloadSection) -> None:
         say(f"chunked feed-forward: {layers} layers run over {tokens} tokens at a time")
 
 
-def _blocks_of(bundle: ModelBundle) -> list[torch.nn.Module]:
+def _blocks_of(bundle: ModelBundle, denoiser: torch.nn.Module) -> list[torch.nn.Module]:
     """The denoiser's repeated blocks in execution order, from ``bundle.block_lists``."""
     from tuner.errors import PluginError
 
@@ -66,10 +74,12 @@ def _blocks_of(bundle: ModelBundle) -> list[torch.nn.Module]:
             f"model family '{bundle.family}' does not name its denoiser's blocks (ModelBundle.block_lists),"
             " which block offloading needs"
         )
-    return [block for path in bundle.block_lists for block in bundle.denoiser.get_submodule(path)]
+    return [block for path in bundle.block_lists for block in denoiser.get_submodule(path)]
 
 
-def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device, checkpointing: bool) -> None:
+def _stream(
+    bundle: ModelBundle, denoiser: torch.nn.Module, section: OffloadSection, device: torch.device, checkpointing: bool
+) -> None:
     from tuner.errors import ConfigError
 
     from tuner_offload.streaming import block_units, leaf_units, stream_weights
@@ -88,7 +98,7 @@ def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device, 
     if section.enable_group_offload and section.group_offload_use_stream and not use_stream:
         notice(f"group_offload_use_stream needs CUDA; this run is on {device.type}, so copies are not overlapped")
     if section.blocks_to_swap:
-        blocks = _blocks_of(bundle)
+        blocks = _blocks_of(bundle, denoiser)
         if section.blocks_to_swap >= len(blocks):
             raise ConfigError(
                 f"blocks_to_swap = {section.blocks_to_swap} but the denoiser has {len(blocks)} blocks: swap at most"
@@ -98,7 +108,7 @@ def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device, 
         how = "on a side stream" if use_stream else "synchronously"
         say(f"block swap: blocks {first}-{len(blocks) - 1} of {len(blocks)} stream from CPU memory to {device} {how}")
         stream_weights(
-            bundle.denoiser,
+            denoiser,
             block_units(blocks[first:], 1, prefix=f"swap_{first}"),
             prefetch_from=blocks[first - 1],
             device=device,
@@ -107,14 +117,14 @@ def _stream(bundle: ModelBundle, section: OffloadSection, device: torch.device, 
         )
         return
     if section.group_offload_type == "leaf_level":
-        units, kind = leaf_units(bundle.denoiser), "layers"
+        units, kind = leaf_units(denoiser), "layers"
     else:
-        units, kind = block_units(_blocks_of(bundle), section.group_offload_blocks_per_group), "block groups"
+        units, kind = block_units(_blocks_of(bundle, denoiser), section.group_offload_blocks_per_group), "block groups"
     source = "disk" if section.group_offload_to_disk_path else "CPU memory"
     how = "on a side stream" if use_stream and section.group_offload_use_stream else "synchronously"
     say(f"group offload: {len(units)} {kind} stream from {source} to {device} {how}; the adapter stays on {device}")
     stream_weights(
-        bundle.denoiser,
+        denoiser,
         units,
         prefetch_from=None,
         device=device,
@@ -145,8 +155,9 @@ def _take_turns(bundle: ModelBundle, section: OffloadSection, device: torch.devi
     turns = Turns(device)
     for key in bundle.encoders:
         turns.add_encoder(bundle.components[key])
-    # With model CPU offload the denoiser takes turns too; otherwise it only sends the encoders away.
-    turns.add_denoiser(bundle.denoiser, movable=section.enable_model_cpu_offload)
+    # With model CPU offload the denoiser (each expert) takes turns too; otherwise it only sends the encoders away.
+    for module in bundle.denoisers():
+        turns.add_denoiser(module, movable=section.enable_model_cpu_offload)
     names = [*bundle.encoders, *(["the denoiser"] if section.enable_model_cpu_offload else [])]
     what = "model CPU offload" if section.enable_model_cpu_offload else "offload during start-up"
     say(f"{what}: {', '.join(names) or 'nothing'} take turns on {device}, one at a time")

@@ -50,8 +50,9 @@ def prepare_model(
                 f"base_model_precision = '{precision}' is refused for model family '{bundle.family}': {reason}"
             )
         include = [f"{path}.*" for path in bundle.block_lists] or None
-        layers = quantize_weights(
-            bundle.denoiser, precision, include=include, where=where, option="base_model_precision"
+        layers = sum(
+            quantize_weights(module, precision, include=include, where=where, option="base_model_precision")
+            for module in bundle.denoisers()  # every expert of a model that has several
         )
         say(f"quantized base: {layers} layers of the denoiser in {precision}, on {where}")
     text = [key for key, kind in bundle.encoders.items() if kind == "text"]

@@ -13,7 +13,7 @@ Euler, chosen with ``wan_validation_sampler``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -101,29 +101,32 @@ def sample_clip(
     scheduler: Any,
     max_sequence_length: int,
     guidance_2: float | None = None,
+    enter: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """One clip, ``(frames, height, width, 3)`` float in [0, 1], from a generator seeded with ``request.seed``.
 
     A pipeline holding ``transformer_2`` and a ``boundary_ratio`` samples in two
     stages as diffusers does: ``transformer`` for timesteps at or above the
     boundary, ``transformer_2`` (with guidance ``guidance_2``, default the
-    request's) below it.
+    request's) below it. ``enter(component)`` is called before a stage's
+    transformer runs (experts may take turns on the accelerator).
     """
     import torch
 
     with torch.no_grad():
-        return _sample(pipe, request, prompt, scheduler, max_sequence_length, guidance_2)
+        return _sample(pipe, request, prompt, scheduler, max_sequence_length, guidance_2, enter or (lambda _: None))
 
 
 def _stages(pipe: Any, scheduler: Any, guidance: float, guidance_2: float | None) -> Any:
-    """``stage(t) -> (transformer, guidance scale)`` for timestep ``t``."""
-    transformer, second = pipe.transformer, getattr(pipe, "transformer_2", None)
+    """``stage(t) -> (component name, transformer, guidance scale)`` for timestep ``t``."""
+    first = ("transformer", pipe.transformer, guidance)
+    second = getattr(pipe, "transformer_2", None)
     ratio = pipe.config.get("boundary_ratio") if second is not None else None
     if ratio is None:
-        return lambda t: (transformer, guidance)
+        return lambda t: first
     boundary = ratio * scheduler.config.num_train_timesteps
-    low_guidance = guidance if guidance_2 is None else guidance_2
-    return lambda t: (transformer, guidance) if t >= boundary else (second, low_guidance)
+    low = ("transformer_2", second, guidance if guidance_2 is None else guidance_2)
+    return lambda t: first if t >= boundary else low
 
 
 def _sample(
@@ -133,6 +136,7 @@ def _sample(
     scheduler: Any,
     max_sequence_length: int,
     guidance_2: float | None,
+    enter: Callable[[str], None],
 ) -> np.ndarray:
     import torch
 
@@ -163,7 +167,8 @@ def _sample(
     slg = request.skip_layer_guidance
     for i, t in enumerate(timesteps):
         active = slg if slg is not None and slg.active(i, len(timesteps)) else None
-        model, scale = stage(t)
+        name, model, scale = stage(t)
+        enter(name)
         pred = _guided(model, latents.to(dtype), t.expand(latents.shape[0]), cond, uncond, scale, active)
         latents = scheduler.step(pred, t, latents, return_dict=False)[0]
     return _decode(pipe, latents)

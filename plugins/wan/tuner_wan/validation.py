@@ -20,8 +20,14 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
     pipe = parts["pipeline"]
     scheduler = make_scheduler(parts["validation_sampler"], pipe.scheduler)
     result = ValidationResult(step=request.step)
+    experts = {expert.name: expert for expert in bundle.experts}
+
+    def enter(component: str) -> None:
+        if component in experts:
+            bundle.enter(experts[component])
+
     for key, prompt in request.prompts.items():
         result.frames[key] = sample_clip(
-            pipe, request, prompt, scheduler, parts["max_sequence_length"], parts.get("validation_guidance_2")
+            pipe, request, prompt, scheduler, parts["max_sequence_length"], parts.get("validation_guidance_2"), enter
         )
     return result

@@ -195,3 +195,30 @@ def test_both_experts_resume_exactly(both_trained, tmp_path):
         name = f"pytorch_lora_weights_{label}.safetensors"
         full, part = load_file(out / name), load_file(resumed / name)
         assert all(torch.equal(full[k], part[k]) for k in full)
+
+
+def test_experts_take_turns_only_frozen_weights_move(host, tiny_model_dir):
+    from tuner.train.adapters import attach_adapters
+    from tuner.train.experts import ExpertTurns, move_frozen
+    from tuner.train.settings import TrainSection
+
+    _, bundle = _bundle(host, tiny_model_dir("wan", HIGH), HIGH, wan_train_both_experts=True)
+    attach_adapters(bundle, TrainSection(lora_rank=4), ["to_q"])
+    moves: list[tuple[str, str]] = []
+    names = {id(e.module): e.name for e in bundle.experts}
+    accelerator = torch.device("cpu")  # stands for the accelerator; the recorder checks who goes where
+    turns = ExpertTurns(bundle, accelerator, move=lambda m, d: moves.append((names[id(m)], "park" if d is not accelerator else "run")))
+    bundle.expert_switch = turns
+    high, low = bundle.experts
+    assert bundle.enter(high) is high.module
+    assert moves == [("transformer_2", "park"), ("transformer", "run")]
+    bundle.enter(high)  # already there: nothing moves
+    assert len(moves) == 2
+    bundle.enter(low)
+    assert moves[2:] == [("transformer", "park"), ("transformer_2", "run")]
+    # The real mover leaves trainable (adapter) weights alone.
+    lora = high.module.blocks[0].attn1.to_q.lora_A["default"].weight
+    frozen = high.module.blocks[0].attn1.to_q.base_layer.weight
+    before = (lora.data_ptr(), frozen.data_ptr())
+    move_frozen(high.module, torch.device("cpu"))
+    assert (lora.data_ptr(), frozen.data_ptr()) == before and lora.requires_grad and not frozen.requires_grad
