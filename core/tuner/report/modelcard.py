@@ -63,20 +63,22 @@ def model_card(
     }
     lines += ["", "## Training settings", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| `{k}` | {_cell(v)} |" for k, v in settings.items()]
-    adapter = outputs.get("adapter")
-    if adapter is not None:
+    # One adapter, or one per expert ("adapter_high_noise", ...): each loads into its own denoiser.
+    adapters = [p for k, p in outputs.items() if k == "adapter" or k.startswith("adapter_")]
+    if adapters:
         source = repo_id or str(Path(run.output_dir).resolve())
-        lines += [
-            "",
-            "## Use it",
-            "",
-            "```python",
-            "from diffusers import DiffusionPipeline",
-            "",
-            f'pipe = DiffusionPipeline.from_pretrained("{base}")',
-            f'pipe.load_lora_weights("{source}", weight_name="{adapter.name}")',
-            "```",
-        ]
+        lines += ["", "## Use it", ""]
+        if len(adapters) > 1:
+            lines += [
+                "One adapter file per expert denoiser: the first loads into `transformer`, the second into"
+                " `transformer_2` (diffusers' `load_into_transformer_2=True`).",
+                "",
+            ]
+        lines += ["```python", "from diffusers import DiffusionPipeline", "", f'pipe = DiffusionPipeline.from_pretrained("{base}")']
+        for n, adapter in enumerate(adapters):
+            into = ", load_into_transformer_2=True" if n == 1 else ""
+            lines.append(f'pipe.load_lora_weights("{source}", weight_name="{adapter.name}"{into})')
+        lines.append("```")
     return "\n".join(lines) + "\n"
 
 

@@ -20,9 +20,10 @@ class WanSection(BaseModel):
 
     model_flavour: FlavourName = Field(
         "t2v-480p-1.3b-2.1",
-        description="Which Wan model to train: its task (t2v, i2v, flf2v, ti2v), version and, for the Wan 2.2 A14B"
-        " pairs, the noise expert (-high: `transformer`, -low: `transformer_2`). Sets the repository loaded when"
-        " pretrained_model_name_or_path is unset.",
+        description="Which Wan model to train; sets the repository loaded when pretrained_model_name_or_path is"
+        " unset. "
+        + "; ".join(f"{name}: {f.summary} ({f.repo})" for name, f in FLAVOURS.items())
+        + ".",
     )
     pretrained_model_name_or_path: str | None = Field(
         None,

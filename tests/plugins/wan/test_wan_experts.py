@@ -222,3 +222,24 @@ def test_experts_take_turns_only_frozen_weights_move(host, tiny_model_dir):
     before = (lora.data_ptr(), frozen.data_ptr())
     move_frozen(high.module, torch.device("cpu"))
     assert (lora.data_ptr(), frozen.data_ptr()) == before and lora.requires_grad and not frozen.requires_grad
+
+
+def test_the_low_expert_from_a_single_safetensors_file(host, tiny_model_dir, tmp_path):
+    """pretrained_transformer_model_name_or_path names the trained expert's weights, here transformer_2's."""
+    from diffusers import WanTransformer3DModel
+    from safetensors.torch import save_file
+
+    folder = tiny_model_dir("wan", HIGH)
+    tuned = WanTransformer3DModel.from_pretrained(str(folder), subfolder="transformer_2")
+    with torch.no_grad():
+        tuned.blocks[0].attn1.to_q.weight.add_(1.0)
+    single = tmp_path / "low.safetensors"
+    save_file(tuned.state_dict(), str(single))
+    _, bundle = _bundle(
+        host, folder, "t2v-14b-2.2-low", pretrained_transformer_model_name_or_path=str(single),
+        wan_validation_load_other_stage=True,
+    )
+    high, low = bundle.experts
+    assert low.trained and torch.equal(low.module.blocks[0].attn1.to_q.weight, tuned.blocks[0].attn1.to_q.weight)
+    base_high = WanTransformer3DModel.from_pretrained(str(folder), subfolder="transformer")
+    assert torch.equal(high.module.blocks[0].attn1.to_q.weight, base_high.blocks[0].attn1.to_q.weight)
