@@ -111,7 +111,10 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
     :return: a `tuner.types.ModelBundle`. Freeze every parameter: the core
         attaches the adapter and decides what trains. Fill ``block_lists``,
         ``encoders`` and ``refused_precisions`` so that memory features can
-        work on the model without knowing the family.
+        work on the model without knowing the family. A model whose noise
+        range is split between several denoisers lists them in ``experts``
+        (each with its sigma range, trained or frozen); load only the ones
+        the run trains or validates with.
     """
 
 
@@ -170,7 +173,12 @@ def compute_loss(
         the prompt encodings (after `collate_prompts`).
     :param generator: a generator seeded from ``(seed, step, micro-step)``. Draw
         all noise and timesteps from it: that is what makes a resumed run
-        repeat an uninterrupted one exactly.
+        repeat an uninterrupted one exactly. Draw sigmas with
+        `tuner.train.timesteps.training_sigmas` and ``bundle.sigma_range()``,
+        so that a run training some experts of a model draws only their
+        noise levels; run each sample through the trained expert that owns
+        its sigma (`tuner.types.Expert.owns`), entering it with
+        ``bundle.enter(expert)``.
     :param config: the resolved config.
     :return: a `tuner.types.LossOutput`.
     """

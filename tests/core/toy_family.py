@@ -13,7 +13,7 @@ from torch import nn
 
 from tuner.hookspecs import hookimpl
 from tuner.train.timesteps import add_noise, sample_sigmas
-from tuner.types import LossOutput, ModelBundle, ValidationResult
+from tuner.types import Expert, LossOutput, ModelBundle, ValidationResult
 from tuner.validate.media import write_image
 
 TEXT_DIM = 8
@@ -23,6 +23,7 @@ class ToySection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     toy_hidden: int = Field(32, ge=4, description="Width of the toy denoiser.")
     toy_pool: int = Field(4, ge=1, description="Pixels pooled into one latent pixel.")
+    toy_experts: int = Field(1, ge=1, le=2, description="2: two denoisers split the noise range at 0.5, both trained.")
 
 
 class ToyDenoiser(nn.Module):
@@ -54,6 +55,7 @@ class ToyFamily:
         self.supports_routing = supports_routing
         self.calls: dict[str, int] = {}
         self.prepare_phases: list[tuple[str, int]] = []
+        self.expert_samples: dict[str, int] = {}
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -72,7 +74,12 @@ class ToyFamily:
         section = config.section("toy")
         torch.manual_seed(0)
         model = ToyDenoiser(hidden=section.toy_hidden).requires_grad_(False).to(device)
+        experts = []
+        if section.toy_experts == 2:
+            second = ToyDenoiser(hidden=section.toy_hidden).requires_grad_(False).to(device)
+            experts = [Expert("high", model, (0.5, 1.0), label="high"), Expert("low", second, (0.0, 0.5), label="low")]
         return ModelBundle(
+            experts=experts,
             family="toy",
             denoiser=model,
             lora_target_modules=["inp", "mid", "out"],
@@ -103,9 +110,15 @@ class ToyFamily:
     def compute_loss(self, bundle: ModelBundle, batch: dict[str, torch.Tensor], generator: torch.Generator, config: Any) -> LossOutput:
         self._count("compute_loss")
         x0 = batch["latents"]
-        sigmas = sample_sigmas(x0.shape[0], generator, device=x0.device)
+        sigmas = sample_sigmas(x0.shape[0], generator, sigma_range=bundle.sigma_range(), device=x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        pred = bundle.denoiser(add_noise(x0, noise, sigmas), sigmas, batch["text"])
+        noisy = add_noise(x0, noise, sigmas)
+        pred = torch.zeros_like(x0)
+        for expert in bundle.trained_experts():  # each sample through the expert owning its sigma
+            rows = expert.owns(sigmas)
+            if rows.any():
+                self.expert_samples[expert.name] = self.expert_samples.get(expert.name, 0) + int(rows.sum())
+                pred[rows] = bundle.enter(expert)(noisy[rows], sigmas[rows], batch["text"][rows])
         return LossOutput(loss=F.mse_loss(pred, noise - x0), logs={"toy": 1.0})
 
     @hookimpl
