@@ -7,7 +7,8 @@ Both loops train the same mid-size Wan-shaped transformer (random init, LoRA
 rank 16 on the same modules, AdamW, same cached batch shape), alternating in
 rounds so machine noise hits both alike. Printed: median step times, their
 ratio (target <= 1.02), and the time per step tuner spends outside
-forward/backward/optimizer. Then the tiny demo model: median s/step (target
+forward/backward/optimizer; the same for image-to-video (the Wan 2.1 I2V shape,
+conditioning included) against a bare I2V loop. Then the tiny demo model: median s/step (target
 <= 0.01), launch -> first step with warm caches (target < 5 s) and peak RSS
 (target < 600 MiB).
 """
@@ -45,7 +46,7 @@ def write_mid_model(folder: Path) -> Path:
     return model
 
 
-def tuner_step_times(model: Path, folder: Path, steps: int) -> list[float]:
+def tuner_step_times(model: Path, folder: Path, steps: int, wan: dict | None = None) -> list[float]:
     """Wall time between consecutive steps of a real tuner run (everything the loop does)."""
     from tuner.config import resolve_config
     from tuner.data.synthetic import write_synthetic_clips
@@ -75,7 +76,7 @@ def tuner_step_times(model: Path, folder: Path, steps: int) -> list[float]:
         {
             "train": {"output_dir": str(folder / "out"), "max_train_steps": steps, "lora_rank": 16, "learning_rate": 1e-4},
             "data": {"instance_data_dir": str(clips), "num_frames": 17, "resolution": 256, "cache_dir": str(folder / "cache")},
-            "wan": {"pretrained_model_name_or_path": str(model), "max_sequence_length": 32},
+            "wan": {"pretrained_model_name_or_path": str(model), "max_sequence_length": 32, **(wan or {})},
         },
         host,
     )
@@ -115,6 +116,83 @@ def bare_step_times(model: Path, steps: int) -> list[float]:
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     return times[1:]
+
+
+I2V_FLAVOUR = "i2v-14b-2.1"
+
+
+def write_mid_i2v_model(folder: Path) -> Path:
+    """The tiny Wan 2.1 I2V (CLIP encoder included) with a mid-size 36-channel transformer."""
+    from diffusers import WanTransformer3DModel
+
+    from tuner.demo import prepare_tiny_model
+    from tuner.plugins import PluginHost
+    from tuner_wan.tiny import TINY_IMAGE_DIM, TINY_TRANSFORMER
+
+    model = folder / "model-i2v"
+    prepare_tiny_model(PluginHost.build(["wan"]), "wan", model, variant=I2V_FLAVOUR)
+    torch.manual_seed(0)
+    inner = MID["num_attention_heads"] * MID["attention_head_dim"]
+    shape = {**TINY_TRANSFORMER, **MID, "in_channels": 36, "image_dim": TINY_IMAGE_DIM, "added_kv_proj_dim": inner}
+    WanTransformer3DModel(**shape).save_pretrained(str(model / "transformer"))
+    return model
+
+
+def bare_i2v_step_times(model: Path, steps: int) -> list[float]:
+    """A bare I2V loop: noisy latents + frame mask + conditioning latents (36 channels) and CLIP tokens, cached."""
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from diffusers import WanTransformer3DModel
+    from peft import LoraConfig
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    transformer = WanTransformer3DModel.from_pretrained(str(model), subfolder="transformer").requires_grad_(False)
+    transformer.add_adapter(
+        LoraConfig(r=16, lora_alpha=16, target_modules=["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"])
+    )
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    latents = torch.randn(1, *LATENT_SHAPE)
+    condition = torch.cat([torch.zeros(1, 4, *LATENT_SHAPE[1:]), torch.randn(1, *LATENT_SHAPE)], dim=1)
+    condition[:, :4, 0] = 1  # the first frame is given
+    text, image = torch.randn(1, 32, 32), torch.randn(1, 5, 32)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        sigma = torch.sigmoid(torch.randn(1, generator=generator))
+        noise = torch.randn(latents.shape, generator=generator)
+        noisy = (1 - sigma) * latents + sigma * noise
+        pred = transformer(
+            hidden_states=torch.cat([noisy, condition], dim=1),
+            timestep=sigma * 1000,
+            encoder_hidden_states=text,
+            encoder_hidden_states_image=image,
+            return_dict=False,
+        )[0]
+        loss = F.mse_loss(pred.float(), noise - latents)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def i2v_row(folder: Path, steps: int, rounds: int) -> None:
+    """tuner's I2V step (conditioning from the cache, mask built per step) against the bare I2V loop."""
+    model = write_mid_i2v_model(folder)
+    tuner_times: list[float] = []
+    bare_times: list[float] = []
+    for r in range(rounds):
+        bare_times += bare_i2v_step_times(model, steps)
+        tuner_times += tuner_step_times(model, folder / f"i2v-run{r}", steps, wan={"model_flavour": I2V_FLAVOUR})
+    t, b = statistics.median(tuner_times), statistics.median(bare_times)
+    print("\nimage-to-video (Wan 2.1 I2V shape: 36 input channels + CLIP tokens), same mid-size transformer")
+    print(f"  bare I2V loop median step {b:.4f} s  ({len(bare_times)} steps)")
+    print(f"  tuner I2V     median step {t:.4f} s  ({len(tuner_times)} steps)")
+    print(f"  ratio tuner / bare        {t / b:.3f}   (target <= 1.02)")
 
 
 def tiny_demo_figures(folder: Path, steps: int) -> dict[str, float]:
@@ -170,6 +248,7 @@ def main() -> None:
         print(f"  tuner       median step {t:.4f} s  ({len(tuner_times)} steps)")
         print(f"  ratio tuner / bare      {t / b:.3f}   (target <= 1.02)")
         print(f"  outside fwd/bwd/opt     {max(0.0, t - b) * 1000:.1f} ms per step")
+        i2v_row(folder, steps, rounds)
         figures = tiny_demo_figures(folder, 40)
         print("\ntiny demo model")
         print(f"  median s/step           {figures['median_s_per_step']:.4f}   (target <= 0.01)")

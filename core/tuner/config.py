@@ -160,7 +160,6 @@ def _nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseMode
 NOT_OFFERED = {
     "validation_preview": "previews of intermediate sampler steps are not offered; each round writes its final clips",
     "validation_preview_steps": "previews of intermediate sampler steps are not offered",
-    "validation_using_datasets": "image-to-video validation from a dataset is not supported yet",
 }
 
 
@@ -281,6 +280,10 @@ def resolve_config(
     plugins = nested.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise ConfigError(f"'plugins' must be a list of plugin names, got {plugins!r}")
+    if "validation" in sections and "evaluation" in sections:
+        from tuner.validate.settings import check_held_out_dataset
+
+        check_held_out_dataset(sections["validation"], sections["evaluation"])  # type: ignore[arg-type]
     family = host.resolve_family(nested.get("model_family"))
     return RunConfig(plugins=host.active, model_family=family, sections=sections, base_dir=base_dir)
 

@@ -198,7 +198,10 @@ def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResul
         settings and the seed. Seed a fresh generator from ``request.seed`` for
         every prompt, so every round starts from the same noise. When
         ``request.skip_layer_guidance`` is set, honour it or raise
-        `tuner.errors.PluginError` saying the family cannot.
+        `tuner.errors.PluginError` saying the family cannot. For a model whose
+        bundle is ``image_conditioned``, ``request.conditioning_frames`` gives
+        each prompt's first (and, when there is one, last) frame at the
+        request's size.
     :return: a `tuner.types.ValidationResult` whose ``frames`` maps each
         nickname to its frames, ``(frames, height, width, 3)`` in ``[0, 1]``.
         (A family may instead write a file into ``request.output_dir`` and name

@@ -107,6 +107,10 @@ class ModelBundle:
         apply to every module of `denoisers`.
     :ivar expert_switch: set by the core when experts take turns on the
         accelerator: called with the expert about to run.
+    :ivar image_conditioned: the model generates from a given first frame
+        (image-to-video): each validation prompt needs an image, which the core
+        passes in `ValidationRequest.conditioning_frames`; a run without any
+        stops at start-up.
     """
 
     family: str
@@ -124,6 +128,7 @@ class ModelBundle:
     block_lists: list[str] = field(default_factory=list)
     encoders: dict[str, str] = field(default_factory=dict)
     refused_precisions: dict[str, str] = field(default_factory=dict)
+    image_conditioned: bool = False
     experts: list[Expert] = field(default_factory=list)
     expert_switch: Callable[[Expert], None] | None = None
 
@@ -225,6 +230,12 @@ class ValidationRequest:
     :ivar output_dir: the folder the media go into (already created).
     :ivar fps: frame rate of written videos.
     :ivar skip_layer_guidance: skip-layer guidance to apply, or ``None``.
+    :ivar conditioning_frames: for an image-conditioned model
+        (`ModelBundle.image_conditioned`): nickname -> the frames to start from,
+        ``(n, height, width, 3)`` uint8 at the request's size (resized to cover
+        it, centre-cropped): the first frame and, when the source has one, the
+        last (a video's last frame, or a library entry's ``last_image``). A
+        family that conditions on the first frame only uses ``[0]``.
     """
 
     step: int
@@ -239,6 +250,7 @@ class ValidationRequest:
     output_dir: Path
     fps: int = 16
     skip_layer_guidance: SkipLayerGuidance | None = None
+    conditioning_frames: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

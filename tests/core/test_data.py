@@ -234,13 +234,13 @@ def test_cache_folders_receive_the_entries(clips):
     assert all(s.latents.is_relative_to(clips / "latents/a") for s in data.samples)
 
 
-def test_conditioning_image_embeds_has_a_place_and_is_noted_as_unused(clips):
+def test_conditioning_image_embeds_has_a_place_and_says_where_the_embeddings_go(clips):
     backend = [
         video("a", "clips", conditioning_image_embeds="cond", cache_dir_conditioning_image_embeds="cache/cond/a"),
         {"id": "cond", "type": "local", "dataset_type": "conditioning_image_embeds", "cache_dir": "cache/cond"},
     ]
     scan = scan_samples(configure(clips, backend))
-    assert any("conditioning image embeddings" in n for n in scan.report.notices)
+    assert any("'cond'" in n and "latent entry" in n for n in scan.report.notices)
 
 
 def test_downsample_options_without_a_crop_are_noted_as_inert(clips):

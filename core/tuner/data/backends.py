@@ -137,7 +137,7 @@ class TextEmbedsEntry(BaseModel):
 
 
 class ConditioningImageEmbedsEntry(BaseModel):
-    """Cached conditioning image embeddings (image-to-video families); parsed, not used by any family yet."""
+    """The guide's cache of conditioning image embeddings; accepted, while tuner keeps them in the latent entries."""
 
     model_config = _FORBID
 

@@ -211,8 +211,9 @@ def _from_backend_file(config: RunConfig) -> DataLayout:
                     " conditioning_image_embeds dataset of this file"
                 )
             layout.notes.append(
-                f"dataset '{entry.id}' names conditioning_image_embeds '{entry.conditioning_image_embeds}': no model"
-                " family uses conditioning image embeddings yet, so none are cached"
+                f"dataset '{entry.id}' names conditioning_image_embeds '{entry.conditioning_image_embeds}': tuner"
+                " caches a clip's conditioning (first-frame latents, image embeddings) in its own latent entry"
+                " (cache_dir_vae), keyed by its content and the encoders, so that folder stays empty"
             )
         if entry.maximum_image_size is not None and not entry.crop:
             layout.notes.append(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from tuner.errors import ConfigError, PluginError
 from tuner.types import SkipLayerGuidance, ValidationRequest, ValidationResult
+from tuner.validate.first_frames import load_first_frames
 from tuner.validate.inference import inference_state
 from tuner.validate.media import contact_sheet, read_media, thumbnails, write_media
 from tuner.validate.prompts import CONTACT_SHEET_NAME, file_stems, round_prompts
@@ -57,12 +58,29 @@ def check_validation(host: PluginHost, bundle: ModelBundle, config: RunConfig) -
                 f"validation_resolution {width}x{height} must be a multiple of {m} on both sides for"
                 f" {bundle.family}: use {max(m, width // m * m)}x{max(m, height // m * m)}"
             )
+    _check_conditioning(bundle, config)
     layers = v.validation_guidance_skip_layers
     if layers and bundle.num_blocks and max(layers) >= bundle.num_blocks:
         raise ConfigError(
             f"validation_guidance_skip_layers {layers} names block {max(layers)}, but this {bundle.family} model has"
             f" {bundle.num_blocks} blocks (0..{bundle.num_blocks - 1})"
         )
+
+
+def _check_conditioning(bundle: ModelBundle, config: RunConfig) -> None:
+    """An image-to-video model has a first frame for every prompt; a text-to-video one is given none."""
+    from tuner.validate.first_frames import check_first_frames
+
+    v = config.validation
+    if bundle.image_conditioned:
+        check_first_frames(config)
+        return
+    for name in ("validation_image", "validation_using_datasets"):
+        if getattr(v, name):
+            raise ConfigError(
+                f"{name} gives image-to-video models their first frames; this {bundle.family} model generates from"
+                " text alone: unset it"
+            )
 
 
 def round_variants(config: RunConfig, use_ema: EmaSwap | None) -> list[tuple[str, EmaSwap | None]]:
@@ -129,6 +147,7 @@ def run_validation(
     keys = [key_of(n, s) for s in sizes for n in prompts]
     stems = file_stems([f"{k}-{suffix}" if suffix else k for k in keys for suffix, _ in variants])
     owner = host.families[config.model_family]
+    images = _prompt_images(bundle, config)
     out = ValidationResult(step=step)
     rows: list[tuple[str, list[np.ndarray]]] = []
     with inference_state(bundle), task_progress(
@@ -139,6 +158,10 @@ def run_validation(
                 key = key_of(nickname, size)
                 request = _request(config, step, key, prompt, size, folder)
                 shown = []
+                if nickname in images:
+                    # Image-to-video: the frame(s) the clip starts from, shown first in its row.
+                    request.conditioning_frames[key] = load_first_frames(images[nickname], *size)
+                    shown.append(thumbnails(request.conditioning_frames[key]))
                 for suffix, swap in variants:
                     with swap() if swap is not None else contextlib.nullcontext():
                         rendered = host.validate(bundle, request)
@@ -146,10 +169,19 @@ def run_validation(
                     out.media[name], frames = _keep(rendered, key, folder, stems[name], v.validation_fps, owner)
                     shown.append(thumbnails(frames))
                     advance(1)
-                labels = " | ".join(s or "trained" for s, _ in variants) if len(variants) > 1 else ""
+                names = [s or "trained" for s, _ in variants]
+                if nickname in images:
+                    names.insert(0, "first frame")
+                labels = " | ".join(names) if len(names) > 1 else ""
                 rows.append((f"{key}  ({labels})" if labels else key, shown))
         out.contact_sheet = contact_sheet(rows, folder / f"{CONTACT_SHEET_NAME}.png")
     return out
+
+
+def _prompt_images(bundle: ModelBundle, config: RunConfig) -> dict[str, list[Path]]:
+    from tuner.validate.first_frames import prompt_images
+
+    return prompt_images(config) if bundle.image_conditioned else {}
 
 
 def _request(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ValidationSection", "EvaluationSection", "parse_size", "read_prompt_library"]
+__all__ = ["ValidationSection", "EvaluationSection", "parse_size", "read_prompt_library", "read_prompt_images"]
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -27,17 +27,57 @@ def parse_size(value: str) -> tuple[int, int]:
     return w, h
 
 
-def read_prompt_library(path: Path) -> dict[str, str]:
-    """A ``user_prompt_library`` file: a JSON object of nickname -> prompt."""
+_IMAGE_KEYS = ("image", "last_image")
+
+
+def _library_entries(path: Path) -> dict[str, dict[str, str]]:
+    """Every entry of a prompt library as ``{"prompt": ..., "image"?: ..., "last_image"?: ...}``."""
     from tuner.jsonfile import read_json
 
     data = read_json(path)
     if not isinstance(data, dict) or not data:
         raise ValueError(f'{path}: expected a non-empty JSON object such as {{"nickname": "the prompt"}}')
-    bad = [k for k, v in data.items() if not isinstance(v, str) or not v.strip() or not k.strip()]
-    if bad:
-        raise ValueError(f"{path}: every entry needs a nickname and a non-empty prompt string (see '{bad[0]}')")
-    return {str(k): str(v) for k, v in data.items()}
+    out: dict[str, dict[str, str]] = {}
+    for key, value in data.items():
+        entry = {"prompt": value} if isinstance(value, str) else value
+        if (
+            not str(key).strip()
+            or not isinstance(entry, dict)
+            or not isinstance(entry.get("prompt"), str)
+            or not entry["prompt"].strip()
+        ):
+            raise ValueError(
+                f"{path}: every entry needs a nickname and a non-empty prompt string, or an object"
+                f' {{"prompt": ..., "image": ...}} (see \'{key}\')'
+            )
+        extra = set(entry) - {"prompt", *_IMAGE_KEYS}
+        if extra:
+            raise ValueError(f"{path}: entry '{key}' has unknown key '{sorted(extra)[0]}' (known: prompt, image, last_image)")
+        if "last_image" in entry and "image" not in entry:
+            raise ValueError(f"{path}: entry '{key}' has a last_image but no image")
+        for name in _IMAGE_KEYS:
+            if name in entry:
+                image = path.parent / str(entry[name])
+                if not image.is_file():
+                    raise ValueError(f"{path}: entry '{key}' {name}: no file at {image}")
+                entry[name] = str(image.resolve())
+        out[str(key)] = {k: str(v) for k, v in entry.items()}
+    return out
+
+
+def read_prompt_library(path: Path) -> dict[str, str]:
+    """A ``user_prompt_library`` file: a JSON object of nickname -> prompt (or -> ``{"prompt", "image"}``)."""
+    return {k: v["prompt"] for k, v in _library_entries(path).items()}
+
+
+def read_prompt_images(path: Path) -> dict[str, list[Path]]:
+    """The images of a prompt library's entries that give one: nickname -> ``[image]`` or ``[image, last_image]``.
+
+    Relative image paths are read from the library file's folder.
+    """
+    return {
+        k: [Path(v[name]) for name in _IMAGE_KEYS if name in v] for k, v in _library_entries(path).items() if "image" in v
+    }
 
 
 class ValidationSection(BaseModel):
@@ -53,6 +93,16 @@ class ValidationSection(BaseModel):
         None,
         description="A JSON file of nickname -> prompt rendered each round too; nicknames name the files (made safe"
         " for the file system).",
+    )
+    validation_image: Path | None = Field(
+        None,
+        description="Image-to-video models: the first frame validation_prompt starts from (an image file). Library"
+        " entries give theirs as {\"prompt\": ..., \"image\": ...}; validation_using_datasets takes them from a dataset.",
+    )
+    validation_using_datasets: bool = Field(
+        False,
+        description="Image-to-video models: take validation first frames from the files of the dataset eval_dataset_id"
+        " names (images, or the first frame of clips; sorted by path): the round's prompts take them in turn.",
     )
     validation_prompt_library: bool = Field(
         False, description="Also render tuner's built-in library of varied prompts (to spot a model collapsing)."
@@ -111,6 +161,13 @@ class ValidationSection(BaseModel):
         # own folder (the section is validated again on that assignment).
         if value is not None and value.is_absolute():
             read_prompt_library(value)
+        return value
+
+    @field_validator("validation_image")
+    @classmethod
+    def _image(cls, value: Path | None) -> Path | None:
+        if value is not None and value.is_absolute() and not value.is_file():
+            raise ValueError(f"no image file at {value}")
         return value
 
     @field_validator("validation_guidance_skip_layers")
@@ -191,7 +248,23 @@ class EvaluationSection(BaseModel):
             raise ValueError(
                 "eval_steps_interval needs held-out samples: set eval_split (e.g. 0.1) or eval_dataset_id (a dataset id)"
             )
-        for name in ("eval_split", "eval_dataset_id"):
-            if getattr(self, name) and not self.eval_steps_interval:
-                raise ValueError(f"{name} holds samples out of training for nothing: set eval_steps_interval too")
+        if self.eval_split and not self.eval_steps_interval:
+            raise ValueError("eval_split holds samples out of training for nothing: set eval_steps_interval too")
+        # eval_dataset_id without the evaluation loss may still give validation its first frames: the
+        # two sections are checked together by `check_held_out_dataset`.
         return self
+
+
+def check_held_out_dataset(validation: ValidationSection, evaluation: EvaluationSection) -> None:
+    """``eval_dataset_id`` must serve the evaluation loss or validation's first frames; the latter needs it."""
+    from tuner.errors import ConfigError
+
+    if evaluation.eval_dataset_id and not evaluation.eval_steps_interval and not validation.validation_using_datasets:
+        raise ConfigError(
+            "eval_dataset_id holds samples out of training for nothing: set eval_steps_interval too (or"
+            " validation_using_datasets, to take validation first frames from it)"
+        )
+    if validation.validation_using_datasets and not evaluation.eval_dataset_id:
+        raise ConfigError(
+            "validation_using_datasets takes validation first frames from a dataset: name it with eval_dataset_id"
+        )

@@ -22,14 +22,12 @@ def velocity_errors(
     """Per-sample MSE of the predicted velocity ``noise - x0``, as `flow_matching_loss` computes it, at ``sigmas``."""
     import torch
 
+    from tuner_wan.conditioning import masked_mse, model_inputs
+
     x0 = batch["latents"].float()
     noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
     noisy = add_noise(x0, noise, sigmas.to(x0.device))
-    dtype = bundle.components["dtype"]
-    inputs = {
-        "hidden_states": noisy.to(dtype),
-        "timestep": sigmas.to(x0.device) * 1000.0,
-        "encoder_hidden_states": batch["prompt_embeds"].to(dtype),
-    }
-    pred = run_experts(bundle, sigmas, inputs, lambda model, part: model(**part, return_dict=False)[0])
-    return (pred.float() - (noise - x0)).pow(2).flatten(1).mean(1)
+    # Every TI2V sample is evaluated with its first frame given (no text-only draw): a stable figure.
+    inputs = model_inputs(bundle, batch, noisy, sigmas)
+    pred = run_experts(bundle, sigmas, inputs.kwargs, lambda model, part: model(**part, return_dict=False)[0])
+    return masked_mse(pred, noise - x0, inputs.loss_mask)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from tuner_wan.settings import WanSection
 
-__all__ = ["load_components", "load_transformer"]
+__all__ = ["load_components", "load_transformer", "load_conditioning_parts"]
 
 
 def _subfolder(value: str | None) -> str | None:
@@ -165,9 +165,6 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
     from diffusers import WanPipeline
 
     flavour = FLAVOURS[section.model_flavour]
-    if flavour.task != "t2v":
-        # Removed as image conditioning lands.
-        raise ConfigError(f"wan.model_flavour = '{section.model_flavour}': {flavour.summary} cannot be trained yet")
     dtype = base_weight_dtype(config)
     base = config.resolve_path(section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour].repo)
     transformer_src = config.resolve_path(section.pretrained_transformer_model_name_or_path or base)
@@ -196,6 +193,8 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
         **validation_transformers(experts, transformer),
     )
     pipeline.set_progress_bar_config(disable=True)
+    # Image-to-video parts (CLIP encoder, the I2V pipeline, how the transformer is conditioned).
+    conditioned = load_conditioning_parts(section, base, pipeline, device)
     cache_id = _fingerprint(
         "wan-2.1",
         dict(vae.config),
@@ -203,8 +202,10 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
         vae_src,
         t5_src,
         section.max_sequence_length,
+        *conditioned.pop("cache_id_parts"),
     )
     return {
+        **conditioned,
         "experts": experts,
         "transformer": transformer,
         "vae": vae,
@@ -216,3 +217,60 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
         "max_sequence_length": section.max_sequence_length,
         "cache_id": cache_id,
     }
+
+
+def load_conditioning_parts(section: WanSection, base: str, pipeline: Any, device: torch.device) -> dict[str, Any]:
+    """What image conditioning needs, beside the text-to-video parts in ``pipeline``.
+
+    ``conditioning`` (a `tuner_wan.conditioning.Conditioning`) always; for an
+    image-conditioned flavour also ``i2v_pipeline``, a ``WanImageToVideoPipeline``
+    sharing ``pipeline``'s modules (its ``prepare_latents`` and ``encode_image``
+    make the conditioning), and for Wan 2.1 I2V / FLF2V the CLIP
+    ``image_encoder`` + ``image_processor`` of the model folder (frozen, on
+    ``device``). ``cache_id_parts`` lists what must key the latent cache.
+    """
+    import torch
+    from diffusers import WanImageToVideoPipeline
+
+    from tuner_wan.conditioning import conditioning_mode
+
+    flavour = FLAVOURS[section.model_flavour]
+    cond = conditioning_mode(
+        flavour, pipeline.transformer.config, pipeline.vae.config.z_dim, section.wan_ti2v_text_only_probability
+    )
+    out: dict[str, Any] = {"conditioning": cond, "cache_id_parts": [cond.mode, cond.last_frame]}
+    if not cond.image_conditioned:
+        return out
+    encoder = processor = None
+    if cond.image_embeds:
+        from transformers import CLIPImageProcessor, CLIPVisionModel
+
+        try:
+            with _quiet_library_bars():
+                encoder = CLIPVisionModel.from_pretrained(
+                    base, subfolder="image_encoder", torch_dtype=torch.float32, revision=section.revision
+                )
+                processor = CLIPImageProcessor.from_pretrained(
+                    base, subfolder="image_processor", revision=section.revision
+                )
+        except OSError as exc:
+            raise ConfigError(
+                f"wan.model_flavour '{section.model_flavour}' needs the CLIP image_encoder/ and image_processor/ of"
+                f" '{base}': {str(exc).splitlines()[0]}"
+            ) from None
+        encoder.requires_grad_(False).eval().to(device)
+        out.update(image_encoder=encoder, image_processor=processor)
+        out["cache_id_parts"].append(dict(encoder.config.to_dict()))
+    i2v = WanImageToVideoPipeline(
+        tokenizer=pipeline.tokenizer,
+        text_encoder=pipeline.text_encoder,
+        vae=pipeline.vae,
+        scheduler=pipeline.scheduler,
+        transformer=pipeline.transformer,
+        image_encoder=encoder,
+        image_processor=processor,
+        expand_timesteps=cond.mode == "expand",
+    )
+    i2v.set_progress_bar_config(disable=True)
+    out["i2v_pipeline"] = i2v
+    return out

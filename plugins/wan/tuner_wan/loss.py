@@ -23,7 +23,8 @@ def flow_matching_loss(
 ) -> LossOutput:
     """noisy = (1 - s) x0 + s noise; the transformer predicts the velocity noise - x0 at t = 1000 s."""
     import torch
-    import torch.nn.functional as F
+
+    from tuner_wan.conditioning import masked_mse, model_inputs, text_only_draw
 
     x0 = batch["latents"].float()
     vae = bundle.components["vae"].config
@@ -32,27 +33,27 @@ def flow_matching_loss(
     sigmas = training_sigmas(config, x0.shape[0], generator, pixel_area, x0.device, bundle.sigma_range())
     noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
     noisy = add_noise(x0, noise, sigmas)
-    dtype = bundle.components["dtype"]
-    inputs = {
-        "hidden_states": noisy.to(dtype),
-        "timestep": sigmas * 1000.0,
-        "encoder_hidden_states": batch["prompt_embeds"].to(dtype),
-    }
+    # Image conditioning (I2V, TI2V) lives in tuner_wan.conditioning: the transformer's inputs, and
+    # which latents the loss counts (TI2V's clean first frame does not) and the router must keep.
+    text_only = text_only_draw(bundle.components["conditioning"], x0.shape[0], generator)
+    inputs = model_inputs(bundle, batch, noisy, sigmas, text_only=text_only)
     router = bundle.router
 
-    def forward(transformer: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(transformer: torch.nn.Module, part: dict[str, torch.Tensor]) -> torch.Tensor:
+        part = dict(part)
+        force_keep = part.pop("force_keep", None)  # split per expert with the rest of the batch
         if router is not None and transformer.training:
             from tuner_wan.routing import routed_forward
 
             # accelerate runs the model's own forward under autocast when mixed precision is on; the
             # routed forward calls the blocks directly, so it opens the same autocast here. The router
             # draws after the noise, so routing changes neither the noise nor the timesteps.
-            # T2V has no conditioning frames and no loss mask, so no token is forced to stay.
             amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
             with torch.autocast(x0.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                return routed_forward(transformer, **inputs, router=router, generator=generator)
-        return transformer(**inputs, return_dict=False)[0]
+                return routed_forward(transformer, **part, router=router, generator=generator, force_keep=force_keep)
+        return transformer(**part, return_dict=False)[0]
 
-    pred = run_experts(bundle, sigmas, inputs, forward)
-    loss = F.mse_loss(pred.float(), noise - x0)
+    kwargs = inputs.kwargs if inputs.force_keep is None else {**inputs.kwargs, "force_keep": inputs.force_keep}
+    pred = run_experts(bundle, sigmas, kwargs, forward)
+    loss = masked_mse(pred, noise - x0, inputs.loss_mask).mean()
     return LossOutput(loss=loss, logs={"sigma_mean": float(sigmas.mean())})

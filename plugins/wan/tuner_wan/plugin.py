@@ -69,7 +69,12 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         num_blocks=len(parts["transformer"].blocks),
         base_model=section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour].repo,
         block_lists=["blocks"],
-        encoders={"text_encoder": "text", "vae": "latent"},
+        encoders={
+            "text_encoder": "text",
+            "vae": "latent",
+            **({"image_encoder": "image"} if "image_encoder" in parts else {}),
+        },
+        image_conditioned=parts["conditioning"].image_conditioned,
         refused_precisions=dict(REFUSED_PRECISIONS),
         experts=parts["experts"],
     )
@@ -77,9 +82,14 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
 
 @hookimpl
 def encode_batch(bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    from tuner_wan.conditioning import encode_conditioning
     from tuner_wan.encode import encode_clips
 
-    return encode_clips(bundle, pixels)
+    # The conditioning (I2V first-frame latents, CLIP embeddings) is stored in the clip's own entry.
+    return [
+        {**clip, **cond}
+        for clip, cond in zip(encode_clips(bundle, pixels), encode_conditioning(bundle, pixels), strict=True)
+    ]
 
 
 @hookimpl

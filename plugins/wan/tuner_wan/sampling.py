@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
     from tuner.types import SkipLayerGuidance, ValidationRequest
 
+    from tuner_wan.i2v_sampling import FirstFrameStart
+
+    StartFactory = Callable[[torch.Generator], FirstFrameStart]
+
 __all__ = ["SAMPLERS", "make_scheduler", "skipped_blocks", "sample_clip"]
 
 SAMPLERS = ("unipc", "euler")
@@ -76,11 +80,17 @@ def _guided(
     uncond: torch.Tensor | None,
     scale: float,
     slg: SkipLayerGuidance | None,
+    extra: dict[str, Any] | None = None,
 ) -> torch.Tensor:
-    """CFG, plus ``slg.scale * (full - skipped)`` when skip-layer guidance is active on this step."""
+    """CFG, plus ``slg.scale * (full - skipped)`` when skip-layer guidance is active on this step.
+
+    ``extra``: further keyword arguments of the transformer (image-to-video: the CLIP image embeddings).
+    """
 
     def predict(embeds: torch.Tensor) -> torch.Tensor:
-        return transformer(hidden_states=x, timestep=t, encoder_hidden_states=embeds, return_dict=False)[0]
+        return transformer(
+            hidden_states=x, timestep=t, encoder_hidden_states=embeds, return_dict=False, **(extra or {})
+        )[0]
 
     full = predict(cond)
     pred = full
@@ -102,6 +112,7 @@ def sample_clip(
     max_sequence_length: int,
     guidance_2: float | None = None,
     enter: Callable[[str], None] | None = None,
+    start: StartFactory | None = None,
 ) -> np.ndarray:
     """One clip, ``(frames, height, width, 3)`` float in [0, 1], from a generator seeded with ``request.seed``.
 
@@ -110,11 +121,14 @@ def sample_clip(
     boundary, ``transformer_2`` (with guidance ``guidance_2``, default the
     request's) below it. ``enter(component)`` is called before a stage's
     transformer runs (experts may take turns on the accelerator).
+    ``start``: image-to-video, called with the generator; returns the `FirstFrameStart` of the clip.
     """
     import torch
 
     with torch.no_grad():
-        return _sample(pipe, request, prompt, scheduler, max_sequence_length, guidance_2, enter or (lambda _: None))
+        return _sample(
+            pipe, request, prompt, scheduler, max_sequence_length, guidance_2, enter or (lambda _: None), start
+        )
 
 
 def _stages(pipe: Any, scheduler: Any, guidance: float, guidance_2: float | None) -> Any:
@@ -137,6 +151,7 @@ def _sample(
     max_sequence_length: int,
     guidance_2: float | None,
     enter: Callable[[str], None],
+    start: StartFactory | None = None,
 ) -> np.ndarray:
     import torch
 
@@ -160,18 +175,27 @@ def _sample(
     uncond = uncond.to(dtype) if uncond is not None else None
     scheduler.set_timesteps(request.num_inference_steps, device=device)
     timesteps = scheduler.timesteps
-    latents = pipe.prepare_latents(
-        1, transformer.config.in_channels, request.height, request.width, request.num_frames, torch.float32, device, generator
-    )
+    # Image-to-video: the pipeline's own start (noise + conditioning), drawn from the same generator.
+    first = start(generator) if start is not None else None
+    if first is not None:
+        latents = first.latents
+    else:
+        latents = pipe.prepare_latents(
+            1, pipe.vae.config.z_dim, request.height, request.width, request.num_frames, torch.float32, device, generator
+        )
     scheduler.set_begin_index(0)
     slg = request.skip_layer_guidance
     for i, t in enumerate(timesteps):
         active = slg if slg is not None and slg.active(i, len(timesteps)) else None
         name, model, scale = stage(t)
         enter(name)
-        pred = _guided(model, latents.to(dtype), t.expand(latents.shape[0]), cond, uncond, scale, active)
+        if first is not None:
+            x, tt, extra = first.model_input(latents, t, dtype)
+            pred = _guided(model, x, tt, cond, uncond, scale, active, extra)
+        else:
+            pred = _guided(model, latents.to(dtype), t.expand(latents.shape[0]), cond, uncond, scale, active)
         latents = scheduler.step(pred, t, latents, return_dict=False)[0]
-    return _decode(pipe, latents)
+    return _decode(pipe, first.finish(latents) if first is not None else latents)
 
 
 def _decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:

@@ -74,6 +74,14 @@ class WanSection(BaseModel):
         description="Wan 2.2 A14B, two-stage validation: guidance scale of the low-noise stage (diffusers'"
         " guidance_scale_2); unset uses validation_guidance.",
     )
+    wan_ti2v_text_only_probability: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Wan 2.2 TI2V 5B: the chance a sample trains as plain text-to-video (every latent frame noised"
+        " and in the loss) instead of image-to-video (its first frame given clean, at timestep 0, out of the loss)."
+        " 0 trains image-to-video only.",
+    )
     wan_validation_sampler: Literal["unipc", "euler"] = Field(
         "unipc",
         description="Validation sampler: unipc (UniPC multistep, Wan's own) or euler (flow-matching Euler, which"

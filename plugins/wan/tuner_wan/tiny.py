@@ -187,4 +187,16 @@ def write_tiny_wan(path: Path, seed: int = 0, flavour: str | None = None) -> dic
     }
     if flavour is not None:
         overrides["wan.model_flavour"] = name
+    if spec.conditioned or spec.task == "ti2v":
+        # Image-to-video validation starts from a first frame: give the demo one of the kind it trains on.
+        overrides["validation.validation_image"] = str(_first_frame(path / "first-frame.png"))
     return overrides
+
+
+def _first_frame(path: Path) -> Path:
+    from PIL import Image
+
+    from tuner.data.synthetic import render_clip
+
+    Image.fromarray(render_clip("square", "red", "black", "right", 1, 64, 64)[0]).save(path)
+    return path

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tuner.types import ValidationResult
 
@@ -27,7 +28,33 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
             bundle.enter(experts[component])
 
     for key, prompt in request.prompts.items():
+        start = first_frame_factory(bundle, request, key)
         result.frames[key] = sample_clip(
-            pipe, request, prompt, scheduler, parts["max_sequence_length"], parts.get("validation_guidance_2"), enter
+            pipe,
+            request,
+            prompt,
+            scheduler,
+            parts["max_sequence_length"],
+            parts.get("validation_guidance_2"),
+            enter,
+            start,
         )
     return result
+
+
+def first_frame_factory(bundle: ModelBundle, request: ValidationRequest, key: str) -> Callable[[Any], Any] | None:
+    """Image-to-video: a callable making the clip's `FirstFrameStart` from the sampler's generator; else ``None``."""
+    from tuner.errors import PluginError
+
+    cond = bundle.components["conditioning"]
+    if not cond.image_conditioned:
+        return None
+    if key not in request.conditioning_frames:
+        raise PluginError(f"wan: validation prompt '{key}' has no first frame, and this model starts from one")
+    from tuner_wan.i2v_sampling import first_frame_start
+
+    frames = request.conditioning_frames[key]
+    i2v = bundle.components["i2v_pipeline"]
+    return lambda generator: first_frame_start(
+        i2v, cond, frames, request.height, request.width, request.num_frames, generator
+    )

@@ -1,0 +1,128 @@
+"""First frames for validating image-to-video models: where each prompt's image comes from, and its pixels.
+
+Three sources, for a model whose bundle says ``image_conditioned``:
+
+* ``validation_image``: the image the main prompt (``validation_prompt``) starts from;
+* a prompt library entry written as ``{"prompt": ..., "image": ..., "last_image"?: ...}``;
+* ``validation_using_datasets`` + ``eval_dataset_id``: the files of that dataset
+  (images, or clips: their first and last frames), sorted by path; the round's
+  prompts without an image of their own take them in turn.
+
+A prompt left without an image stops the run at start-up (`missing_images`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuner.errors import ConfigError, DataError
+from tuner.validate.prompts import MAIN_PROMPT_NICKNAME, round_prompts
+from tuner.validate.settings import read_prompt_images
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tuner.config import RunConfig
+
+__all__ = ["prompt_images", "check_first_frames", "load_first_frames"]
+
+NO_IMAGES = (
+    "{what}: this image-to-video model starts each validation clip from a first frame; give one with"
+    " validation_image (for validation_prompt) or an \"image\" in user_prompt_library entries, or set"
+    " validation_using_datasets with eval_dataset_id naming an image or video dataset"
+)
+
+
+def _dataset_files(config: RunConfig) -> list[Path]:
+    from tuner.data.layout import load_layout
+    from tuner.data.local import list_media
+
+    dataset = config.section("evaluation").eval_dataset_id
+    for spec in load_layout(config).datasets:
+        if spec.id == dataset:
+            files = sorted(list_media(spec.root)) if spec.root.is_dir() else []
+            if not files:
+                raise DataError(f"validation_using_datasets: dataset '{dataset}' ({spec.root}) has no image or clip")
+            return files
+    raise ConfigError(f"validation_using_datasets: eval_dataset_id '{dataset}' names no enabled dataset")
+
+
+def prompt_images(config: RunConfig) -> dict[str, list[Path]]:
+    """Nickname -> the image file(s) its clip starts from, for the prompts that have one."""
+    v = config.validation
+    out: dict[str, list[Path]] = {}
+    prompts = round_prompts(v)
+    if v.validation_image is not None and MAIN_PROMPT_NICKNAME in prompts:
+        out[MAIN_PROMPT_NICKNAME] = [v.validation_image]
+    if v.user_prompt_library is not None:
+        out.update({k: p for k, p in read_prompt_images(v.user_prompt_library).items() if k in prompts})
+    if v.validation_using_datasets:
+        files = _dataset_files(config)
+        for i, nickname in enumerate(n for n in prompts if n not in out):
+            out[nickname] = [files[i % len(files)]]
+    return out
+
+
+def check_first_frames(config: RunConfig) -> None:
+    """Start-up check: every prompt of the round has a first frame, and every image file exists."""
+    images = prompt_images(config)
+    missing = [n for n in round_prompts(config.validation) if n not in images]
+    if missing:
+        what = "validation_prompt" if missing[0] == MAIN_PROMPT_NICKNAME else f"prompt '{missing[0]}'"
+        raise ConfigError(NO_IMAGES.format(what=what))
+    for nickname, files in images.items():
+        for path in files:
+            if not path.is_file():
+                raise ConfigError(f"validation first frame of '{nickname}': no file at {path}")
+
+
+def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize to cover ``width x height`` and centre-crop: no stretching."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = frame.shape[:2]
+    scale = max(width / w, height / h)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    img = Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return np.asarray(img.crop((left, top, left + width, top + height)), dtype=np.uint8)
+
+
+def _first_last(path: Path) -> list[np.ndarray]:
+    """An image's pixels, or a clip's first and last frames: ``(H, W, 3)`` uint8 each."""
+    import numpy as np
+
+    from tuner.data.probe import IMAGE_EXTENSIONS, error_text
+
+    try:
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            from PIL import Image, ImageOps
+
+            with Image.open(path) as img:
+                return [np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.uint8)]
+        import av
+
+        first = last = None
+        with av.open(str(path)) as container:
+            for frame in container.decode(container.streams.video[0]):
+                last = frame.to_ndarray(format="rgb24")
+                first = last if first is None else first
+    except Exception as exc:  # PIL and PyAV raise many types for broken files
+        raise DataError(f"validation first frame {path}: cannot decode: {error_text(exc)}") from None
+    if first is None or last is None:
+        raise DataError(f"validation first frame {path}: the clip has no frames")
+    return [first, last]
+
+
+def load_first_frames(files: list[Path], width: int, height: int) -> np.ndarray:
+    """``(n, height, width, 3)`` uint8: the first frame, then the last when there is one.
+
+    ``files`` is ``[image]``, ``[image, last_image]`` or ``[clip]`` (its first and last frames).
+    """
+    import numpy as np
+
+    frames = [f for path in files for f in _first_last(path)]
+    frames = frames[:1] + frames[-1:] if len(frames) > 1 else frames
+    return np.stack([_fit(f, width, height) for f in frames])
