@@ -56,12 +56,15 @@ class Conditioning:
     :ivar last_frame: FLF2V: the last frame conditions too.
     :ivar image_embeds: the transformer takes CLIP image embeddings (Wan 2.1 I2V / FLF2V).
     :ivar text_only_probability: TI2V: the chance a sample trains as plain text-to-video.
+    :ivar per_sample_timestep: TI2V with ``wan_force_2_1_time_embedding``: one
+        timestep per sample (Wan 2.1 style) instead of one per token.
     """
 
     mode: Mode = "none"
     last_frame: bool = False
     image_embeds: bool = False
     text_only_probability: float = 0.0
+    per_sample_timestep: bool = False
 
     @property
     def image_conditioned(self) -> bool:
@@ -69,12 +72,14 @@ class Conditioning:
         return self.mode != "none" and not (self.mode == "expand" and self.text_only_probability >= 1.0)
 
 
-def conditioning_mode(flavour: Flavour, transformer_config: Any, z_dim: int, text_only: float = 0.0) -> Conditioning:
+def conditioning_mode(
+    flavour: Flavour, transformer_config: Any, z_dim: int, text_only: float = 0.0, per_sample_timestep: bool = False
+) -> Conditioning:
     """The `Conditioning` of ``flavour`` once its transformer is loaded; refuses a transformer of the wrong shape."""
     if flavour.task == "t2v":
         return Conditioning()
     if flavour.task == "ti2v":
-        return Conditioning("expand", text_only_probability=text_only)
+        return Conditioning("expand", text_only_probability=text_only, per_sample_timestep=per_sample_timestep)
     want = 2 * z_dim + 4
     if transformer_config.in_channels != want:
         raise ConfigError(
@@ -263,10 +268,16 @@ def _expand_inputs(
     keep_noisy[conditioned, :, 0] = 0
     hidden = (1 - keep_noisy) * x0.to(device, noisy.dtype) + keep_noisy * noisy
     patch = bundle.components["transformer"].config.patch_size
-    # Per token, in the order of patch_embedding(...).flatten(2), as diffusers' `temp_ts`.
-    grid = keep_noisy.expand(batch, 1, frames, height // patch[1], width // patch[2])[:, 0, :: patch[0]]
-    per_token = (grid * timestep.view(-1, 1, 1, 1)).flatten(1)
-    kwargs.update(hidden_states=hidden.to(bundle.components["dtype"]), timestep=per_token)
+    if bundle.components["conditioning"].per_sample_timestep:
+        # Wan 2.1 style: one embedding per sample. The clean first frame is still given and left out of
+        # the loss, but its tokens see the sample's timestep instead of 0 (the memory of a per-token
+        # modulation, (batch, tokens, 6, dim), is what this saves).
+        kwargs.update(hidden_states=hidden.to(bundle.components["dtype"]), timestep=timestep)
+    else:
+        # Per token, in the order of patch_embedding(...).flatten(2), as diffusers' `temp_ts`.
+        grid = keep_noisy.expand(batch, 1, frames, height // patch[1], width // patch[2])[:, 0, :: patch[0]]
+        per_token = (grid * timestep.view(-1, 1, 1, 1)).flatten(1)
+        kwargs.update(hidden_states=hidden.to(bundle.components["dtype"]), timestep=per_token)
     force = force_keep_tokens(tuple(noisy.shape), tuple(patch), conditioned_frames=1, device=device)
     if force is not None:
         force &= conditioned[:, None]

@@ -236,8 +236,19 @@ def load_conditioning_parts(section: WanSection, base: str, pipeline: Any, devic
 
     flavour = FLAVOURS[section.model_flavour]
     cond = conditioning_mode(
-        flavour, pipeline.transformer.config, pipeline.vae.config.z_dim, section.wan_ti2v_text_only_probability
+        flavour,
+        pipeline.transformer.config,
+        pipeline.vae.config.z_dim,
+        section.wan_ti2v_text_only_probability,
+        per_sample_timestep=section.wan_force_2_1_time_embedding,
     )
+    if section.wan_force_2_1_time_embedding and cond.mode != "expand":
+        from tuner.report.progress import notice
+
+        notice(
+            f"wan_force_2_1_time_embedding has no effect on {section.model_flavour}: its transformer already embeds"
+            " one timestep per sample (only ti2v-5b-2.2 embeds one per token)"
+        )
     out: dict[str, Any] = {"conditioning": cond, "cache_id_parts": [cond.mode, cond.last_frame]}
     if not cond.image_conditioned:
         return out

@@ -48,8 +48,9 @@ class WanSection(BaseModel):
     )
     wan_force_2_1_time_embedding: bool = Field(
         False,
-        description="Embed the timestep once per sample (Wan 2.1 style) instead of once per token on a Wan 2.2"
-        " transformer that embeds per token (TI2V 5B); fixes time-embedding shape mismatches and saves memory.",
+        description="TI2V 5B: embed the timestep once per sample (Wan 2.1 style) instead of once per token in"
+        " training; saves the per-token modulation's memory and avoids time-embedding shape mismatches, but the"
+        " clean first frame then sees the sample's timestep instead of 0. No effect on other flavours (a notice).",
     )
     wan_validation_load_other_stage: bool = Field(
         False,

@@ -184,3 +184,48 @@ def test_wan_2_2_a14b_i2v_is_conditioned_like_2_1_without_clip(host, tiny_model_
     inputs = model_inputs(bundle, batch, add_noise(batch["latents"], torch.randn(1, 16, 3, 4, 4), sigmas), sigmas)
     assert "encoder_hidden_states_image" not in inputs.kwargs and inputs.kwargs["hidden_states"].shape[1] == 36
     assert bundle.denoiser(**inputs.kwargs, return_dict=False)[0].shape == (1, 16, 3, 4, 4)
+
+
+def _saved_bytes(bundle, inputs) -> int:
+    """Bytes of the activations autograd keeps for backward in one training forward (the memory that grows)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    lora = torch.nn.Parameter(torch.zeros(()))  # something to differentiate, as an adapter would be
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        kwargs = dict(inputs.kwargs, hidden_states=inputs.kwargs["hidden_states"] + lora)
+        bundle.denoiser(**kwargs, return_dict=False)[0].sum().backward()
+    return total
+
+
+def test_force_2_1_time_embedding_embeds_per_sample_and_saves_memory(host, tiny_model_dir):
+    from tuner.train.timesteps import add_noise
+
+    from tuner_wan.conditioning import model_inputs
+
+    x0 = torch.randn(2, 48, 5, 8, 8)
+    noise = torch.randn_like(x0)
+    sigmas = torch.tensor([0.3, 0.8])
+    batch = {"latents": x0, "prompt_embeds": torch.randn(2, 32, 32)}
+    noisy = add_noise(x0, noise, sigmas)
+    per_token = _bundle(host, tiny_model_dir, "ti2v-5b-2.2")
+    per_sample = _bundle(host, tiny_model_dir, "ti2v-5b-2.2", wan_force_2_1_time_embedding=True)
+    token_inputs = model_inputs(per_token, batch, noisy, sigmas)
+    sample_inputs = model_inputs(per_sample, batch, noisy, sigmas)
+    assert token_inputs.kwargs["timestep"].shape == (2, 5 * 4 * 4)
+    assert torch.equal(sample_inputs.kwargs["timestep"], sigmas * 1000)
+    # The clean first frame is still given and still out of the loss.
+    assert torch.equal(sample_inputs.kwargs["hidden_states"], token_inputs.kwargs["hidden_states"])
+    assert torch.equal(sample_inputs.loss_mask, token_inputs.loss_mask)
+    saved_token, saved_sample = _saved_bytes(per_token, token_inputs), _saved_bytes(per_sample, sample_inputs)
+    assert saved_sample < 0.9 * saved_token, (saved_sample, saved_token)
+
+
+def test_force_2_1_time_embedding_on_a_per_sample_flavour_is_a_notice(host, tiny_model_dir, capsys):
+    bundle = _bundle(host, tiny_model_dir, "i2v-14b-2.1", wan_force_2_1_time_embedding=True)
+    assert bundle.components["conditioning"].per_sample_timestep is False
+    assert "wan_force_2_1_time_embedding has no effect on i2v-14b-2.1" in capsys.readouterr().err.replace("\n", " ")
