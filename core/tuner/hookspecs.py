@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.types import (
         AdapterWeights,
+        AuxiliaryLoss,
+        ClipFeatures,
         LossOutput,
         ModelBundle,
         RunInfo,
@@ -293,7 +295,11 @@ def prepare_model(
     ``trylast=True``. Install behaviour as module hooks or processors, not by
     patching library functions globally. A feature that reads the hidden
     states a block outputs records it in ``bundle.block_taps`` here, so that
-    token routing over that block is refused at start-up.
+    token routing over that block is refused at start-up. A feature that
+    trains a module of its own (a projection head) adds it to
+    ``bundle.trainables`` in the ``"adapted"`` phase: the core optimizes,
+    clips, checkpoints and restores it with the adapter (see
+    `tuner.types.ModelBundle`).
 
     :param device: where training runs. The denoiser may still be on the CPU
         (see `load_model`); a plugin that places weights itself (offloading)
@@ -318,6 +324,49 @@ def route_tokens(bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
     :param bundle: the model, adapter attached; ``bundle.num_blocks`` is the
         depth of the block stack the router plans for.
     :return: a `tuner.types.TokenRouter`, or ``None``.
+    """
+
+
+@hookspec
+def clip_features(bundle: ModelBundle, config: RunConfig) -> ClipFeatures | None:
+    """Offer per-clip tensors, computed once from the clean pixels and cached with the latents.
+
+    Called once at set-up, after `route_tokens` and before the caches are
+    built; every active plugin may answer. Why a hook of its own: a feature
+    whose loss compares the model with a frozen encoder's view of the clip
+    (CREPA's DINOv2 features) would otherwise have to decode latents back to
+    pixels and run that encoder at every step. Here the core hands the
+    feature the same decoded pixels it gives `encode_batch`, only for clips
+    whose entry is missing, keys the entries like the latent cache, and merges
+    the stored tensors into every batch `compute_loss` and `auxiliary_loss`
+    receive.
+
+    :param bundle: the model, adapter attached.
+    :return: a `tuner.types.ClipFeatures` (its ``name``, ``identity``,
+        ``start``, ``encode`` and ``done``), or ``None`` when your feature is off.
+    """
+
+
+@hookspec
+def auxiliary_loss(
+    bundle: ModelBundle, batch: dict[str, torch.Tensor], output: LossOutput, step: int, config: RunConfig
+) -> AuxiliaryLoss | None:
+    """Add a weighted term to the training loss of one micro-batch.
+
+    Called on every active plugin right after `compute_loss`, inside the same
+    accumulation context; the core back-propagates ``output.loss + sum(weight
+    * term)`` and merges each term's logs into the step's. This is how a
+    feature regularises training without the family knowing it: it reads
+    what it captured during the forward (with objects installed once in
+    `prepare_model`, e.g. a forward hook on a block) and the batch.
+
+    :param batch: the micro-batch as `compute_loss` received it (with the
+        tensors of any `clip_features`).
+    :param output: what `compute_loss` returned (its ``sigmas`` tell which
+        expert ran which sample).
+    :param step: optimizer steps done before this one (0 for the first), for
+        a feature's weight schedule.
+    :return: a `tuner.types.AuxiliaryLoss`, or ``None`` when your feature is off.
     """
 
 

@@ -25,7 +25,17 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from tuner.config import RunConfig
-    from tuner.types import AdapterWeights, LossOutput, ModelBundle, RunInfo, TokenRouter, ValidationRequest, ValidationResult
+    from tuner.types import (
+        AdapterWeights,
+        AuxiliaryLoss,
+        ClipFeatures,
+        LossOutput,
+        ModelBundle,
+        RunInfo,
+        TokenRouter,
+        ValidationRequest,
+        ValidationResult,
+    )
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -303,6 +313,20 @@ class PluginHost:
 
     def route_tokens(self, bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
         return self.pm.hook.route_tokens(bundle=bundle, config=config)
+
+    def clip_features(self, bundle: ModelBundle, config: RunConfig) -> list[ClipFeatures]:
+        """Every active feature's per-clip cached tensors, in a stable order (by name)."""
+        found = [f for f in self.pm.hook.clip_features(bundle=bundle, config=config) if f is not None]
+        names = [f.name for f in found]
+        if len(set(names)) != len(names):
+            raise PluginError(f"several plugins offer clip features named the same: {', '.join(sorted(names))}")
+        return sorted(found, key=lambda f: f.name)
+
+    def auxiliary_losses(
+        self, bundle: ModelBundle, batch: dict[str, torch.Tensor], output: LossOutput, step: int, config: RunConfig
+    ) -> list[AuxiliaryLoss]:
+        terms = self.pm.hook.auxiliary_loss(bundle=bundle, batch=batch, output=output, step=step, config=config)
+        return [t for t in terms if t is not None]
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -33,13 +33,15 @@ def check_routing(bundle: ModelBundle, router: TokenRouter) -> list[tuple[int, i
     if not bundle.supports_token_routing:
         raise PluginError(f"token routing is configured but model family '{bundle.family}' does not support it")
     spans = router.spans(bundle.num_blocks)
+    # A router may name the option that sets its routes (``option``), so the message names both settings.
+    routes = getattr(router, "option", None) or "the routes"
     for feature, tap in sorted(bundle.block_taps.items()):
         block = tap + bundle.num_blocks if tap < 0 else tap
         for start, end in spans:
             if start <= block <= end:
                 raise PluginError(
                     f"{feature} reads the hidden states of block {tap}, which token routing skips for some tokens"
-                    f" (blocks {start}..{end}): move {feature} to a block outside every route, or change the routes"
+                    f" (blocks {start}..{end}): move {feature} to a block outside every route, or change {routes}"
                 )
     return spans
 

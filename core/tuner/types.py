@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdapterWeights",
+    "AuxiliaryLoss",
+    "ClipFeatures",
     "Expert",
     "ModelBundle",
     "LossOutput",
@@ -111,6 +113,22 @@ class ModelBundle:
         (image-to-video): each validation prompt needs an image, which the core
         passes in `ValidationRequest.conditioning_frames`; a run without any
         stops at start-up.
+    :ivar hidden_size: width of the hidden states the blocks of ``block_lists``
+        output; a feature that reads a block (``block_taps``) sizes its head by
+        it. 0 when the family does not say.
+    :ivar token_grid: given a batch as `compute_loss` receives it, the
+        ``(frames, height, width)`` grid of the latent tokens the blocks see,
+        which the blocks hold frame-major (``frame * height * width + row *
+        width + column``); ``None`` when the family does not say. Features that
+        read a block per frame (CREPA) need it.
+    :ivar trainables: small modules a feature trains together with the adapter
+        (a projection head, say), added from `prepare_model` with
+        ``phase="adapted"``: name -> module. The core makes their parameters
+        float32 and trainable, moves them to the training device, puts them in
+        the optimizer after the adapter's, clips them with it, and saves and
+        restores them in checkpoints; they are not exported with the adapter
+        and not averaged by EMA. Why a field and not a hidden attribute of the
+        denoiser: checkpoints, resume and the optimizer must all see them.
     """
 
     family: str
@@ -131,6 +149,9 @@ class ModelBundle:
     image_conditioned: bool = False
     experts: list[Expert] = field(default_factory=list)
     expert_switch: Callable[[Expert], None] | None = None
+    hidden_size: int = 0
+    token_grid: Callable[[dict[str, torch.Tensor]], tuple[int, int, int]] | None = None
+    trainables: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     def trained_experts(self) -> list[Expert]:
         """The experts the run trains; a single denoiser is one expert over the whole range."""
@@ -208,10 +229,69 @@ class LossOutput:
 
     :ivar loss: a scalar tensor to back-propagate (mean over the micro-batch).
     :ivar logs: plain floats shown in the progress bar and sent to trackers.
+    :ivar sigmas: optional ``(batch,)`` noise levels drawn for the samples.
+        Features that add a loss term read them (with several trained experts,
+        a sample ran through the expert that owns its sigma, `Expert.owns`).
     """
 
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
+    sigmas: torch.Tensor | None = None
+
+
+@dataclass
+class AuxiliaryLoss:
+    """A term a feature adds to the training loss (returned by `auxiliary_loss`).
+
+    The core back-propagates ``loss + sum(weight * term.loss)``; a term whose
+    weight is 0 is left out of the graph (its logs still appear).
+
+    :ivar name: the feature's name, for errors.
+    :ivar loss: scalar tensor, unweighted; ``None`` when only logs are given.
+    :ivar weight: the term's weight at this step (a feature's own schedule).
+    :ivar logs: plain floats merged into the step's logs (keep names unique:
+        prefix them with the feature's name).
+    """
+
+    name: str
+    loss: torch.Tensor | None
+    weight: float = 1.0
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class ClipFeatures(Protocol):
+    """Per-clip tensors a feature computes from the clean pixels, cached beside the latents.
+
+    Returned by `clip_features` at set-up. Its entries are content-keyed like
+    the latent cache (the latent entry's key plus ``name`` and ``identity``),
+    written atomically, built only for clips that lack them, and merged into
+    the batch `compute_loss` gets, so a run whose caches are complete never
+    loads the feature's encoder.
+
+    :ivar name: names the feature in entry keys and errors.
+    :ivar identity: changes whenever what `encode` returns would change (the
+        encoder, its input size, a version): entries made otherwise are not
+        reused.
+    """
+
+    name: str
+    identity: str
+
+    def start(self, latents_to_encode: int) -> None:
+        """Called once before any clip is encoded (also when nothing is), with how many clips still
+        need the family's latents (`encode_batch`). A feature that frees the latent encoder refuses
+        here when that is not 0."""
+        ...
+
+    def encode(self, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """``(batch, frames, channels, height, width)`` pixels in ``[-1, 1]`` -> one dict of CPU tensors
+        per clip, called under ``torch.no_grad()`` on the encoding thread. Key names must differ
+        from the family's (prefix them with ``name``)."""
+        ...
+
+    def done(self) -> None:
+        """The caches are complete: release whatever `encode` loaded."""
+        ...
 
 
 @dataclass
@@ -345,7 +425,9 @@ class TokenRouter(Protocol):
     while validating or at inference.
 
     Routable tokens are the family's latent (image / video) tokens; text and
-    other context tokens are never routed.
+    other context tokens are never routed. A router may also carry an
+    ``option`` attribute, the config option that sets its routes, which
+    start-up errors name.
     """
 
     def spans(self, num_blocks: int) -> list[tuple[int, int]]:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from tuner.data.sizing import Geometry
     from tuner.plugins import PluginHost
-    from tuner.types import ModelBundle
+    from tuner.types import ClipFeatures, ModelBundle
 
 # ``CachedSample`` is what one cached training sample is called outside the data package.
 __all__ = ["CachedSample", "LatentJob", "EntryWriter", "build_latents", "build_texts"]
@@ -37,11 +37,17 @@ __all__ = ["CachedSample", "LatentJob", "EntryWriter", "build_latents", "build_t
 
 @dataclass(frozen=True)
 class LatentJob:
-    """One clip to encode: where it is, how to cut it, where its entry goes."""
+    """One clip to encode: where it is, how to cut it, where its entries go.
+
+    ``latents`` is false when only some features' entries are missing;
+    ``features`` pairs the index of each missing feature with its entry.
+    """
 
     source: Path
     geometry: Geometry
     entry: Path
+    latents: bool = True
+    features: tuple[tuple[int, Path], ...] = ()
 
 
 class EntryWriter:
@@ -119,8 +125,13 @@ def build_latents(
     compress: bool,
     device: torch.device,
     on_failure: Callable[[LatentJob, str], None],
+    features: Sequence[ClipFeatures] = (),
 ) -> int:
-    """Encode ``jobs`` into their entries; broken files go to ``on_failure``. Returns entries written."""
+    """Encode ``jobs`` into their entries; broken files go to ``on_failure``. Returns clips encoded.
+
+    The family's `encode_batch` runs on the clips that lack latents, each of
+    ``features`` on the clips that lack its entry: one decode serves them all.
+    """
     import torch
 
     # Same-shape batches: order the work by shape so batches fill up.
@@ -145,12 +156,13 @@ def build_latents(
                 return
             stacked = torch.stack([pixels for _, pixels in batch]).to(device, non_blocking=True)
             stacked = to_pixels(stacked)  # (B, F, H, W, 3) uint8 -> (B, F, 3, H, W) in [-1, 1]
-            with torch.no_grad():
-                encoded = host.encode_batch(bundle, stacked)
-            if len(encoded) != len(batch):
-                raise DataError(f"encode_batch returned {len(encoded)} entries for {len(batch)} clips")
-            for (job, _), tensors in zip(batch, encoded, strict=True):
-                writer.put(job.entry, tensors, {"source": str(job.source)})
+            wanted = [(job.entry, i) for i, (job, _) in enumerate(batch) if job.latents]
+            if wanted:
+                _encode(("encode_batch", lambda pixels: host.encode_batch(bundle, pixels)), wanted, stacked, batch, writer)
+            for k, feature in enumerate(features):
+                rows = [(path, i) for i, (job, _) in enumerate(batch) for j, path in job.features if j == k]
+                if rows:
+                    _encode((f"{feature.name} features", feature.encode), rows, stacked, batch, writer)
             written += len(batch)
             advance(len(batch))
             batch.clear()
@@ -171,6 +183,26 @@ def build_latents(
         finally:
             decoded.close()  # on an interruption too: stop the decoders now, not when the traceback is freed
     return written
+
+
+def _encode(
+    encoder: tuple[str, Callable[[torch.Tensor], list[dict[str, torch.Tensor]]]],
+    rows: list[tuple[Path, int]],
+    pixels: torch.Tensor,
+    batch: list[tuple[LatentJob, Any]],
+    writer: EntryWriter,
+) -> None:
+    """Run one encoder on the clips ``rows`` (entry, index in the batch) of ``pixels`` and queue their entries."""
+    import torch
+
+    name, encode = encoder
+    picked = pixels if len(rows) == len(batch) else pixels[torch.tensor([i for _, i in rows], device=pixels.device)]
+    with torch.no_grad():
+        encoded = encode(picked)
+    if len(encoded) != len(rows):
+        raise DataError(f"{name} returned {len(encoded)} entries for {len(rows)} clips")
+    for (path, i), tensors in zip(rows, encoded, strict=True):
+        writer.put(path, tensors, {"source": str(batch[i][0].source)})
 
 
 def build_texts(

@@ -91,6 +91,17 @@ def _read(path: Path, source: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def _read_sample(sample: PlannedSample) -> dict[str, torch.Tensor]:
+    """The latent entry of ``sample`` with its features' entries merged in."""
+    entry = _read(sample.latents, sample.source)
+    for path in sample.features:
+        extra = _read(path, sample.source)
+        if clash := sorted(set(extra) & set(entry)):
+            raise DataError(f"cache entry {path} (of {sample.source}) repeats the keys {clash} of the latent entry")
+        entry.update(extra)
+    return entry
+
+
 def _stack(latents: list[dict[str, torch.Tensor]], picked: Sequence[PlannedSample]) -> dict[str, torch.Tensor]:
     import torch
 
@@ -106,7 +117,7 @@ def load_batch(
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
     """Stacked cached latents of ``samples[indices]`` (same shape) and their prompt encodings."""
     picked = [samples[i] for i in indices]
-    return _stack([_read(s.latents, s.source) for s in picked], picked), [_read(s.text, s.source) for s in picked]
+    return _stack([_read_sample(s) for s in picked], picked), [_read(s.text, s.source) for s in picked]
 
 
 class TrainingData:
@@ -190,7 +201,7 @@ class TrainingData:
     def _load(self, index: int) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         indices = self.batch_indices(index)
         picked = [self.samples[i] for i in indices]
-        latents = [_read(s.latents, s.source) for s in picked]
+        latents = [_read_sample(s) for s in picked]
         prompts = []
         for s, dropped in zip(picked, self.dropped_captions(index, len(indices)), strict=True):
             if dropped:

@@ -42,7 +42,11 @@ PIXELS_VERSION = 1
 
 @dataclass(frozen=True)
 class PlannedSample:
-    """A sample as it will train: its source, caption, geometry and cache entries."""
+    """A sample as it will train: its source, caption, geometry and cache entries.
+
+    ``features`` are the entries of the features' per-clip tensors
+    (`tuner.types.ClipFeatures`), in the order of the run's features.
+    """
 
     dataset: str
     source: Path
@@ -50,6 +54,7 @@ class PlannedSample:
     geometry: Geometry
     latents: Path
     text: Path
+    features: tuple[Path, ...] = ()
 
 
 @dataclass

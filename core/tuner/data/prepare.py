@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from tuner.errors import DataError, did_you_mean
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     import torch
@@ -23,9 +24,9 @@ if TYPE_CHECKING:
     from tuner.data.buckets import Bucket, PlannedSample
     from tuner.data.scan import DataScan
     from tuner.plugins import PluginHost
-    from tuner.types import ModelBundle
+    from tuner.types import ClipFeatures, ModelBundle
 
-__all__ = ["scan_samples", "prepare_samples"]
+__all__ = ["scan_samples", "prepare_samples", "with_feature_entries"]
 
 
 def scan_samples(config: RunConfig) -> DataScan:
@@ -35,6 +36,37 @@ def scan_samples(config: RunConfig) -> DataScan:
     return scan_datasets(config)
 
 
+def _sound(path: Path) -> bool:
+    """Whether the entry at ``path`` exists whole; a damaged one (not by us: writes are atomic) is removed."""
+    from tuner.cache.store import entry_is_sound, find_entry
+
+    stored = find_entry(path)
+    if stored is not None and entry_is_sound(stored):
+        return True
+    if stored is not None:
+        stored.unlink(missing_ok=True)
+    return False
+
+
+def with_feature_entries(samples: list[PlannedSample], features: Sequence[ClipFeatures]) -> list[PlannedSample]:
+    """``samples`` with the entries of ``features`` beside their latent entries (keyed by the latent entry's key)."""
+    from dataclasses import replace
+
+    from tuner.cache.store import entry_key, entry_path
+
+    if not features:
+        return samples
+
+    def paths(s: PlannedSample) -> tuple[Path, ...]:
+        latent_key = s.latents.name.split(".", 1)[0]
+        return tuple(
+            entry_path(s.latents.parent.parent, entry_key(kind="features", latents=latent_key, name=f.name, identity=f.identity))
+            for f in features
+        )
+
+    return [replace(s, features=paths(s)) for s in samples]
+
+
 def _encode_missing_latents(
     host: PluginHost,
     bundle: ModelBundle,
@@ -42,26 +74,29 @@ def _encode_missing_latents(
     scan: DataScan,
     samples: list[PlannedSample],
     device: torch.device,
+    features: Sequence[ClipFeatures] = (),
 ) -> set[int]:
-    """Encode every sample whose latent entry is missing or damaged; return the indices that failed to decode."""
+    """Encode every sample whose latent or feature entries are missing or damaged; return the indices that failed to decode."""
     from tuner.cache.build import LatentJob, build_latents
-    from tuner.cache.store import clean_partials, entry_is_sound, find_entry
+    from tuner.cache.store import clean_partials
     from tuner.data.scan import decode_workers
 
-    todo: dict[str, int] = {}
-    for i, s in enumerate(samples):
-        stored = find_entry(s.latents)
-        if stored is not None and entry_is_sound(stored):
+    todo: dict[str, LatentJob] = {}
+    for s in samples:
+        if str(s.latents) in todo:  # two datasets may share one entry
             continue
-        if stored is not None:  # damaged on disk (not by us: writes are atomic): encode it again
-            stored.unlink(missing_ok=True)
-        todo.setdefault(str(s.latents), i)  # two datasets may share one entry
+        missing = tuple((k, path) for k, path in enumerate(s.features) if not _sound(path))
+        latents = not _sound(s.latents)
+        if latents or missing:
+            todo[str(s.latents)] = LatentJob(s.source, s.geometry, s.latents, latents, missing)
+    for feature in features:  # also when nothing is missing: a feature may free an encoder here
+        feature.start(sum(job.latents for job in todo.values()))
     if not todo:
         return set()
-    for folder in {samples[i].latents.parent.parent for i in todo.values()}:
+    for folder in {job.entry.parent.parent for job in todo.values()}:
         clean_partials(folder)
     failed: set[str] = set()
-    by_entry = {str(samples[i].latents): samples[i] for i in todo.values()}
+    by_entry = {str(s.latents): s for s in samples}
 
     def on_failure(job: LatentJob, reason: str) -> None:
         failed.add(str(job.entry))
@@ -69,17 +104,17 @@ def _encode_missing_latents(
         scan.forget_broken(sample.dataset, sample.source, reason)
 
     data = config.data
-    jobs = [LatentJob(samples[i].source, samples[i].geometry, samples[i].latents) for i in todo.values()]
     build_latents(
         host,
         bundle,
-        jobs,
+        list(todo.values()),
         vae_batch_size=data.vae_batch_size,
         write_batch_size=data.write_batch_size,
         workers=decode_workers(data),
         compress=data.compress_disk_cache,
         device=device,
         on_failure=on_failure,
+        features=features,
     )
     return {i for i, s in enumerate(samples) if str(s.latents) in failed}
 
@@ -149,7 +184,13 @@ def prepare_samples(
     check_datasets(scan, samples, buckets, config)
     training = {i for b in buckets for i in b.members}
     samples = [s for i, s in enumerate(samples) if i in training]
-    failed = _encode_missing_latents(host, bundle, config, scan, samples + held_out, device)
+    features = host.clip_features(bundle, config)
+    samples, held_out = with_feature_entries(samples, features), with_feature_entries(held_out, features)
+    try:
+        failed = _encode_missing_latents(host, bundle, config, scan, samples + held_out, device, features)
+    finally:
+        for feature in features:
+            feature.done()
     # Bucket again over what trains (without files found broken while decoding).
     held_out = [s for i, s in enumerate(held_out, len(samples)) if i not in failed]
     samples = [s for i, s in enumerate(samples) if i not in failed]

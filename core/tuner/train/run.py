@@ -15,6 +15,8 @@ from tuner.train.checkpoints import ADAPTER_FILE
 from tuner.train.trainer import EMA_ADAPTER_FILE, Trainer, TrainingDiverged, micro_seed
 
 if TYPE_CHECKING:
+    import torch
+
     from tuner.config import RunConfig
     from tuner.plugins import PluginHost
     from tuner.train.adapters import AdapterSet
@@ -71,6 +73,17 @@ def _enable_gradient_checkpointing(bundle: ModelBundle) -> None:
                 f"model family '{bundle.family}' does not support gradient_checkpointing: set it to false"
             )
         enable()
+
+
+def _feature_params(bundle: ModelBundle, device: torch.device) -> list[torch.nn.Parameter]:
+    """The parameters of the features' own modules (`ModelBundle.trainables`), float32 and trainable on ``device``."""
+    params: list[torch.nn.Parameter] = []
+    for name in sorted(bundle.trainables):  # a stable order: checkpoints store the parameters as a list
+        module = bundle.trainables[name].float().to(device).train()
+        for param in module.parameters():
+            param.requires_grad_(True)
+            params.append(param)
+    return params
 
 
 def _adapter_outputs(name: str, files: dict[str, Path]) -> dict[str, Path]:
@@ -162,12 +175,13 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     if tc.optimizer == "prodigy" and tc.learning_rate != 1.0:
         notices.append(f"prodigy adapts its own step size and expects learning_rate = 1.0 (got {tc.learning_rate})")
 
-    optimizer = build_optimizer(tc.optimizer, adapter.params, tc)
+    extras = _feature_params(bundle, accelerator.device)
+    optimizer = build_optimizer(tc.optimizer, adapter.params + extras, tc)
     schedule = build_schedule(optimizer, tc, steps)
     ema = EMA(adapter.params, tc.ema_decay, tc.ema_update_interval) if tc.use_ema else None
     optimizer = _prepare(accelerator, bundle, adapter, optimizer, tc.experts_on_accelerator == "all")
     run = RunInfo(output_dir, steps, 0, bundle.family, config, base_model=bundle.base_model)
-    trainer = Trainer(host, config, bundle, data, adapter, optimizer, schedule, accelerator, run, ema)
+    trainer = Trainer(host, config, bundle, data, adapter, optimizer, schedule, accelerator, run, ema, extras=extras)
     if resume_from is not None:
         run.start_step = trainer.resume(resume_from)
 

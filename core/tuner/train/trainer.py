@@ -54,10 +54,13 @@ class Trainer:
     run: RunInfo
     ema: EMA | None = None
     skipped_in_a_row: int = field(default=0)
+    # Parameters of the features' own modules (`ModelBundle.trainables`): optimized, clipped and
+    # checkpointed with the adapter's, after them; never exported or averaged by EMA.
+    extras: list[torch.nn.Parameter] = field(default_factory=list)
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
-        return self.adapter.params
+        return self.adapter.params + self.extras
 
     # -- the step ------------------------------------------------------------
 
@@ -86,17 +89,24 @@ class Trainer:
             batch = self.micro_batch(index)
             generator = torch.Generator(acc.device).manual_seed(micro_seed(tc.seed, index))
             out = self.host.compute_loss(self.bundle, batch, generator, self.config)
-            if not torch.isfinite(out.loss.detach()).all():
-                return self._bad_loss(step, float(out.loss.detach()), start)
+            total = out.loss
+            # Features add their weighted terms; a term weighted 0 stays out of the graph.
+            for term in self.host.auxiliary_losses(self.bundle, batch, out, step, self.config):
+                logs.update(term.logs)
+                if term.loss is not None and term.weight != 0:
+                    total = total + term.weight * term.loss
+            if not torch.isfinite(total.detach()).all():
+                return self._bad_loss(step, float(total.detach()), start)
             # Gradients add up across micro-batches; DDP syncs only on the last one.
             sync = micro == ga - 1
             with contextlib.ExitStack() as stack:
                 if not sync:
                     for model in models:
                         stack.enter_context(acc.no_sync(model))
-                acc.backward(out.loss / ga)
-            losses.append(out.loss.detach())
+                acc.backward(total / ga)
+            losses.append(out.loss.detach())  # the family's objective: comparable with and without features
             logs.update(out.logs)
+        self._sync_extras()
         logs["grad_norm"] = self._clip()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -106,6 +116,17 @@ class Trainer:
         self.skipped_in_a_row = 0
         loss = float(torch.stack(losses).float().mean())
         return {"loss": loss, "lr": self._lr(), "step_time": time.perf_counter() - start, **logs}
+
+    def _sync_extras(self) -> None:
+        """Average the features' gradients across processes (DDP syncs only the wrapped denoisers')."""
+        import torch
+
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return
+        for param in self.extras:
+            grad = param.grad if param.grad is not None else torch.zeros_like(param)
+            param.grad = acc.reduce(grad, reduction="mean")
 
     def _clip(self) -> float:
         """Clip as configured; return the gradient norm before clipping."""
@@ -200,7 +221,10 @@ class Trainer:
 
         state, info = read_checkpoint(path)
         if len(state["params"]) != len(self.params) or any(a.shape != b.shape for a, b in zip(state["params"], self.params)):
-            raise CheckpointError(f"{path} was written for a different adapter (type, rank or targets changed)")
+            raise CheckpointError(
+                f"{path} was written for a different adapter (type, rank or targets changed) or other feature"
+                " modules (a feature such as crepa turned on or off)"
+            )
         with torch.no_grad():
             for saved, param in zip(state["params"], self.params):
                 param.copy_(saved.to(param.device, param.dtype))

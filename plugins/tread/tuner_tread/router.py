@@ -98,6 +98,7 @@ class TreadRouter:
     """A `tuner.types.TokenRouter` for the configured routes."""
 
     routes: tuple[TreadRoute, ...]
+    option: str = "tread_config"  # named in start-up errors (`tuner.routing.check_routing`)
 
     def spans(self, num_blocks: int) -> list[tuple[int, int]]:
         return [(start, end) for start, end, _ in resolve_routes(self.routes, num_blocks)]

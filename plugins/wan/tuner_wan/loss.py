@@ -56,4 +56,4 @@ def flow_matching_loss(
     kwargs = inputs.kwargs if inputs.force_keep is None else {**inputs.kwargs, "force_keep": inputs.force_keep}
     pred = run_experts(bundle, sigmas, kwargs, forward)
     loss = masked_mse(pred, noise - x0, inputs.loss_mask).mean()
-    return LossOutput(loss=loss, logs={"sigma_mean": float(sigmas.mean())})
+    return LossOutput(loss=loss, logs={"sigma_mean": float(sigmas.mean())}, sigmas=sigmas)

@@ -57,6 +57,8 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
     if note := single_stage_note(section.model_flavour, parts["experts"]):
         notice(note)
     vae = parts["vae"]
+    transformer_config = parts["transformer"].config
+    patch = tuple(int(p) for p in transformer_config.patch_size)
     return ModelBundle(
         family=FAMILY,
         denoiser=parts["transformer"],
@@ -77,7 +79,14 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         image_conditioned=parts["conditioning"].image_conditioned,
         refused_precisions=dict(REFUSED_PRECISIONS),
         experts=parts["experts"],
+        hidden_size=int(transformer_config.num_attention_heads * transformer_config.attention_head_dim),
+        token_grid=lambda batch: _token_grid(batch["latents"].shape, patch),
     )
+
+
+def _token_grid(latent_shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, int, int]:
+    """The transformer's token grid for latents ``(B, C, F, H, W)``: patch_embedding(...).flatten(2) is frame-major."""
+    return latent_shape[2] // patch[0], latent_shape[3] // patch[1], latent_shape[4] // patch[2]
 
 
 @hookimpl
