@@ -123,7 +123,7 @@ class CrepaPlugin:
         with torch.enable_grad() if weight else torch.no_grad():
             score, same = self._scores(bundle, batch, output, section)
         loss = 1.0 - score
-        logs = {"crepa_loss": float(loss.detach()), "crepa_alignment": float(same), "crepa_weight": weight}
+        logs = {"crepa_loss": float(loss.detach()), "crepa_alignment": float(same.detach()), "crepa_weight": weight}
         return AuxiliaryLoss("crepa", loss, weight, logs)
 
     def _scores(
