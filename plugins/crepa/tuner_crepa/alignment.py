@@ -32,7 +32,8 @@ def make_projector(hidden_size: int, teacher_size: int, seed: int) -> torch.nn.M
     import torch
     from torch import nn
 
-    projector = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, teacher_size))
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws from the global generator
+        projector = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, teacher_size))
     generator = torch.Generator().manual_seed(seed)
     linear = projector[1]
     bound = 1.0 / math.sqrt(hidden_size)  # nn.Linear's default range
