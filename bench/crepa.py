@@ -1,0 +1,128 @@
+"""CREPA's cost per training step: step time and peak memory with CREPA on vs off, teacher features cached.
+
+    python bench/crepa.py              # 3 rounds of 12 steps per configuration
+    python bench/crepa.py --quick      # 1 round of 6 steps
+
+Both configurations train the mid-size Wan-shaped transformer of bench/overhead.py (LoRA rank 16,
+AdamW, 17 frames of 256x256 -> 5 x 16 x 16 = 1280 tokens) through a real tuner run. CREPA taps
+block 1 with a teacher of dinov2_vits14's shape (384 wide, patch 14) at 224 pixels (16 x 16 patches),
+random weights written locally. The caches (latents and teacher features) are filled by a first run,
+so the measured runs only read them, as a real second run does. Each measured run is its own process,
+so its peak memory is its own (CUDA: max allocated; CPU: peak RSS). Configurations alternate round
+by round so drift in the machine's speed hits both alike. Printed: median step times (first step
+dropped), their ratio (target <= 1.10) and the ratio of peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+TARGET = 1.10
+
+
+def _teacher(folder: Path) -> Path:
+    from transformers import Dinov2Config, Dinov2Model
+
+    path = folder / "dinov2-vits14-shape"
+    if not path.is_dir():
+        torch.manual_seed(0)
+        config = Dinov2Config(hidden_size=384, num_hidden_layers=2, num_attention_heads=6, patch_size=14, image_size=224)
+        Dinov2Model(config).save_pretrained(path)
+    return path
+
+
+def child(folder: Path, crepa: bool, steps: int) -> dict[str, float]:
+    """One run in this process: median step time and peak memory."""
+    from tuner.config import resolve_config
+    from tuner.hookspecs import hookimpl
+    from tuner.plugins import PluginHost
+    from tuner.train.run import train
+
+    class Clock:
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+
+        @hookimpl
+        def on_run_start(self, run):  # type: ignore[no-untyped-def]
+            self.marks.append(time.perf_counter())
+
+        @hookimpl
+        def on_step_end(self, run, step, logs):  # type: ignore[no-untyped-def]
+            self.marks.append(time.perf_counter())
+
+    clock = Clock()
+    host = PluginHost.build(["wan", "crepa"], extra={"clock": clock})
+    options = {
+        "train": {"output_dir": str(folder / ("on" if crepa else "off")), "max_train_steps": steps, "lora_rank": 16,
+                  "learning_rate": 1e-4, "checkpoint_step_interval": 0},
+        "data": {"instance_data_dir": str(folder / "clips"), "num_frames": 17, "resolution": 256,
+                 "cache_dir": str(folder / "cache")},
+        "wan": {"pretrained_model_name_or_path": str(folder / "model"), "max_sequence_length": 32},
+        "crepa": {"crepa_enabled": crepa, "crepa_block_index": 1, "crepa_encoder": str(folder / "dinov2-vits14-shape"),
+                  "crepa_encoder_image_size": 224},
+    }
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train(resolve_config(options, host), host)
+    times = [b - a for a, b in zip(clock.marks[1:], clock.marks[2:])]  # the first step warms up
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"step": statistics.median(times) if times else 0.0, "peak_mib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child", choices=["on", "off"])
+    parser.add_argument("--folder")
+    parser.add_argument("--steps", type=int, default=12)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(Path(args.folder), args.child == "on", args.steps)))
+        return
+
+    sys.path.insert(0, str(HERE))
+    from overhead import write_mid_model
+
+    from tuner.data.synthetic import write_synthetic_clips
+
+    rounds, steps = (1, 6) if args.quick else (3, args.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_mid_model(folder)
+        write_synthetic_clips(folder / "clips", count=2, num_frames=17, width=256, height=256)
+        _teacher(folder)
+        child(folder, True, 1)  # fills the latent and feature caches
+        results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+        for r in range(rounds):
+            for which in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", which, "--folder", str(folder), "--steps", str(steps)],
+                    check=True, capture_output=True, text=True,
+                )
+                results[which].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    off = statistics.median(r["step"] for r in results["off"])
+    on = statistics.median(r["step"] for r in results["on"])
+    mem_off = max(r["peak_mib"] for r in results["off"])
+    mem_on = max(r["peak_mib"] for r in results["on"])
+    device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"mid-size Wan, 1280 tokens, CREPA at block 1, vits14-shaped teacher at 224 (features cached), {device}")
+    print(f"step time   off {off * 1000:8.1f} ms   on {on * 1000:8.1f} ms   ratio {on / off:.3f}  (target <= {TARGET})")
+    print(f"peak memory off {mem_off:8.1f} MiB  on {mem_on:8.1f} MiB  ratio {mem_on / mem_off:.3f}")
+
+
+if __name__ == "__main__":
+    main()
