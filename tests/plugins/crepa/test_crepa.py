@@ -289,3 +289,15 @@ def test_cached_features_need_no_teacher_weights_and_drop_the_vae_encoder(make_r
     result = cli(["train", "--config", str(again)])
     assert result.exit_code == 0, result.stderr
     assert "encoding clips" not in result.stderr + result.output
+
+
+def test_both_wan_22_experts_train_with_a_projector_each(make_run, tiny_dino, cli):
+    options = crepa(tiny_dino, "wan.wan_train_both_experts=true", "train.train_batch_size=2", "train.learning_rate=0.01")
+    config = make_run(steps=6, variant="t2v-14b-2.2-high", overrides=options)
+    result = cli(["train", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    assert all("crepa_alignment" in s for s in steps_of(config))
+    state, _ = read_checkpoint(config.parent / "output" / "checkpoint-6")
+    shapes = [tuple(p.shape) for p in state["params"]]
+    # Last come the two projectors (high-noise, then low-noise expert): LayerNorm(32) weight, bias, Linear(32 -> 32).
+    assert shapes[-8:] == [(32,), (32,), (32, 32), (32,)] * 2
