@@ -301,3 +301,20 @@ def test_both_wan_22_experts_train_with_a_projector_each(make_run, tiny_dino, cl
     shapes = [tuple(p.shape) for p in state["params"]]
     # Last come the two projectors (high-noise, then low-noise expert): LayerNorm(32) weight, bias, Linear(32 -> 32).
     assert shapes[-8:] == [(32,), (32,), (32, 32), (32,)] * 2
+
+
+@pytest.mark.parametrize("offload", [["blocks_to_swap=1"], ["enable_group_offload=true"]], ids=["block-swap", "group-offload"])
+def test_crepa_with_offloading_and_checkpointing_repeats_the_plain_run(make_run, tiny_dino, cli, offload, tmp_path):
+    common = crepa(tiny_dino, "train.gradient_checkpointing=true", "train.learning_rate=0.01")
+    plain = make_run(name="plain", steps=3, overrides=common)
+    if "enable_group_offload=true" in offload:
+        offload = [*offload, f"group_offload_to_disk_path='{tmp_path / 'spill'}'"]
+    offloaded = make_run(name="offloaded", steps=3, overrides=[*common, "plugins=['wan', 'crepa', 'offload']", *offload])
+    for config in (plain, offloaded):
+        result = cli(["train", "--config", str(config)])
+        assert result.exit_code == 0, result.stderr
+    a, b = steps_of(plain), steps_of(offloaded)
+    assert [(s["loss"], s["crepa_loss"]) for s in a] == [(s["loss"], s["crepa_loss"]) for s in b]
+    fa = load_file(plain.parent / "output" / "pytorch_lora_weights.safetensors")
+    fb = load_file(offloaded.parent / "output" / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
