@@ -167,6 +167,8 @@ def drop_latent_encoders(bundle: ModelBundle) -> None:
 
     diffusers' autoencoders hold it as ``.encoder`` (and ``.quant_conv``); ``encode`` fails afterwards.
     """
+    from tuner.report.progress import notice
+
     dropped = 0
     for key, kind in bundle.encoders.items():
         vae = bundle.components.get(key)
@@ -181,6 +183,7 @@ def drop_latent_encoders(bundle: ModelBundle) -> None:
         if getattr(vae, "quant_conv", None) is not None:
             vae.quant_conv = None
         dropped += 1
+        notice(f"crepa_drop_vae_encoder: freed the encoder of '{key}' (every clip's latents are cached)")
     if not dropped:
         raise PluginError(
             f"crepa_drop_vae_encoder: model family '{bundle.family}' names no latent encoder (bundle.encoders):"

@@ -285,10 +285,13 @@ def test_cached_features_need_no_teacher_weights_and_drop_the_vae_encoder(make_r
     assert load_file(first.parent / "output" / "crepa_projector.safetensors")
     for weights in dino.glob("*.safetensors"):
         weights.unlink()  # only config.json is left: the features are in the cache
-    again = make_run(name="first", steps=2, overrides=[*crepa(dino, "crepa_drop_vae_encoder=true"), "train.output_dir='again'"])
+    again = make_run(name="first", steps=2, overrides=[*crepa(dino, "crepa_drop_vae_encoder=true"), "train.output_dir='again'",
+                                                       "validation.validation_prompt='a clip'"])
     result = cli(["train", "--config", str(again)])
     assert result.exit_code == 0, result.stderr
     assert "encoding clips" not in result.stderr + result.output
+    assert "crepa_drop_vae_encoder: freed the encoder of 'vae'" in result.stderr + result.output
+    assert (again.parent / "again" / "validation" / "step-2" / "main.mp4").is_file(), "the decoder still validates"
 
 
 def test_both_wan_22_experts_train_with_a_projector_each(make_run, tiny_dino, cli):
