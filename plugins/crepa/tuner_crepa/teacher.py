@@ -114,6 +114,11 @@ class DinoFeatures:
     def start(self, latents_to_encode: int) -> None:
         if not self.section.crepa_drop_vae_encoder:
             return
+        if self.bundle.image_conditioned:
+            raise ConfigError(
+                "crepa_drop_vae_encoder = true, but this model generates from a first frame that validation encodes"
+                " with the VAE encoder (image-to-video): set crepa_drop_vae_encoder = false"
+            )
         if latents_to_encode:
             raise ConfigError(
                 f"crepa_drop_vae_encoder = true, but {latents_to_encode} clip(s) have no cached latents yet and the"

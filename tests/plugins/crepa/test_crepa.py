@@ -321,3 +321,23 @@ def test_crepa_with_offloading_and_checkpointing_repeats_the_plain_run(make_run,
     fa = load_file(plain.parent / "output" / "pytorch_lora_weights.safetensors")
     fb = load_file(offloaded.parent / "output" / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
+def test_dropping_the_vae_encoder_is_refused_for_image_to_video(tiny_dino):
+    from torch import nn
+
+    from tuner.types import ModelBundle
+    from tuner_crepa.teacher import DinoFeatures, TeacherInfo
+
+    vae = nn.Module()
+    vae.encoder = nn.Linear(2, 2)
+    bundle = ModelBundle("wan", nn.Identity(), [], components={"vae": vae}, encoders={"vae": "latent"},
+                         temporal_compression=4, image_conditioned=True)
+    section = CrepaSection(crepa_enabled=True, crepa_drop_vae_encoder=True)
+    features = DinoFeatures(section, TeacherInfo(str(tiny_dino), 32, 14), bundle)
+    with pytest.raises(ConfigError, match="generates from a first frame"):
+        features.start(0)
+    assert vae.encoder is not None
+    bundle.image_conditioned = False
+    features.start(0)
+    assert vae.encoder is None
