@@ -230,6 +230,4 @@ def on_main_process() -> bool:
     """Whether this is the main process of the run (or the only one)."""
     from accelerate.state import PartialState
 
-    if not PartialState._shared_state:
-        return True
-    return bool(PartialState().is_main_process)
+    return bool(PartialState().is_main_process)  # the state the run set up; a lone process is the main one
