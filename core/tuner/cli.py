@@ -87,6 +87,10 @@ def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | N
 
 
 def _print_outputs(outputs: dict[str, Path]) -> None:
+    from tuner.train.distributed import on_main_process
+
+    if not on_main_process():  # one process of several speaks for the run
+        return
     # Plain lines, never wrapped: scripts read these paths.
     typer.echo("done")
     for name, path in outputs.items():
@@ -95,8 +99,29 @@ def _print_outputs(outputs: dict[str, Path]) -> None:
 
 @app.command()
 @friendly_errors
-def train(config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None) -> None:
+def train(
+    config: ConfigOpt,
+    plugin: PluginOpt = None,
+    set_: SetOpt = None,
+    num_processes: Annotated[
+        int,
+        typer.Option(
+            "--num-processes",
+            min=1,
+            help="Train in N processes (one per GPU; on a CPU, gloo) through accelerate's launcher: the same as"
+            " accelerate launch --num_processes N -m tuner train ... (docs/scale.md).",
+        ),
+    ] = 1,
+) -> None:
     """Train an adapter as the config says."""
+    if num_processes > 1:
+        from tuner.train.launch import launch
+
+        _, cfg = load_run_config(config, plugin, set_)  # a bad config fails here once, not in every process
+        args = ["train", "--config", str(config)]
+        args += [f"--plugin={p}" for p in plugin or []] + [f"--set={s}" for s in set_ or []]
+        launch(num_processes, args, cfg.train.mixed_precision)
+        return
     host, cfg = load_run_config(config, plugin, set_)
     from tuner.train.run import train as run_training
 

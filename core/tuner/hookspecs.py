@@ -169,13 +169,17 @@ def compute_loss(
 
     Called once per micro-batch inside the accumulation context; the core
     back-propagates the returned loss, clips, steps the optimizer and logs.
+    With several processes it runs as the forward of accelerate's DDP wrapper
+    (`tuner.train.data_parallel`), which averages the adapter's gradients after
+    the backward; ``bundle.denoiser`` is still the plain model.
 
     :param batch: the cached tensors of the micro-batch, stacked, on the
         training device: every key `encode_batch` returned, plus the keys of
         the prompt encodings (after `collate_prompts`).
-    :param generator: a generator seeded from ``(seed, step, micro-step)``. Draw
-        all noise and timesteps from it: that is what makes a resumed run
-        repeat an uninterrupted one exactly. Draw sigmas with
+    :param generator: a generator seeded from ``(seed, micro-batch number)``,
+        the number counted across steps and processes (so each process draws its
+        own noise). Draw all noise and timesteps from it: that is what makes a
+        resumed run repeat an uninterrupted one exactly. Draw sigmas with
         `tuner.train.timesteps.training_sigmas` and ``bundle.sigma_range()``,
         so that a run training some experts of a model draws only their
         noise levels; run each sample through the trained expert that owns

@@ -1,6 +1,6 @@
 """The built-in plugin that registers the core's config sections.
 
-``train``, ``data``, ``validation`` and ``evaluation`` are registered through the same hook as
+``train``, ``data``, ``validation``, ``evaluation`` and ``distributed`` are registered through the same hook as
 any plugin's section; each model lives beside the code that reads it. Option
 names follow the Wan quickstart guide, so a user can also write them at the top
 level of the config, as the guide does.
@@ -12,6 +12,7 @@ from typing import Any
 
 from tuner.data.settings import DataSection
 from tuner.hookspecs import hookimpl
+from tuner.train.distributed import DistributedSection
 from tuner.train.settings import TrainSection
 from tuner.validate.settings import EvaluationSection, ValidationSection
 
@@ -24,3 +25,4 @@ def register_config_sections(register: Any) -> None:
     register("data", DataSection)
     register("validation", ValidationSection)
     register("evaluation", EvaluationSection)
+    register("distributed", DistributedSection)

@@ -143,7 +143,7 @@ def test_plugins_command_lists_version_hooks_and_sections(cli):
     assert infos["wan"]["version"] == "0.1.0"
     assert infos["wan"]["sections"] == ["wan"] and infos["wan"]["families"] == ["wan"]
     assert {"load_model", "encode_batch", "compute_loss", "validate"} <= set(infos["wan"]["hooks"])
-    assert infos["core"]["sections"] == ["train", "data", "validation", "evaluation"]
+    assert infos["core"]["sections"] == ["train", "data", "validation", "evaluation", "distributed"]
 
 
 def test_config_file_path_resolution_keeps_hub_ids(tmp_path, host):

@@ -212,10 +212,13 @@ class TrainingData:
                 prompts.append(_read(s.text, s.source))
         return _stack(latents, picked), prompts
 
-    def load_micro_batch(self, index: int) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    def load_micro_batch(
+        self, index: int, following: int | None = None
+    ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Stacked cached latents of micro-batch ``index`` and its per-sample prompt encodings.
 
-        The next index is read in the background meanwhile: the loop asks for them in order.
+        The next index (``following``, by default ``index + 1``; one process of several skips the
+        others' shares) is read in the background meanwhile: the loop asks for them in order.
         """
         ahead = self._next
         if ahead is not None and ahead[0] == index:
@@ -226,7 +229,8 @@ class TrainingData:
             result = self._load(index)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="tuner-batches")
-        self._next = (index + 1, self._pool.submit(self._load, index + 1))
+        following = index + 1 if following is None else following
+        self._next = (following, self._pool.submit(self._load, following))
         return result
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tuner.data.buckets import Bucket, PlannedSample
     from tuner.data.scan import DataScan
     from tuner.plugins import PluginHost
+    from tuner.train.distributed import World
     from tuner.types import ClipFeatures, ModelBundle
 
 __all__ = ["scan_samples", "prepare_samples", "with_feature_entries"]
@@ -74,9 +75,14 @@ def _encode_missing_latents(
     scan: DataScan,
     samples: list[PlannedSample],
     device: torch.device,
+    world: World,
     features: Sequence[ClipFeatures] = (),
 ) -> set[int]:
-    """Encode every sample whose latent or feature entries are missing or damaged; return the indices that failed to decode."""
+    """Encode every sample whose latent or feature entries are missing or damaged; return the indices that failed to decode.
+
+    With several processes each encodes its share of the missing entries (every process lists
+    them the same way, before any writes), and all wait for the whole cache.
+    """
     from tuner.cache.build import LatentJob, build_latents
     from tuner.cache.store import clean_partials
     from tuner.data.scan import decode_workers
@@ -95,19 +101,20 @@ def _encode_missing_latents(
         return set()
     for folder in {job.entry.parent.parent for job in todo.values()}:
         clean_partials(folder)
-    failed: set[str] = set()
+    world.barrier()  # every process has its list before any entry is written
+    failures: list[tuple[str, str]] = []
     by_entry = {str(s.latents): s for s in samples}
 
     def on_failure(job: LatentJob, reason: str) -> None:
-        failed.add(str(job.entry))
-        sample = by_entry[str(job.entry)]
-        scan.forget_broken(sample.dataset, sample.source, reason)
+        failures.append((str(job.entry), reason))
 
     data = config.data
-    build_latents(
+    # Shard the shape-sorted list, so that each share holds every shape in turn.
+    jobs = world.shard(sorted(todo.values(), key=lambda j: (j.geometry.shape, str(j.source))))
+    written = build_latents(
         host,
         bundle,
-        list(todo.values()),
+        jobs,
         vae_batch_size=data.vae_batch_size,
         write_batch_size=data.write_batch_size,
         workers=decode_workers(data),
@@ -116,11 +123,30 @@ def _encode_missing_latents(
         on_failure=on_failure,
         features=features,
     )
+    _say_shares(world, written, "clips")
+    failures = world.gather(failures)  # everyone waits for the whole cache, and learns every failure
+
+    def forget() -> None:
+        for entry, reason in failures:
+            sample = by_entry[entry]
+            scan.forget_broken(sample.dataset, sample.source, reason)
+
+    world.main_first(forget)  # the main process quarantines; the others find the files gone
+    failed = {entry for entry, _ in failures}
     return {i for i, s in enumerate(samples) if str(s.latents) in failed}
 
 
+def _say_shares(world: World, written: int, unit: str) -> None:
+    """With several processes: how many entries each encoded (their sum is the number of entries)."""
+    counts = world.gather([written])
+    if len(counts) > 1:
+        from tuner.report.progress import say
+
+        say(f"cache: {sum(counts)} {unit} encoded by {len(counts)} processes ({' + '.join(map(str, counts))})")
+
+
 def _encode_missing_texts(
-    host: PluginHost, bundle: ModelBundle, config: RunConfig, scan: DataScan, samples: list[PlannedSample]
+    host: PluginHost, bundle: ModelBundle, config: RunConfig, scan: DataScan, samples: list[PlannedSample], world: World
 ) -> Path:
     """Encode the captions (and the empty prompt) the text caches lack; return the empty prompt's entry."""
     from tuner.cache.build import build_texts
@@ -139,14 +165,16 @@ def _encode_missing_texts(
             stored.unlink(missing_ok=True)
         todo.append((caption, path))
     if todo:
-        build_texts(
+        world.barrier()  # every process has its list before any entry is written
+        written = build_texts(
             host,
             bundle,
-            todo,
+            world.shard(todo),
             text_batch_size=config.data.text_batch_size,
             write_batch_size=scan.layout.text_write_batch_size,
             compress=config.data.compress_disk_cache,
         )
+        _say_shares(world, written, "captions")  # also the wait for the whole cache
     return empty
 
 
@@ -168,11 +196,22 @@ def _hold_out_eval_dataset(
 
 
 def prepare_samples(
-    host: PluginHost, bundle: ModelBundle, config: RunConfig, scan: DataScan, device: torch.device
+    host: PluginHost,
+    bundle: ModelBundle,
+    config: RunConfig,
+    scan: DataScan,
+    device: torch.device,
+    world: World | None = None,
 ) -> TrainingData:
-    """Size, bucket and cache the scanned samples; fail for a dataset left without samples."""
+    """Size, bucket and cache the scanned samples; fail for a dataset left without samples.
+
+    :param world: the processes of the run, which share the encoding (default: this one alone).
+    """
     from tuner.data.batches import TrainingData
     from tuner.data.buckets import check_datasets, make_buckets, plan_samples, prune_buckets
+    from tuner.train.distributed import World
+
+    world = world or World()
 
     report = scan.report
     quarantining = config.data.delete_problematic_images
@@ -180,14 +219,14 @@ def prepare_samples(
     # Prune before encoding: nothing is encoded for a bucket that will not train.
     buckets = prune_buckets(make_buckets(samples, scan), config, report)
     report.print_new_skips("filtered", quarantining)
-    report.write(scan.report_path)
+    world.main(report).write(scan.report_path)  # the main process writes the data report
     check_datasets(scan, samples, buckets, config)
     training = {i for b in buckets for i in b.members}
     samples = [s for i, s in enumerate(samples) if i in training]
     features = host.clip_features(bundle, config)
     samples, held_out = with_feature_entries(samples, features), with_feature_entries(held_out, features)
     try:
-        failed = _encode_missing_latents(host, bundle, config, scan, samples + held_out, device, features)
+        failed = _encode_missing_latents(host, bundle, config, scan, samples + held_out, device, world, features)
     finally:
         for feature in features:
             feature.done()
@@ -196,14 +235,14 @@ def prepare_samples(
     samples = [s for i, s in enumerate(samples) if i not in failed]
     buckets = prune_buckets(make_buckets(samples, scan), config, report)
     report.print_new_skips("decoding", quarantining)
-    report.write(scan.report_path)
+    world.main(report).write(scan.report_path)  # the main process writes the data report
     check_datasets(scan, samples, buckets, config)
     eval_id = config.section("evaluation").eval_dataset_id
     if eval_id and not held_out:
         raise DataError(f"eval_dataset_id '{eval_id}' has no usable samples (details in {scan.report_path})")
     if held_out:
         report.buckets.append(f"dataset '{eval_id}': {len(held_out)} sample(s) held out for the evaluation loss")
-    empty = _encode_missing_texts(host, bundle, config, scan, samples + held_out)
+    empty = _encode_missing_texts(host, bundle, config, scan, samples + held_out, world)
     report.print_buckets()
     tc = config.train
 

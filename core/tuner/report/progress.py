@@ -25,10 +25,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["LogFormat", "console", "say", "notice", "set_log_format", "log_format", "task_progress", "TrainProgress"]
+__all__ = [
+    "LogFormat",
+    "console",
+    "say",
+    "notice",
+    "set_log_format",
+    "log_format",
+    "mute",
+    "task_progress",
+    "TrainProgress",
+]
 
 LogFormat = Literal["auto", "quiet", "json"]
 _FORMAT: ContextVar[str] = ContextVar("tuner_log_format", default="auto")
+# Set in the processes of a multi-process run other than the main one: the main one speaks for the run.
+_MUTED = False
 
 
 def set_log_format(value: LogFormat) -> None:
@@ -37,11 +49,17 @@ def set_log_format(value: LogFormat) -> None:
 
 
 def log_format() -> str:
-    return _FORMAT.get()
+    return "quiet" if _MUTED else _FORMAT.get()
+
+
+def mute() -> None:
+    """From now on this process prints no progress, no notices (errors still surface as exceptions)."""
+    global _MUTED
+    _MUTED = True
 
 
 def console() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, quiet=_MUTED)
 
 
 def say(message: str) -> None:
@@ -52,6 +70,8 @@ def say(message: str) -> None:
 
 def notice(message: str) -> None:
     """One line about something the user should know (an option ignored, a fallback taken): always shown."""
+    if _MUTED:
+        return
     console().print(f"[yellow]notice:[/] {message}", highlight=False, soft_wrap=True)
 
 

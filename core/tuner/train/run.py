@@ -19,16 +19,18 @@ if TYPE_CHECKING:
 
     from tuner.config import RunConfig
     from tuner.plugins import PluginHost
-    from tuner.train.adapters import AdapterSet
     from tuner.types import ModelBundle
 
 __all__ = ["TrainingDiverged", "train", "micro_seed", "total_steps"]
 
 
-def total_steps(config: RunConfig, micro_batches_per_epoch: int) -> int:
-    """Optimizer steps the run takes, from max_train_steps, num_train_epochs and ignore_final_epochs."""
+def total_steps(config: RunConfig, micro_batches_per_epoch: int, processes: int = 1) -> int:
+    """Optimizer steps the run takes, from max_train_steps, num_train_epochs and ignore_final_epochs.
+
+    Each step trains ``gradient_accumulation_steps`` micro-batches on each of ``processes`` processes.
+    """
     tc = config.train
-    per_epoch = max(1, micro_batches_per_epoch // tc.gradient_accumulation_steps)
+    per_epoch = max(1, micro_batches_per_epoch // (tc.gradient_accumulation_steps * processes))
     by_epochs = tc.num_train_epochs * per_epoch
     if tc.max_train_steps == 0:
         return by_epochs
@@ -55,12 +57,14 @@ def _accelerator(config: RunConfig):  # type: ignore[no-untyped-def]
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from tuner.train.distributed import process_group_kwargs
+
     tc = config.train
     # accelerate keeps its settings process-wide; a run in the same process
     # (tests, notebooks) must not inherit the last run's mixed precision.
     AcceleratorState._reset_state(reset_partial_state=False)
     try:
-        return Accelerator(mixed_precision=tc.mixed_precision)
+        return Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=process_group_kwargs(config))
     except ValueError as exc:
         raise ConfigError(f"train.mixed_precision = '{tc.mixed_precision}' cannot run here: {exc}") from None
 
@@ -91,42 +95,16 @@ def _adapter_outputs(name: str, files: dict[str, Path]) -> dict[str, Path]:
     return {f"{name}_{label}" if label else name: path for label, path in files.items()}
 
 
-def _prepare(accelerator, bundle: ModelBundle, adapter: AdapterSet, optimizer, keep_all: bool):  # type: ignore[no-untyped-def]
-    """Hand the trained networks and the optimizer to accelerate (device placement, autocast, DDP).
-
-    When experts take turns on the accelerator (`tuner.train.experts`), accelerate must not
-    place them all there at once: only the adapters go now, each expert's frozen weights
-    when it runs.
-    """
-    from tuner.train.experts import install_expert_turns
-
-    experts = bundle.trained_experts()
-    for expert in experts:
-        expert.module.train()
-    install_expert_turns(bundle, accelerator.device, keep_all)
-    if bundle.expert_switch is not None:
-        for param in adapter.params:
-            param.data = param.data.to(accelerator.device)
-        modules = [accelerator.prepare_model(e.module, device_placement=False) for e in experts]
-        prepared = (*modules, accelerator.prepare_optimizer(optimizer))
-    else:
-        prepared = accelerator.prepare(*[e.module for e in experts], optimizer)
-    for expert, module in zip(experts, prepared[:-1]):
-        if bundle.experts:
-            expert.module = module
-        if expert is experts[0]:
-            bundle.denoiser = module
-    return prepared[-1]
-
-
 def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     """Run training as configured; return the files produced (``adapter``, ``checkpoint``, ...)."""
     import torch
 
     from tuner.data.prepare import prepare_samples, scan_samples
-    from tuner.report.progress import TrainProgress, notice, set_log_format
+    from tuner.report.progress import TrainProgress, notice, say, set_log_format
     from tuner.train.adapters import attach_adapters
     from tuner.train.checkpoints import clean_partials
+    from tuner.train.data_parallel import prepare_training
+    from tuner.train.distributed import World
     from tuner.train.ema import EMA
     from tuner.train.optimizers import adapter_dtype, build_optimizer, check_optimizer
     from tuner.train.schedules import build_schedule, warmup_warning
@@ -137,12 +115,18 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
 
     tc = config.train
     set_log_format(config.section("console").log_format)
-    samples = scan_samples(config)
-    output_dir = Path(tc.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    clean_partials(output_dir)
-    resume_from = _resume_path(config)
     accelerator = _accelerator(config)
+    world = World.of(accelerator, tc.gradient_accumulation_steps)
+    # The main process scans first (it writes the file index and quarantines); the others then read it.
+    samples = world.main_first(scan_samples, config)
+    output_dir = Path(tc.output_dir)
+    resume_from = _resume_path(config)  # every process, before any writes a checkpoint
+
+    def make_output_dir() -> None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        clean_partials(output_dir)
+
+    world.main(make_output_dir)()
     check_optimizer(tc.optimizer, accelerator.device.type)
     torch.manual_seed(tc.seed)
 
@@ -163,12 +147,16 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
         check_routing(bundle, router)  # fail now, not inside step 1
     bundle.router = router
 
-    data = prepare_samples(host, bundle, config, samples, accelerator.device)
+    data = prepare_samples(host, bundle, config, samples, accelerator.device, world)
     kept, held_out = split_eval_samples(data.samples, config)  # held-out samples never train
     data = data.only(kept)  # bucketed again without them
     ec = config.section("evaluation")
     evaluate = EvalLoss(host, bundle, config, held_out, accelerator.device) if ec.eval_steps_interval else None
-    steps = total_steps(config, data.epoch_length)
+    steps = total_steps(config, data.epoch_length, world.size)
+    say(
+        f"global batch: {tc.train_batch_size} per micro-batch x {world.size} process(es) x"
+        f" {tc.gradient_accumulation_steps} accumulation = {world.global_batch(tc.train_batch_size)} samples per step"
+    )
     notices = [warmup_warning(tc, steps)]
     if tc.lora_type == "standard" and tc.lycoris_config is not None:
         notices.append("lycoris_config is not used: lora_type is 'standard' (set lora_type = 'lycoris' to train it)")
@@ -179,16 +167,34 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     optimizer = build_optimizer(tc.optimizer, adapter.params + extras, tc)
     schedule = build_schedule(optimizer, tc, steps)
     ema = EMA(adapter.params, tc.ema_decay, tc.ema_update_interval) if tc.use_ema else None
-    optimizer = _prepare(accelerator, bundle, adapter, optimizer, tc.experts_on_accelerator == "all")
+    keep_all = tc.experts_on_accelerator == "all"
+    forward, optimizer = prepare_training(accelerator, host, bundle, config, adapter, optimizer, keep_all)
     run = RunInfo(output_dir, steps, 0, bundle.family, config, base_model=bundle.base_model)
-    trainer = Trainer(host, config, bundle, data, adapter, optimizer, schedule, accelerator, run, ema, extras=extras)
+    trainer = Trainer(
+        host,
+        config,
+        bundle,
+        data,
+        adapter,
+        optimizer,
+        schedule,
+        accelerator,
+        run,
+        ema,
+        extras=extras,
+        forward=forward,
+        world=world,
+    )
     if resume_from is not None:
         run.start_step = trainer.resume(resume_from)
 
+    # Only the main process writes (checkpoints, adapters, media, logs, trackers, webhooks, uploads);
+    # the others wait for it at a barrier where a step needs what it wrote.
+    writer, reports = world.main(trainer), world.main(host)
     outputs: dict[str, Path] = {}
     error: BaseException | None = None
     done = run.start_step
-    host.on_run_start(run)
+    reports.on_run_start(run)
     try:
         with TrainProgress(steps, run.start_step) as bar:
             for message in filter(None, notices):
@@ -196,25 +202,31 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
             if resume_from is not None:
                 bar.note(f"resumed from {resume_from} at step {run.start_step}")
             if run.start_step == 0 and validation_due(config.validation, 0, steps):
-                trainer.validate(0)  # the baseline: the base model before any update
+                writer.validate(0)  # the baseline: the base model before any update
+                world.barrier()
             for step in range(run.start_step, steps):
                 logs = trainer.step(step)
                 done = step + 1
                 if evaluate is not None and eval_due(ec, done, steps):
-                    logs["eval_loss"] = evaluate()
+                    eval_loss = world.main(evaluate)()  # held-out samples: the same on every process
+                    if eval_loss is not None:
+                        logs["eval_loss"] = eval_loss
                 bar.update(done, logs)
-                host.on_step_end(run, done, logs)
+                reports.on_step_end(run, done, logs)
                 if tc.checkpoint_step_interval and done % tc.checkpoint_step_interval == 0:
-                    outputs["checkpoint"] = trainer.save_checkpoint(done)
+                    outputs["checkpoint"] = output_dir / f"checkpoint-{done}"
+                    writer.save_checkpoint(done)
                 if done < steps and validation_due(config.validation, done, steps):
-                    trainer.validate(done)  # the last step's round comes after the export, below
+                    writer.validate(done)  # the last step's round comes after the export, below
+                    world.barrier()
         if outputs.get("checkpoint") != output_dir / f"checkpoint-{done}":
-            outputs["checkpoint"] = trainer.save_checkpoint(done)
-        outputs.update(_adapter_outputs("adapter", trainer.export_adapter(output_dir / ADAPTER_FILE)))
+            outputs["checkpoint"] = output_dir / f"checkpoint-{done}"
+            writer.save_checkpoint(done)
+        outputs.update(_adapter_outputs("adapter", world.main(trainer.export_adapter)(output_dir / ADAPTER_FILE) or {}))
         if ema is not None:
-            ema_files = trainer.export_adapter(output_dir / EMA_ADAPTER_FILE, ema=True)
+            ema_files = world.main(trainer.export_adapter)(output_dir / EMA_ADAPTER_FILE, ema=True) or {}
             outputs.update(_adapter_outputs("ema_adapter", ema_files))
-        final = trainer.validate(done)
+        final = writer.validate(done)
         if final is not None and final.media:
             outputs["validation"] = final.media.get("main", next(iter(final.media.values())))
     except KeyboardInterrupt as exc:
@@ -222,12 +234,13 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
         # Between steps the state is consistent: keep the work done so far.
         trainer.optimizer.zero_grad(set_to_none=True)
         if done > run.start_step and not (output_dir / f"checkpoint-{done}").exists():
-            outputs["checkpoint"] = trainer.save_checkpoint(done)
+            outputs["checkpoint"] = output_dir / f"checkpoint-{done}"
+            writer.save_checkpoint(done)
         raise
     except BaseException as exc:
         error = exc
         raise
     finally:
         data.close()  # the batch prefetch thread: a process that runs again must not collect them
-        host.on_run_end(run, outputs, error)
+        reports.on_run_end(run, outputs, error)
     return outputs

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.plugins import PluginHost
     from tuner.train.adapters import AdapterSet
+    from tuner.train.distributed import World
     from tuner.train.ema import EMA
     from tuner.types import ModelBundle, RunInfo, ValidationResult
 
@@ -57,6 +58,18 @@ class Trainer:
     # Parameters of the features' own modules (`ModelBundle.trainables`): optimized, clipped and
     # checkpointed with the adapter's, after them; never exported or averaged by EMA.
     extras: list[torch.nn.Parameter] = field(default_factory=list)
+    # The prepared training forward (`tuner.train.data_parallel`) and this process's place among several;
+    # by default the plain forward and a process on its own.
+    forward: Any = None
+    world: World | None = None
+
+    @property
+    def ranks(self) -> World:
+        if self.world is None:
+            from tuner.train.distributed import World
+
+            self.world = World(gradient_accumulation_steps=self.config.train.gradient_accumulation_steps)
+        return self.world
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -67,7 +80,7 @@ class Trainer:
     def micro_batch(self, index: int) -> dict[str, torch.Tensor]:
         import torch
 
-        latents, prompts = self.data.load_micro_batch(index)
+        latents, prompts = self.data.load_micro_batch(index, following=index + self.ranks.size)
         text = self.host.collate_prompts(self.bundle, prompts)
         if text is None:
             text = {k: torch.stack([p[k] for p in prompts]) for k in prompts[0]}
@@ -78,31 +91,31 @@ class Trainer:
         """Optimizer step ``step + 1``: accumulate micro-batches, clip, update, schedule, EMA."""
         import torch
 
-        tc, acc = self.config.train, self.accelerator
-        models = [expert.module for expert in self.bundle.trained_experts()]
+        from tuner.train.data_parallel import TrainingForward
+
+        if self.forward is None:  # not prepared by accelerate: the plain forward
+            self.forward = TrainingForward(self.host, self.bundle, self.config)
+        tc, acc, model = self.config.train, self.accelerator, self.forward
         start = time.perf_counter()
         ga = tc.gradient_accumulation_steps
         losses: list[torch.Tensor] = []
         logs: dict[str, float] = {}
         for micro in range(ga):
-            index = step * ga + micro
+            index = self.ranks.micro_index(step, micro)  # run-wide: this process's share, its own noise
             batch = self.micro_batch(index)
             generator = torch.Generator(acc.device).manual_seed(micro_seed(tc.seed, index))
-            out = self.host.compute_loss(self.bundle, batch, generator, self.config)
+            out = model(batch, generator)
             total = out.loss
             # Features add their weighted terms; a term weighted 0 stays out of the graph.
             for term in self.host.auxiliary_losses(self.bundle, batch, out, step, self.config):
                 logs.update(term.logs)
                 if term.loss is not None and term.weight != 0:
                     total = total + term.weight * term.loss
-            if not torch.isfinite(total.detach()).all():
+            if not self.ranks.all_finite(total):  # every process skips the step, or none
                 return self._bad_loss(step, float(total.detach()), start)
             # Gradients add up across micro-batches; DDP syncs only on the last one.
             sync = micro == ga - 1
-            with contextlib.ExitStack() as stack:
-                if not sync:
-                    for model in models:
-                        stack.enter_context(acc.no_sync(model))
+            with contextlib.nullcontext() if sync else acc.no_sync(model):
                 acc.backward(total / ga)
             losses.append(out.loss.detach())  # the family's objective: comparable with and without features
             logs.update(out.logs)
@@ -114,7 +127,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(step + 1)
         self.skipped_in_a_row = 0
-        loss = float(torch.stack(losses).float().mean())
+        loss = float(self.ranks.mean(torch.stack(losses).float().mean()))
         return {"loss": loss, "lr": self._lr(), "step_time": time.perf_counter() - start, **logs}
 
     def _sync_extras(self) -> None:
@@ -209,7 +222,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
-        path = write_checkpoint(Path(tc.output_dir), step, state, self._write_adapters, {"seed": tc.seed})
+        info = {"seed": tc.seed, "num_processes": self.ranks.size, "micro_batches": self.ranks.consumed(step)}
+        path = write_checkpoint(Path(tc.output_dir), step, state, self._write_adapters, info)
         rotate_checkpoints(Path(tc.output_dir), tc.checkpoints_total_limit)
         self.host.on_checkpoint_saved(self.run, step, path)
         return path
@@ -238,7 +252,25 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        return int(info["step"])
+        step = int(info["step"])
+        self._continue_data(path, step, info)
+        return step
+
+    def _continue_data(self, path: Path, step: int, info: dict[str, Any]) -> None:
+        """Number micro-batches on from where the checkpoint's processes stopped, whatever their count."""
+        from tuner.report.progress import notice
+
+        tc, world = self.config.train, self.ranks
+        saved = int(info.get("num_processes", 1))
+        consumed = int(info.get("micro_batches", step * tc.gradient_accumulation_steps * saved))
+        world.resume_at(step, consumed)
+        if saved != world.size:
+            before = tc.train_batch_size * tc.gradient_accumulation_steps * saved
+            notice(
+                f"{path.name} was written by {saved} process(es), this run has {world.size}: the global batch changes"
+                f" from {before} to {tc.train_batch_size * tc.gradient_accumulation_steps * world.size} samples per"
+                " step; the data continues where it stopped, but the run will not match an uninterrupted one"
+            )
 
     def validate(self, step: int) -> ValidationResult | None:
         from tuner.validate.rounds import run_validation
