@@ -45,11 +45,13 @@ def test_a_crash_mid_write_leaves_nothing_that_looks_complete(tmp_path):
     assert not (tmp_path / ".checkpoint-4.partial").exists()
 
 
-def test_a_folder_without_state_is_not_a_checkpoint(tmp_path):
+def test_a_folder_without_a_manifest_is_skipped_by_latest_and_refused_by_name(tmp_path):
     (tmp_path / "checkpoint-9").mkdir()
     _write(tmp_path, 5)
-    assert [s for s, _ in list_checkpoints(tmp_path)] == [5]
-    with pytest.raises(CheckpointError, match="not a complete tuner checkpoint"):
+    skipped = []
+    assert latest_checkpoint(tmp_path, lambda path, why: skipped.append((path.name, why))).name == "checkpoint-5"
+    assert skipped == [("checkpoint-9", "manifest.json is missing (it is written last: the write did not finish or files were removed)")]
+    with pytest.raises(CheckpointError, match="checkpoint-9 cannot be used: manifest.json is missing"):
         read_checkpoint(tmp_path / "checkpoint-9")
 
 
@@ -96,5 +98,6 @@ def test_the_done_lines_name_only_this_runs_validation_video(make_run, cli):
     config = make_run(steps=2)
     first = cli(["train", "--config", str(config)])
     assert first.exit_code == 0 and "  validation: " in first.output
-    again = cli(["train", "--config", str(config), "--set", "validation.validation_disable=true"])
+    again = cli(["train", "--config", str(config), "--set", "validation.validation_disable=true",
+                 "--set", "train.overwrite_output_dir=true"])
     assert again.exit_code == 0 and "  validation: " not in again.output, "the first run's video is not this run's"

@@ -15,6 +15,7 @@ from tuner.errors import ConfigError, PluginError
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
+from tuner.train.checkpoints import read_checkpoint
 from tuner.train.ema import EMA
 from tuner.train.run import TrainingDiverged, train
 from tuner.train.schedules import lr_curve
@@ -190,8 +191,8 @@ def test_resume_is_bit_exact_with_optimizer_schedule_ema_and_accumulation(toy):
     for key in ("adapter", "ema_adapter"):
         a, b = load_file(straight[key]), load_file(resumed[key])
         assert all(torch.equal(a[k], b[k]) for k in a), key
-    state_a = torch.load(straight["checkpoint"] / "training_state.pt", weights_only=False)
-    state_b = torch.load(resumed["checkpoint"] / "training_state.pt", weights_only=False)
+    state_a, _ = read_checkpoint(straight["checkpoint"])
+    state_b, _ = read_checkpoint(resumed["checkpoint"])
     assert all(torch.equal(x, y) for x, y in zip(state_a["params"], state_b["params"]))
     assert state_a["schedule"] == state_b["schedule"]
 
@@ -241,7 +242,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_path):
         _nan_run(tmp_path, _NanAt({3}))
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
-    state = torch.load(out / "checkpoint-2" / "training_state.pt", weights_only=False)
+    state, _ = read_checkpoint(out / "checkpoint-2")
     assert all(torch.isfinite(p).all() for p in state["params"])
 
 

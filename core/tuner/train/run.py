@@ -7,6 +7,7 @@ happen only inside hooks; the step itself lives in `tuner.train.trainer`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,18 +40,49 @@ def total_steps(config: RunConfig, micro_batches_per_epoch: int, processes: int 
     return min(tc.max_train_steps, by_epochs)
 
 
-def _resume_path(config: RunConfig) -> Path | None:
-    from tuner.train.checkpoints import latest_checkpoint
+def _resume_path(config: RunConfig, notice: Callable[[str], None]) -> Path | None:
+    """The checkpoint to resume from: 'latest' skips damaged ones with a ``notice``; a named damaged one stops."""
+    from tuner.train.checkpoints import checkpoint_problem, latest_checkpoint
 
     wanted = config.train.resume_from_checkpoint
     if not wanted:
         return None
     if wanted == "latest":
-        return latest_checkpoint(Path(config.train.output_dir))
+        return latest_checkpoint(
+            Path(config.train.output_dir), lambda path, why: notice(f"skipping damaged checkpoint {path}: {why}")
+        )
     path = Path(config.resolve_path(wanted))
     if not path.is_dir():
         raise CheckpointError(f"train.resume_from_checkpoint: no checkpoint folder at {path}")
+    problem = checkpoint_problem(path, checksums=False)  # sizes now; checksums when it is read
+    if problem is not None:
+        raise CheckpointError(
+            f"train.resume_from_checkpoint: {path} cannot be used: {problem}; name another checkpoint or use 'latest'"
+        )
     return path
+
+
+def _claim_output_dir(config: RunConfig, output_dir: Path) -> None:
+    """A fresh run never replaces another run's checkpoints unless told to (overwrite_output_dir)."""
+    import shutil
+
+    from tuner.report.jsonlog import LOG_NAME
+    from tuner.report.progress import notice
+    from tuner.train.checkpoints import holds_checkpoints, list_checkpoints
+
+    tc = config.train
+    if tc.resume_from_checkpoint or not holds_checkpoints(output_dir):
+        return
+    if not tc.overwrite_output_dir:
+        raise ConfigError(
+            f"train.output_dir {output_dir} holds another run's checkpoints: resume it (resume_from_checkpoint ="
+            " 'latest'), pick another output_dir, or set overwrite_output_dir = true to delete them and start afresh"
+        )
+    found = list_checkpoints(output_dir)
+    notice(f"overwrite_output_dir: deleting {len(found)} checkpoint(s) of an earlier run in {output_dir}")
+    for _, path in found:
+        shutil.rmtree(path)
+    (output_dir / LOG_NAME).unlink(missing_ok=True)
 
 
 def _accelerator(config: RunConfig):  # type: ignore[no-untyped-def]
@@ -110,7 +142,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     from tuner.train.schedules import build_schedule, warmup_warning
     from tuner.types import RunInfo
     from tuner.validate.evaluation import EvalLoss, split_eval_samples
-    from tuner.validate.rounds import check_validation
+    from tuner.validate.rounds import check_validation, round_complete
     from tuner.validate.schedule import eval_due, validation_due
 
     tc = config.train
@@ -120,13 +152,15 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     # The main process scans first (it writes the file index and quarantines); the others then read it.
     samples = world.main_first(scan_samples, config)
     output_dir = Path(tc.output_dir)
-    resume_from = _resume_path(config)  # every process, before any writes a checkpoint
 
     def make_output_dir() -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        clean_partials(output_dir)
+        clean_partials(output_dir)  # also puts back a checkpoint a crash left set aside
 
     world.main(make_output_dir)()
+    # Every process checks, so all stop alike; with overwrite_output_dir the main process deletes first.
+    world.main_first(_claim_output_dir, config, output_dir)
+    resume_from = _resume_path(config, world.main(notice))  # every process, before any writes a checkpoint
     check_optimizer(tc.optimizer, accelerator.device.type)
     torch.manual_seed(tc.seed)
 
@@ -204,6 +238,10 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
             if run.start_step == 0 and validation_due(config.validation, 0, steps):
                 writer.validate(0)  # the baseline: the base model before any update
                 world.barrier()
+            elif 0 < run.start_step < steps and validation_due(config.validation, run.start_step, steps):
+                if not round_complete(config, run.start_step):
+                    writer.validate(run.start_step)  # a crash cut this round short after its checkpoint
+                    world.barrier()
             for step in range(run.start_step, steps):
                 logs = trainer.step(step)
                 done = step + 1

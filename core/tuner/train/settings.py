@@ -105,8 +105,13 @@ class TrainSection(BaseModel):
     )
     resume_from_checkpoint: str | None = Field(
         None,
-        description="'latest' resumes from the newest complete checkpoint in output_dir (or starts fresh if there"
-        " is none); a path resumes from that checkpoint folder.",
+        description="'latest' resumes from the newest intact checkpoint in output_dir, skipping damaged ones with a"
+        " notice (or starts fresh if there is none); a path resumes from that checkpoint folder.",
+    )
+    overwrite_output_dir: bool = Field(
+        False,
+        description="Start afresh in an output_dir that holds another run's checkpoints, deleting them and its"
+        " train_log.jsonl first. Without it such a run stops before touching them: resume, or pick another folder.",
     )
     experts_on_accelerator: Literal["one", "all"] = Field(
         "one",
@@ -162,6 +167,10 @@ class TrainSection(BaseModel):
     def _length_and_adapter(self) -> TrainSection:
         if self.max_train_steps == 0 and self.num_train_epochs == 0:
             raise ValueError("set max_train_steps or num_train_epochs (both are 0, so the run would not train)")
+        if self.overwrite_output_dir and self.resume_from_checkpoint:
+            raise ValueError(
+                "overwrite_output_dir deletes the checkpoints resume_from_checkpoint would resume from: set one of them"
+            )
         if self.lora_type == "lycoris" and self.lycoris_config is None:
             raise ValueError("lora_type 'lycoris' needs lycoris_config (a JSON file, see docs/training.md)")
         return self

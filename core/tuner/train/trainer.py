@@ -224,7 +224,7 @@ class Trainer:
         }
         info = {"seed": tc.seed, "num_processes": self.ranks.size, "micro_batches": self.ranks.consumed(step)}
         path = write_checkpoint(Path(tc.output_dir), step, state, self._write_adapters, info)
-        rotate_checkpoints(Path(tc.output_dir), tc.checkpoints_total_limit)
+        rotate_checkpoints(Path(tc.output_dir), tc.checkpoints_total_limit, keep=path)
         self.host.on_checkpoint_saved(self.run, step, path)
         return path
 
@@ -234,7 +234,7 @@ class Trainer:
         from tuner.train.checkpoints import read_checkpoint
 
         state, info = read_checkpoint(path)
-        if len(state["params"]) != len(self.params) or any(a.shape != b.shape for a, b in zip(state["params"], self.params)):
+        if not isinstance(state.get("params"), list) or len(state["params"]) != len(self.params) or any(a.shape != b.shape for a, b in zip(state["params"], self.params)):
             raise CheckpointError(
                 f"{path} was written for a different adapter (type, rank or targets changed) or other feature"
                 " modules (a feature such as crepa turned on or off)"

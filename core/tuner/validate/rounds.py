@@ -27,8 +27,17 @@ if TYPE_CHECKING:
     from tuner.plugins import PluginHost
     from tuner.types import ModelBundle
 
-__all__ = ["EmaSwap", "validation_enabled", "check_validation", "run_validation", "round_variants"]
+__all__ = [
+    "EmaSwap",
+    "ROUND_RECORD",
+    "validation_enabled",
+    "check_validation",
+    "run_validation",
+    "round_variants",
+    "round_complete",
+]
 
+ROUND_RECORD = "round.json"  # written last into a round's folder: the round finished
 # A callable returning a context manager inside which the model carries its EMA weights.
 EmaSwap = Callable[[], AbstractContextManager[object]]
 
@@ -138,7 +147,8 @@ def run_validation(
     prompts = round_prompts(v)
     sizes = v.sizes()
     variants = round_variants(config, use_ema)
-    folder = Path(config.train.output_dir) / "validation" / f"step-{step}"
+    folder = _round_folder(config, step)
+    (folder / ROUND_RECORD).unlink(missing_ok=True)  # a round rendered again is incomplete until it ends
     folder.mkdir(parents=True, exist_ok=True)
 
     def key_of(nickname: str, size: tuple[int, int]) -> str:
@@ -175,6 +185,7 @@ def run_validation(
                 labels = " | ".join(names) if len(names) > 1 else ""
                 rows.append((f"{key}  ({labels})" if labels else key, shown))
         out.contact_sheet = contact_sheet(rows, folder / f"{CONTACT_SHEET_NAME}.png")
+    _mark_complete(folder, out)
     return out
 
 
@@ -182,6 +193,37 @@ def _prompt_images(bundle: ModelBundle, config: RunConfig) -> dict[str, list[Pat
     from tuner.validate.first_frames import prompt_images
 
     return prompt_images(config) if bundle.image_conditioned else {}
+
+
+def _round_folder(config: RunConfig, step: int) -> Path:
+    return Path(config.train.output_dir) / "validation" / f"step-{step}"
+
+
+def _mark_complete(folder: Path, result: ValidationResult) -> None:
+    """Write ``round.json`` last: a round folder without it was cut short (a crash) and is rendered again."""
+    import json
+
+    record = {
+        "step": result.step,
+        "media": {k: Path(v).name for k, v in result.media.items()},
+        "contact_sheet": result.contact_sheet.name if result.contact_sheet is not None else None,
+    }
+    tmp = folder / f".{ROUND_RECORD}.partial"
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(tmp, folder / ROUND_RECORD)
+
+
+def round_complete(config: RunConfig, step: int) -> bool:
+    """The round of ``step`` finished: its record and every file it lists are there."""
+    import json
+
+    folder = _round_folder(config, step)
+    try:
+        record = json.loads((folder / ROUND_RECORD).read_text(encoding="utf-8"))
+        names = list(record["media"].values()) + ([record["contact_sheet"]] if record["contact_sheet"] else [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return all((folder / name).is_file() for name in names)
 
 
 def _request(
