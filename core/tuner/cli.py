@@ -235,7 +235,8 @@ def demo(
     typer.echo(f"demo config: {path}")
     if prepare_only:
         return
-    host, cfg = load_run_config(path, None, None)
+    # A demo run is a throwaway: running the demo again starts it afresh over the last one.
+    host, cfg = load_run_config(path, None, ["train.overwrite_output_dir=true"])
     from tuner.train.run import train as run_training
 
     _print_outputs(run_training(cfg, host))

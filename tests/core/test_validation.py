@@ -359,6 +359,7 @@ def test_eval_dataset_id_holds_out_a_whole_dataset_even_below_a_batch(tmp_path):
     data.close()
 
     raw["evaluation"]["eval_dataset_id"] = "evl"
+    raw["train"]["output_dir"] = str(tmp_path / "out-typo")  # "out" holds the first run's checkpoints
     with pytest.raises(DataError, match=r"eval_dataset_id 'evl' names no enabled dataset \(did you mean 'eval'\?\)"):
         train(resolve_config(raw, host, base_dir=tmp_path), host)
     with pytest.raises(ValueError, match="either eval_split or eval_dataset_id"):

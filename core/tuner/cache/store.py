@@ -15,8 +15,12 @@ import hashlib
 import json
 import os
 import struct
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tuner.durable import disk_full_message, is_disk_full
+from tuner.errors import DataError
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +36,7 @@ __all__ = [
 ]
 
 _GZ = ".gz"
+_STALE_AFTER_S = 24 * 3600
 
 
 def entry_key(**parts: Any) -> str:
@@ -80,10 +85,17 @@ def write_entry(
     target = path.with_name(path.name + _GZ) if compress else path
     if compress:
         blob = gzip.compress(blob, compresslevel=3, mtime=0)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    with tmp.open("wb") as f:
-        f.write(blob)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as f:
+            f.write(blob)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if not is_disk_full(exc):
+            raise
+        what = f"the cache entry {target.name}"
+        raise DataError(disk_full_message(what, target.parent.parent, len(blob)) + " (cache_dir)") from None
     os.replace(tmp, target)
     return target
 
@@ -101,16 +113,25 @@ def read_entry(path: Path) -> dict[str, torch.Tensor]:
 
 
 def clean_partials(folder: Path) -> int:
-    """Remove temporary files left by writers that died (never those of a live process)."""
+    """Remove temporary files left by writers that died (never those of a live process); return how many.
+
+    A temporary file names its writer's process id. One whose process still runs is
+    kept, unless it is older than a day (the id was reused by an unrelated process).
+    """
     removed = 0
     if not folder.is_dir():
         return 0
+    stale = time.time() - _STALE_AFTER_S
     for tmp in folder.rglob(".*.partial"):
         try:
             pid = int(tmp.name.rsplit(".", 2)[-2])
         except ValueError:
             pid = -1
-        if pid != os.getpid() and pid > 0 and _alive(pid):
+        try:
+            old = tmp.stat().st_mtime < stale
+        except OSError:
+            continue
+        if pid != os.getpid() and pid > 0 and _alive(pid) and not old:
             continue
         tmp.unlink(missing_ok=True)
         removed += 1

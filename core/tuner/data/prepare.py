@@ -84,7 +84,6 @@ def _encode_missing_latents(
     them the same way, before any writes), and all wait for the whole cache.
     """
     from tuner.cache.build import LatentJob, build_latents
-    from tuner.cache.store import clean_partials
     from tuner.data.scan import decode_workers
 
     todo: dict[str, LatentJob] = {}
@@ -99,8 +98,6 @@ def _encode_missing_latents(
         feature.start(sum(job.latents for job in todo.values()))
     if not todo:
         return set()
-    for folder in {job.entry.parent.parent for job in todo.values()}:
-        clean_partials(folder)
     world.barrier()  # every process has its list before any entry is written
     failures: list[tuple[str, str]] = []
     by_entry = {str(s.latents): s for s in samples}
@@ -207,12 +204,21 @@ def prepare_samples(
 
     :param world: the processes of the run, which share the encoding (default: this one alone).
     """
+    from tuner.cache.store import clean_partials
     from tuner.data.batches import TrainingData
     from tuner.data.buckets import check_datasets, make_buckets, plan_samples, prune_buckets
     from tuner.train.distributed import World
 
     world = world or World()
 
+    def clean_temporaries() -> None:
+        # Temporary files of a process that died mid-write (its entries are encoded again where missing).
+        for folder in {f for ds in scan.datasets for f in (ds.spec.vae_cache, ds.spec.text_cache)}:
+            clean_partials(folder)
+        clean_partials(scan.layout.default_text_cache)
+
+    world.main(clean_temporaries)()
+    world.barrier()  # before any process writes an entry
     report = scan.report
     quarantining = config.data.delete_problematic_images
     samples, held_out = _hold_out_eval_dataset(plan_samples(scan, bundle, config), scan, config)

@@ -4,7 +4,8 @@ A broken file is moved, with its caption file, to the same relative path under
 ``<instance_data_dir>/.tuner-quarantine/``, and a line is appended to
 ``.tuner-quarantine/quarantine.jsonl`` saying what moved where and why. The scan
 skips hidden folders, so quarantined files are not seen again; move a repaired
-file back to use it.
+file back to use it. A file reached through a symlinked folder that leads outside
+the dataset folder is never moved.
 """
 
 from __future__ import annotations
@@ -36,8 +37,21 @@ def _move(src: Path, dest: Path) -> None:
         shutil.move(str(src), str(dest))
 
 
-def quarantine_file(root: Path, file: Path, reason: str) -> Path:
-    """Move ``file`` (and its ``.txt`` caption) into ``root``'s quarantine folder; return where it went."""
+def quarantine_file(root: Path, file: Path, reason: str) -> Path | None:
+    """Move ``file`` (and its ``.txt`` caption) into ``root``'s quarantine folder; return where it went.
+
+    A file whose folder lies outside ``root`` (reached through a symlinked folder)
+    is left where it is, with a notice, and ``None`` is returned: the run never
+    moves files it was not given.
+    """
+    if not file.parent.resolve().is_relative_to(root.resolve()):
+        from tuner.report.progress import notice
+
+        notice(
+            f"{file} is not quarantined: its folder lies outside {root} (reached through a symlink), and files"
+            " outside the dataset folder are never moved; it is skipped"
+        )
+        return None
     base = root / QUARANTINE_DIR
     dest = _free(base / file.relative_to(root))
     _move(file, dest)

@@ -65,8 +65,8 @@ class DataScan:
         scan.index.mark_broken(path, reason)
         scan.index.save()
         self.report.skip(dataset, path, reason, broken=True)
-        if self.delete_problematic and path.exists():
-            self.report.moved(path, quarantine_file(scan.spec.root, path, reason))
+        if self.delete_problematic and path.exists() and (dest := quarantine_file(scan.spec.root, path, reason)):
+            self.report.moved(path, dest)
 
 
 def decode_workers(data: DataSection) -> int:
@@ -100,8 +100,8 @@ def _scan_dataset(spec: DatasetSpec, report: DataReport, workers: int, delete_pr
         if p.error is not None or p.info is None or p.digest is None:
             reason = p.error or "unreadable"
             report.skip(spec.id, p.path, reason, broken=True)
-            if delete_problematic and p.path.exists():
-                report.moved(p.path, quarantine_file(spec.root, p.path, reason))
+            if delete_problematic and p.path.exists() and (dest := quarantine_file(spec.root, p.path, reason)):
+                report.moved(p.path, dest)
             continue
         caption, message = captions.caption(p.path)
         if caption is None:

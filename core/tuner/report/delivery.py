@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner.report.secrets import Scrubber
+
 __all__ = ["Post", "Delivery", "multipart"]
 
 log = logging.getLogger("tuner.report.webhooks")
@@ -75,7 +77,7 @@ class Delivery:
     ) -> None:
         self._url = url
         self._headers = dict(headers or {})
-        self._secrets = [s for s in (url, *self._headers.values()) if s]
+        self._scrub = Scrubber([url], self._headers.values())
         self.label = label
         self.timeout = timeout
         self.retries = retries
@@ -113,11 +115,6 @@ class Delivery:
             log.warning("%s: %d event(s) not delivered", self.label, lost)
 
     # -- the worker ---------------------------------------------------------
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
     def _late(self) -> bool:
         return self._give_up_at is not None and time.monotonic() >= self._give_up_at

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tuner.errors import PluginError
 from tuner.hookspecs import hookimpl
 from tuner.report.modelcard import CARD_NAME, write_model_card
+from tuner.report.secrets import Scrubber, run_scrubber
 
 __all__ = ["HubSection", "Hub", "hub_api"]
 
@@ -58,10 +59,16 @@ def hub_api() -> Any:
     return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
+
+
 class Hub:
     """Writes the model card; pushes to the Hub when asked."""
 
     def __init__(self) -> None:
+        self.scrub = Scrubber()
         self.api: Any = None
         self.repo_id: str | None = None
         self.pending: list[tuple[Future[Any], Path]] = []
@@ -78,12 +85,13 @@ class Hub:
         if not section.push_to_hub:
             return
         api = hub_api()
+        self.scrub = run_scrubber(run.config) + Scrubber(tokens=[getattr(api, "token", None)])
         try:
             url = api.create_repo(section.hub_model_id, repo_type="model", exist_ok=True)
         except Exception as exc:
             raise PluginError(
                 f"push_to_hub: cannot create or reach '{section.hub_model_id}' on {api.endpoint}: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                f"{type(exc).__name__}: {self.scrub(_first_line(exc))} "
                 "(log in with 'hf auth login' or set HF_TOKEN; HF_ENDPOINT picks a mirror)"
             ) from None
         self.api, self.repo_id = api, getattr(url, "repo_id", None) or section.hub_model_id
@@ -94,8 +102,11 @@ class Hub:
             return
         # Upload a copy of the adapter files: rotation may delete the checkpoint while the upload runs.
         staging = Path(tempfile.mkdtemp(prefix="tuner-hub-"))
+        from tuner.train.statefile import STATE_TENSORS
+
         for file in path.glob("*.safetensors"):
-            shutil.copy2(file, staging / file.name)
+            if file.name != STATE_TENSORS:  # the adapters, not the optimizer state
+                shutil.copy2(file, staging / file.name)
         future = self.api.upload_folder(
             repo_id=self.repo_id,
             folder_path=staging,
@@ -145,5 +156,5 @@ class Hub:
         except Exception as exc:  # the files are safe on disk; say so instead of failing a finished run
             log.error(
                 "push_to_hub: upload to '%s' failed (%s: %s); the adapter and %s are in %s",
-                self.repo_id, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", CARD_NAME, root,
+                self.repo_id, type(exc).__name__, self.scrub(_first_line(exc)), CARD_NAME, root,
             )

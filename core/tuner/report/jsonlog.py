@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tuner.hookspecs import hookimpl
+from tuner.report.secrets import Scrubber, run_scrubber
 
 __all__ = ["LOG_NAME", "EventLog", "JsonLog", "read_log"]
 
@@ -32,6 +33,7 @@ class EventLog:
 
     def __init__(self) -> None:
         self._file: IO[str] | None = None
+        self._scrub = Scrubber()
 
     def _open(self, run: Any) -> IO[str] | None:
         raise NotImplementedError
@@ -39,13 +41,23 @@ class EventLog:
     def _close(self, file: IO[str]) -> None:
         file.close()
 
+    def _clean(self, value: Any) -> Any:
+        """``value`` with no secret in any string (an error message may quote a webhook URL)."""
+        if isinstance(value, dict):
+            return {k: self._clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._clean(v) for v in value]
+        return self._scrub(value) if isinstance(value, str) else value
+
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps({"time": round(time.time(), 3), **record}, default=str) + "\n")
+            line = json.dumps(self._clean({"time": round(time.time(), 3), **record}), default=str)
+            self._file.write(line + "\n")
             self._file.flush()
 
     @hookimpl
     def on_run_start(self, run: Any) -> None:
+        self._scrub = run_scrubber(run.config)
         self._file = self._open(run)
         self._write({"event": "start", "start_step": run.start_step, "max_train_steps": run.max_train_steps})
 

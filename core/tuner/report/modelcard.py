@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 __all__ = ["CARD_NAME", "model_card", "write_model_card"]
 
 CARD_NAME = "README.md"
+# Options about the output folder, not about what was trained.
+_HOUSEKEEPING = {"resume_from_checkpoint", "overwrite_output_dir"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -59,7 +61,7 @@ def model_card(
         f"{section}.{key}": value
         for section in ("train", "validation")
         for key, value in config.section(section).model_dump().items()
-        if value is not None and not isinstance(value, (Path, dict, list))
+        if value is not None and not isinstance(value, (Path, dict, list)) and key not in _HOUSEKEEPING
     }
     lines += ["", "## Training settings", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| `{k}` | {_cell(v)} |" for k, v in settings.items()]
@@ -87,6 +89,9 @@ def write_model_card(
 ) -> Path:
     path = Path(run.output_dir) / CARD_NAME
     tmp = path.with_name(f".{CARD_NAME}.partial")
-    tmp.write_text(model_card(run, outputs, validation, repo_id), encoding="utf-8")
+    from tuner.report.secrets import run_scrubber
+
+    # A prompt or setting may quote a webhook URL or token; the card is published.
+    tmp.write_text(run_scrubber(run.config)(model_card(run, outputs, validation, repo_id)), encoding="utf-8")
     os.replace(tmp, path)
     return path

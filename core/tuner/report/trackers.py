@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuner.hookspecs import hookimpl
+from tuner.report.secrets import Scrubber, run_scrubber
 
 __all__ = ["TrackingSection", "Trackers", "TRACKERS", "tracker_values"]
 
@@ -95,6 +96,7 @@ class Trackers:
 
     def __init__(self) -> None:
         self.active: list[Any] = []
+        self.scrub = Scrubber()
 
     @hookimpl
     def register_config_sections(self, register: Any) -> None:
@@ -113,7 +115,8 @@ class Trackers:
             else:
                 tracker = WandBTracker(section.tracker_project_name, name=run_name, dir=str(run.output_dir))
             self.active.append(tracker)
-        hparams = _flat_config(run.config)
+        self.scrub = run_scrubber(run.config)
+        hparams = {k: self.scrub.value(v) for k, v in _flat_config(run.config).items()}
         self._each("start", lambda t: t.start())
         self._each("store the config", lambda t: t.store_init_configuration(hparams))
 
@@ -122,7 +125,9 @@ class Trackers:
             try:
                 call(tracker)
             except Exception as exc:  # a tracker must never stop training
-                log.warning("tracker %s failed to %s (%s); it is switched off for this run", tracker.name, action, exc)
+                log.warning(
+                    "tracker %s failed to %s (%s); it is switched off for this run", tracker.name, action, self.scrub(str(exc))
+                )
                 self.active.remove(tracker)
 
     @hookimpl

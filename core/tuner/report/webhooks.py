@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tuner.errors import ConfigError
 from tuner.hookspecs import hookimpl
 from tuner.report.delivery import Delivery, Post
+from tuner.report.secrets import Scrubber, run_scrubber
 
 __all__ = ["WebhookTarget", "WebhooksSection", "Webhooks", "read_webhook_config"]
 
@@ -63,8 +65,18 @@ class WebhookTarget(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _http(cls, value: str) -> str:
+        # Messages here never quote the value: it is a secret.
         if not value.startswith(("http://", "https://")):
             raise ValueError("webhook_url must start with http:// or https://")
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("webhook_url contains a space or a control character: percent-encode it (a space is %20)")
+        try:
+            split = urllib.parse.urlsplit(value)
+            host, _ = split.hostname, split.port
+        except ValueError:
+            raise ValueError("webhook_url has an invalid host or port after http(s)://") from None
+        if not host:
+            raise ValueError("webhook_url has no host name after http(s)://")
         return value
 
 
@@ -117,8 +129,9 @@ def _summary(logs: dict[str, float]) -> str:
 class _Endpoint:
     """One target: how its events are worded and packed."""
 
-    def __init__(self, target: WebhookTarget, index: int) -> None:
+    def __init__(self, target: WebhookTarget, index: int, scrub: Scrubber) -> None:
         self.target = target
+        self.scrub = scrub
         headers = {"Authorization": f"Bearer {target.auth_token}"} if target.auth_token else {}
         self.delivery = Delivery(
             target.webhook_url,
@@ -130,7 +143,7 @@ class _Endpoint:
 
     def send(self, event: str, message: str, data: dict[str, Any], media: Sequence[Path] = ()) -> None:
         t = self.target
-        text = f"{t.message_prefix} {message}".strip()
+        text = self.scrub(f"{t.message_prefix} {message}".strip())
         files = [p for p in media if p.is_file()] if t.send_media else []
         if t.webhook_type == "discord":
             attach = [p for p in files if p.stat().st_size <= MAX_MEDIA_BYTES][:10]
@@ -159,6 +172,7 @@ class Webhooks:
 
     def __init__(self) -> None:
         self.endpoints: list[_Endpoint] = []
+        self.scrub = Scrubber()
         self.started = 0.0
         self.step_times: list[float] = []
 
@@ -177,7 +191,8 @@ class Webhooks:
             targets = read_webhook_config(path) if path else []
         except ValueError as exc:  # checked at config load; changed since
             raise ConfigError(f"webhook_config: {exc}") from None
-        self.endpoints = [_Endpoint(t, i) for i, t in enumerate(targets, 1)]
+        self.scrub = run_scrubber(run.config)  # no endpoint is told another's URL, nor any token
+        self.endpoints = [_Endpoint(t, i, self.scrub) for i, t in enumerate(targets, 1)]
         self.started = time.monotonic()
         self.step_times = []
         what = "resumed" if run.start_step else "started"
@@ -219,7 +234,7 @@ class Webhooks:
         data: dict[str, Any] = {"outputs": {k: str(v) for k, v in outputs.items()}, "seconds": round(elapsed, 1)}
         if error is not None:
             kind = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            reason = f"{type(error).__name__}: {str(error)[:500]}"
+            reason = self.scrub(f"{type(error).__name__}: {str(error)[:500]}")
             self._all("error", f"Training {kind}: {reason}", {"error": reason})
             self._all("end", f"Training stopped after {elapsed / 60:.1f} min.", {**data, "error": reason})
         else:

@@ -37,7 +37,8 @@ __all__ = [
     "round_complete",
 ]
 
-ROUND_RECORD = "round.json"  # written last into a round's folder: the round finished
+# ``validation/.step-N.json``, written last beside the round's folder: the round finished.
+ROUND_RECORD = ".{name}.json"
 # A callable returning a context manager inside which the model carries its EMA weights.
 EmaSwap = Callable[[], AbstractContextManager[object]]
 
@@ -148,7 +149,7 @@ def run_validation(
     sizes = v.sizes()
     variants = round_variants(config, use_ema)
     folder = _round_folder(config, step)
-    (folder / ROUND_RECORD).unlink(missing_ok=True)  # a round rendered again is incomplete until it ends
+    _record(folder).unlink(missing_ok=True)  # a round rendered again is incomplete until it ends
     folder.mkdir(parents=True, exist_ok=True)
 
     def key_of(nickname: str, size: tuple[int, int]) -> str:
@@ -199,8 +200,12 @@ def _round_folder(config: RunConfig, step: int) -> Path:
     return Path(config.train.output_dir) / "validation" / f"step-{step}"
 
 
+def _record(folder: Path) -> Path:
+    return folder.with_name(ROUND_RECORD.format(name=folder.name))
+
+
 def _mark_complete(folder: Path, result: ValidationResult) -> None:
-    """Write ``round.json`` last: a round folder without it was cut short (a crash) and is rendered again."""
+    """Write ``validation/.step-N.json`` last: a round folder without it was cut short (a crash) and is rendered again."""
     import json
 
     record = {
@@ -208,9 +213,10 @@ def _mark_complete(folder: Path, result: ValidationResult) -> None:
         "media": {k: Path(v).name for k, v in result.media.items()},
         "contact_sheet": result.contact_sheet.name if result.contact_sheet is not None else None,
     }
-    tmp = folder / f".{ROUND_RECORD}.partial"
+    done = _record(folder)
+    tmp = done.with_name(f"{done.name}.partial")
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, folder / ROUND_RECORD)
+    os.replace(tmp, done)
 
 
 def round_complete(config: RunConfig, step: int) -> bool:
@@ -219,7 +225,7 @@ def round_complete(config: RunConfig, step: int) -> bool:
 
     folder = _round_folder(config, step)
     try:
-        record = json.loads((folder / ROUND_RECORD).read_text(encoding="utf-8"))
+        record = json.loads(_record(folder).read_text(encoding="utf-8"))
         names = list(record["media"].values()) + ([record["contact_sheet"]] if record["contact_sheet"] else [])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
