@@ -88,8 +88,7 @@ def write_entry(
     tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as f:
-            f.write(blob)
+        _store_bytes(tmp, blob)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if not is_disk_full(exc):
@@ -98,6 +97,11 @@ def write_entry(
         raise DataError(disk_full_message(what, target.parent.parent, len(blob)) + " (cache_dir)") from None
     os.replace(tmp, target)
     return target
+
+
+def _store_bytes(path: Path, blob: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(blob)
 
 
 def read_entry(path: Path) -> dict[str, torch.Tensor]:
