@@ -459,78 +459,99 @@ def test_no_secret_reaches_a_log_tracker_or_model_card(toy, monkeypatch, caplog,
 
 # -- crash injection: SIGKILL at every rename of a checkpoint write -------------------------
 
-_KILL_AT_RENAME = """
-import os, signal, sys
+# One process imports everything once, then forks a child per kill point: each child trains and
+# SIGKILLs itself at its point. Only the renames of checkpoint writes count (the adapter files inside
+# one, the folder itself, a re-save's move aside).
+_KILL_AT_RENAMES = """
+import json, os, signal, sys
 from pathlib import Path
-
-folder, index, when, options = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], eval(sys.argv[4])
-real_replace, count = os.replace, 0
-
-def replace(src, dst):
-    # Only the renames of checkpoint writes count (adapter files inside one, the folder itself, a re-save's).
-    global count
-    names = [Path(src).name, Path(src).parent.name, Path(dst).name, Path(dst).parent.name]
-    if not any("checkpoint-" in name for name in names):
-        return real_replace(src, dst)
-    count += 1
-    if count == index and when == "before":
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_replace(src, dst)
-    if count == index and when == "after":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-os.replace = replace
 from toy_family import ToyFamily, toy_config
 from tuner.config import resolve_config
 from tuner.plugins import PluginHost
 from tuner.train.run import train
 
-host = PluginHost.build([], extra={"toy": ToyFamily()})
-cfg = toy_config(folder, **options)
-cfg["train"]["output_dir"] = str(folder / "out")
-cfg["validation"]["validation_prompt"] = None
-train(resolve_config(cfg, host), host)
-sys.exit(3)  # the kill point was never reached
+def child(folder, index, when, options):
+    real_replace, count = os.replace, 0
+
+    def replace(src, dst):
+        nonlocal count
+        names = [Path(src).name, Path(src).parent.name, Path(dst).name, Path(dst).parent.name]
+        if not any("checkpoint-" in name for name in names):
+            return real_replace(src, dst)
+        count += 1
+        if count == index and when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst)
+        if count == index and when == "after":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    os.replace = replace
+    host = PluginHost.build([], extra={"toy": ToyFamily()})
+    cfg = toy_config(Path(folder), **options)
+    cfg["validation"]["validation_prompt"] = None
+    train(resolve_config(cfg, host), host)
+
+jobs = json.loads(sys.argv[1])
+# Warm up: train() imports its libraries lazily, and a child should not import them all again.
+warm = dict(jobs[0]["options"], output_dir=str(Path(jobs[0]["folder"]) / "warm-up"))
+warm.pop("resume_from_checkpoint", None)
+child(jobs[0]["folder"], 0, "never", warm)
+for job in jobs:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child(**job)
+        finally:
+            os._exit(3)  # the kill point was never reached
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"folder": job["folder"], "killed": os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL}))
 """
 
 
-def _killed_run(folder: Path, index: int, when: str, **options) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_KILL_AT_RENAME), str(folder), str(index), when, repr(options)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
-
-
 @pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a child per kill point")
 def test_sigkill_at_every_rename_of_a_checkpoint_write_then_resume_matches_an_uninterrupted_run(toy, capsys):
     toy(name="straight", **CRASH_RUN)
     straight = toy.folder / "straight"
     # checkpoint-2 takes renames 1-3 (two adapters, then the folder); checkpoint-4 renames 4-6, then
     # rotation removes checkpoint-2. Kill before each rename of checkpoint-4's write, and after its last.
-    points = [(4, "before"), (5, "before"), (6, "before"), (6, "after")]
+    # (rename, before or after it, the step the next start resumes from)
+    points = [(4, "before", 2), (5, "before", 2), (6, "before", 2), (6, "after", 4)]
     # A finished run resumed from its last checkpoint saves that step again: the re-save renames
-    # (two adapters, the old folder aside, the new one in).
-    resave = [(1, "before"), (2, "before"), (3, "before"), (4, "before"), (4, "after")]
-    for n, (index, when) in enumerate(points + resave):
+    # (two adapters, the old folder set aside, the new one in).
+    resave = [(1, "before", 4), (2, "before", 4), (3, "before", 4), (4, "before", 4), (4, "after", 4)]
+    jobs, starts = [], []
+    for n, (index, when, start) in enumerate(points + resave):
+        starts.append(start)
         folder = toy.folder / f"kill-{n}"
         write_synthetic_clips(folder / "clips", count=2, num_frames=3, width=16, height=16)
-        if n < len(points):
-            _killed_run(folder, index, when, **CRASH_RUN)
-        else:
+        options = dict(CRASH_RUN)
+        if n >= len(points):
             shutil.copytree(straight, folder / "out")
             for name in ADAPTERS:
                 (folder / "out" / name).unlink()  # the result must come from the resumed state
-            _killed_run(folder, index, when, resume_from_checkpoint="latest", **CRASH_RUN)
+            options["resume_from_checkpoint"] = "latest"
+        jobs.append({"folder": str(folder), "index": index, "when": when, "options": options})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_KILL_AT_RENAMES), json.dumps(jobs)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["killed"] for r in results] == [True] * len(jobs), done.stderr[-2000:]
+
+    for job, start in zip(jobs, starts):
+        folder, where = Path(job["folder"]), (job["index"], job["when"])
         host = PluginHost.build([], extra={"toy": ToyFamily()})
-        cfg = toy_config(folder, resume_from_checkpoint="latest", **CRASH_RUN)
+        cfg = toy_config(folder, **{**CRASH_RUN, "resume_from_checkpoint": "latest"})
         cfg["validation"]["validation_prompt"] = None
         capsys.readouterr()
         train(resolve_config(cfg, host), host)
-        assert "skipping damaged" not in capsys.readouterr().err, (index, when)
+        assert "skipping damaged" not in capsys.readouterr().err, where
         out = folder / "out"
-        assert _same_files(out, straight), (index, when)
-        assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-4"], (index, when)
+        assert [r["start_step"] for r in read_log(out) if r["event"] == "start"][-1] == start, where
+        assert _same_files(out, straight), where
+        assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-4"], where
         a, b = read_checkpoint(out / "checkpoint-4")[0], read_checkpoint(straight / "checkpoint-4")[0]
-        assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"])), (index, when)
+        assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"])), where
