@@ -6,6 +6,7 @@ The toy family keeps these fast; the crash-injection test kills real processes w
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -118,7 +119,7 @@ def test_a_crafted_pickle_is_refused_in_one_line_and_runs_nothing(toy, capsys):
     assert [r["start_step"] for r in read_log(out) if r["event"] == "start"][-1] == 2
 
     # An attacker who also writes a matching manifest gets no further: the state is only ever JSON + safetensors.
-    files = {p.name: {"size": p.stat().st_size, "sha256": __import__("hashlib").sha256(p.read_bytes()).hexdigest()}
+    files = {p.name: {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
              for p in evil.iterdir()}
     (evil / "manifest.json").write_text(json.dumps({"files": files}))
     with pytest.raises(CheckpointError, match="training_state.json cannot be read") as err:
@@ -274,6 +275,40 @@ def test_a_full_disk_during_a_checkpoint_stops_in_one_line_and_keeps_the_last_on
     assert "is free" in message and "the last checkpoint is intact" in message
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"], "nothing half-written"
     assert latest_checkpoint(out) == out / "checkpoint-2"
+
+
+def test_a_full_disk_while_exporting_the_adapter_stops_in_one_line(toy, monkeypatch):
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+
+    def full_outside_checkpoints(tensors, filename, *args, **kwargs):
+        if "checkpoint-" not in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_outside_checkpoints)
+    with pytest.raises(CheckpointError) as err:
+        toy(max_train_steps=2)
+    out = toy.folder / "out"
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(f"disk full: writing pytorch_lora_weights.safetensors into {out} needs about")
+    assert not list(out.glob(".*partial*")) and checkpoint_problem(out / "checkpoint-2") is None
+
+
+def test_a_state_that_parses_but_does_not_fit_stops_in_one_line(toy):
+    toy(max_train_steps=2)
+    ckpt = toy.folder / "out" / "checkpoint-2"
+    data = json.loads((ckpt / "training_state.json").read_text())
+    del data["state"]["schedule"]  # hand-edited, and the manifest brought up to date
+    (ckpt / "training_state.json").write_text(json.dumps(data))
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    raw = (ckpt / "training_state.json").read_bytes()
+    manifest["files"]["training_state.json"] = {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="checkpoint-2 does not fit this run \\(KeyError: 'schedule'\\)") as err:
+        toy(max_train_steps=4, resume_from_checkpoint="latest")
+    assert "\n" not in str(err.value)
 
 
 def test_a_full_disk_while_caching_stops_in_one_line_naming_the_folder(toy, monkeypatch):

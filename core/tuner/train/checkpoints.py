@@ -194,8 +194,9 @@ def write_checkpoint(
         (partial / _STATE_JSON).write_text(json.dumps({"step": step, **info}, indent=2), encoding="utf-8")
         _write_manifest(partial)
         fsync_dir(partial)
-    except OSError as exc:
-        if not is_disk_full(exc):
+    except (OSError, CheckpointError) as exc:
+        # The adapter export reports a full disk as a CheckpointError of its own; either way, say it once here.
+        if not is_disk_full(exc if isinstance(exc, OSError) else exc.__cause__ or exc):
             raise
         written = _folder_bytes(partial)
         shutil.rmtree(partial, ignore_errors=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuner.durable import disk_full_message, is_disk_full
 from tuner.errors import CheckpointError, TunerError
 
 if TYPE_CHECKING:
@@ -194,8 +195,15 @@ class Trainer:
         for expert, weights in members:
             target = adapter_file(path, expert, several)
             tmp = target.with_name(f".{target.stem}.partial{target.suffix}")
-            if self.host.export_adapter(self.bundle, weights, tmp, self.config.train.lora_format) is None:
-                save_file({k: v.contiguous() for k, v in weights.native().items()}, str(tmp))
+            try:
+                if self.host.export_adapter(self.bundle, weights, tmp, self.config.train.lora_format) is None:
+                    save_file({k: v.contiguous() for k, v in weights.native().items()}, str(tmp))
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                if not is_disk_full(exc):
+                    raise
+                needed = sum(p.numel() * p.element_size() for p in self.params)
+                raise CheckpointError(disk_full_message(target.name, target.parent, needed)) from exc
             os.replace(tmp, target)
             written[expert.label or expert.name if several else ""] = target
         return written
@@ -234,24 +242,37 @@ class Trainer:
         from tuner.train.checkpoints import read_checkpoint
 
         state, info = read_checkpoint(path)
-        if not isinstance(state.get("params"), list) or len(state["params"]) != len(self.params) or any(a.shape != b.shape for a, b in zip(state["params"], self.params)):
+        saved_params = state.get("params")
+        if (
+            not isinstance(saved_params, list)
+            or len(saved_params) != len(self.params)
+            or any(not isinstance(a, torch.Tensor) or a.shape != b.shape for a, b in zip(saved_params, self.params))
+        ):
             raise CheckpointError(
                 f"{path} was written for a different adapter (type, rank or targets changed) or other feature"
                 " modules (a feature such as crepa turned on or off)"
             )
-        with torch.no_grad():
-            for saved, param in zip(state["params"], self.params):
-                param.copy_(saved.to(param.device, param.dtype))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if self.ema is not None:
-            if state.get("ema") is None:
-                raise CheckpointError(f"{path} has no EMA weights; resume with use_ema = false or start afresh")
-            self.ema.load_state_dict(state["ema"])
-        self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.ema is not None and state.get("ema") is None:
+            raise CheckpointError(f"{path} has no EMA weights; resume with use_ema = false or start afresh")
+        try:
+            with torch.no_grad():
+                for saved, param in zip(saved_params, self.params):
+                    param.copy_(saved.to(param.device, param.dtype))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            # A state that parses but does not fit: another optimizer, or a hand-edited file.
+            why = str(exc).partition("\n")[0]
+            raise CheckpointError(
+                f"{path} does not fit this run ({type(exc).__name__}: {why}); resume with the optimizer and schedule"
+                " settings it was written with, or start afresh"
+            ) from None
         step = int(info["step"])
         self._continue_data(path, step, info)
         return step
