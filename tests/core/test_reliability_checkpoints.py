@@ -157,10 +157,12 @@ def test_resume_from_the_safetensors_state_is_exact_for_each_kind_of_optimizer(t
         run("resumed", _CtrlCAt(2))
     run("resumed", resume_from_checkpoint="latest")
     assert _same_files(tmp_path / "resumed", tmp_path / "straight")
-    a, b = read_checkpoint(tmp_path / "resumed" / "checkpoint-4")[0], read_checkpoint(tmp_path / "straight" / "checkpoint-4")[0]
-    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
-    for key, value in a["optimizer"]["state"][0].items():
-        assert torch.equal(value, b["optimizer"]["state"][0][key]) if isinstance(value, torch.Tensor) else value == b["optimizer"]["state"][0][key]
+    a = read_checkpoint(tmp_path / "resumed" / "checkpoint-4")[0]["optimizer"]
+    b = read_checkpoint(tmp_path / "straight" / "checkpoint-4")[0]["optimizer"]
+    assert a["param_groups"] == b["param_groups"]
+    for key, value in a["state"][0].items():
+        other = b["state"][0][key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
 
 
 # -- damaged checkpoints ---------------------------------------------------------------
@@ -222,8 +224,8 @@ def _write(folder: Path, step: int, value: int) -> Path:
 def test_every_file_and_folder_is_flushed_before_the_rename(tmp_path, monkeypatch):
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b)))
     final = _write(tmp_path, 3, 1)
     partial = str(tmp_path / ".checkpoint-3.partial")
     rename = events.index(("replace", partial))
@@ -539,7 +541,8 @@ for job in jobs:
         finally:
             os._exit(3)  # the kill point was never reached
     _, status = os.waitpid(pid, 0)
-    print(json.dumps({"folder": job["folder"], "killed": os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL}))
+    killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    print(json.dumps({"folder": job["folder"], "killed": killed}))
 """
 
 

@@ -45,7 +45,7 @@ def test_cache_is_reused_on_a_second_run(toy_run):
     folder, family, host = toy_run
     train(resolve_config(toy_config(folder, max_train_steps=2), host), host)
     assert family.calls["encode_batch"] == 2 and family.calls["encode_prompts"] == 1
-    train(resolve_config(toy_config(folder, max_train_steps=2), host), host)
+    train(resolve_config(toy_config(folder, max_train_steps=2, overwrite_output_dir=True), host), host)
     assert family.calls["encode_batch"] == 2 and family.calls["encode_prompts"] == 1, "nothing re-encoded"
     assert not [t for t in threading.enumerate() if t.name.startswith("tuner-")], "a finished run leaves no thread"
 

@@ -24,7 +24,8 @@ _HF_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 def _forms(text: str) -> set[str]:
     """``text`` as messages show it: raw, percent-encoded or decoded, escaped by ``repr`` or JSON (nested)."""
-    forms = {text, urllib.parse.quote(text, safe="/:?=&@"), urllib.parse.quote(text, safe=""), urllib.parse.unquote(text)}
+    quote, unquote = urllib.parse.quote, urllib.parse.unquote
+    forms = {text, quote(text, safe="/:?=&@"), quote(text, safe=""), unquote(text)}
     for _ in range(3):  # an error quoting a repr, its own repr, a JSON log line holding that
         forms |= {escaped for f in forms for escaped in (repr(f)[1:-1], json.dumps(f)[1:-1])}
     return forms

@@ -125,9 +125,8 @@ class Trackers:
             try:
                 call(tracker)
             except Exception as exc:  # a tracker must never stop training
-                log.warning(
-                    "tracker %s failed to %s (%s); it is switched off for this run", tracker.name, action, self.scrub(str(exc))
-                )
+                why = self.scrub(str(exc))
+                log.warning("tracker %s failed to %s (%s); it is switched off for this run", tracker.name, action, why)
                 self.active.remove(tracker)
 
     @hookimpl

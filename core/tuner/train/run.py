@@ -48,9 +48,16 @@ def _resume_path(config: RunConfig, notice: Callable[[str], None]) -> Path | Non
     if not wanted:
         return None
     if wanted == "latest":
-        return latest_checkpoint(
-            Path(config.train.output_dir), lambda path, why: notice(f"skipping damaged checkpoint {path}: {why}")
-        )
+        skipped: list[Path] = []
+
+        def skip(path: Path, why: str) -> None:
+            skipped.append(path)
+            notice(f"skipping damaged checkpoint {path}: {why}")
+
+        found = latest_checkpoint(Path(config.train.output_dir), skip)
+        if found is None and skipped:
+            notice(f"no intact checkpoint in {config.train.output_dir}: starting from step 0")
+        return found
     path = Path(config.resolve_path(wanted))
     if not path.is_dir():
         raise CheckpointError(f"train.resume_from_checkpoint: no checkpoint folder at {path}")

@@ -205,7 +205,7 @@ def _record(folder: Path) -> Path:
 
 
 def _mark_complete(folder: Path, result: ValidationResult) -> None:
-    """Write ``validation/.step-N.json`` last: a round folder without it was cut short (a crash) and is rendered again."""
+    """Write ``validation/.step-N.json`` last: a round without it was cut short (a crash) and is rendered again."""
     import json
 
     record = {
