@@ -54,8 +54,8 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover - the loop returns
 
 
-def disk_full_message(what: str, folder: Path, needed: int) -> str:
-    """One line: what could not be written, where, how much it needs and how much is free."""
+def disk_full_message(what: str, folder: Path, needed: int, option: str) -> str:
+    """One line: what could not be written, where, how much it needs, how much is free, which option moves it."""
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -65,5 +65,5 @@ def disk_full_message(what: str, folder: Path, needed: int) -> str:
         free = "the free space is unknown"
     return (
         f"disk full: writing {what} into {folder} needs about {human_size(needed)} and {free};"
-        " free some space there or point the option at another disk"
+        f" free some space there or point {option} at another disk"
     )

@@ -94,7 +94,8 @@ def write_entry(
         if not is_disk_full(exc):
             raise
         what = f"the cache entry {target.name}"
-        raise DataError(disk_full_message(what, target.parent.parent, len(blob)) + " (cache_dir)") from None
+        where = "cache_dir (or the dataset's cache_dir_vae / cache_dir)"
+        raise DataError(disk_full_message(what, target.parent.parent, len(blob), where)) from None
     os.replace(tmp, target)
     return target
 

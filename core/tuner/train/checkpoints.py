@@ -203,7 +203,7 @@ def write_checkpoint(
         newest = list_checkpoints(output_dir)
         needed = max(_folder_bytes(newest[-1][1]) if newest else 0, state_nbytes(training_state) * 2, written)
         raise CheckpointError(
-            disk_full_message(f"checkpoint-{step}", output_dir, needed) + "; the last checkpoint is intact"
+            disk_full_message(f"checkpoint-{step}", output_dir, needed, "output_dir") + "; the last checkpoint is intact"
         ) from None
     if final.exists():
         # The good copy stays whole until the new one is complete; a crash here is undone by clean_partials.

@@ -203,7 +203,7 @@ class Trainer:
                 if not is_disk_full(exc):
                     raise
                 needed = sum(p.numel() * p.element_size() for p in self.params)
-                raise CheckpointError(disk_full_message(target.name, target.parent, needed)) from exc
+                raise CheckpointError(disk_full_message(target.name, target.parent, needed, "output_dir")) from exc
             os.replace(tmp, target)
             written[expert.label or expert.name if several else ""] = target
         return written
