@@ -4,21 +4,26 @@ A token router (`tuner.types.TokenRouter`, offered through the `route_tokens`
 hook) decides which tokens skip which blocks. A model family carries it out in
 its training forward; `gather_tokens` and `scatter_tokens` are the two tensor
 moves every family needs for that, kept here because families cannot import
-the router's plugin.
+the router's plugin. `routed_blocks` carries a whole plan out on a diffusers-style
+block stack (a ``ModuleList`` the model's own forward loops over) with module
+hooks, so a family need not copy its model's forward to support routing.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from tuner.errors import PluginError
 
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import ModelBundle, TokenRouter
+    from tuner.types import ModelBundle, TokenRoute, TokenRouter
 
-__all__ = ["check_routing", "gather_tokens", "scatter_tokens"]
+__all__ = ["check_routing", "gather_tokens", "scatter_tokens", "routed_blocks"]
 
 
 def check_routing(bundle: ModelBundle, router: TokenRouter) -> list[tuple[int, int]]:
@@ -71,3 +76,61 @@ def scatter_tokens(full: torch.Tensor, routed: torch.Tensor, index: torch.Tensor
     and to ``full`` for the ones that skipped.
     """
     return full.scatter(1, _index_like(index.to(full.device), routed), routed.to(full.dtype))
+
+
+def _gather_any(value: Any, index: torch.Tensor) -> Any:
+    if isinstance(value, (tuple, list)):  # (cos, sin) RoPE tables travel together
+        return type(value)(_gather_any(v, index) for v in value)
+    return gather_tokens(value, index)
+
+
+@contextmanager
+def routed_blocks(
+    blocks: Sequence[torch.nn.Module],
+    routes: list[TokenRoute],
+    *,
+    hidden: str = "hidden_states",
+    per_token: tuple[str, ...] = (),
+) -> Iterator[None]:
+    """Carry ``routes`` out on ``blocks`` for the forwards run inside the ``with``.
+
+    For a model whose forward passes the latent tokens from block to block as
+    ``(batch, tokens, dim)`` (argument ``hidden`` of each block, returned by
+    it): before a route's first block only the kept tokens go in, every block
+    of the route also gets the kept rows of the arguments named in
+    ``per_token`` (RoPE tables, per-token modulation; a tuple of tensors is
+    gathered element-wise), and after the route's last block the routed tokens
+    are scattered back among those that skipped. Works with the model's own
+    forward and with gradient checkpointing (the hooks live on the blocks).
+    Call ``router.plan`` once per forward and open this around that forward.
+    """
+    handles = []
+    saved: dict[int, torch.Tensor] = {}  # route start -> the full hidden states entering it
+    for route in routes:
+        for i in range(route.start, route.end + 1):
+            block = blocks[i]
+            signature = inspect.signature(block.forward)
+
+            def before(module: Any, args: tuple, kwargs: dict, route: TokenRoute = route, first: bool = i == route.start,
+                       signature: inspect.Signature = signature) -> tuple[tuple, dict]:
+                bound = signature.bind(*args, **kwargs)
+                if first:
+                    saved[route.start] = bound.arguments[hidden]
+                    bound.arguments[hidden] = gather_tokens(bound.arguments[hidden], route.keep)
+                for name in per_token:
+                    if bound.arguments.get(name) is not None:
+                        bound.arguments[name] = _gather_any(bound.arguments[name], route.keep)
+                return bound.args, bound.kwargs
+
+            handles.append(block.register_forward_pre_hook(before, with_kwargs=True))
+        handles.append(
+            blocks[route.end].register_forward_hook(
+                lambda module, args, output, route=route: scatter_tokens(saved[route.start], output, route.keep)
+            )
+        )
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        saved.clear()
