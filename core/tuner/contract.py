@@ -26,8 +26,9 @@ adapter loads in your pipeline and changes its output; a resumed run ends
 bit-for-bit where an uninterrupted one does; validation and the evaluation
 loss work when you implement them; a token router's plan is carried out (or,
 if your family sets ``supports_token_routing=False``, refused at start-up);
-quantization, attention backends, chunked feed-forward and token routing run on
-it together. Image families set ``overrides`` (e.g. ``["data.num_frames=1"]``).
+group offloading or a quantized base, with an attention backend, chunked
+feed-forward, gradient checkpointing, token routing and the evaluation loss,
+run on it. Image families set ``overrides`` (e.g. ``["data.num_frames=1"]``).
 """
 
 from __future__ import annotations
@@ -302,29 +303,37 @@ class FamilyContract:
         a, b = load_file(outputs["adapter"]), load_file(resumed["adapter"])
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume is not bit-exact"
 
-    def test_features_run_on_the_family_without_knowing_it(self, contract_run: Path, contract_bundle: Any) -> None:
+    @pytest.mark.parametrize("weights", ["offloaded", "quantized"])
+    def test_features_run_on_the_family_without_knowing_it(self, contract_run: Path, contract_bundle: Any, weights: str) -> None:
+        """tuner's own features (in its wheel, named like any plugin), together, through the bundle's fields.
+
+        Offloading and a quantized base exclude each other, hence two runs.
+        """
         from tuner.train.run import train
 
+        host, _, bundle = contract_bundle
         features = ["attention", "offload"]
         settings = [
             "attention.attention_mechanism='sdpa-math'",
             "offload.enable_chunked_feed_forward=true",
             "offload.feed_forward_chunk_size=16",
+            "train.gradient_checkpointing=true",  # recomputes (routed) blocks in the backward pass
             "train.max_train_steps=3",
-            "train.output_dir='features'",
+            f"train.output_dir='features-{weights}'",
             "validation.validation_prompt=''",
         ]
-        if contract_bundle[2].supports_token_routing:
-            features.append("tread")
-            settings.append("tread.tread_config={routes = [{selection_ratio = 0.5, start_layer_idx = 0, end_layer_idx = 0}]}")
-        try:
-            import optimum.quanto  # noqa: F401
-        except ImportError:
-            pass
+        if weights == "offloaded":
+            settings.append("offload.enable_group_offload=true")  # finds the blocks through block_lists
         else:
+            pytest.importorskip("optimum.quanto", reason="int8-quanto needs optimum-quanto")
             features.append("quantize")
             settings.append("quantize.base_model_precision='int8-quanto'")
+        if bundle.supports_token_routing:
+            features.append("tread")
+            settings.append("tread.tread_config={routes = [{selection_ratio = 0.5, start_layer_idx = 0, end_layer_idx = 0}]}")
+        if host.implements(self.family_name, "eval_loss"):
+            settings += ["evaluation.eval_steps_interval=3", "evaluation.eval_split=0.5"]
         host = self.host(*features)
         outputs = train(self.config(contract_run, host, settings), host)
-        losses = list(_losses(contract_run.parent / "features").values())
+        losses = list(_losses(contract_run.parent / f"features-{weights}").values())
         assert len(losses) == 3 and all(math.isfinite(x) for x in losses) and outputs["adapter"].is_file()

@@ -12,7 +12,7 @@ hooks, so a family need not copy its model's forward to support routing.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -84,9 +84,40 @@ def _gather_any(value: Any, index: torch.Tensor) -> Any:
     return gather_tokens(value, index)
 
 
+def _routed_block_class() -> type:
+    import torch
+
+    class RoutedBlock(torch.nn.Module):
+        """Stands in for one block of a route; keeps routing when gradient checkpointing recomputes it in backward."""
+
+        def __init__(self, block: torch.nn.Module, route: TokenRoute, saved: dict, hidden: str, per_token: tuple) -> None:
+            super().__init__()
+            self.block = block
+            self.route, self.saved, self.hidden, self.per_token = route, saved, hidden, per_token
+            self.first = self.last = False
+            # The class's forward: a feature may have replaced the instance's with a (*args, **kwargs) wrapper.
+            self.signature = inspect.signature(type(block).forward)
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            route = self.route
+            bound = self.signature.bind(self.block, *args, **kwargs)
+            if self.first:
+                self.saved[route.start] = bound.arguments[self.hidden]
+                bound.arguments[self.hidden] = gather_tokens(bound.arguments[self.hidden], route.keep)
+            for name in self.per_token:
+                if bound.arguments.get(name) is not None:
+                    bound.arguments[name] = _gather_any(bound.arguments[name], route.keep)
+            output = self.block(*bound.args[1:], **bound.kwargs)
+            if self.last:
+                output = scatter_tokens(self.saved[route.start], output, route.keep)
+            return output
+
+    return RoutedBlock
+
+
 @contextmanager
 def routed_blocks(
-    blocks: Sequence[torch.nn.Module],
+    blocks: torch.nn.ModuleList,
     routes: list[TokenRoute],
     *,
     hidden: str = "hidden_states",
@@ -100,37 +131,24 @@ def routed_blocks(
     of the route also gets the kept rows of the arguments named in
     ``per_token`` (RoPE tables, per-token modulation; a tuple of tensors is
     gathered element-wise), and after the route's last block the routed tokens
-    are scattered back among those that skipped. Works with the model's own
-    forward and with gradient checkpointing (the hooks live on the blocks).
-    Call ``router.plan`` once per forward and open this around that forward.
+    are scattered back among those that skipped. The model's own forward runs
+    unchanged: inside the ``with`` the route's entries of ``blocks`` are stand-ins
+    that wrap the blocks, so gradient checkpointing, which recomputes a block
+    in the backward pass after the ``with`` has ended, routes it again. Call
+    ``router.plan`` once per forward and open this around that forward.
     """
-    handles = []
+    if not routes:
+        yield
+        return
+    routed_block = _routed_block_class()
+    originals = list(blocks)
     saved: dict[int, torch.Tensor] = {}  # route start -> the full hidden states entering it
     for route in routes:
         for i in range(route.start, route.end + 1):
-            block = blocks[i]
-            signature = inspect.signature(block.forward)
-
-            def before(module: Any, args: tuple, kwargs: dict, route: TokenRoute = route, first: bool = i == route.start,
-                       signature: inspect.Signature = signature) -> tuple[tuple, dict]:
-                bound = signature.bind(*args, **kwargs)
-                if first:
-                    saved[route.start] = bound.arguments[hidden]
-                    bound.arguments[hidden] = gather_tokens(bound.arguments[hidden], route.keep)
-                for name in per_token:
-                    if bound.arguments.get(name) is not None:
-                        bound.arguments[name] = _gather_any(bound.arguments[name], route.keep)
-                return bound.args, bound.kwargs
-
-            handles.append(block.register_forward_pre_hook(before, with_kwargs=True))
-        handles.append(
-            blocks[route.end].register_forward_hook(
-                lambda module, args, output, route=route: scatter_tokens(saved[route.start], output, route.keep)
-            )
-        )
+            blocks[i] = routed_block(originals[i], route, saved, hidden, per_token)
+        blocks[route.start].first = blocks[route.end].last = True
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
-        saved.clear()
+        for i, block in enumerate(originals):
+            blocks[i] = block
