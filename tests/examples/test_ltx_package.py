@@ -1,8 +1,8 @@
 """The LTX-Video family published from outside: `examples/tuner-ltx` built, installed and used like a PyPI package.
 
 Wheels of tuner and of the example are installed into a fresh virtual
-environment (with the system's site-packages, so torch and diffusers are not
-reinstalled; tuner's own wheel shadows any other copy). Everything below runs
+environment that also sees this interpreter's libraries (so torch and diffusers
+are not reinstalled; the venv's own tuner wheel comes first on the path). Everything below runs
 in that environment's interpreter: ``tuner plugins``, ``tuner demo --plugin
 ltx``, the LoRA loaded in `LTXPipeline`, and the package's own tests, which
 run tuner's contract kit on the installed family.
@@ -38,10 +38,13 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     base = tmp_path_factory.mktemp("ltx-venv")
     env = {k: v for k, v in os.environ.items() if k not in (DISABLE_AUTOLOAD_ENV, "PYTHONPATH", "VIRTUAL_ENV")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    # The interpreter this venv was made from: a venv made from a venv python would point at the outer venv.
-    interpreter = getattr(sys, "_base_executable", sys.executable)
-    _run([interpreter, "-m", "venv", "--system-site-packages", "--without-pip", str(base / "venv")], env, base)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(base / "venv")], env, base)
     python = base / "venv" / "bin" / "python"
+    # The libraries of this interpreter (torch, diffusers, pip, ...) after the venv's own site-packages, in
+    # whichever venv or base they live: a venv's --system-site-packages would reach the base install only.
+    venv_site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], env, base).strip())
+    outer = [p for p in sys.path if Path(p).name == "site-packages" and Path(p).is_dir()]
+    (venv_site / "outer-libraries.pth").write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in outer))
     for source in (ROOT, EXAMPLE):  # --no-build-isolation: the installed hatchling, nothing downloaded
         _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(base / "dist"),
               str(source)], env, base)
@@ -62,7 +65,7 @@ def test_both_packages_import_from_the_venv(venv: tuple[Path, dict[str, str]], t
 
 def test_tuner_plugins_lists_ltx_with_its_family(venv: tuple[Path, dict[str, str]], tmp_path: Path):
     python, env = venv
-    infos = {p["name"]: p for p in json.loads(_run([str(python), "-m", "tuner.cli", "plugins", "--json"], env, tmp_path))}
+    infos = {p["name"]: p for p in json.loads(_run([str(python.parent / "tuner"), "plugins", "--json"], env, tmp_path))}
     ltx = infos["ltx"]
     assert ltx["version"] == "0.1.0" and ltx["source"] == "tuner_ltx.plugin"
     assert ltx["families"] == ["ltx"] and ltx["sections"] == ["ltx"]
@@ -89,8 +92,9 @@ print(before.shape, float(np.abs(after - before).mean()))
 
 def test_tuner_demo_trains_ltx_and_the_lora_loads_in_ltx_pipeline(venv: tuple[Path, dict[str, str]], tmp_path: Path):
     python, env = venv
-    out = _run([str(python), "-m", "tuner.cli", "demo", "--plugin", "ltx", "--dir", str(tmp_path / "demo"),
-                "--steps", "20"], env, tmp_path)
+    # The console script the wheel installed, as a user types it.
+    out = _run([str(python.parent / "tuner"), "demo", "--plugin", "ltx", "--dir", str(tmp_path / "demo"), "--steps", "20"],
+               env, tmp_path)
     output = tmp_path / "demo" / "output"
     adapter = output / "pytorch_lora_weights.safetensors"
     assert adapter.is_file() and str(adapter) in out
