@@ -40,6 +40,7 @@ TINY_IMAGE_DIM = 32  # the CLIP vision hidden size = the transformer's image_dim
 # The real repositories' boundaries: I2V A14B switches at t = 900, T2V A14B at t = 875.
 TINY_BOUNDARY_RATIOS = {"i2v": 0.9, "t2v": 0.875}
 
+
 def _tokenizer(folder: Path) -> None:
     write_t5_tokenizer(folder, TINY_MAX_SEQUENCE_LENGTH)
 
