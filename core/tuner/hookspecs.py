@@ -105,7 +105,8 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
     Called once at start-up, before any cache is built.
 
     :param config: the resolved config; read your own section with
-        ``config.section("<name>")``.
+        ``config.section("<name>")``. Load the denoiser and text encoders in
+        ``tuner.train.precision.base_weight_dtype(config)``.
     :param device: where training runs. Put the encoders there; leave the
         denoiser on the CPU: the core moves it to ``device`` once the caches
         are built (so encoding never shares the accelerator with it), unless
@@ -266,7 +267,8 @@ def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, An
 
     Used by ``tuner demo`` and by the `tuner.testing` fixtures: it must use the
     same on-disk layout as the real model (so `load_model` is exercised for
-    real) and build everything locally (no downloads).
+    real) and build everything locally (no downloads; a T5 tokenizer comes
+    from `tuner.tiny.write_t5_tokenizer`).
 
     :param path: an empty folder to write into.
     :param seed: seed for the random weights.
@@ -323,7 +325,8 @@ def route_tokens(bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
     fit the model), or when a span covers a block in ``bundle.block_taps``.
     Then the core sets ``bundle.router``; the family calls ``router.plan``
     once per training forward and carries the plan out (validation and
-    inference never route).
+    inference never route): `tuner.routing.routed_blocks` does it with hooks
+    on a block stack, `tuner.routing.gather_tokens` / `scatter_tokens` by hand.
 
     :param bundle: the model, adapter attached; ``bundle.num_blocks`` is the
         depth of the block stack the router plans for.

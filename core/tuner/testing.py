@@ -15,11 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tuner.config import merge, parse_overrides
+
+if TYPE_CHECKING:
+    from tuner.plugins import PluginHost
 
 __all__ = ["CliResult", "run_cli", "write_run_folder", "tuner_plugin", "tiny_model_dir", "make_run", "cli"]
 
@@ -51,8 +54,13 @@ def write_run_folder(
     clips: int = 2,
     overrides: list[str] | None = None,
     variant: str | None = None,
+    host: PluginHost | None = None,
 ) -> Path:
-    """A run folder using the tiny model at ``model_dir``: clips/, config.toml. Returns the config path."""
+    """A run folder using the tiny model at ``model_dir``: clips/, config.toml. Returns the config path.
+
+    ``host`` writes the tiny model when it is missing (default: a host with the
+    installed plugin ``plugin``; pass one to use a plugin registered directly).
+    """
     import tomli_w
 
     from tuner.data.synthetic import write_synthetic_clips
@@ -62,7 +70,7 @@ def write_run_folder(
     family = family or plugin
     folder.mkdir(parents=True, exist_ok=True)
     paths = write_synthetic_clips(folder / "clips", count=clips, num_frames=17, width=64, height=64)
-    model_overrides = prepare_tiny_model(PluginHost.build([plugin]), family, model_dir, variant=variant)
+    model_overrides = prepare_tiny_model(host or PluginHost.build([plugin]), family, model_dir, variant=variant)
     config = demo_config(family, plugin, paths[0].with_suffix(".txt").read_text().strip(), model_overrides, steps)
     config = merge(config, parse_overrides(overrides or []))
     path = folder / "config.toml"

@@ -1,0 +1,191 @@
+"""LTX-Video's parts, loaded with diffusers, and what the hooks do with them.
+
+Training mirrors `LTXPipeline`: latents normalised with the VAE's statistics
+and packed into ``(batch, tokens, channels)`` (LTX's transformer has patch size
+1), T5 embeddings with their attention mask, ``t = 1000 sigma``, and the
+velocity ``noise - x0`` as target (what the pipeline's Euler scheduler steps
+with). Validation calls the pipeline itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import ConfigError, PluginError
+from tuner.routing import routed_blocks
+from tuner.train.timesteps import add_noise
+from tuner.types import ModelBundle, ValidationResult
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.config import RunConfig
+    from tuner.types import AdapterWeights, ValidationRequest
+
+# Attention and feed-forward projections of every block: what LoRA adapts by default.
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+
+
+def load(config: RunConfig, device: torch.device) -> ModelBundle:
+    """The pipeline's parts, frozen; VAE (float32) and T5 on ``device``, the transformer on the CPU."""
+    import torch
+    from diffusers import AutoencoderKLLTXVideo, LTXPipeline
+
+    from tuner.train.precision import base_weight_dtype
+
+    section = config.section("ltx")
+    source = config.resolve_path(section.ltx_model_path)
+    dtype = base_weight_dtype(config)
+    try:
+        vae = AutoencoderKLLTXVideo.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+        pipe = LTXPipeline.from_pretrained(source, vae=vae, torch_dtype=dtype)
+    except OSError as exc:
+        raise ConfigError(f"ltx.ltx_model_path: cannot load LTX-Video from '{source}': {str(exc).splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.transformer, vae, pipe.text_encoder):
+        module.requires_grad_(False).eval()
+    vae.to(device)
+    pipe.text_encoder.to(device)
+    spatial, temporal = vae.spatial_compression_ratio, vae.temporal_compression_ratio
+    encoders = {"vae": dict(vae.config), "t5": pipe.text_encoder.config.to_dict(), "tokens": section.ltx_max_sequence_length}
+    return ModelBundle(
+        family="ltx",
+        denoiser=pipe.transformer,
+        lora_target_modules=list(LORA_TARGETS),
+        components={
+            "pipeline": pipe,
+            "vae": vae,
+            "text_encoder": pipe.text_encoder,
+            "dtype": dtype,
+            "max_sequence_length": section.ltx_max_sequence_length,
+            "frame_rate": section.ltx_frame_rate,
+            # As LTXPipeline scales RoPE: latent frames last temporal / frame_rate seconds, pixels are spatial apart.
+            "rope_scale": (temporal / section.ltx_frame_rate, spatial, spatial),
+        },
+        temporal_compression=temporal,
+        spatial_multiple=spatial,
+        cache_id=hashlib.sha256(json.dumps(encoders, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        supports_token_routing=True,  # velocity_errors carries a router's plan out (tuner.routing.routed_blocks)
+        num_blocks=len(pipe.transformer.transformer_blocks),
+        base_model=section.ltx_model_path,
+        block_lists=["transformer_blocks"],
+        encoders={"text_encoder": "text", "vae": "latent"},
+    )
+
+
+def encode_clips(bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """``(B, F, C, H, W)`` in [-1, 1] -> per clip ``{"latents": (C, F', H', W')}``, normalised as LTXPipeline does."""
+    vae = bundle.components["vae"]
+    # The distribution's mean: deterministic, so a cache entry never depends on luck.
+    latents = vae.encode(pixels.permute(0, 2, 1, 3, 4).to(vae.dtype)).latent_dist.mode()
+    mean, std = (t.view(1, -1, 1, 1, 1).to(latents) for t in (vae.latents_mean, vae.latents_std))
+    latents = (latents - mean) * vae.config.scaling_factor / std
+    return [{"latents": latent} for latent in latents.float().cpu()]
+
+
+def encode_texts(bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+    """Per prompt ``{"prompt_embeds": (tokens, dim)}``: T5's output without the padding."""
+    pipe = bundle.components["pipeline"]
+    embeds, mask, _, _ = pipe.encode_prompt(
+        prompts,
+        do_classifier_free_guidance=False,
+        max_sequence_length=bundle.components["max_sequence_length"],
+        device=pipe._execution_device,  # where the work runs: the encoder may sit in CPU memory between uses
+    )
+    return [{"prompt_embeds": e[: max(1, int(m.sum()))].cpu()} for e, m in zip(embeds, mask)]
+
+
+def collate_texts(bundle: ModelBundle, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Zero-pad to ``ltx_max_sequence_length`` with the attention mask the transformer reads, as the pipeline feeds it."""
+    import torch
+
+    length = bundle.components["max_sequence_length"]
+    first = items[0]["prompt_embeds"]
+    embeds = torch.zeros(len(items), length, first.shape[-1], dtype=first.dtype)
+    mask = torch.zeros(len(items), length, dtype=torch.bool)
+    for i, item in enumerate(items):
+        n = min(length, item["prompt_embeds"].shape[0])
+        embeds[i, :n], mask[i, :n] = item["prompt_embeds"][:n], True
+    return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+
+
+def velocity_errors(
+    bundle: ModelBundle, batch: dict[str, torch.Tensor], sigmas: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Per-sample MSE of the predicted velocity at ``sigmas``: the training loss and the evaluation loss.
+
+    The training forward (the denoiser in train mode) carries out the router's
+    plan, if a feature offered one; evaluation and validation never route.
+    """
+    import torch
+
+    x0 = batch["latents"].float()
+    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    sigmas = sigmas.to(x0.device)
+    _, _, frames, height, width = x0.shape
+    model = bundle.denoiser
+    dtype = bundle.components["dtype"]
+
+    def tokens(x: torch.Tensor) -> torch.Tensor:  # (B, C, F, H, W) -> (B, F*H*W, C), as LTXPipeline packs
+        return x.flatten(2).transpose(1, 2)
+
+    routes = []
+    if bundle.router is not None and model.training:  # drawn after the noise: routing changes no other draw
+        routes = bundle.router.plan(bundle.num_blocks, frames * height * width, x0.shape[0], generator)
+    with routed_blocks(model.transformer_blocks, routes, per_token=("image_rotary_emb",)):
+        pred = model(
+            hidden_states=tokens(add_noise(x0, noise, sigmas)).to(dtype),
+            encoder_hidden_states=batch["prompt_embeds"].to(dtype),
+            encoder_attention_mask=batch["prompt_attention_mask"],
+            timestep=sigmas * 1000.0,
+            num_frames=frames,
+            height=height,
+            width=width,
+            rope_interpolation_scale=bundle.components["rope_scale"],
+            return_dict=False,
+        )[0]
+    return (pred.float() - tokens(noise - x0)).pow(2).flatten(1).mean(1)
+
+
+def render(bundle: ModelBundle, request: ValidationRequest) -> ValidationResult:
+    """Every prompt through LTXPipeline itself, each from a generator seeded with ``request.seed``."""
+    import torch
+
+    if request.skip_layer_guidance is not None:
+        raise PluginError("the ltx family has no skip-layer guidance: remove validation_guidance_skip_layers")
+    pipe, parts = bundle.components["pipeline"], bundle.components
+    result = ValidationResult(step=request.step)
+    for nickname, prompt in request.prompts.items():
+        result.frames[nickname] = pipe(
+            prompt=prompt,
+            negative_prompt=request.negative_prompt,
+            height=request.height,
+            width=request.width,
+            num_frames=request.num_frames,
+            frame_rate=parts["frame_rate"],
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            generator=torch.Generator().manual_seed(request.seed),
+            max_sequence_length=parts["max_sequence_length"],
+            output_type="np",
+        ).frames[0]
+    return result
+
+
+def save_adapter(weights: AdapterWeights, path: Path, lora_format: str) -> Path | None:
+    """``diffusers``: what ``LTXPipeline.load_lora_weights`` reads. ``comfyui``: LTX-Video's own names
+    (diffusers' under ``diffusion_model.``), which ComfyUI and diffusers both load. Scale folded in."""
+    if lora_format == "comfyui":
+        from safetensors.torch import save_file
+
+        save_file({f"diffusion_model.{k}": v.contiguous() for k, v in weights.scale_baked().items()}, str(path))
+        return path
+    if weights.kind != "lora":
+        return None  # diffusers' LTX loader reads LoRA only: the core writes LyCORIS's own layout
+    from diffusers import LTXPipeline
+
+    LTXPipeline.save_lora_weights(str(path.parent), transformer_lora_layers=weights.scale_baked(), weight_name=path.name)
+    return path

@@ -1,0 +1,86 @@
+"""What the contract kit cannot know about LTX-Video: its pipeline's conventions, its file layouts, its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import tuner_ltx.plugin
+from tuner_ltx.tiny import write_tiny_ltx
+
+from tuner.config import resolve_config
+from tuner.errors import ConfigError
+from tuner.plugins import PluginHost
+from tuner.types import AdapterWeights
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-ltx")
+    write_tiny_ltx(path, seed=0)
+    return path
+
+
+def _bundle(model_dir: Path):  # type: ignore[no-untyped-def]
+    host = PluginHost.build([], extra={"ltx": tuner_ltx.plugin})
+    config = resolve_config({"model_family": "ltx", "ltx_model_path": str(model_dir), "ltx_max_sequence_length": 32}, host)
+    return host, host.load_model(config, torch.device("cpu"))
+
+
+def test_cached_prompts_feed_the_transformer_what_the_pipeline_feeds_it(model_dir: Path):
+    # The cache keeps prompts unpadded and the collate zero-pads them; LTXPipeline pads with T5's
+    # output for pad tokens. The attention mask must make the two identical.
+    host, bundle = _bundle(model_dir)
+    prompts = ["a red square moving left", "a cat"]
+    with torch.no_grad():
+        ours = host.collate_prompts(bundle, host.encode_prompts(bundle, prompts))
+        embeds, mask, _, _ = bundle.components["pipeline"].encode_prompt(prompts, do_classifier_free_guidance=False,
+                                                                          max_sequence_length=32)
+        assert torch.equal(ours["prompt_attention_mask"], mask) and not torch.equal(ours["prompt_embeds"], embeds)
+        x = torch.randn(2, 12, 16, generator=torch.Generator().manual_seed(0))
+        common = dict(hidden_states=x, timestep=torch.tensor([300.0, 700.0]), num_frames=3, height=2, width=2,
+                      rope_interpolation_scale=bundle.components["rope_scale"], return_dict=False)
+        a = bundle.denoiser(encoder_hidden_states=ours["prompt_embeds"], encoder_attention_mask=ours["prompt_attention_mask"], **common)[0]
+        b = bundle.denoiser(encoder_hidden_states=embeds, encoder_attention_mask=mask, **common)[0]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_comfyui_file_loads_in_ltx_pipeline_like_the_diffusers_file(model_dir: Path, tmp_path: Path):
+    from diffusers import LTXPipeline
+
+    from tuner_ltx.model import save_adapter
+
+    g = torch.Generator().manual_seed(0)
+    module = "transformer_blocks.0.attn1.to_q"
+    weights = AdapterWeights(
+        kind="lora",
+        tensors={f"{module}.lora_A.weight": torch.randn(4, 32, generator=g), f"{module}.lora_B.weight": torch.randn(32, 4, generator=g)},
+        alphas={module: 2.0},
+        ranks={module: 4},
+    )
+    outputs = []
+    for layout in (None, "diffusers", "comfyui"):
+        pipe = LTXPipeline.from_pretrained(str(model_dir))
+        if layout is not None:
+            path = save_adapter(weights, tmp_path / f"{layout}.safetensors", layout)
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+        x = torch.randn(1, 12, 16, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            outputs.append(pipe.transformer(hidden_states=x, encoder_hidden_states=torch.zeros(1, 4, 32), timestep=torch.tensor([500.0]),
+                                            encoder_attention_mask=torch.ones(1, 4), num_frames=3, height=2, width=2, return_dict=False)[0])
+    base, diffusers_file, comfyui_file = outputs
+    assert not torch.allclose(base, diffusers_file, atol=1e-4), "the adapter changed nothing"
+    assert torch.allclose(diffusers_file, comfyui_file, atol=1e-6)
+
+
+def test_a_model_path_that_does_not_load_is_one_line_naming_the_option(tmp_path: Path):
+    host = PluginHost.build([], extra={"ltx": tuner_ltx.plugin})
+    config = resolve_config({"model_family": "ltx", "ltx_model_path": str(tmp_path / "missing")}, host)
+    with pytest.raises(ConfigError, match=r"^ltx\.ltx_model_path: cannot load LTX-Video from .*missing"):
+        host.load_model(config, torch.device("cpu"))
+
+
+def test_an_unknown_tiny_variant_is_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match="one tiny model shape"):
+        write_tiny_ltx(tmp_path, variant="13b")
