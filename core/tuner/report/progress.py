@@ -144,8 +144,10 @@ class TrainProgress:
         stats = f"loss {logs['loss']:.4f}  lr {logs['lr']:.2e}  {logs['step_time']:.3f} s/it"
         if "eval_loss" in logs:
             stats += f"  eval {logs['eval_loss']:.4f}"
+        if logs.get("skipped"):  # NaN loss or fp16 overflow: no update this step, said on its own line
+            stats += "  update skipped" + (f" (loss scale now {logs['loss_scale']:g})" if "loss_scale" in logs else "")
         self.progress.update(self.task, completed=step, stats=stats)
-        if not self.live and not self.silent and (step % self.every == 0 or step == self.total):
+        if not self.live and not self.silent and (step % self.every == 0 or step == self.total or logs.get("skipped")):
             self.console.print(f"step {step}/{self.total}  {stats}")
 
     def note(self, message: str) -> None:
