@@ -586,6 +586,7 @@ def test_the_prefetch_thread_calls_no_torch_op(clips, monkeypatch):
             return super().submit(spied)
 
     monkeypatch.setattr(batches, "ThreadPoolExecutor", SpiedPool)
+    monkeypatch.setattr(batches, "READ_AHEAD_ABOVE_S", 0.0)  # however quick the reads: always read ahead
     config = configure(clips, [video("a", "clips")], train={"train_batch_size": 2}, caption_dropout_probability=0.5)
     data, _ = prepared(config)
     loaded = [data.load_micro_batch(i) for i in range(6)]
@@ -597,6 +598,24 @@ def test_the_prefetch_thread_calls_no_torch_op(clips, monkeypatch):
         picked = [data.samples[i] for i in data.batch_indices(index)]
         expected = torch.stack([read_entry(s.latents)["latents"] for s in picked])
         assert torch.equal(latents["latents"], expected) and len(prompts) == 2
+
+
+def test_quick_reads_stay_on_the_training_thread_and_give_the_same_batches(clips, monkeypatch):
+    import tuner.data.batches as batches
+
+    config = configure(clips, [video("a", "clips")], train={"train_batch_size": 2}, caption_dropout_probability=0.5)
+    monkeypatch.setattr(batches, "READ_AHEAD_ABOVE_S", float("inf"))
+    data, _ = prepared(config)
+    inline = [data.load_micro_batch(i) for i in range(5)]
+    assert data._pool is None, "no helper thread when reading ahead would not pay"
+    monkeypatch.setattr(batches, "READ_AHEAD_ABOVE_S", 0.0)
+    data, _ = prepared(config)
+    ahead = [data.load_micro_batch(i) for i in range(5)]
+    assert data._pool is not None
+    data.close()
+    for (a_lat, a_txt), (b_lat, b_txt) in zip(inline, ahead):
+        assert torch.equal(a_lat["latents"], b_lat["latents"])
+        assert all(torch.equal(x["text"], y["text"]) for x, y in zip(a_txt, b_txt))
 
 
 # -- bad input ------------------------------------------------------------------------

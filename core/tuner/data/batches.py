@@ -9,8 +9,9 @@ resumed run therefore continues mid-epoch exactly where the interrupted one
 stopped, with nothing to save. Caption dropout is drawn per sample from
 ``(seed, index)`` too.
 
-Threads: the next micro-batch is read ahead on a helper thread, which only
-reads (and decompresses) files: it never calls a torch op, not even
+Threads: the next micro-batch is read ahead on a helper thread (when reading
+takes long enough to be worth it, `READ_AHEAD_ABOVE_S`), which only reads (and
+decompresses) files: it never calls a torch op, not even
 ``torch.stack``. The first torch op on a thread starts an OpenMP team of its
 own; with threads >= cores the training thread's team then sleeps and wakes
 between ops and a whole step ran 1.2x slower (DESIGN.md, "Rules learned from
@@ -21,6 +22,8 @@ measurement"). Tensors are made and stacked on the training thread, in
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
@@ -38,7 +41,12 @@ if TYPE_CHECKING:
     from tuner.data.buckets import Bucket, PlannedSample
     from tuner.data.report import DataReport
 
-__all__ = ["epoch_batches", "epoch_length", "load_batch", "TrainingData"]
+__all__ = ["epoch_batches", "epoch_length", "load_batch", "TrainingData", "READ_AHEAD_ABOVE_S"]
+
+# Read the next batch ahead, on the helper thread, while reading one takes this long or longer.
+# Below it the hand-off costs more than it hides: a cached tiny-model batch reads in ~0.1 ms, while
+# waking the thread and sharing the GIL with it cost 0.1-1 ms a step (more on a busy machine).
+READ_AHEAD_ABOVE_S = 0.001
 
 # (samples, per sample [(bytes, entry path, source)] of its latent and feature entries, [(prompt bytes, entry path,
 # source)]): read, not yet tensors
@@ -200,6 +208,7 @@ class TrainingData:
         self._empty: bytes | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._next: tuple[int, Future] | None = None
+        self._read_times: deque[float] = deque(maxlen=8)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -262,26 +271,37 @@ class TrainingData:
         picked, latents, prompts = raw
         return _stack([_merged(entries) for entries in latents], picked), [_tensors(*entry) for entry in prompts]
 
+    def _timed_read(self, index: int) -> tuple[_RawBatch, float]:
+        start = time.perf_counter()
+        raw = self._read_files(index)
+        return raw, time.perf_counter() - start
+
     def load_micro_batch(
         self, index: int, following: int | None = None
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Stacked cached latents of micro-batch ``index`` and its per-sample prompt encodings.
 
-        The next index (``following``, by default ``index + 1``; one process of several skips the
+        While reading a batch takes ``READ_AHEAD_ABOVE_S`` or longer (each of the last eight reads),
+        the next index (``following``, by default ``index + 1``; one process of several skips the
         others' shares) has its files read in the background meanwhile (the loop asks for them in
-        order); their tensors are made here, on the calling (training) thread.
+        order). A quicker read is done here: handing it to the thread would cost more (a wake-up and
+        GIL hand-offs every step). Either way the tensors are made here, on the calling (training) thread.
         """
         ahead = self._next
+        self._next = None
         if ahead is not None and ahead[0] == index:
-            raw = ahead[1].result()
+            raw, seconds = ahead[1].result()
         else:
             if ahead is not None:
                 ahead[1].cancel()
-            raw = self._read_files(index)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="tuner-batches")
-        following = index + 1 if following is None else following
-        self._next = (following, self._pool.submit(self._read_files, following))
+            raw, seconds = self._timed_read(index)
+        self._read_times.append(seconds)
+        # The quickest of the last reads decides: one read slowed by a busy machine is no reason to hand off.
+        if min(self._read_times) >= READ_AHEAD_ABOVE_S:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="tuner-batches")
+            following = index + 1 if following is None else following
+            self._next = (following, self._pool.submit(self._timed_read, following))
         return self._to_tensors(raw)
 
     def close(self) -> None:
