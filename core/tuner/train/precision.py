@@ -4,7 +4,7 @@ The rule (DESIGN.md, "Rules learned from measurement"): **trainable parameters
 are float32, always.** The frozen base is stored in ``base_model_default_dtype``
 (``auto``: the ``mixed_precision`` dtype) and runs under autocast; the adapter
 (peft LoRA, LyCORIS, anything else that trains), its optimizer state and the EMA
-stay float32, because bf16 rounds away updates smaller than 1/256 of a weight
+stay float32, because bf16 rounds away updates smaller than about 1/256 of a weight
 and fp16 overflows. fp16 also scales the loss (accelerate's gradient scaler) and
 skips the steps whose gradients overflow. The one exception is asked for by
 name: the ``adamw_bf16`` optimizer keeps the adapter in bf16 and compensates
