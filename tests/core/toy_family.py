@@ -124,7 +124,7 @@ class ToyFamily:
             rows = expert.owns(sigmas)
             if rows.any():
                 self.expert_samples[expert.name] = self.expert_samples.get(expert.name, 0) + int(rows.sum())
-                pred[rows] = bundle.enter(expert)(noisy[rows], sigmas[rows], batch["text"][rows])
+                pred[rows] = bundle.enter(expert)(noisy[rows], sigmas[rows], batch["text"][rows]).float()
         return LossOutput(loss=F.mse_loss(pred, noise - x0), logs={"toy": 1.0})
 
     @hookimpl
