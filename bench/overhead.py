@@ -1,16 +1,25 @@
 """Framework overhead: tuner's training step against a bare accelerate + diffusers + peft loop.
 
-    python bench/overhead.py            # mid-size ratio + tiny demo figures
+    python bench/overhead.py            # mid-size and tiny ratios + tiny demo figures
     python bench/overhead.py --quick    # fewer steps
 
-Both loops train the same mid-size Wan-shaped transformer (random init, LoRA
-rank 16 on the same modules, AdamW, same cached batch shape), alternating in
-rounds so machine noise hits both alike. Printed: median step times, their
-ratio (target <= 1.02), and the time per step tuner spends outside
-forward/backward/optimizer; the same for image-to-video (the Wan 2.1 I2V shape,
-conditioning included) against a bare I2V loop. Then the tiny demo model: median s/step (target
-<= 0.01), launch -> first step with warm caches (target < 5 s) and peak RSS
-(target < 600 MiB).
+For two sizes of the Wan transformer (random init) both loops train the same
+model with LoRA on the same modules, AdamW and the same cached batch shape,
+alternating in rounds so machine noise hits both alike:
+
+* mid-size: 3 blocks, dim 256, 1280 tokens, LoRA r16 (target ratio <= 1.02);
+* image-to-video: the same transformer in the Wan 2.1 I2V shape (36 input
+  channels, CLIP image tokens), conditioning from the cache (target <= 1.02);
+* tiny: the demo model (2 blocks, dim 32, 80 tokens, LoRA r8), where framework
+  overhead weighs most (target ratio <= 1.05).
+
+Printed per size: median step times, their ratio, the time per step tuner spends
+outside forward/backward/optimizer (tuner's median minus the bare loop's, whose
+step is nothing else), and voluntary context switches per step of each loop
+(``getrusage().ru_nvcsw``): a helper thread that starts torch work next to the
+training thread shows up there first (ten times more switches, DESIGN.md). Then
+the tiny demo through the CLI: median s/step (target <= 0.01), launch -> first
+step with warm caches (target < 5 s) and peak RSS (target < 600 MiB).
 """
 
 from __future__ import annotations
@@ -18,35 +27,81 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 MID = dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=1024, num_layers=3)
-LATENT_SHAPE = (16, 5, 32, 32)  # 17 frames of 256x256 pixels -> 1280 tokens
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 
 
-def write_mid_model(folder: Path) -> Path:
-    """The tiny Wan with a mid-size transformer in place of the tiny one."""
+@dataclass
+class Size:
+    name: str
+    transformer: dict  # overrides of the tiny transformer's config
+    frames: int
+    pixels: int  # square clips of this side
+    rank: int
+    target: float
+    flavour: str | None = None  # a Wan flavour other than the default T2V (its tiny model and its inputs)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (16, (self.frames - 1) // 4 + 1, self.pixels // 8, self.pixels // 8)
+
+
+I2V_FLAVOUR = "i2v-14b-2.1"
+SIZES = [
+    Size("mid-size Wan-shaped model (3 blocks, dim 256, 1280 tokens, LoRA r16)", MID, 17, 256, 16, 1.02),
+    Size(
+        "image-to-video (Wan 2.1 I2V shape: 36 input channels + CLIP tokens), same mid-size transformer",
+        MID, 17, 256, 16, 1.02, I2V_FLAVOUR,
+    ),
+    Size("tiny demo model (2 blocks, dim 32, 80 tokens, LoRA r8)", {}, 17, 64, 8, 1.05),
+]
+
+
+def usage() -> tuple[int, float]:
+    """(voluntary context switches, CPU seconds) of this process so far, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_nvcsw, r.ru_utime + r.ru_stime
+
+
+@dataclass
+class Loop:
+    times: list[float]  # wall seconds per step
+    switches: float  # voluntary context switches per step
+    cpu: float  # CPU seconds per step (all threads): less disturbed than wall time on a shared machine
+
+
+def write_model(folder: Path, size: Size) -> Path:
+    """The tiny Wan, with the transformer of ``size`` in place of the tiny one."""
     from diffusers import WanTransformer3DModel
 
     from tuner.demo import prepare_tiny_model
     from tuner.plugins import PluginHost
-    from tuner_wan.tiny import TINY_TRANSFORMER
+    from tuner_wan.tiny import TINY_IMAGE_DIM, TINY_TRANSFORMER
 
     model = folder / "model"
-    prepare_tiny_model(PluginHost.build(["wan"]), "wan", model)
-    torch.manual_seed(0)
-    WanTransformer3DModel(**{**TINY_TRANSFORMER, **MID}).save_pretrained(str(model / "transformer"))
+    prepare_tiny_model(PluginHost.build(["wan"]), "wan", model, **({"variant": size.flavour} if size.flavour else {}))
+    if size.transformer:
+        torch.manual_seed(0)
+        shape = {**TINY_TRANSFORMER, **size.transformer}
+        if size.flavour:  # noisy latents + frame mask + conditioning latents, and CLIP image tokens
+            inner = shape["num_attention_heads"] * shape["attention_head_dim"]
+            shape.update(in_channels=36, image_dim=TINY_IMAGE_DIM, added_kv_proj_dim=inner)
+        WanTransformer3DModel(**shape).save_pretrained(str(model / "transformer"))
     return model
 
 
-def tuner_step_times(model: Path, folder: Path, steps: int, wan: dict | None = None) -> list[float]:
+def tuner_steps(model: Path, folder: Path, size: Size, steps: int) -> Loop:
     """Wall time between consecutive steps of a real tuner run (everything the loop does)."""
     from tuner.config import resolve_config
     from tuner.data.synthetic import write_synthetic_clips
@@ -54,38 +109,52 @@ def tuner_step_times(model: Path, folder: Path, steps: int, wan: dict | None = N
     from tuner.plugins import PluginHost
     from tuner.train.run import train
 
-    clips = folder / "clips"
+    clips = folder.parent / "clips"
     if not clips.is_dir():
-        write_synthetic_clips(clips, count=2, num_frames=17, width=256, height=256)
+        write_synthetic_clips(clips, count=2, num_frames=size.frames, width=size.pixels, height=size.pixels)
 
     class Clock:
         def __init__(self) -> None:
-            self.marks: list[float] = []
+            self.marks: list[tuple[float, int, float]] = []
 
         @hookimpl
         def on_run_start(self, run):  # type: ignore[no-untyped-def]
-            self.marks.append(time.perf_counter())
+            self.marks.append((time.perf_counter(), *usage()))
 
         @hookimpl
         def on_step_end(self, run, step, logs):  # type: ignore[no-untyped-def]
-            self.marks.append(time.perf_counter())
+            self.marks.append((time.perf_counter(), *usage()))
 
     clock = Clock()
     host = PluginHost.build(["wan"], extra={"clock": clock})
     config = resolve_config(
         {
-            "train": {"output_dir": str(folder / "out"), "max_train_steps": steps, "lora_rank": 16, "learning_rate": 1e-4},
-            "data": {"instance_data_dir": str(clips), "num_frames": 17, "resolution": 256, "cache_dir": str(folder / "cache")},
-            "wan": {"pretrained_model_name_or_path": str(model), "max_sequence_length": 32, **(wan or {})},
+            "train": {"output_dir": str(folder / "out"), "max_train_steps": steps, "lora_rank": size.rank, "learning_rate": 1e-4},
+            "data": {
+                "instance_data_dir": str(clips),
+                "num_frames": size.frames,
+                "resolution": size.pixels,
+                "cache_dir": str(folder.parent / "cache"),
+            },
+            "validation": {"validation_prompt": None},
+            "console": {"log_format": "quiet"},
+            "wan": {
+                "pretrained_model_name_or_path": str(model),
+                "max_sequence_length": 32,
+                **({"model_flavour": size.flavour} if size.flavour else {}),
+            },
         },
         host,
     )
     train(config, host)
-    return [b - a for a, b in zip(clock.marks[1:], clock.marks[2:])]  # drop the first (warm-up) step
+    marks = clock.marks[1:]  # drop the first (warm-up) step
+    n = len(marks) - 1
+    times = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+    return Loop(times, (marks[-1][1] - marks[0][1]) / n, (marks[-1][2] - marks[0][2]) / n)
 
 
-def bare_step_times(model: Path, steps: int) -> list[float]:
-    """The same work with no tuner code: accelerate + diffusers + peft, one cached batch."""
+def bare_steps(model: Path, size: Size, steps: int) -> Loop:
+    """The same work with no tuner code: accelerate + diffusers + peft, one cached batch (I2V: with its conditioning)."""
     import torch.nn.functional as F
     from accelerate import Accelerator
     from diffusers import WanTransformer3DModel
@@ -93,106 +162,63 @@ def bare_step_times(model: Path, steps: int) -> list[float]:
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     transformer = WanTransformer3DModel.from_pretrained(str(model), subfolder="transformer").requires_grad_(False)
-    transformer.add_adapter(
-        LoraConfig(r=16, lora_alpha=16, target_modules=["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"])
-    )
+    transformer.add_adapter(LoraConfig(r=size.rank, lora_alpha=size.rank, target_modules=TARGETS))
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
-    latents = torch.randn(1, *LATENT_SHAPE)
+    latents = torch.randn(1, *size.latent_shape)
     text = torch.randn(1, 32, 32)
+    extra: dict[str, torch.Tensor] = {}
+    if size.flavour:
+        condition = torch.cat([torch.zeros(1, 4, *size.latent_shape[1:]), torch.randn(1, *size.latent_shape)], dim=1)
+        condition[:, :4, 0] = 1  # the first frame is given
+        extra["encoder_hidden_states_image"] = torch.randn(1, 5, 32)
     generator = torch.Generator().manual_seed(0)
     times = []
-    for _ in range(steps + 1):
+    for i in range(steps + 1):
+        if i == 1:
+            first = usage()
         start = time.perf_counter()
         sigma = torch.sigmoid(torch.randn(1, generator=generator))
         noise = torch.randn(latents.shape, generator=generator)
         noisy = (1 - sigma) * latents + sigma * noise
-        pred = transformer(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), noise - latents)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return times[1:]
-
-
-I2V_FLAVOUR = "i2v-14b-2.1"
-
-
-def write_mid_i2v_model(folder: Path) -> Path:
-    """The tiny Wan 2.1 I2V (CLIP encoder included) with a mid-size 36-channel transformer."""
-    from diffusers import WanTransformer3DModel
-
-    from tuner.demo import prepare_tiny_model
-    from tuner.plugins import PluginHost
-    from tuner_wan.tiny import TINY_IMAGE_DIM, TINY_TRANSFORMER
-
-    model = folder / "model-i2v"
-    prepare_tiny_model(PluginHost.build(["wan"]), "wan", model, variant=I2V_FLAVOUR)
-    torch.manual_seed(0)
-    inner = MID["num_attention_heads"] * MID["attention_head_dim"]
-    shape = {**TINY_TRANSFORMER, **MID, "in_channels": 36, "image_dim": TINY_IMAGE_DIM, "added_kv_proj_dim": inner}
-    WanTransformer3DModel(**shape).save_pretrained(str(model / "transformer"))
-    return model
-
-
-def bare_i2v_step_times(model: Path, steps: int) -> list[float]:
-    """A bare I2V loop: noisy latents + frame mask + conditioning latents (36 channels) and CLIP tokens, cached."""
-    import torch.nn.functional as F
-    from accelerate import Accelerator
-    from diffusers import WanTransformer3DModel
-    from peft import LoraConfig
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    transformer = WanTransformer3DModel.from_pretrained(str(model), subfolder="transformer").requires_grad_(False)
-    transformer.add_adapter(
-        LoraConfig(r=16, lora_alpha=16, target_modules=["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"])
-    )
-    params = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    transformer, optimizer = accelerator.prepare(transformer, optimizer)
-    latents = torch.randn(1, *LATENT_SHAPE)
-    condition = torch.cat([torch.zeros(1, 4, *LATENT_SHAPE[1:]), torch.randn(1, *LATENT_SHAPE)], dim=1)
-    condition[:, :4, 0] = 1  # the first frame is given
-    text, image = torch.randn(1, 32, 32), torch.randn(1, 5, 32)
-    generator = torch.Generator().manual_seed(0)
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        sigma = torch.sigmoid(torch.randn(1, generator=generator))
-        noise = torch.randn(latents.shape, generator=generator)
-        noisy = (1 - sigma) * latents + sigma * noise
+        if size.flavour:
+            noisy = torch.cat([noisy, condition], dim=1)
         pred = transformer(
-            hidden_states=torch.cat([noisy, condition], dim=1),
-            timestep=sigma * 1000,
-            encoder_hidden_states=text,
-            encoder_hidden_states_image=image,
-            return_dict=False,
+            hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False, **extra
         )[0]
         loss = F.mse_loss(pred.float(), noise - latents)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        float(loss.detach())  # a real loop reads its loss
         times.append(time.perf_counter() - start)
-    return times[1:]
+    last = usage()
+    return Loop(times[1:], (last[0] - first[0]) / steps, (last[1] - first[1]) / steps)
 
 
-def i2v_row(folder: Path, steps: int, rounds: int) -> None:
-    """tuner's I2V step (conditioning from the cache, mask built per step) against the bare I2V loop."""
-    model = write_mid_i2v_model(folder)
-    tuner_times: list[float] = []
-    bare_times: list[float] = []
-    for r in range(rounds):
-        bare_times += bare_i2v_step_times(model, steps)
-        tuner_times += tuner_step_times(model, folder / f"i2v-run{r}", steps, wan={"model_flavour": I2V_FLAVOUR})
-    t, b = statistics.median(tuner_times), statistics.median(bare_times)
-    print("\nimage-to-video (Wan 2.1 I2V shape: 36 input channels + CLIP tokens), same mid-size transformer")
-    print(f"  bare I2V loop median step {b:.4f} s  ({len(bare_times)} steps)")
-    print(f"  tuner I2V     median step {t:.4f} s  ({len(tuner_times)} steps)")
-    print(f"  ratio tuner / bare        {t / b:.3f}   (target <= 1.02)")
+def compare(folder: Path, size: Size, steps: int, rounds: int) -> None:
+    model = write_model(folder, size)
+    tuner: list[Loop] = []
+    bare: list[Loop] = []
+    for r in range(rounds):  # alternate so noise falls on both
+        bare.append(bare_steps(model, size, steps))
+        tuner.append(tuner_steps(model, folder / f"run{r}", size, steps))
+    print(f"\n{size.name}")
+    medians = {}
+    for name, loops in (("bare loop", bare), ("tuner", tuner)):
+        times = [t for loop in loops for t in loop.times]
+        medians[name] = statistics.median(times)
+        cpu = statistics.median(loop.cpu for loop in loops)
+        switches = statistics.mean(loop.switches for loop in loops)
+        print(
+            f"  {name:10s}  median step {medians[name] * 1000:7.2f} ms  CPU {cpu * 1000:7.2f} ms/step"
+            f"  {switches:5.1f} voluntary context switches/step  ({len(times)} steps)"
+        )
+    t, b = medians["tuner"], medians["bare loop"]
+    print(f"  ratio tuner / bare      {t / b:.3f}   (target <= {size.target})")
+    print(f"  outside fwd/bwd/opt     {(t - b) * 1000:.2f} ms per step")
 
 
 def tiny_demo_figures(folder: Path, steps: int) -> dict[str, float]:
@@ -232,25 +258,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps and rounds")
     args = parser.parse_args()
-    steps, rounds = (4, 2) if args.quick else (8, 3)
+    rounds = 2 if args.quick else 3
+    load = os.getloadavg()[0]
     print(f"threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+    print(f"load average (1 min): {load:.2f} on {os.cpu_count()} CPUs" + ("  -- busy machine: figures are indicative" if load > 0.5 else ""))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model = write_mid_model(folder)
-        tuner_times: list[float] = []
-        bare_times: list[float] = []
-        for r in range(rounds):  # alternate so noise falls on both
-            bare_times += bare_step_times(model, steps)
-            tuner_times += tuner_step_times(model, folder / f"run{r}", steps)
-        t, b = statistics.median(tuner_times), statistics.median(bare_times)
-        print("\nmid-size Wan-shaped model (3 blocks, dim 256, 1280 tokens, LoRA r16)")
-        print(f"  bare loop   median step {b:.4f} s  ({len(bare_times)} steps)")
-        print(f"  tuner       median step {t:.4f} s  ({len(tuner_times)} steps)")
-        print(f"  ratio tuner / bare      {t / b:.3f}   (target <= 1.02)")
-        print(f"  outside fwd/bwd/opt     {max(0.0, t - b) * 1000:.1f} ms per step")
-        i2v_row(folder, steps, rounds)
+        for size, steps in zip(SIZES, (4, 4, 30) if args.quick else (8, 8, 60)):
+            compare(folder / size.name.split()[0], size, steps, rounds)
         figures = tiny_demo_figures(folder, 40)
-        print("\ntiny demo model")
+        print("\ntiny demo through the CLI")
         print(f"  median s/step           {figures['median_s_per_step']:.4f}   (target <= 0.01)")
         print(f"  launch -> first step    {figures['launch_to_first_step_s']:.2f} s (target < 5, warm caches)")
         print(f"  peak RSS                {figures['peak_rss_mib']:.0f} MiB (target < 600)")

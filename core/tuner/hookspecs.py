@@ -117,7 +117,11 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         work on the model without knowing the family. A model whose noise
         range is split between several denoisers lists them in ``experts``
         (each with its sigma range, trained or frozen); load only the ones
-        the run trains or validates with.
+        the run trains or validates with. Store the frozen denoiser in
+        `tuner.train.precision.base_weight_dtype`: the core keeps the adapter
+        float32, and accelerate runs the denoiser's ``forward`` under the
+        ``mixed_precision`` autocast (a loss that calls its blocks directly
+        opens the same autocast itself).
     """
 
 

@@ -211,7 +211,7 @@ class AdapterWeights:
             scale = alpha / self.ranks[module]
             if scale != 1.0:
                 key = f"{module}.lora_B.weight"
-                out[key] = out[key] * scale
+                out[key] = (out[key].float() * scale).to(out[key].dtype)  # one rounding for a bf16/fp16 save_dtype
         return out
 
     def native(self) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from tuner.hookspecs import hookimpl
+from tuner.train.precision import base_weight_dtype
 from tuner.train.timesteps import add_noise, sample_sigmas
 from tuner.types import Expert, LossOutput, ModelBundle, ValidationResult
 from tuner.validate.media import write_image
@@ -36,6 +37,9 @@ class ToyDenoiser(nn.Module):
         self.out = nn.Linear(hidden, channels)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        # Inputs in the base's storage dtype, as a real family feeds them (autocast, when on, picks the compute dtype).
+        dtype = self.out.weight.dtype
+        x, sigma, text = x.to(dtype), sigma.to(dtype), text.to(dtype)
         b, c, f, h, w = x.shape
         pixels = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c)
         cond = torch.cat([sigma.view(b, 1, 1).expand(b, pixels.shape[1], 1), text[:, None].expand(-1, pixels.shape[1], -1)], -1)
@@ -73,10 +77,12 @@ class ToyFamily:
         self._count("load_model")
         section = config.section("toy")
         torch.manual_seed(0)
-        model = ToyDenoiser(hidden=section.toy_hidden).requires_grad_(False).to(device)
+        # Stored in the run's base dtype, as a real family does (tuner.train.precision).
+        dtype = base_weight_dtype(config)
+        model = ToyDenoiser(hidden=section.toy_hidden).requires_grad_(False).to(device, dtype)
         experts = []
         if section.toy_experts == 2:
-            second = ToyDenoiser(hidden=section.toy_hidden).requires_grad_(False).to(device)
+            second = ToyDenoiser(hidden=section.toy_hidden).requires_grad_(False).to(device, dtype)
             experts = [Expert("high", model, (0.5, 1.0), label="high"), Expert("low", second, (0.0, 0.5), label="low")]
         return ModelBundle(
             experts=experts,
@@ -118,7 +124,7 @@ class ToyFamily:
             rows = expert.owns(sigmas)
             if rows.any():
                 self.expert_samples[expert.name] = self.expert_samples.get(expert.name, 0) + int(rows.sum())
-                pred[rows] = bundle.enter(expert)(noisy[rows], sigmas[rows], batch["text"][rows])
+                pred[rows] = bundle.enter(expert)(noisy[rows], sigmas[rows], batch["text"][rows]).float()
         return LossOutput(loss=F.mse_loss(pred, noise - x0), logs={"toy": 1.0})
 
     @hookimpl

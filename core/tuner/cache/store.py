@@ -32,6 +32,8 @@ __all__ = [
     "entry_is_sound",
     "write_entry",
     "read_entry",
+    "read_entry_bytes",
+    "entry_tensors",
     "clean_partials",
 ]
 
@@ -115,6 +117,22 @@ def read_entry(path: Path) -> dict[str, torch.Tensor]:
     if stored.name.endswith(_GZ):
         return load(gzip.decompress(stored.read_bytes()))
     return load_file(str(stored))
+
+
+def read_entry_bytes(path: Path) -> bytes:
+    """The safetensors bytes of an entry, decompressed: file work only, safe on a helper thread (no torch)."""
+    stored = find_entry(path) if not path.is_file() else path
+    if stored is None:
+        raise FileNotFoundError(path)
+    blob = stored.read_bytes()
+    return gzip.decompress(blob) if stored.name.endswith(_GZ) else blob
+
+
+def entry_tensors(blob: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of `read_entry_bytes`' result (torch work: call it on the thread that trains)."""
+    from safetensors.torch import load
+
+    return load(blob)
 
 
 def clean_partials(folder: Path) -> int:

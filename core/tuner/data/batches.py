@@ -8,11 +8,22 @@ chance proportional to its ``probability`` among those with batches left. A
 resumed run therefore continues mid-epoch exactly where the interrupted one
 stopped, with nothing to save. Caption dropout is drawn per sample from
 ``(seed, index)`` too.
+
+Threads: the next micro-batch is read ahead on a helper thread (when reading
+takes long enough to be worth it, `READ_AHEAD_ABOVE_S`), which only reads (and
+decompresses) files: it never calls a torch op, not even
+``torch.stack``. The first torch op on a thread starts an OpenMP team of its
+own; with threads >= cores the training thread's team then sleeps and wakes
+between ops and a whole step ran 1.2x slower (DESIGN.md, "Rules learned from
+measurement"). Tensors are made and stacked on the training thread, in
+`TrainingData.load_micro_batch`; tests/core/test_data.py keeps a guard on it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
@@ -21,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tuner.cache.store import read_entry
+from tuner.cache.store import entry_tensors, read_entry, read_entry_bytes
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
@@ -30,7 +41,16 @@ if TYPE_CHECKING:
     from tuner.data.buckets import Bucket, PlannedSample
     from tuner.data.report import DataReport
 
-__all__ = ["epoch_batches", "epoch_length", "load_batch", "TrainingData"]
+__all__ = ["epoch_batches", "epoch_length", "load_batch", "TrainingData", "READ_AHEAD_ABOVE_S"]
+
+# Read the next batch ahead, on the helper thread, while reading one takes this long or longer.
+# Below it the hand-off costs more than it hides: a cached tiny-model batch reads in ~0.1 ms, while
+# waking the thread and sharing the GIL with it cost 0.1-1 ms a step (more on a busy machine).
+READ_AHEAD_ABOVE_S = 0.001
+
+# (samples, per sample [(bytes, entry path, source)] of its latent and feature entries, [(prompt bytes, entry path,
+# source)]): read, not yet tensors
+_RawBatch = tuple[list["PlannedSample"], list[list[tuple[bytes, Path, Path]]], list[tuple[bytes, Path, Path]]]
 
 
 def epoch_length(buckets: Sequence[Bucket], batch_size: int, prune: bool) -> int:
@@ -81,14 +101,33 @@ def epoch_batches(
     return out
 
 
+def _unreadable(path: Path, source: Path, exc: Exception) -> DataError:
+    # a damaged file on disk: say which and how to recover
+    return DataError(
+        f"cache entry {path} (of {source}) cannot be read ({exc}): delete it and start again; it will be encoded anew"
+    )
+
+
 def _read(path: Path, source: Path) -> dict[str, torch.Tensor]:
     try:
         return read_entry(path)
-    except Exception as exc:  # a damaged file on disk: say which and how to recover
-        raise DataError(
-            f"cache entry {path} (of {source}) cannot be read ({exc}): delete it and start again; it will be"
-            " encoded anew"
-        ) from None
+    except Exception as exc:
+        raise _unreadable(path, source, exc) from None
+
+
+def _read_bytes(path: Path, source: Path) -> bytes:
+    """The entry's bytes (file work only: the prefetch thread calls this)."""
+    try:
+        return read_entry_bytes(path)
+    except Exception as exc:
+        raise _unreadable(path, source, exc) from None
+
+
+def _tensors(blob: bytes, path: Path, source: Path) -> dict[str, torch.Tensor]:
+    try:
+        return entry_tensors(blob)
+    except Exception as exc:
+        raise _unreadable(path, source, exc) from None
 
 
 def _read_sample(sample: PlannedSample) -> dict[str, torch.Tensor]:
@@ -98,6 +137,17 @@ def _read_sample(sample: PlannedSample) -> dict[str, torch.Tensor]:
         extra = _read(path, sample.source)
         if clash := sorted(set(extra) & set(entry)):
             raise DataError(f"cache entry {path} (of {sample.source}) repeats the keys {clash} of the latent entry")
+        entry.update(extra)
+    return entry
+
+
+def _merged(entries: list[tuple[bytes, Path, Path]]) -> dict[str, torch.Tensor]:
+    """`_read_sample` from bytes already read: the latent entry (first) with its features' entries merged in."""
+    entry = _tensors(*entries[0])
+    for blob, path, source in entries[1:]:
+        extra = _tensors(blob, path, source)
+        if clash := sorted(set(extra) & set(entry)):
+            raise DataError(f"cache entry {path} (of {source}) repeats the keys {clash} of the latent entry")
         entry.update(extra)
     return entry
 
@@ -155,9 +205,10 @@ class TrainingData:
         if self.epoch_length == 0:
             raise DataError("no batch can be formed from the data (every bucket was pruned)")
         self._epoch = lru_cache(maxsize=2)(self._plan)
-        self._empty: dict[str, torch.Tensor] | None = None
+        self._empty: bytes | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._next: tuple[int, Future] | None = None
+        self._read_times: deque[float] = deque(maxlen=8)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -198,40 +249,60 @@ class TrainingData:
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.seed >> 32 & 0xFFFFFFFF, index, 0xD409])
         return (rng.random(count) < self.caption_dropout).tolist()
 
-    def _load(self, index: int) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    def _read_files(self, index: int) -> _RawBatch:
+        """The bytes of micro-batch ``index``'s entries. Runs on the prefetch thread: no torch op here."""
         indices = self.batch_indices(index)
         picked = [self.samples[i] for i in indices]
-        latents = [_read_sample(s) for s in picked]
+        # each sample: its latent entry, then its features' entries (merged on the training thread)
+        latents = [[(_read_bytes(p, s.source), p, s.source) for p in (s.latents, *s.features)] for s in picked]
         prompts = []
         for s, dropped in zip(picked, self.dropped_captions(index, len(indices)), strict=True):
             if dropped:
                 if self._empty is None:
-                    self._empty = _read(self.empty_prompt, Path("(empty prompt)"))
-                prompts.append(dict(self._empty))
+                    self._empty = _read_bytes(self.empty_prompt, Path("(empty prompt)"))
+                prompts.append((self._empty, self.empty_prompt, Path("(empty prompt)")))
             else:
-                prompts.append(_read(s.text, s.source))
-        return _stack(latents, picked), prompts
+                prompts.append((_read_bytes(s.text, s.source), s.text, s.source))
+        return picked, latents, prompts
+
+    @staticmethod
+    def _to_tensors(raw: _RawBatch) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """Tensors from the bytes, latents stacked: on the training thread."""
+        picked, latents, prompts = raw
+        return _stack([_merged(entries) for entries in latents], picked), [_tensors(*entry) for entry in prompts]
+
+    def _timed_read(self, index: int) -> tuple[_RawBatch, float]:
+        start = time.perf_counter()
+        raw = self._read_files(index)
+        return raw, time.perf_counter() - start
 
     def load_micro_batch(
         self, index: int, following: int | None = None
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Stacked cached latents of micro-batch ``index`` and its per-sample prompt encodings.
 
-        The next index (``following``, by default ``index + 1``; one process of several skips the
-        others' shares) is read in the background meanwhile: the loop asks for them in order.
+        While reading a batch takes ``READ_AHEAD_ABOVE_S`` or longer (each of the last eight reads),
+        the next index (``following``, by default ``index + 1``; one process of several skips the
+        others' shares) has its files read in the background meanwhile (the loop asks for them in
+        order). A quicker read is done here: handing it to the thread would cost more (a wake-up and
+        GIL hand-offs every step). Either way the tensors are made here, on the calling (training) thread.
         """
         ahead = self._next
+        self._next = None
         if ahead is not None and ahead[0] == index:
-            result = ahead[1].result()
+            raw, seconds = ahead[1].result()
         else:
             if ahead is not None:
                 ahead[1].cancel()
-            result = self._load(index)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="tuner-batches")
-        following = index + 1 if following is None else following
-        self._next = (following, self._pool.submit(self._load, following))
-        return result
+            raw, seconds = self._timed_read(index)
+        self._read_times.append(seconds)
+        # The quickest of the last reads decides: one read slowed by a busy machine is no reason to hand off.
+        if min(self._read_times) >= READ_AHEAD_ABOVE_S:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="tuner-batches")
+            following = index + 1 if following is None else following
+            self._next = (following, self._pool.submit(self._timed_read, following))
+        return self._to_tensors(raw)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -132,6 +132,7 @@ class TrainProgress:
             disable=not self.live,
         )
         self.task = self.progress.add_task("train", total=total, completed=start, stats="")
+        self._shown = 0.0  # perf_counter() of the last update shown
 
     def __enter__(self) -> TrainProgress:
         self.progress.__enter__()
@@ -141,11 +142,21 @@ class TrainProgress:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def update(self, step: int, logs: dict[str, float]) -> None:
+        skipped = bool(logs.get("skipped"))
+        printing = not self.live and not self.silent and (step % self.every == 0 or step == self.total or skipped)
+        # Called every step: a line not due, or a live bar redrawn less often than it is updated (rich
+        # redraws at 10 Hz), costs nothing to skip.
+        now = time.perf_counter()
+        if not printing and not (self.live and (now - self._shown >= 0.1 or step == self.total or skipped)):
+            return
+        self._shown = now
         stats = f"loss {logs['loss']:.4f}  lr {logs['lr']:.2e}  {logs['step_time']:.3f} s/it"
         if "eval_loss" in logs:
             stats += f"  eval {logs['eval_loss']:.4f}"
+        if skipped:  # NaN loss or fp16 overflow: no update this step (off a terminal: a line of its own)
+            stats += "  update skipped" + (f" (loss scale now {logs['loss_scale']:g})" if "loss_scale" in logs else "")
         self.progress.update(self.task, completed=step, stats=stats)
-        if not self.live and not self.silent and (step % self.every == 0 or step == self.total):
+        if printing:
             self.console.print(f"step {step}/{self.total}  {stats}")
 
     def note(self, message: str) -> None:

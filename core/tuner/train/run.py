@@ -102,10 +102,14 @@ def _accelerator(config: RunConfig):  # type: ignore[no-untyped-def]
     # accelerate keeps its settings process-wide; a run in the same process
     # (tests, notebooks) must not inherit the last run's mixed precision.
     AcceleratorState._reset_state(reset_partial_state=False)
+    from tuner.train.precision import enable_fp16_on_cpu
+
     try:
-        return Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=process_group_kwargs(config))
+        accelerator = Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=process_group_kwargs(config))
     except ValueError as exc:
         raise ConfigError(f"train.mixed_precision = '{tc.mixed_precision}' cannot run here: {exc}") from None
+    enable_fp16_on_cpu(accelerator)
+    return accelerator
 
 
 def _enable_gradient_checkpointing(bundle: ModelBundle) -> None:
@@ -145,7 +149,8 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     from tuner.train.data_parallel import prepare_training
     from tuner.train.distributed import World
     from tuner.train.ema import EMA
-    from tuner.train.optimizers import adapter_dtype, build_optimizer, check_optimizer
+    from tuner.train.optimizers import build_optimizer, check_optimizer
+    from tuner.train.precision import cast_trainable, trainable_dtype
     from tuner.train.schedules import build_schedule, warmup_warning
     from tuner.types import RunInfo
     from tuner.validate.evaluation import EvalLoss, split_eval_samples
@@ -175,9 +180,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     check_validation(host, bundle, config)
     host.prepare_model(bundle, config, "base", accelerator.device)
     adapter = attach_adapters(bundle, tc, tc.lora_target_modules or bundle.lora_target_modules)
-    if (dtype := adapter_dtype(tc.optimizer)) is not None:
-        for param in adapter.params:
-            param.data = param.data.to(getattr(torch, dtype))
+    cast_trainable(adapter.params, trainable_dtype(config))  # float32 whatever the base's dtype (precision.py)
     if tc.gradient_checkpointing:
         _enable_gradient_checkpointing(bundle)
     host.prepare_model(bundle, config, "adapted", accelerator.device)
@@ -264,6 +267,11 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
                 if done < steps and validation_due(config.validation, done, steps):
                     writer.validate(done)  # the last step's round comes after the export, below
                     world.barrier()
+        if trainer.overflow_steps:
+            world.main(notice)(
+                f"mixed_precision fp16: {trainer.overflow_steps} of {done} updates were skipped because"
+                " the scaled gradients overflowed (the loss scale adapts; many skips: use bf16 if the device has it)"
+            )
         if outputs.get("checkpoint") != output_dir / f"checkpoint-{done}":
             outputs["checkpoint"] = output_dir / f"checkpoint-{done}"
             writer.save_checkpoint(done)

@@ -120,7 +120,10 @@ class TrainSection(BaseModel):
         " 'all' keeps every expert there (no moves, the memory of all of them).",
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no", description="Autocast precision for the forward pass; the frozen base is stored in it too."
+        "no",
+        description="Autocast precision of the forward pass; the frozen base is stored in it too (unless"
+        " base_model_default_dtype says otherwise). The adapter, its optimizer state and EMA stay float32; fp16"
+        " scales the loss (steps whose gradients overflow are skipped and logged).",
     )
     flow_schedule_shift: float = Field(
         1.0,
@@ -155,6 +158,12 @@ class TrainSection(BaseModel):
         "diffusers",
         description="Key layout of exported adapters: diffusers (transformer.blocks.N...) or comfyui (the original"
         " model's names, diffusion_model.blocks.N..., with .alpha).",
+    )
+    save_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="dtype of the exported adapter files (the final one, the EMA one and those inside checkpoints):"
+        " fp32 keeps the trained weights exactly; bf16 and fp16 halve the file. Training itself always keeps the"
+        " adapter in float32 (resumable state included).",
     )
     lora_rank: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; unset means equal to lora_rank (scale 1).")

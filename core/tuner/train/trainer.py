@@ -3,6 +3,15 @@
 `Trainer.step` reads top to bottom: micro-batches, backward, clip, update,
 schedule, EMA. Everything a step draws at random comes from a generator seeded
 by ``(seed, micro-batch index)``, so resuming repeats an uninterrupted run.
+
+Precision (see `tuner.train.precision`): the adapter and its optimizer state are
+float32; the forward runs under the autocast accelerate installed at ``prepare``;
+under fp16 the loss goes through accelerate's gradient scaler, and a step whose
+gradients overflowed is skipped by it: counted in ``overflow_steps``, logged as
+``skipped`` with the new ``loss_scale``, and saved in checkpoints with the scaler.
+
+Threads: every torch op of the loop runs on this (the training) thread. The
+batch prefetch thread only reads files (`tuner.data.batches`).
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ class Trainer:
     run: RunInfo
     ema: EMA | None = None
     skipped_in_a_row: int = field(default=0)
+    overflow_steps: int = field(default=0)
     # Parameters of the features' own modules (`ModelBundle.trainables`): optimized, clipped and
     # checkpointed with the adapter's, after them; never exported or averaged by EMA.
     extras: list[torch.nn.Parameter] = field(default_factory=list)
@@ -122,10 +132,19 @@ class Trainer:
             logs.update(out.logs)
         self._sync_extras()
         logs["grad_norm"] = self._clip()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.schedule.step()
-        if self.ema is not None:
+        # Without a gradient scaler accelerate's optimizer wrapper only forwards step and zero_grad, after
+        # probing twice for the lomo package on the import path (0.1-0.3 ms each, a few % of a tiny step) and
+        # reading zero_grad's signature: call the optimizer itself then.
+        optimizer = self.optimizer if acc.scaler is not None else getattr(self.optimizer, "optimizer", self.optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()  # a skipped step still counts, as in _bad_loss
+        if acc.scaler is not None:
+            logs["loss_scale"] = float(acc.scaler.get_scale())
+            if self.optimizer.step_was_skipped:  # fp16 gradients overflowed: the scaler dropped the update
+                self.overflow_steps += 1
+                logs["skipped"] = 1.0
+        if self.ema is not None and "skipped" not in logs:
             self.ema.update(step + 1)
         self.skipped_in_a_row = 0
         loss = float(self.ranks.mean(torch.stack(losses).float().mean()))
@@ -186,13 +205,16 @@ class Trainer:
         from safetensors.torch import save_file
 
         from tuner.train.adapters import adapter_file
+        from tuner.train.precision import save_dtype
 
         context = self.ema.applied() if ema and self.ema is not None else contextlib.nullcontext()
         with context:
             members = self.adapter.weights()
+        dtype = save_dtype(self.config)
         written: dict[str, Path] = {}
         several = len(members) > 1
         for expert, weights in members:
+            weights.tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.tensors.items()}
             target = adapter_file(path, expert, several)
             tmp = target.with_name(f".{target.stem}.partial{target.suffix}")
             try:
@@ -227,6 +249,8 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "skipped_in_a_row": self.skipped_in_a_row,
+            "overflow_steps": self.overflow_steps,
+            "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -263,6 +287,9 @@ class Trainer:
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
             self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+            self.overflow_steps = int(state.get("overflow_steps", 0))
+            if self.accelerator.scaler is not None and state.get("scaler"):
+                self.accelerator.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["torch_rng"])
             if state.get("cuda_rng") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])

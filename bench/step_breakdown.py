@@ -1,0 +1,123 @@
+"""Where a training step's time goes, component by component, on the tiny demo model.
+
+    python bench/step_breakdown.py             # 300 steps, the first 30 not counted
+    python bench/step_breakdown.py --wall      # wall time instead of the training thread's CPU time
+
+Runs a real `tuner train` of the demo config in this process (validation and
+checkpoints off, quiet console) with a timer around each part of the loop, and
+prints ms per step for each: reading the batch, collating prompts, the
+transformer's forward, the rest of the family's loss, backward, clipping, the
+optimizer, zero_grad, the schedule, the progress bar, the per-step hooks (the
+JSON log), and what is left (the loop's own glue). The clock is the training
+thread's CPU time by default: on a shared machine wall time also counts the
+moments other processes held the core, spread over whichever part was running;
+on an idle one both agree (the loop runs on one thread). Wrapping adds a few
+microseconds per timed call; the figures are for finding where time goes, the
+ratio to a bare loop is `bench/overhead.py`'s job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+PARTS: dict[str, float] = defaultdict(float)
+COUNTING = [False]
+CLOCK = [time.thread_time]
+
+
+def timed(owner: Any, name: str, label: str) -> None:
+    original = inspect.getattr_static(owner, name)
+    static = isinstance(original, staticmethod)
+    func = original.__func__ if static else original
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not COUNTING[0]:
+            return func(*args, **kwargs)
+        start = CLOCK[0]()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            PARTS[label] += CLOCK[0]() - start
+
+    setattr(owner, name, staticmethod(wrapper) if static else wrapper)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--wall", action="store_true", help="time with perf_counter instead of thread_time")
+    args = parser.parse_args()
+    if args.wall:
+        CLOCK[0] = time.perf_counter
+    warm = 30
+
+    import accelerate
+    import torch
+    from diffusers import WanTransformer3DModel
+    from torch.optim.lr_scheduler import LRScheduler
+
+    import tuner.train.trainer as trainer
+    from tuner.config import read_config_file, resolve_config
+    from tuner.data.batches import TrainingData
+    from tuner.hookspecs import hookimpl
+    from tuner.plugins import PluginHost
+    from tuner.report.progress import TrainProgress
+    from tuner.train.run import train
+
+    for owner, name, label in [
+        (TrainingData, "load_micro_batch", "data: read + tensors + stack"),
+        (PluginHost, "collate_prompts", "collate prompts (pad)"),
+        (PluginHost, "compute_loss", "loss: compute_loss (all)"),
+        (WanTransformer3DModel, "forward", "forward (transformer)"),
+        (accelerate.Accelerator, "backward", "backward"),
+        (trainer.Trainer, "_clip", "clip"),
+        (torch.optim.AdamW, "step", "optimizer step"),
+        (torch.optim.Optimizer, "zero_grad", "zero_grad"),
+        (LRScheduler, "step", "lr schedule"),
+        (TrainProgress, "update", "progress bar"),
+        (PluginHost, "on_step_end", "on_step_end hooks (JSON log, ...)"),
+    ]:
+        timed(owner, name, label)
+
+    marks: list[float] = []
+
+    class Clock:
+        @hookimpl
+        def on_step_end(self, run, step, logs):  # type: ignore[no-untyped-def]
+            marks.append(CLOCK[0]())
+            COUNTING[0] = warm <= step < args.steps
+
+    with tempfile.TemporaryDirectory() as tmp:
+        demo = Path(tmp) / "demo"
+        subprocess.run(["tuner", "demo", "--plugin", "wan", "--dir", str(demo), "--prepare-only"], check=True, capture_output=True)
+        raw = read_config_file(demo / "config.toml")
+        raw["train"].update(max_train_steps=args.steps, checkpoint_step_interval=0)
+        raw["validation"]["validation_prompt"] = None
+        raw["console"] = {"log_format": "quiet"}
+        host = PluginHost.build(["wan"], extra={"clock": Clock()})
+        train(resolve_config(raw, host, demo), host)
+
+    counted = args.steps - warm
+    total = (marks[-1] - marks[warm - 1]) / counted * 1000
+    ms = {k: v / counted * 1000 for k, v in PARTS.items()}
+    ms["loss: rest (noise, sigmas, mse)"] = ms.pop("loss: compute_loss (all)") - ms["forward (transformer)"]
+    ms["loop glue (the rest)"] = total - sum(ms.values())
+    core = sum(ms[k] for k in ("forward (transformer)", "backward", "clip", "optimizer step", "zero_grad"))
+    print(f"tiny demo model, {counted} steps: {total:.2f} ms per step ({'wall' if args.wall else 'CPU'}), of which")
+    for label, value in sorted(ms.items(), key=lambda kv: -kv[1]):
+        print(f"  {label:36s} {value:7.3f} ms  {100 * value / total:5.1f}%")
+    print(f"outside forward/backward/clip/optimizer/zero_grad: {total - core:.3f} ms per step")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
