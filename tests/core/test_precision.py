@@ -16,6 +16,7 @@ from toy_family import ToyFamily, toy_config
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.hookspecs import hookimpl
+from tuner.train.checkpoints import read_checkpoint
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.train.run import train
@@ -80,7 +81,7 @@ def test_the_adapter_its_optimizer_state_and_ema_are_float32_over_any_base(run, 
     )
     expected_base = LOW.get(mixed if base == "auto" else base, torch.float32)
     assert probe.frozen == {expected_base} and probe.trainable == {torch.float32}
-    state = torch.load(outputs["checkpoint"] / "training_state.pt", weights_only=False)
+    state = read_checkpoint(outputs["checkpoint"])[0]
     assert {p.dtype for p in state["params"]} == {torch.float32}
     moments = [v for s in state["optimizer"]["state"].values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")]
     assert moments and {m.dtype for m in moments} == {torch.float32}
@@ -98,8 +99,8 @@ def test_fp16_steps_whose_gradients_overflow_are_skipped_counted_and_logged(run,
     scales = [s["loss_scale"] for s in steps]
     assert scales[3] == scales[2] / 2, "the scaler backed off"
     out = run.folder / "out"
-    before = torch.load(out / "checkpoint-3" / "training_state.pt", weights_only=False)
-    after = torch.load(out / "checkpoint-4" / "training_state.pt", weights_only=False)
+    before = read_checkpoint(out / "checkpoint-3")[0]
+    after = read_checkpoint(out / "checkpoint-4")[0]
     assert all(torch.equal(a, b) for a, b in zip(before["params"], after["params"])), "no update at step 4"
     assert all(torch.equal(a, b) for a, b in zip(before["ema"], after["ema"])), "nor an EMA update"
     assert after["overflow_steps"] == 1 and after["scaler"]["scale"] == scales[3]
@@ -117,8 +118,8 @@ def test_resume_is_bit_exact_in_each_precision(run, mixed):
     for key in ("adapter", "ema_adapter"):
         a, b = load_file(straight[key]), load_file(resumed[key])
         assert all(torch.equal(a[k], b[k]) for k in a), key
-    state_a = torch.load(straight["checkpoint"] / "training_state.pt", weights_only=False)
-    state_b = torch.load(resumed["checkpoint"] / "training_state.pt", weights_only=False)
+    state_a = read_checkpoint(straight["checkpoint"])[0]
+    state_b = read_checkpoint(resumed["checkpoint"])[0]
     assert state_a["scaler"] == state_b["scaler"] and (state_a["scaler"] is None) == (mixed == "bf16")
 
 

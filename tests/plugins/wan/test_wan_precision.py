@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from tuner.train.checkpoints import read_checkpoint
 from safetensors.torch import load_file
 
 from tuner.config import read_config_file, resolve_config
@@ -57,7 +59,7 @@ def test_mixed_precision_trains_a_float32_adapter_and_saves_the_chosen_dtype(tmp
     assert probe.frozen == {low}, "the frozen base layers are stored in the mixed-precision dtype"
     if adapter == "standard":  # peft's layers live in the model; LyCORIS's network beside it
         assert probe.trainable == {torch.float32}, "the adapter is float32"
-    state = torch.load(outputs["checkpoint"] / "training_state.pt", weights_only=False)
+    state = read_checkpoint(outputs["checkpoint"])[0]
     assert {p.dtype for p in state["params"]} == {torch.float32}, "the trained parameters, as they were"
     losses = [r["loss"] for r in read_log(config.train.output_dir) if r["event"] == "step"]
     assert len(losses) == 40 and all(math.isfinite(x) for x in losses)
