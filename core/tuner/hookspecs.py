@@ -276,7 +276,9 @@ def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, An
         `tuner.errors.ConfigError` for a variant the family does not know.
         An implementation may leave this parameter out if it has one shape.
     :return: config overrides that make a run use this model and suit its
-        size, as ``{"section.key": value}`` (e.g. the model path).
+        size, as ``{"section.key": value}`` (e.g. the model path). An image
+        family includes ``"data.num_frames": 1``: the demo and the test
+        fixtures then write synthetic stills instead of clips.
     """
 
 

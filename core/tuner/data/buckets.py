@@ -84,6 +84,16 @@ def _frame_notices(scan: DataScan, bundle: ModelBundle, report: DataReport) -> N
         spec = ds.spec
         if spec.kind != "video":
             continue
+        if (
+            bundle.max_frames is not None
+            and (spec.num_frames is None or spec.num_frames > bundle.max_frames)
+            and any(not f.info.is_image for f in ds.files)
+        ):
+            report.notice(
+                f"dataset '{spec.id}': model family '{bundle.family}' trains on at most {bundle.max_frames}"
+                f" frame(s) per sample: clips give their first {bundle.max_frames}"
+            )
+            continue
         if spec.num_frames is not None and valid_frames(spec.num_frames, t) != spec.num_frames:
             used = valid_frames(spec.num_frames, t)
             report.notice(
@@ -112,6 +122,8 @@ def plan_samples(scan: DataScan, bundle: ModelBundle, config: RunConfig) -> list
         spec = ds.spec
         for f in ds.files:
             frames = frames_for(spec, f.info, bundle.temporal_compression)
+            if bundle.max_frames is not None and isinstance(frames, int):
+                frames = min(frames, bundle.max_frames)
             geometry = (
                 frames
                 if isinstance(frames, str)

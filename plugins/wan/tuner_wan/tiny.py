@@ -1,6 +1,6 @@
 """Tiny, randomly initialised Wan models in the real diffusers folder layout, one per flavour shape.
 
-Everything is built here (the tokenizer too), so demos and tests run with no
+Everything is built here (the tokenizer with `tuner.tiny_text`), so demos and tests run with no
 download while exercising the same ``from_pretrained`` code as the real model.
 The shapes follow the real repositories: image-to-video transformers take 36
 input channels (16 noisy + 4 mask + 16 conditioning), Wan 2.1 I2V adds a CLIP
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import ConfigError, did_you_mean
+from tuner.tiny_text import write_t5_tokenizer
 
 from tuner_wan.flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour
 
@@ -38,35 +39,6 @@ TINY_MAX_SEQUENCE_LENGTH = 32
 TINY_IMAGE_DIM = 32  # the CLIP vision hidden size = the transformer's image_dim
 # The real repositories' boundaries: I2V A14B switches at t = 900, T2V A14B at t = 875.
 TINY_BOUNDARY_RATIOS = {"i2v": 0.9, "t2v": 0.875}
-
-_CORPUS = (
-    "a red green blue yellow black white grey square circle triangle moving left right up down on the "
-    "background video of with and slowly quickly bouncing spinning cat dog person walking running camera "
-    "scene bright dark light sky water tree city street night day close up wide shot"
-)
-
-
-def _tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import T5TokenizerFast
-
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=256, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
-    )
-    words = _CORPUS.split()
-    tok.train_from_iterator([" ".join(words[i:] + words[:i]) for i in range(len(words))], trainer)
-    eos = tok.token_to_id("</s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
-    )
-    fast = T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
-    fast.model_max_length = TINY_MAX_SEQUENCE_LENGTH
-    fast.save_pretrained(str(folder))
-
 
 def _transformer(flavour: Flavour) -> Any:
     from diffusers import WanTransformer3DModel
@@ -145,7 +117,7 @@ def write_tiny_wan(path: Path, seed: int = 0, flavour: str | None = None) -> dic
         raise ConfigError(f"unknown Wan flavour '{name}'{did_you_mean(name, FLAVOURS)}")
     spec = FLAVOURS[name]
     path.mkdir(parents=True, exist_ok=True)
-    _tokenizer(path / "tokenizer")
+    write_t5_tokenizer(path / "tokenizer", TINY_MAX_SEQUENCE_LENGTH)
     tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
     torch.manual_seed(seed)
     transformer = _transformer(spec)
