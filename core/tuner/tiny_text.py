@@ -1,0 +1,76 @@
+"""Tokenizers for families' tiny models, built here from a word list (no downloads).
+
+A family's ``write_tiny_model`` saves these beside its tiny encoders so that
+``from_pretrained`` loads them exactly as it loads the real ones. They share one
+small vocabulary learnt from ``CORPUS`` (the words of the synthetic captions and
+of common validation prompts); other words still tokenize, in pieces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["CORPUS", "write_t5_tokenizer", "write_clip_tokenizer"]
+
+CORPUS = (
+    "a red green blue yellow black white grey square circle triangle moving left right up down on the "
+    "background video of with and slowly quickly bouncing spinning cat dog person walking running camera "
+    "scene bright dark light sky water tree city street night day close up wide shot still photo image"
+)
+
+
+def _sentences(corpus: str) -> list[str]:
+    words = corpus.split()
+    return [" ".join(words[i:] + words[:i]) for i in range(len(words))]
+
+
+def write_t5_tokenizer(folder: Path, max_length: int, corpus: str = CORPUS, vocab_size: int = 256) -> None:
+    """A T5-style (SentencePiece unigram) ``T5TokenizerFast`` with ``<pad>``, ``</s>``, ``<unk>``; ends with ``</s>``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+    )
+    tok.train_from_iterator(_sentences(corpus), trainer)
+    eos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
+    fast = T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
+    fast.model_max_length = max_length
+    fast.save_pretrained(str(folder))
+
+
+def write_clip_tokenizer(folder: Path, max_length: int, corpus: str = CORPUS) -> None:
+    """A CLIP-style byte-level BPE ``CLIPTokenizer``: every printable ASCII character, plus one merge chain per word.
+
+    CLIP marks a word's last piece with ``</w>`` and wraps a prompt in
+    ``<|startoftext|>`` ... ``<|endoftext|>`` (which also pads), as the real one does.
+    """
+    from transformers import CLIPTokenizer
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab: dict[str, int] = {}
+    for piece in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(piece, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in sorted(set(corpus.split())):
+        # Merge left to right: "r e d</w>" -> "re d</w>" -> "red</w>".
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            rule = (pieces[0], pieces[1])
+            if rule not in merges:
+                merges.append(rule)
+            vocab.setdefault(merged, len(vocab))
+            pieces = [merged] + pieces[2:]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    tokenizer.model_max_length = max_length
+    tokenizer.save_pretrained(str(folder))
