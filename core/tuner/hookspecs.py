@@ -130,6 +130,8 @@ def encode_batch(bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, to
     :param bundle: the bundle `load_model` returned.
     :param pixels: float tensor ``(batch, frames, channels, height, width)`` in
         ``[-1, 1]``, on the training device.
+        Images (and, for a family whose ``ModelBundle.max_frames`` is 1, clips)
+        arrive with ``frames = 1``.
     :return: one dict of tensors per clip (e.g. ``{"latents": ...}``), kept on
         disk as given and handed back to `compute_loss` stacked per batch.
         Return CPU tensors in the dtype you want stored.

@@ -105,3 +105,42 @@ def test_schnell_has_no_guidance_embedding_and_trains(make_run, cli, tiny_model_
     result = cli(["train", "--config", str(config)])
     assert result.exit_code == 0, result.stderr
     assert len(_losses(config.parent / "output")) == 2
+
+
+def test_eval_loss_is_the_training_objective_at_given_noise_levels(make_run, cli):
+    from tuner.cli import load_run_config
+    from tuner.train.timesteps import add_noise, draw_noise, velocity_errors
+
+    overrides = [
+        "validation.validation_prompt=''",
+        "evaluation.eval_steps_interval=1",
+        "evaluation.eval_split=0.5",
+        "evaluation.eval_timesteps=2",
+    ]
+    config = make_run(plugin="flux", name="flux-eval", steps=2, clips=2, overrides=overrides)
+    result = cli(["train", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    assert [r["eval_loss"] > 0 for r in read_log(config.parent / "output") if r["event"] == "step"] == [True, True]
+
+    # The hook on a hand-made batch: the velocity error of the packed latents, per sample, repeatable.
+    host, run_config = load_run_config(config, None, None)
+    bundle = host.load_model(run_config, torch.device("cpu"))
+    from tuner_flux.loss import pack, transformer_inputs
+
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "latents": torch.randn(2, 4, 8, 8, generator=g),
+        "prompt_embeds": torch.randn(2, 32, 32, generator=g),
+        "pooled_prompt_embeds": torch.randn(2, 32, generator=g),
+    }
+    sigmas = torch.tensor([0.2, 0.9])
+    with torch.no_grad():
+        got = host.eval_loss(bundle, batch, sigmas, torch.Generator().manual_seed(5), run_config)
+        again = host.eval_loss(bundle, batch, sigmas, torch.Generator().manual_seed(5), run_config)
+        x0 = batch["latents"]
+        noise = draw_noise(x0, torch.Generator().manual_seed(5))
+        x0, noise = pack(x0), pack(noise)
+        inputs = transformer_inputs(bundle, batch, add_noise(x0, noise, sigmas), sigmas)
+        expected = velocity_errors(bundle.denoiser(**inputs, return_dict=False)[0], x0, noise)
+    assert got.shape == (2,) and torch.equal(got, again)
+    torch.testing.assert_close(got, expected)

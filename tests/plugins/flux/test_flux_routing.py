@@ -128,8 +128,18 @@ def _toml(value):
     return repr(value)
 
 
-def test_training_flux_with_tread_routes_learns(make_run, cli):
+def test_training_flux_with_tread_routes_learns(make_run, cli, monkeypatch):
+    import tuner_flux.routing
     from tuner.report.jsonlog import read_log
+
+    plain = tuner_flux.routing.routed_forward
+    routed: list[int] = []
+
+    def counting(*args, **kwargs):
+        routed.append(1)
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(tuner_flux.routing, "routed_forward", counting)
 
     config = make_run(
         plugin="flux",
@@ -140,4 +150,5 @@ def test_training_flux_with_tread_routes_learns(make_run, cli):
     assert result.exit_code == 0, result.stderr
     losses = [r["loss"] for r in read_log(config.parent / "output") if r["event"] == "step"]
     assert len(losses) == 40
+    assert len(routed) == 40, "every training forward routes"
     assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:10])
