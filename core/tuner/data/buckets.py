@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,10 +120,15 @@ def plan_samples(scan: DataScan, bundle: ModelBundle, config: RunConfig) -> list
     planned: list[PlannedSample] = []
     for ds in scan.datasets:
         spec = ds.spec
+        limit = bundle.max_frames
+        # A model that takes at most `limit` frames: a clip needs only that many (an image family takes any clip).
+        lengths = spec if limit is None else replace(
+            spec, num_frames=spec.num_frames and min(spec.num_frames, limit), min_frames=min(spec.min_frames, limit)
+        )
         for f in ds.files:
-            frames = frames_for(spec, f.info, bundle.temporal_compression)
-            if bundle.max_frames is not None and isinstance(frames, int):
-                frames = min(frames, bundle.max_frames)
+            frames = frames_for(lengths, f.info, bundle.temporal_compression)
+            if limit is not None and isinstance(frames, int):
+                frames = min(frames, limit)
             geometry = (
                 frames
                 if isinstance(frames, str)

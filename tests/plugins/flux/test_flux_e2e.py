@@ -144,3 +144,31 @@ def test_eval_loss_is_the_training_objective_at_given_noise_levels(make_run, cli
         expected = velocity_errors(bundle.denoiser(**inputs, return_dict=False)[0], x0, noise)
     assert got.shape == (2,) and torch.equal(got, again)
     torch.testing.assert_close(got, expected)
+
+
+def test_a_backend_file_of_stills_and_clips_trains_in_aspect_buckets(make_run, cli):
+    import json
+
+    import tomli_w
+
+    from tuner.config import tomllib
+
+    config = make_run(plugin="flux", name="flux-backend", steps=2, clips=2, overrides=["validation.validation_prompt=''"])
+    root = config.parent
+    for i, (w, h) in enumerate([(64, 64), (96, 64), (64, 96)]):
+        write_synthetic_image(root / "stills" / f"s{i}.png", width=w, height=h, index=i)
+    write_synthetic_clips(root / "videos", count=1, num_frames=9, width=96, height=64)
+    backend = [
+        {"id": "stills", "type": "local", "dataset_type": "image", "instance_data_dir": "stills", "resolution": 64},
+        {"id": "clips", "type": "local", "dataset_type": "video", "instance_data_dir": "videos", "resolution": 64},
+    ]
+    (root / "backend.json").write_text(json.dumps(backend))
+    raw = tomllib.loads(config.read_text())
+    raw["data"] = {"data_backend_config": "backend.json", "cache_dir": "cache", "resolution": 64}
+    config.write_text(tomli_w.dumps(raw))
+    result = cli(["train", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    text = result.output + result.stderr
+    assert "dataset 'clips': model family 'flux' trains on at most 1 frame(s) per sample" in text
+    assert "dataset 'stills': 3 samples per epoch in 3 bucket(s)" in text and "dataset 'clips': 1 samples" in text
+    assert len(_losses(root / "output")) == 2
