@@ -69,3 +69,36 @@ def test_missing_model_and_unknown_flavour_are_config_errors(host, tmp_path):
         host.load_model(_config(host, tmp_path / "nowhere"), torch.device("cpu"))
     with pytest.raises(ConfigError, match="unknown Flux flavour 'schnel'.*schnell"):
         host.write_tiny_model("flux", tmp_path / "m", 0, "schnel")
+
+
+def test_transformer_subfolder_none_reads_the_root(host, tiny_model_dir, tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    FluxTransformer2DModel.from_pretrained(str(tiny_model_dir("flux")), subfolder="transformer").save_pretrained(
+        str(tmp_path / "root")
+    )
+    config = _config(
+        host, tiny_model_dir("flux"), flux_pretrained_transformer_model_name_or_path=str(tmp_path / "root"),
+        flux_pretrained_transformer_subfolder="none",
+    )
+    assert host.load_model(config, torch.device("cpu")).num_blocks == 4
+
+
+@pytest.mark.parametrize("variant", [None, "schnell"], ids=["dev", "schnell"])
+def test_guidance_value_reaches_the_guidance_embedding_of_dev_only(host, tiny_model_dir, variant):
+    def loss(value: float) -> float:
+        config = _config(host, tiny_model_dir("flux", variant), flux_guidance_value=value)
+        bundle = host.load_model(config, torch.device("cpu"))
+        g = torch.Generator().manual_seed(0)
+        batch = {
+            "latents": torch.randn(1, 4, 8, 8, generator=g),
+            "prompt_embeds": torch.randn(1, 32, 32, generator=g),
+            "pooled_prompt_embeds": torch.randn(1, 32, generator=g),
+        }
+        with torch.no_grad():
+            return float(host.compute_loss(bundle, batch, torch.Generator().manual_seed(1), config).loss)
+
+    if variant is None:
+        assert loss(1.0) != loss(4.0)
+    else:
+        assert loss(1.0) == loss(4.0)  # schnell has no guidance embedding
