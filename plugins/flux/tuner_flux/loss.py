@@ -83,7 +83,7 @@ def flow_matching_loss(
     else:
         pred = transformer(**inputs, return_dict=False)[0]
     loss = velocity_errors(pred, x0, noise).mean()
-    return LossOutput(loss=loss, logs={"sigma_mean": float(sigmas.mean())})
+    return LossOutput(loss=loss, logs={"sigma_mean": float(sigmas.mean())}, sigmas=sigmas)
 
 
 def eval_errors(
