@@ -2,6 +2,7 @@
 
     python bench/overhead.py            # mid-size and tiny ratios + tiny demo figures
     python bench/overhead.py --quick    # fewer steps
+    python bench/overhead.py --flux     # plus the Flux row (`flux_overhead`)
 
 For two sizes of the Wan transformer (random init) both loops train the same
 model with LoRA on the same modules, AdamW and the same cached batch shape,
@@ -254,16 +255,127 @@ def tiny_demo_figures(folder: Path, steps: int) -> dict[str, float]:
     }
 
 
+FLUX_MID = dict(num_layers=2, num_single_layers=2, num_attention_heads=4, attention_head_dim=64, axes_dims_rope=(16, 24, 24))
+
+
+def flux_overhead(folder: Path, steps: int, rounds: int) -> tuple[float, float]:
+    """Median step of tuner against a bare accelerate + diffusers + peft loop, on a mid-size Flux-shaped model.
+
+    The tiny Flux with a 4-block, dim-256 transformer; 256x256 stills -> 256 packed image tokens, 32 T5 tokens.
+    Returns (tuner, bare) median seconds per step.
+    """
+    from accelerate import Accelerator
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+
+    from tuner.config import resolve_config
+    from tuner.data.synthetic import write_synthetic_image
+    from tuner.demo import prepare_tiny_model
+    from tuner.hookspecs import hookimpl
+    from tuner.plugins import PluginHost
+    from tuner.train.run import train
+    from tuner.train.timesteps import velocity_errors
+    from tuner_flux.plugin import LORA_TARGETS
+    from tuner_flux.tiny import TINY_TRANSFORMER
+
+    model = folder / "flux-model"
+    prepare_tiny_model(PluginHost.build(["flux"]), "flux", model)
+    torch.manual_seed(0)
+    FluxTransformer2DModel(**{**TINY_TRANSFORMER, **FLUX_MID, "guidance_embeds": True}).save_pretrained(
+        str(model / "transformer")
+    )
+    stills = folder / "flux-stills"
+    for i in range(2):
+        write_synthetic_image(stills / f"still_{i}.png", 256, 256, index=i)
+
+    def tuner_times(run: Path) -> list[float]:
+        class Clock:
+            marks: list[float] = []
+
+            @hookimpl
+            def on_run_start(self, run):  # type: ignore[no-untyped-def]
+                self.marks.append(time.perf_counter())
+
+            @hookimpl
+            def on_step_end(self, run, step, logs):  # type: ignore[no-untyped-def]
+                self.marks.append(time.perf_counter())
+
+        clock = Clock()
+        clock.marks = []
+        host = PluginHost.build(["flux"], extra={"clock": clock})
+        config = resolve_config(
+            {
+                "train": {"output_dir": str(run / "out"), "max_train_steps": steps, "lora_rank": 16, "learning_rate": 1e-4},
+                "data": {"instance_data_dir": str(stills), "num_frames": 1, "resolution": 256, "cache_dir": str(run / "cache")},
+                "flux": {"flux_pretrained_model_name_or_path": str(model), "flux_t5_max_length": 32},
+            },
+            host,
+        )
+        train(config, host)
+        return [b - a for a, b in zip(clock.marks[1:], clock.marks[2:])]
+
+    def bare_times() -> list[float]:
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        transformer = FluxTransformer2DModel.from_pretrained(str(model), subfolder="transformer").requires_grad_(False)
+        transformer.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=LORA_TARGETS))
+        params = [p for p in transformer.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        transformer, optimizer = accelerator.prepare(transformer, optimizer)
+        latents = torch.randn(1, 256, 16)
+        extra = {
+            "encoder_hidden_states": torch.randn(1, 32, 32),
+            "pooled_projections": torch.randn(1, 32),
+            "img_ids": FluxPipeline._prepare_latent_image_ids(1, 16, 16, "cpu", torch.float32),
+            "txt_ids": torch.zeros(32, 3),
+            "guidance": torch.ones(1),
+        }
+        generator = torch.Generator().manual_seed(0)
+        times = []
+        for _ in range(steps + 1):
+            start = time.perf_counter()
+            sigma = torch.sigmoid(torch.randn(1, generator=generator))
+            noise = torch.randn(latents.shape, generator=generator)
+            noisy = (1 - sigma) * latents + sigma * noise
+            pred = transformer(hidden_states=noisy, timestep=sigma, **extra, return_dict=False)[0]
+            accelerator.backward(velocity_errors(pred, latents, noise).mean())
+            accelerator.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+        return times[1:]
+
+    tuner: list[float] = []
+    bare: list[float] = []
+    for r in range(rounds):  # alternate so noise falls on both
+        bare += bare_times()
+        tuner += tuner_times(folder / f"flux-run{r}")
+    t, b = statistics.median(tuner), statistics.median(bare)
+    print("\nmid-size Flux-shaped model (2 double + 2 single blocks, dim 256, 256 image tokens, LoRA r16)")
+    print(f"  bare loop   median step {b:.4f} s  ({len(bare)} steps)")
+    print(f"  tuner       median step {t:.4f} s  ({len(tuner)} steps)")
+    print(f"  ratio tuner / bare      {t / b:.3f}   (target <= 1.02)")
+    return t, b
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps and rounds")
+    parser.add_argument("--flux", action="store_true", help="also measure the Flux row")
+    parser.add_argument("--only-flux", action="store_true", help="measure the Flux row alone")
     args = parser.parse_args()
     rounds = 2 if args.quick else 3
     load = os.getloadavg()[0]
     print(f"threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
     print(f"load average (1 min): {load:.2f} on {os.cpu_count()} CPUs" + ("  -- busy machine: figures are indicative" if load > 0.5 else ""))
+    flux_steps = 4 if args.quick else 8
+    if args.only_flux:
+        with tempfile.TemporaryDirectory() as tmp:
+            flux_overhead(Path(tmp), flux_steps, rounds)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if args.flux:
+            flux_overhead(folder, flux_steps, rounds)
         for size, steps in zip(SIZES, (4, 4, 30) if args.quick else (8, 8, 60)):
             compare(folder / size.name.split()[0], size, steps, rounds)
         figures = tiny_demo_figures(folder, 40)

@@ -2,6 +2,7 @@
 
     python bench/tread.py                 # the guide's two example route sets on a 30-block model
     python bench/tread.py --rounds 5      # more measured steps per configuration
+    python bench/tread.py --family flux   # the same on a Flux-shaped model (bench/tread_flux.py)
 
 The model has Wan 2.1 1.3B's depth (30 blocks, so both of the guide's route sets
 apply unchanged) at a CPU-sized width (dim 256, 4 heads of 64, ffn 1024) on
@@ -78,15 +79,15 @@ def build_model(args: argparse.Namespace) -> nn.Module:
     return model.train()
 
 
-def routers(model: nn.Module, blocks: int) -> dict[str, Any]:
+def routers(model: nn.Module, blocks: int, family: str = "wan") -> dict[str, Any]:
     """The guide's route sets, read and checked the way a run reads and checks them."""
     from tuner.config import resolve_config
     from tuner.plugins import PluginHost
     from tuner.routing import check_routing
     from tuner.types import ModelBundle
 
-    host = PluginHost.build(["wan", "tread"])
-    bundle = ModelBundle("wan", model, LORA_TARGETS, supports_token_routing=True, num_blocks=blocks)
+    host = PluginHost.build([family, "tread"])
+    bundle = ModelBundle(family, model, LORA_TARGETS, supports_token_routing=True, num_blocks=blocks)
     out: dict[str, Any] = {"no routing": None}
     for name, tread in (("guide, 1 route", GUIDE_ONE_ROUTE), ("guide, 5 routes", GUIDE_FIVE_ROUTES)):
         router = host.route_tokens(bundle, resolve_config({"tread_config": tread}, host))
@@ -112,7 +113,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="latent height and width")
     parser.add_argument("--text", type=int, default=512, help="text tokens")
     parser.add_argument("--rounds", type=int, default=3, help="measured steps per configuration")
+    parser.add_argument("--family", choices=["wan", "flux"], default="wan", help="model shape to measure")
+    parser.add_argument("--double", type=int, default=6, help="flux: double-stream blocks among --blocks")
     args = parser.parse_args()
+    if args.family == "flux":
+        from tread_flux import flux_main  # bench/ is the script's folder, so it is on sys.path
+
+        flux_main(args, routers, tokens_per_block)
+        return
 
     from tuner_wan.routing import routed_forward
 

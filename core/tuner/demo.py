@@ -10,7 +10,7 @@ from tuner.config import tomllib
 if TYPE_CHECKING:
     from tuner.plugins import PluginHost
 
-__all__ = ["DEMO_CLIPS", "MODEL_MARKER", "prepare_tiny_model", "demo_config", "write_demo"]
+__all__ = ["DEMO_CLIPS", "MODEL_MARKER", "prepare_tiny_model", "demo_config", "write_demo_media", "write_demo"]
 
 DEMO_CLIPS = 2
 _SIZE, _FRAMES = 64, 17
@@ -38,6 +38,21 @@ def prepare_tiny_model(
         marker.write_text(tomli_w.dumps({"overrides": stored, "paths": paths}))
     data = tomllib.loads(marker.read_text())
     return {k: (str(model_dir / v) if k in data["paths"] else v) for k, v in data["overrides"].items()}
+
+
+def write_demo_media(
+    folder: Path, count: int, model_overrides: dict[str, Any], width: int = _SIZE, height: int = _SIZE
+) -> list[Path]:
+    """Captioned synthetic training files: clips, or stills for a family that trains on images.
+
+    A family says so through its tiny model's config overrides: ``data.num_frames``
+    set to 1 (see the `write_tiny_model` hook).
+    """
+    from tuner.data.synthetic import write_synthetic_clips, write_synthetic_image
+
+    if model_overrides.get("data.num_frames") == 1:
+        return [write_synthetic_image(folder / f"still_{i:03d}.png", width, height, index=i) for i in range(count)]
+    return write_synthetic_clips(folder, count=count, num_frames=_FRAMES, width=width, height=height)
 
 
 def demo_config(family: str, plugin: str, prompt: str, model_overrides: dict[str, Any], steps: int) -> dict:
@@ -82,8 +97,6 @@ def write_demo(
     """Write model/ (model-VARIANT/), clips/ and config.toml into ``folder`` (reusing a model already there)."""
     import tomli_w
 
-    from tuner.data.synthetic import write_synthetic_clips
-
     folder = folder.resolve()
     model = folder / (f"model-{variant}" if variant else "model")
     overrides = prepare_tiny_model(host, family, model, seed, variant)
@@ -92,7 +105,7 @@ def write_demo(
         k: (str(Path(v).relative_to(folder)) if isinstance(v, str) and Path(v).is_relative_to(folder) else v)
         for k, v in overrides.items()
     }
-    clips = write_synthetic_clips(folder / "clips", count=DEMO_CLIPS, num_frames=_FRAMES, width=_SIZE, height=_SIZE)
+    clips = write_demo_media(folder / "clips", DEMO_CLIPS, overrides)
     prompt = clips[0].with_suffix(".txt").read_text().strip()
     config = demo_config(family, host.families[family], prompt, overrides, steps)
     path = folder / "config.toml"

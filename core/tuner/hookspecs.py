@@ -135,6 +135,8 @@ def encode_batch(bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, to
     :param bundle: the bundle `load_model` returned.
     :param pixels: float tensor ``(batch, frames, channels, height, width)`` in
         ``[-1, 1]``, on the training device.
+        Images (and, for a family whose ``ModelBundle.max_frames`` is 1, clips)
+        arrive with ``frames = 1``.
     :return: one dict of tensors per clip (e.g. ``{"latents": ...}``), kept on
         disk as given and handed back to `compute_loss` stacked per batch.
         Return CPU tensors in the dtype you want stored.
@@ -282,7 +284,9 @@ def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, An
         `tuner.errors.ConfigError` for a variant the family does not know.
         An implementation may leave this parameter out if it has one shape.
     :return: config overrides that make a run use this model and suit its
-        size, as ``{"section.key": value}`` (e.g. the model path).
+        size, as ``{"section.key": value}`` (e.g. the model path). An image
+        family includes ``"data.num_frames": 1``: the demo and the test
+        fixtures then write synthetic stills instead of clips.
     """
 
 

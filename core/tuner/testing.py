@@ -56,21 +56,21 @@ def write_run_folder(
     variant: str | None = None,
     host: PluginHost | None = None,
 ) -> Path:
-    """A run folder using the tiny model at ``model_dir``: clips/, config.toml. Returns the config path.
+    """A run folder using the tiny model at ``model_dir``: clips/ (stills for an image family), config.toml.
 
-    ``host`` writes the tiny model when it is missing (default: a host with the
-    installed plugin ``plugin``; pass one to use a plugin registered directly).
+    Returns the config path. ``host`` writes the tiny model when it is missing
+    (default: a host with the installed plugin ``plugin``; pass one to use a
+    plugin registered directly).
     """
     import tomli_w
 
-    from tuner.data.synthetic import write_synthetic_clips
-    from tuner.demo import demo_config, prepare_tiny_model
+    from tuner.demo import demo_config, prepare_tiny_model, write_demo_media
     from tuner.plugins import PluginHost
 
     family = family or plugin
     folder.mkdir(parents=True, exist_ok=True)
-    paths = write_synthetic_clips(folder / "clips", count=clips, num_frames=17, width=64, height=64)
     model_overrides = prepare_tiny_model(host or PluginHost.build([plugin]), family, model_dir, variant=variant)
+    paths = write_demo_media(folder / "clips", clips, model_overrides)
     config = demo_config(family, plugin, paths[0].with_suffix(".txt").read_text().strip(), model_overrides, steps)
     config = merge(config, parse_overrides(overrides or []))
     path = folder / "config.toml"

@@ -3,32 +3,33 @@
 Tiny models exercise a family's real ``from_pretrained`` code in tests and in
 ``tuner demo`` with no download. Weights are easy (a diffusers or transformers
 class with a small config); a tokenizer is not, since the real vocabularies are
-large downloads. `write_t5_tokenizer` trains a small T5-style tokenizer here,
-so every family whose text encoder is T5 (Wan's UMT5, LTX-Video, Flux) can
-write one.
+large downloads. `write_t5_tokenizer` and `write_clip_tokenizer` build small
+ones here from one word list (``CORPUS``: the words of the synthetic captions
+and common validation prompts; other words still tokenize, in pieces), so every
+family whose text encoder is T5 (Wan's UMT5, LTX-Video, Flux) or CLIP (Flux)
+can write one that loads exactly as the real one does.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["TINY_CORPUS", "write_t5_tokenizer"]
+__all__ = ["CORPUS", "write_t5_tokenizer", "write_clip_tokenizer"]
 
-# The words of the synthetic clips' captions and the demo's prompts, and a few more.
-TINY_CORPUS = (
+CORPUS = (
     "a red green blue yellow black white grey square circle triangle moving left right up down on the "
     "background video of with and slowly quickly bouncing spinning cat dog person walking running camera "
-    "scene bright dark light sky water tree city street night day close up wide shot"
+    "scene bright dark light sky water tree city street night day close up wide shot still photo image"
 )
 
 
-def write_t5_tokenizer(folder: Path, max_length: int, vocab_size: int = 256) -> None:
-    """Save a ``T5TokenizerFast`` (Unigram, ``<pad>`` / ``</s>`` / ``<unk>``, an ``</s>`` after each text) to ``folder``.
+def _sentences(corpus: str) -> list[str]:
+    words = corpus.split()
+    return [" ".join(words[i:] + words[:i]) for i in range(len(words))]
 
-    Loads with ``AutoTokenizer.from_pretrained(folder)`` like a real T5
-    tokenizer; ``model_max_length`` is ``max_length``. Size the text encoder's
-    vocabulary with ``len(tokenizer)``.
-    """
+
+def write_t5_tokenizer(folder: Path, max_length: int, corpus: str = CORPUS, vocab_size: int = 256) -> None:
+    """A T5-style (SentencePiece unigram) ``T5TokenizerFast`` with ``<pad>``, ``</s>``, ``<unk>``; ends with ``</s>``."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import T5TokenizerFast
 
@@ -39,8 +40,7 @@ def write_t5_tokenizer(folder: Path, max_length: int, vocab_size: int = 256) -> 
     trainer = trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
     )
-    words = TINY_CORPUS.split()
-    tok.train_from_iterator([" ".join(words[i:] + words[:i]) for i in range(len(words))], trainer)
+    tok.train_from_iterator(_sentences(corpus), trainer)
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
@@ -48,3 +48,33 @@ def write_t5_tokenizer(folder: Path, max_length: int, vocab_size: int = 256) -> 
     fast = T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
     fast.model_max_length = max_length
     fast.save_pretrained(str(folder))
+
+
+def write_clip_tokenizer(folder: Path, max_length: int, corpus: str = CORPUS) -> None:
+    """A CLIP-style byte-level BPE ``CLIPTokenizer``: every printable ASCII character, plus one merge chain per word.
+
+    CLIP marks a word's last piece with ``</w>`` and wraps a prompt in
+    ``<|startoftext|>`` ... ``<|endoftext|>`` (which also pads), as the real one does.
+    """
+    from transformers import CLIPTokenizer
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab: dict[str, int] = {}
+    for piece in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(piece, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in sorted(set(corpus.split())):
+        # Merge left to right: "r e d</w>" -> "re d</w>" -> "red</w>".
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            rule = (pieces[0], pieces[1])
+            if rule not in merges:
+                merges.append(rule)
+            vocab.setdefault(merged, len(vocab))
+            pieces = [merged] + pieces[2:]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    tokenizer.model_max_length = max_length
+    tokenizer.save_pretrained(str(folder))

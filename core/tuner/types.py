@@ -72,6 +72,9 @@ class ModelBundle:
         tokenizer, scheduler, ...). The core never looks inside.
     :ivar temporal_compression: frames folded into one latent frame; clip
         lengths must be ``k * temporal_compression + 1``. 1 for image models.
+    :ivar max_frames: the most frames one training sample may have, or ``None``
+        for no limit. Image families set 1: a clip then trains as its first
+        frame (a still), so video datasets serve them too.
     :ivar spatial_multiple: height and width must be multiples of this.
     :ivar cache_id: a string that changes whenever the encoders change, so
         cached latents and embeddings made by other encoders are not reused.
@@ -136,6 +139,7 @@ class ModelBundle:
     lora_target_modules: list[str]
     components: dict[str, Any] = field(default_factory=dict)
     temporal_compression: int = 1
+    max_frames: int | None = None
     spatial_multiple: int = 1
     cache_id: str = ""
     supports_token_routing: bool = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,6 +84,16 @@ def _frame_notices(scan: DataScan, bundle: ModelBundle, report: DataReport) -> N
         spec = ds.spec
         if spec.kind != "video":
             continue
+        if (
+            bundle.max_frames is not None
+            and (spec.num_frames is None or spec.num_frames > bundle.max_frames)
+            and any(not f.info.is_image for f in ds.files)
+        ):
+            report.notice(
+                f"dataset '{spec.id}': model family '{bundle.family}' trains on at most {bundle.max_frames}"
+                f" frame(s) per sample: clips give their first {bundle.max_frames}"
+            )
+            continue
         if spec.num_frames is not None and valid_frames(spec.num_frames, t) != spec.num_frames:
             used = valid_frames(spec.num_frames, t)
             report.notice(
@@ -110,8 +120,15 @@ def plan_samples(scan: DataScan, bundle: ModelBundle, config: RunConfig) -> list
     planned: list[PlannedSample] = []
     for ds in scan.datasets:
         spec = ds.spec
+        limit = bundle.max_frames
+        # A model that takes at most `limit` frames: a clip needs only that many (an image family takes any clip).
+        lengths = spec if limit is None else replace(
+            spec, num_frames=spec.num_frames and min(spec.num_frames, limit), min_frames=min(spec.min_frames, limit)
+        )
         for f in ds.files:
-            frames = frames_for(spec, f.info, bundle.temporal_compression)
+            frames = frames_for(lengths, f.info, bundle.temporal_compression)
+            if limit is not None and isinstance(frames, int):
+                frames = min(frames, limit)
             geometry = (
                 frames
                 if isinstance(frames, str)

@@ -14,10 +14,24 @@ import torch
 if TYPE_CHECKING:
     from tuner.config import RunConfig
 
-__all__ = ["shift_sigmas", "unshift_sigmas", "auto_shift", "sample_sigmas", "training_sigmas", "add_noise"]
+__all__ = [
+    "shift_sigmas",
+    "unshift_sigmas",
+    "auto_shift",
+    "sample_sigmas",
+    "training_sigmas",
+    "draw_noise",
+    "add_noise",
+    "velocity_target",
+    "velocity_errors",
+]
 
 # Auto shift: mu grows linearly with the tokens of one frame (16x16-pixel
-# patches), from 0.5 at 256x256 to 1.15 at 1024x1024; shift = e^mu.
+# patches), from 0.5 at 256x256 to 1.15 at 1024x1024; shift = e^mu. This is
+# diffusers' `calculate_shift` with its default settings (base/max image
+# sequence length 256/4096, base/max shift 0.5/1.15) followed by the
+# exponential time shift of `use_dynamic_shifting`, which equals `shift_sigmas`
+# with shift = e^mu.
 _BASE_TOKENS, _MAX_TOKENS, _BASE_MU, _MAX_MU = 256, 4096, 0.5, 1.15
 
 
@@ -119,3 +133,30 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> to
     """``(1 - sigma) * x0 + sigma * noise``, with sigma broadcast over all but the batch dimension."""
     s = sigmas.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
     return (1.0 - s) * x0 + s * noise
+
+
+def draw_noise(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise shaped like ``x0``, drawn from ``generator`` (on its device), then moved to ``x0``'s."""
+    return torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+
+
+def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """What a flow-matching denoiser predicts at every noise level: ``noise - x0`` (d noisy / d sigma)."""
+    return noise - x0
+
+
+def velocity_errors(
+    pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, loss_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample mean squared error of a predicted velocity, in float32: ``(batch,)``.
+
+    Its mean over the batch is the training loss (every sample weighs the same at
+    every sigma); the evaluation loss reports it per sample. ``loss_mask``
+    (broadcastable to the latents, 1 = counted) limits the mean to the latents it
+    counts, e.g. a clean conditioning frame left out of the loss.
+    """
+    err = (pred.float() - velocity_target(x0.float(), noise.float())).pow(2)
+    if loss_mask is None:
+        return err.flatten(1).mean(1)
+    weight = loss_mask.to(err.dtype).expand_as(err)
+    return (err * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1)

@@ -40,7 +40,6 @@ __all__ = [
     "conditioning_mode",
     "encode_conditioning",
     "frame_mask",
-    "masked_mse",
     "model_inputs",
     "text_only_draw",
 ]
@@ -283,12 +282,3 @@ def _expand_inputs(
         force &= conditioned[:, None]
         force = force if bool(force.any()) else None
     return ModelInputs(kwargs, loss_mask=keep_noisy, force_keep=force)
-
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample mean squared error over the latents ``loss_mask`` counts (all of them without a mask)."""
-    err = (pred.float() - target).pow(2)
-    if loss_mask is None:
-        return err.flatten(1).mean(1)
-    weight = loss_mask.expand_as(err)
-    return (err * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1)

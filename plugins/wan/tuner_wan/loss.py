@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tuner.train.timesteps import add_noise, training_sigmas
+from tuner.train.timesteps import add_noise, draw_noise, training_sigmas, velocity_errors
 from tuner.types import LossOutput
 
 from tuner_wan.experts import run_experts
@@ -24,14 +24,14 @@ def flow_matching_loss(
     """noisy = (1 - s) x0 + s noise; the transformer predicts the velocity noise - x0 at t = 1000 s."""
     import torch
 
-    from tuner_wan.conditioning import masked_mse, model_inputs, text_only_draw
+    from tuner_wan.conditioning import model_inputs, text_only_draw
 
     x0 = batch["latents"].float()
     vae = bundle.components["vae"].config
     pixel_area = x0.shape[-1] * x0.shape[-2] * vae.scale_factor_spatial**2
     # Only the noise levels of the experts being trained (all of them for a single transformer).
     sigmas = training_sigmas(config, x0.shape[0], generator, pixel_area, x0.device, bundle.sigma_range())
-    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    noise = draw_noise(x0, generator)
     noisy = add_noise(x0, noise, sigmas)
     # Image conditioning (I2V, TI2V) lives in tuner_wan.conditioning: the transformer's inputs, and
     # which latents the loss counts (TI2V's clean first frame does not) and the router must keep.
@@ -55,5 +55,5 @@ def flow_matching_loss(
 
     kwargs = inputs.kwargs if inputs.force_keep is None else {**inputs.kwargs, "force_keep": inputs.force_keep}
     pred = run_experts(bundle, sigmas, kwargs, forward)
-    loss = masked_mse(pred, noise - x0, inputs.loss_mask).mean()
+    loss = velocity_errors(pred, x0, noise, inputs.loss_mask).mean()
     return LossOutput(loss=loss, logs={"sigma_mean": float(sigmas.mean())}, sigmas=sigmas)

@@ -1,6 +1,6 @@
 """Tiny, randomly initialised Wan models in the real diffusers folder layout, one per flavour shape.
 
-Everything is built here (the tokenizer too), so demos and tests run with no
+Everything is built here (the tokenizer with `tuner.tiny`), so demos and tests run with no
 download while exercising the same ``from_pretrained`` code as the real model.
 The shapes follow the real repositories: image-to-video transformers take 36
 input channels (16 noisy + 4 mask + 16 conditioning), Wan 2.1 I2V adds a CLIP
@@ -39,11 +39,6 @@ TINY_MAX_SEQUENCE_LENGTH = 32
 TINY_IMAGE_DIM = 32  # the CLIP vision hidden size = the transformer's image_dim
 # The real repositories' boundaries: I2V A14B switches at t = 900, T2V A14B at t = 875.
 TINY_BOUNDARY_RATIOS = {"i2v": 0.9, "t2v": 0.875}
-
-
-def _tokenizer(folder: Path) -> None:
-    write_t5_tokenizer(folder, TINY_MAX_SEQUENCE_LENGTH)
-
 
 def _transformer(flavour: Flavour) -> Any:
     from diffusers import WanTransformer3DModel
@@ -122,7 +117,7 @@ def write_tiny_wan(path: Path, seed: int = 0, flavour: str | None = None) -> dic
         raise ConfigError(f"unknown Wan flavour '{name}'{did_you_mean(name, FLAVOURS)}")
     spec = FLAVOURS[name]
     path.mkdir(parents=True, exist_ok=True)
-    _tokenizer(path / "tokenizer")
+    write_t5_tokenizer(path / "tokenizer", TINY_MAX_SEQUENCE_LENGTH)
     tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
     torch.manual_seed(seed)
     transformer = _transformer(spec)

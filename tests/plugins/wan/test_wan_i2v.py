@@ -71,7 +71,8 @@ def test_ti2v_first_latent_frame_is_what_the_pipeline_conditions_on(host, tiny_m
 def test_ti2v_conditioned_frame_has_timestep_zero_zero_gradient_and_is_never_routed(host, tiny_model_dir):
     from tuner.train.timesteps import add_noise
 
-    from tuner_wan.conditioning import masked_mse, model_inputs
+    from tuner.train.timesteps import velocity_errors
+    from tuner_wan.conditioning import model_inputs
 
     bundle = _bundle(host, tiny_model_dir, "ti2v-5b-2.2")
     x0 = torch.randn(2, 48, 3, 4, 4)
@@ -86,7 +87,7 @@ def test_ti2v_conditioned_frame_has_timestep_zero_zero_gradient_and_is_never_rou
     assert timestep.shape == (2, 3 * 2 * 2)
     assert timestep[:, :4].eq(0).all() and torch.allclose(timestep[:, 4:], sigmas[:, None] * 1000)
     pred = bundle.denoiser(**inputs.kwargs, return_dict=False)[0].detach().requires_grad_(True)
-    masked_mse(pred, noise - x0, inputs.loss_mask).mean().backward()
+    velocity_errors(pred, x0, noise, inputs.loss_mask).mean().backward()
     assert pred.grad[:, :, 0].abs().max() == 0 and pred.grad[:, :, 1:].abs().max() > 0
     assert inputs.force_keep is not None and inputs.force_keep[:, :4].all() and not inputs.force_keep[:, 4:].any()
 

@@ -1,0 +1,133 @@
+"""The Flux model family, as tuner hooks.
+
+This module is the ``tuner.plugins`` entry point. It imports nothing heavy:
+each hook imports what it needs when called. Flux needed no hook Wan did not
+already use: images are one-frame samples (``ModelBundle.max_frames = 1``),
+two text encoders are two entries of ``ModelBundle.encoders``, and the two
+block kinds are two ``block_lists`` routed as one stack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.hookspecs import hookimpl
+
+from tuner_flux.settings import FLAVOURS, FluxSection
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuner.config import RunConfig
+    from tuner.types import AdapterWeights, LossOutput, ModelBundle, ValidationRequest, ValidationResult
+
+FAMILY = "flux"
+# Every linear layer of both block kinds (attention, both streams' feed-forward, the single blocks' fused
+# MLP input and output) and the final projection: what kohya / ai-toolkit adapt by default.
+LORA_TARGETS = [
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+    "proj_out",
+]
+
+
+@hookimpl
+def register_config_sections(register: Any) -> None:
+    register("flux", FluxSection)
+
+
+@hookimpl
+def register_model_families(register: Any) -> None:
+    register(FAMILY, "FLUX.1 dev and schnell and Flux-derived checkpoints: text-to-image (diffusers layout)")
+
+
+@hookimpl
+def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
+    from tuner.types import ModelBundle
+
+    from tuner_flux.loading import load_components
+
+    section = config.section("flux")
+    parts = load_components(section, config, device)
+    transformer = parts["transformer"]
+    return ModelBundle(
+        family=FAMILY,
+        denoiser=transformer,
+        lora_target_modules=list(LORA_TARGETS),
+        components=parts,
+        temporal_compression=1,
+        max_frames=1,  # an image model: clips give their first frame
+        spatial_multiple=parts["vae_scale_factor"] * 2,  # latents are packed in 2x2 patches
+        cache_id=parts["cache_id"],
+        supports_token_routing=True,  # flow_matching_loss carries a router's plan out (tuner_flux.routing)
+        num_blocks=len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks),
+        base_model=section.flux_pretrained_model_name_or_path or FLAVOURS[section.flux_model_flavour][0],
+        block_lists=["transformer_blocks", "single_transformer_blocks"],
+        encoders={"text_encoder": "text", "text_encoder_2": "text", "vae": "latent"},
+    )
+
+
+@hookimpl
+def encode_batch(bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    from tuner_flux.encode import encode_images
+
+    return encode_images(bundle, pixels)
+
+
+@hookimpl
+def encode_prompts(bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+    from tuner_flux.encode import encode_texts
+
+    return encode_texts(bundle, prompts)
+
+
+@hookimpl
+def compute_loss(
+    bundle: ModelBundle, batch: dict[str, torch.Tensor], generator: torch.Generator, config: RunConfig
+) -> LossOutput:
+    from tuner_flux.loss import flow_matching_loss
+
+    return flow_matching_loss(bundle, batch, generator, config)
+
+
+@hookimpl
+def eval_loss(
+    bundle: ModelBundle, batch: dict[str, torch.Tensor], sigmas: torch.Tensor, generator: torch.Generator, config: RunConfig
+) -> torch.Tensor:
+    from tuner_flux.loss import eval_errors
+
+    return eval_errors(bundle, batch, sigmas, generator)
+
+
+@hookimpl
+def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResult:
+    from tuner_flux.validation import render_validation
+
+    return render_validation(bundle, request)
+
+
+@hookimpl
+def export_adapter(bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str) -> Path | None:
+    from tuner_flux.export import save_adapter
+
+    config = bundle.denoiser.config
+    return save_adapter(weights, path, lora_format, config.num_attention_heads * config.attention_head_dim)
+
+
+@hookimpl
+def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, Any]:
+    from tuner_flux.tiny import write_tiny_flux
+
+    return write_tiny_flux(path, seed, variant)
