@@ -25,7 +25,7 @@ __all__ = [
     "parse_backend_file",
 ]
 
-_FORBID = ConfigDict(extra="forbid", populate_by_name=True)
+_FORBID = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 # Used by crop_aspect closest/random when the dataset names no crop_aspect_buckets.
 DEFAULT_ASPECT_BUCKETS = (0.5625, 0.6667, 0.75, 1.0, 1.3333, 1.5, 1.7778)
 
