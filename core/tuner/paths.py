@@ -29,6 +29,7 @@ __all__ = [
 # The limits common to Linux, macOS and Windows file systems: bytes per name, bytes per path.
 NAME_MAX = 255
 PATH_MAX = 4096
+_WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 
 
 def text_problem(value: str) -> str | None:
@@ -88,7 +89,7 @@ def looks_local(value: str) -> bool:
     """
     if value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or value in (".", ".."):
         return True
-    if os.path.isabs(value) or value.endswith((".safetensors", ".ckpt", ".pt", ".bin", ".gguf")):
+    if os.path.isabs(value) or value.endswith(_WEIGHT_SUFFIXES):
         return True
     parts = [p for p in value.replace("\\", "/").split("/") if p]
     return len(parts) > 2
@@ -112,8 +113,9 @@ def check_model_parts(parts: Iterable[tuple[str, str, str]], *, layout: str = ""
         if not path.exists():
             if not looks_local(source):
                 continue  # a Hub id: the library downloads it (or says it cannot)
+            kind = "file" if path.suffix in _WEIGHT_SUFFIXES else "folder"
             raise ConfigError(
-                f"{option}: no such folder {source} (the path looks local, so the Hub is not asked): check the path"
+                f"{option}: no such {kind} {source} (the path looks local, so the Hub is not asked): check the path"
             )
         if path.is_file():
             if subfolder and not source.endswith(".safetensors"):

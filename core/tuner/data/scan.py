@@ -91,9 +91,12 @@ def _scan_dataset(spec: DatasetSpec, report: DataReport, workers: int, delete_pr
             " second link): not entered again, so its files count once"
         )
     if not files:
+        unread = f"; {len(listing.unreadable)} folder(s) could not be read, e.g. {listing.unreadable[0][0]}: " + (
+            listing.unreadable[0][1]
+        ) if listing.unreadable else ""
         raise DataError(
             f"no clips or images found in {spec.root} (dataset '{spec.id}'; looked for"
-            f" {', '.join(sorted(MEDIA_EXTENSIONS))})"
+            f" {', '.join(sorted(MEDIA_EXTENSIONS))}{unread})"
         )
     captions = CaptionSource(spec)
     index = FileIndex(spec.vae_cache / f"files-{safe_name(spec.id)}.json")
