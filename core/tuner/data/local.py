@@ -48,7 +48,10 @@ def find_media(root: Path) -> MediaListing:
     candidates: list[Path] = []
     for folder, dirs, files in os.walk(root, followlinks=True, onerror=unreadable):
         keep = []
-        for name in sorted(d for d in dirs if not d.startswith(".")):
+        # Real folders before links to them: a folder is listed under its own name where it can be.
+        visible = (d for d in dirs if not d.startswith("."))
+        names = sorted(visible, key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
+        for name in names:
             path = os.path.join(folder, name)
             ident = _identity(path)
             if ident is None:
