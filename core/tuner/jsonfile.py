@@ -26,6 +26,21 @@ def decode_text(raw: bytes, path: str | Path, *, error: type[Exception] = ValueE
         ) from None
 
 
+def _read_regular_file(path: Path) -> tuple[str, bytes | None]:
+    """``("", bytes)``, or why the file cannot be read and ``None``."""
+    try:
+        # Only regular files: a device or a pipe (/dev/zero) would be read forever.
+        if not path.is_file():
+            if not path.exists():
+                return f"no such file {path}", None
+            return f"{path} {'is a folder' if path.is_dir() else 'is not a regular file'}, not a JSON file", None
+        return "", path.read_bytes()
+    except OSError as exc:  # unreadable, or a name the file system refuses
+        return f"cannot read {path}: {exc.strerror or exc}", None
+    except ValueError as exc:  # a NUL in the path
+        return f"the path {ascii(str(path))} is not a usable file name ({exc})", None
+
+
 def read_json(path: Path, *, what: str = "", error: type[Exception] = ValueError) -> Any:
     """The parsed contents of ``path``; a missing file or bad JSON raises ``error`` with one readable line.
 
@@ -34,16 +49,9 @@ def read_json(path: Path, *, what: str = "", error: type[Exception] = ValueError
     """
     name = f"{what} {path}".strip()
     prefix = f"{what}: " if what else ""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise error(f"{prefix}no such file {path}") from None
-    except IsADirectoryError:
-        raise error(f"{prefix}{path} is a folder, not a file") from None
-    except OSError as exc:  # unreadable, or a name the file system refuses
-        raise error(f"{prefix}cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # a NUL in the path
-        raise error(f"{prefix}the path {ascii(str(path))} is not a usable file name ({exc})") from None
+    problem, raw = _read_regular_file(Path(path))
+    if raw is None:
+        raise error(f"{prefix}{problem}")
     text = decode_text(raw, name, error=error)
     try:
         return json.loads(text)
