@@ -65,7 +65,8 @@ def friendly_errors(fn: F) -> F:
 
 def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | None) -> tuple[PluginHost, RunConfig]:
     """Read the file, apply ``--set``, activate plugins, validate."""
-    from tuner.config import check_top_level, implied_plugins, merge, parse_overrides, read_config_file, resolve_config
+    from tuner.config import check_top_level, implied_plugins, merge, parse_overrides, read_config_file
+    from tuner.config import resolve_config
     from tuner.plugins import PluginHost
     from tuner.report.progress import say
 

@@ -54,7 +54,8 @@ def check_path_text(option: str, value: str | os.PathLike[str], error: type[Exce
     if problem is None:
         longest = max(text.replace("\\", "/").split("/"), key=lambda part: len(part.encode()))
         if len(longest.encode()) > NAME_MAX:
-            problem = f"has a name of {len(longest.encode())} bytes ('{longest[:24]}...'); file systems allow {NAME_MAX}"
+            size = len(longest.encode())
+            problem = f"has a name of {size} bytes ('{longest[:24]}...'); file systems allow {NAME_MAX}"
         elif len(text.encode()) > PATH_MAX:
             problem = f"is {len(text.encode())} bytes long; file systems allow {PATH_MAX}"
     if problem is not None:
@@ -74,7 +75,7 @@ def check_output_dir(option: str, path: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except FileExistsError:
-        raise ConfigError(f"{option}: a file is in the way of the folder {path}: move it or name another folder") from None
+        raise ConfigError(f"{option}: a file is in the way of the folder {path}: move it or pick another") from None
     except OSError as exc:
         raise ConfigError(
             f"{option}: cannot write to {path} ({exc.strerror or exc}): pick a folder you can write to"

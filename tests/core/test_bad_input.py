@@ -122,6 +122,13 @@ def _scheduler(run: Path, change: Callable[[dict[str, Any]], None]) -> list[str]
     return []
 
 
+def _cut(folder: Path) -> list[str]:
+    """Cut a component's weights file in half, as an interrupted download leaves it."""
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return []
+
+
 def _not_writable(run: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     if os.geteuid() == 0:
         target = "/sys/tuner-bad-input"  # sysfs refuses new entries even to root
@@ -216,6 +223,12 @@ CASES = [
     Case("transformer file missing", _set("pretrained_transformer_model_name_or_path='weights/wan.safetensors'"), "no such file weights/wan.safetensors"),
     Case("scheduler without _class_name", lambda r: _scheduler(r, lambda d: d.pop("_class_name")), "scheduler_config.json: it has no '_class_name'"),
     Case("scheduler naming no class", lambda r: _scheduler(r, lambda d: d.update(_class_name="NoSuchScheduler")), "'_class_name' is 'NoSuchScheduler', not a diffusers scheduler"),
+    Case("transformer weights cut off", lambda r: _cut(r / "model" / "transformer"), "cannot load Wan from"),
+    Case("text encoder weights cut off", lambda r: _cut(r / "model" / "text_encoder"), "cannot load Wan from"),
+    Case("transformer config.json broken", lambda r: (r / "model" / "transformer" / "config.json").write_text("{x") and [],
+         "transformer/config.json' is not a valid JSON file"),
+    Case("tokenizer config broken", lambda r: (r / "model" / "tokenizer" / "tokenizer_config.json").write_text("{x") and [],
+         "cannot load Wan from"),
     # -- the backend file ----------------------------------------------------------------------
     Case("backend not UTF-8", lambda r: _backend(r, None, raw=b'[{"id": "caf\xe9"}]'), "is not UTF-8 text (byte 0xe9 on line 1)"),
     Case("backend invalid JSON", lambda r: _backend(r, None, raw=b"[{"), "invalid JSON at line 1"),

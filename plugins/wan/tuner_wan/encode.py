@@ -54,7 +54,8 @@ def encode_texts(bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torc
 
 def count_tokens(tokenizer: object, prompts: list[str]) -> list[int]:
     """Tokens of each prompt as `encode_texts` tokenizes it, before the cut at ``max_sequence_length``."""
-    ids = tokenizer(prompts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]  # type: ignore[operator]
+    tokens = tokenizer(prompts, add_special_tokens=True, truncation=False, verbose=False)  # type: ignore[operator]
+    ids = tokens["input_ids"]
     return [len(i) for i in ids]
 
 

@@ -126,6 +126,7 @@ def _load_parts(
     import diffusers
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     revision = section.revision
@@ -141,8 +142,9 @@ def _load_parts(
         tokenizer = AutoTokenizer.from_pretrained(t5_src, subfolder="tokenizer", revision=revision)
         # Any scheduler class reads scheduler_config.json; its _class_name picks the real one (UniPC for Wan).
         scheduler_config = UniPCMultistepScheduler.load_config(base, subfolder="scheduler", revision=revision)
-    except OSError as exc:
-        raise ConfigError(f"cannot load Wan from '{base}': {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, SafetensorError) as exc:  # missing, damaged (cut-off weights, bad JSON) files
+        reason = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise ConfigError(f"cannot load Wan from '{base}': {reason}") from None
     return transformers, vae, text_encoder, tokenizer, scheduler_from_config(diffusers, scheduler_config, base)
 
 
