@@ -334,12 +334,15 @@ def test_bad_input_in_a_real_process(finished_run, tmp_path, monkeypatch, setup,
     assert _snapshot(run) == before
 
 
-@pytest.mark.parametrize("kind", ["config", "backend"])
+@pytest.mark.parametrize("kind", ["config", "toml", "backend"])
 def test_json_with_a_byte_order_mark_is_read_like_any_json(finished_run, tmp_path, monkeypatch, kind):
     run, args = _prepare(finished_run, tmp_path, Case("bom", lambda r: [], ""), monkeypatch)
     if kind == "config":
         (run / "config.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(_config(run)).encode())
         args = ["config", "show", "--config", str(run / "config.json")]
+    elif kind == "toml":
+        (run / "config.toml").write_bytes(b"\xef\xbb\xbf" + (run / "config.toml").read_bytes())
+        args = ["config", "show", "--config", str(run / "config.toml")]
     else:
         _backend(run, None, raw=b"\xef\xbb\xbf" + json.dumps([_dataset()]).encode())
         args = ["config", "show", "--config", str(run / "config.toml")]
