@@ -90,7 +90,8 @@ def display_rotation(frame: Any) -> int:
     Phones store clips sideways and say so in the display matrix (side data): FFmpeg's players
     turn them, and so does tuner, as it applies an image's EXIF orientation.
     """
-    rotation = frame.rotation  # counter-clockwise, in [-180, 180]; 0 without a display matrix
+    # Counter-clockwise, in [-180, 180]; 0 without a display matrix (or with a PyAV too old to read it).
+    rotation = getattr(frame, "rotation", 0) or 0
     return int(round(rotation / 90.0)) % 4 * 90
 
 
