@@ -80,3 +80,39 @@ def test_every_float_option_of_every_installed_plugin_refuses_inf_and_nan():
                 assert any(e["loc"] == (name,) for e in caught.value.errors()), f"{section}.{name} = {bad}"
                 checked += 1
     assert checked >= 3 * 10, checked
+
+
+def test_mutated_backend_files_load_or_raise_a_tuner_error(fuzz_folder, monkeypatch):
+    import json
+
+    from tuner.config import resolve_config
+    from tuner.data.layout import load_layout
+
+    monkeypatch.chdir(fuzz_folder)
+    host = PluginHost.build(["wan"])
+    config = resolve_config({"data": {"data_backend_config": "backend.json"}}, host, base_dir=fuzz_folder)
+    video = {
+        "id": "clips", "type": "local", "dataset_type": "video", "instance_data_dir": "clips", "crop": True,
+        "crop_aspect": "closest", "resolution": 480, "resolution_type": "pixel_area", "repeats": 1,
+        "minimum_image_size": 256, "maximum_image_size": 720, "target_downsample_size": 480,
+        "caption_strategy": "textfile", "cache_dir_vae": "cache/vae", "text_embeds": "text",
+        "video": {"num_frames": 17, "min_frames": 17, "max_frames": 81, "bucket_strategy": "aspect_ratio"},
+    }  # fmt: skip
+    text = {"id": "text", "type": "local", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"}
+    outcomes = {"accepted": 0, "refused": 0}
+
+    @_settings(60)
+    @given(config_mutations({"datasets": [video, text]}, max_mutations=2))
+    def check(case):
+        wrapped, _ = case
+        entries = wrapped.get("datasets", wrapped)  # a mutation may replace or drop the list itself
+        (fuzz_folder / "backend.json").write_text(json.dumps(entries))
+        try:
+            load_layout(config)
+            outcomes["accepted"] += 1
+        except TunerError as exc:
+            assert str(exc) and "\n" not in str(exc), "one line"
+            outcomes["refused"] += 1
+
+    check()
+    assert outcomes["accepted"] >= 3 and outcomes["refused"] >= 3, outcomes

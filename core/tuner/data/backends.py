@@ -203,6 +203,8 @@ def parse_backend_file(path: Path) -> list[tuple[str, BaseModel]]:
             raise DataError(f"{where}: id '{name}' is used twice; ids must be unique")
         seen.add(name)
         kind = item.get("dataset_type", "image")
+        if not isinstance(kind, str):
+            raise DataError(f"{where}: dataset_type must be one of {', '.join(_MODELS)} (got {kind!r})")
         if kind in _NOT_YET:
             raise DataError(f"{where}: dataset_type '{kind}' is not supported by tuner yet")
         if kind not in _MODELS:
