@@ -177,13 +177,18 @@ NOT_OFFERED = {
 }
 
 
+def _shown(text: str) -> str:
+    """``text`` as a message shows it: on one line, control characters escaped."""
+    return text if text.isprintable() else ascii(text)[1:-1]
+
+
 def _unknown_key(key: str, known: list[str]) -> str:
     if key in NOT_OFFERED:
         return f"config key '{key}' is not supported: {NOT_OFFERED[key]}"
     owner = _option_owners().get(key)
     if owner is not None:
         return f"config key '{key}' belongs to plugin '{owner}', which is not active: add --plugin {owner} or list it in plugins"
-    return f"unknown config key '{key}'{did_you_mean(key, known)}"
+    return f"unknown config key '{_shown(key)}'{did_you_mean(key, known)}"
 
 
 def _option_owners() -> dict[str, str]:
@@ -222,7 +227,7 @@ def implied_plugins(raw: Mapping[str, Any], host: PluginHost) -> dict[str, str]:
 def _format_error(section: str, model: type[BaseModel], exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = _shown(".".join(str(p) for p in err["loc"]))
         where = f"{section}.{loc}" if loc else section
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key '{where}'{did_you_mean(str(err['loc'][-1]), model.model_fields)}")
@@ -278,7 +283,7 @@ def _check_text(value: Any, where: str) -> None:
     if isinstance(value, str):
         problem = text_problem(value)
         if problem is not None:
-            raise ConfigError(f"{where or 'config'}: the value {problem}: remove it")
+            raise ConfigError(f"{_shown(where) or 'config'}: the value {problem}: remove it")
     elif isinstance(value, Mapping):
         for key, item in value.items():
             name = f"{where}.{key}" if where else str(key)
