@@ -65,18 +65,15 @@ def friendly_errors(fn: F) -> F:
 
 def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | None) -> tuple[PluginHost, RunConfig]:
     """Read the file, apply ``--set``, activate plugins, validate."""
-    from tuner.config import implied_plugins, merge, parse_overrides, read_config_file, resolve_config
+    from tuner.config import check_top_level, implied_plugins, merge, parse_overrides, read_config_file
+    from tuner.config import resolve_config
     from tuner.plugins import PluginHost
     from tuner.report.progress import say
 
     raw, overrides = read_config_file(config), parse_overrides(sets or [])
     combined = merge(raw, overrides)
-    listed = combined.get("plugins", [])
-    if not isinstance(listed, list):
-        from tuner.errors import ConfigError
-
-        raise ConfigError(f"'plugins' must be a list of plugin names, got {listed!r}")
-    names = [*(plugins or []), *listed]
+    check_top_level(combined)
+    names = [*(plugins or []), *combined.get("plugins", [])]
     host = PluginHost.build(names)
     implied = implied_plugins(combined, host)
     if implied:

@@ -32,7 +32,15 @@ if TYPE_CHECKING:
     from tuner.train.settings import TrainSection
     from tuner.validate.settings import ValidationSection
 
-__all__ = ["RunConfig", "read_config_file", "parse_overrides", "merge", "resolve_config", "config_schema"]
+__all__ = [
+    "RunConfig",
+    "read_config_file",
+    "parse_overrides",
+    "merge",
+    "check_top_level",
+    "resolve_config",
+    "config_schema",
+]
 
 TOP_LEVEL_KEYS = ("plugins", "model_family")
 
@@ -68,8 +76,11 @@ class RunConfig:
     def resolve_path(self, value: str | Path) -> str:
         """A model path or hub id: a relative path that exists beside the config wins."""
         candidate = Path(value).expanduser()
-        if not candidate.is_absolute() and (self.base_dir / candidate).exists():
-            return str((self.base_dir / candidate).resolve())
+        try:
+            if not candidate.is_absolute() and (self.base_dir / candidate).exists():
+                return str((self.base_dir / candidate).resolve())
+        except (OSError, ValueError):
+            pass  # a name no file system takes: `tuner.paths.check_path_text` says so, naming the option
         return str(value)
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,20 +92,23 @@ class RunConfig:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Parse a ``.toml`` or ``.json`` config file into a dict."""
+    from tuner.jsonfile import decode_text
+
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() not in (".json", ".toml"):
+        raise ConfigError(f"config file {path} must end in .toml or .json")
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        elif path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        else:
-            raise ConfigError(f"config file {path} must end in .toml or .json")
+        text = decode_text(path.read_bytes(), path, error=ConfigError)
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a table/object")
     return data
@@ -163,13 +177,18 @@ NOT_OFFERED = {
 }
 
 
+def _shown(text: str) -> str:
+    """``text`` as a message shows it: on one line, control characters escaped."""
+    return text if text.isprintable() else ascii(text)[1:-1]
+
+
 def _unknown_key(key: str, known: list[str]) -> str:
     if key in NOT_OFFERED:
         return f"config key '{key}' is not supported: {NOT_OFFERED[key]}"
     owner = _option_owners().get(key)
     if owner is not None:
         return f"config key '{key}' belongs to plugin '{owner}', which is not active: add --plugin {owner} or list it in plugins"
-    return f"unknown config key '{key}'{did_you_mean(key, known)}"
+    return f"unknown config key '{_shown(key)}'{did_you_mean(key, known)}"
 
 
 def _option_owners() -> dict[str, str]:
@@ -208,7 +227,7 @@ def implied_plugins(raw: Mapping[str, Any], host: PluginHost) -> dict[str, str]:
 def _format_error(section: str, model: type[BaseModel], exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = _shown(".".join(str(p) for p in err["loc"]))
         where = f"{section}.{loc}" if loc else section
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key '{where}'{did_you_mean(str(err['loc'][-1]), model.model_fields)}")
@@ -246,9 +265,44 @@ def _blank_paths_unset(model: type[BaseModel], values: Mapping[str, Any]) -> Map
     return {**values, **dict.fromkeys(blank)} if blank else values
 
 
-def _resolve_paths(model: BaseModel, base_dir: Path) -> None:
+def check_top_level(raw: Mapping[str, Any]) -> None:
+    """``plugins`` is a list of names and ``model_family`` a name; every text can be written to a file."""
+    plugins = raw.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+        raise ConfigError(f"'plugins' must be a list of plugin names such as [\"wan\"], got {plugins!r}")
+    family = raw.get("model_family")
+    if family is not None and (not isinstance(family, str) or not family):
+        raise ConfigError(f"'model_family' must be the name of a model family such as \"wan\", got {family!r}")
+    _check_text(raw, "")
+
+
+def _check_text(value: Any, where: str) -> None:
+    # A NUL or a lone surrogate passes validation and fails later, in a file name or a log line.
+    from tuner.paths import text_problem
+
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem is not None:
+            raise ConfigError(f"{_shown(where) or 'config'}: the value {problem}: remove it")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            name = f"{where}.{key}" if where else str(key)
+            problem = text_problem(str(key))
+            if problem is not None:
+                raise ConfigError(f"config key {ascii(name)} {problem}: remove it")
+            _check_text(item, name)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{where}[{i}]")
+
+
+def _resolve_paths(model: BaseModel, section: str, base_dir: Path) -> None:
+    from tuner.paths import check_path_text
+
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
+        if isinstance(value, Path):
+            check_path_text(f"{section}.{name}", value)
         if isinstance(value, Path) and not value.is_absolute() and "Path" in str(info.annotation):
             # Only files (the inputs) are looked for in the current directory: output folders stay put.
             setattr(model, name, beside_config(value, base_dir, found=Path.is_file))
@@ -269,17 +323,15 @@ def resolve_config(
     nested = _nest_flat_keys(raw, host.sections)
     if overrides:
         nested = merge(nested, _nest_flat_keys(overrides, host.sections))
+    check_top_level(nested)
     sections: dict[str, BaseModel] = {}
     for name, model in host.sections.items():
         try:
             sections[name] = model.model_validate(_blank_paths_unset(model, nested.get(name, {})))
             # Assigning the resolved paths validates those fields again: file checks see the real path.
-            _resolve_paths(sections[name], base_dir)
+            _resolve_paths(sections[name], name, base_dir)
         except ValidationError as exc:
             raise ConfigError(_format_error(name, model, exc)) from None
-    plugins = nested.get("plugins", [])
-    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-        raise ConfigError(f"'plugins' must be a list of plugin names, got {plugins!r}")
     if "validation" in sections and "evaluation" in sections:
         from tuner.validate.settings import check_held_out_dataset
 

@@ -73,8 +73,10 @@ def register_config_sections(register: Callable[[str, type[BaseModel]], None]) -
     :param register: call ``register(name, model)`` with the section's name
         (the TOML table, e.g. ``"wan"``) and a pydantic model whose fields are
         the options. Give every field a default and a ``description``, and set
-        ``model_config = ConfigDict(extra="forbid")`` so a mistyped key is an
-        error. Field names must be unique across all sections: a user may
+        ``model_config = ConfigDict(extra="forbid", allow_inf_nan=False)`` so a
+        mistyped key is an error and ``inf``/``nan`` are refused where a
+        number must be finite (give float fields both bounds otherwise).
+        Field names must be unique across all sections: a user may
         write any option at the top level of the config (as the Wan guide
         does) and the core finds its section by name.
     """

@@ -6,9 +6,9 @@ objects but import nothing heavy at module level, so the CLI stays light.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
@@ -132,6 +132,11 @@ class ModelBundle:
         restores them in checkpoints; they are not exported with the adapter
         and not averaged by EMA. Why a field and not a hidden attribute of the
         denoiser: checkpoints, resume and the optimizer must all see them.
+    :ivar count_prompt_tokens: ``prompts -> token counts``, as the family's
+        tokenizer counts them before any cut; with `max_prompt_tokens` (the
+        tokens `encode_prompts` keeps) the core tells the user, once, which
+        captions are cut. ``None``: the family does not cut prompts.
+    :ivar max_prompt_tokens: the tokens of a prompt `encode_prompts` keeps.
     """
 
     family: str
@@ -156,6 +161,8 @@ class ModelBundle:
     hidden_size: int = 0
     token_grid: Callable[[dict[str, torch.Tensor]], tuple[int, int, int]] | None = None
     trainables: dict[str, torch.nn.Module] = field(default_factory=dict)
+    count_prompt_tokens: Callable[[list[str]], list[int]] | None = None
+    max_prompt_tokens: int = 0
 
     def trained_experts(self) -> list[Expert]:
         """The experts the run trains; a single denoiser is one expert over the whole range."""

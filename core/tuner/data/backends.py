@@ -25,7 +25,7 @@ __all__ = [
     "parse_backend_file",
 ]
 
-_FORBID = ConfigDict(extra="forbid", populate_by_name=True)
+_FORBID = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 # Used by crop_aspect closest/random when the dataset names no crop_aspect_buckets.
 DEFAULT_ASPECT_BUCKETS = (0.5625, 0.6667, 0.75, 1.0, 1.3333, 1.5, 1.7778)
 
@@ -190,6 +190,7 @@ def parse_backend_file(path: Path) -> list[tuple[str, BaseModel]]:
     for number, item in enumerate(raw, start=1):
         if not isinstance(item, dict):
             raise DataError(f"data_backend_config {path}: entry {number} is not an object")
+        _check_text(item, f"data_backend_config {path}: entry {number}")
         name = item.get("id")
         where = (
             f"data_backend_config {path}: dataset '{name}' (entry {number})"
@@ -202,6 +203,8 @@ def parse_backend_file(path: Path) -> list[tuple[str, BaseModel]]:
             raise DataError(f"{where}: id '{name}' is used twice; ids must be unique")
         seen.add(name)
         kind = item.get("dataset_type", "image")
+        if not isinstance(kind, str):
+            raise DataError(f"{where}: dataset_type must be one of {', '.join(_MODELS)} (got {kind!r})")
         if kind in _NOT_YET:
             raise DataError(f"{where}: dataset_type '{kind}' is not supported by tuner yet")
         if kind not in _MODELS:
@@ -211,4 +214,35 @@ def parse_backend_file(path: Path) -> list[tuple[str, BaseModel]]:
             entries.append((where, model.model_validate(item)))
         except ValidationError as exc:
             raise DataError(_entry_error(where, model, exc)) from None
+        _check_paths(where, entries[-1][1])
     return entries
+
+
+def _check_text(item: dict, where: str) -> None:
+    # A NUL or a lone surrogate in any value fails later, inside the file system or a log line.
+    from tuner.paths import text_problem
+
+    def walk(value: object, key: str) -> None:
+        if isinstance(value, str) and (problem := text_problem(value)):
+            raise DataError(f"{where}: {key}: the value {problem}: remove it")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if problem := text_problem(str(k)):
+                    raise DataError(f"{where}: the key {ascii(k)} {problem}: remove it")
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+
+    walk(item, "")
+
+
+def _check_paths(where: str, entry: BaseModel) -> None:
+    from tuner.paths import check_path_text
+
+    values = {name: getattr(entry, name, None) for name in ("instance_data_dir", "cache_dir_vae", "cache_dir")}
+    parquet = getattr(entry, "parquet", None)
+    values["parquet.path"] = parquet.path if parquet is not None else None
+    for name, value in values.items():
+        if isinstance(value, str):
+            check_path_text(f"{where}: {name}", value, error=DataError)

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 # Part of every latent key: bump it when decoding or resizing changes, so old latents are not reused.
-PIXELS_VERSION = 1
+PIXELS_VERSION = 2  # 2: clips with a display matrix (phone clips) decode upright
 
 
 @dataclass(frozen=True)

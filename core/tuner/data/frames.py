@@ -2,7 +2,8 @@
 
 Resizing happens inside the decoder (libswscale through PyAV's ``reformat``), in
 C and without the GIL, so several decoder threads run truly in parallel with the
-encoder.
+encoder. Every picture comes out upright: an image's EXIF orientation and a clip's
+display matrix (the side data phones write instead of turning the pixels) are applied.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tuner.data.probe import IMAGE_EXTENSIONS, error_text
+from tuner.data.probe import IMAGE_EXTENSIONS, display_rotation, error_text
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
@@ -35,10 +36,15 @@ def _decode_video(path: Path, geometry: Geometry) -> np.ndarray:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                if (frame.width, frame.height) == (rw, rh):
+                turn = display_rotation(frame) // 90  # quarter turns counter-clockwise to stand upright
+                # The geometry is upright: a sideways frame is resized to the turned size, then turned.
+                sw, sh = (rh, rw) if turn % 2 else (rw, rh)
+                if (frame.width, frame.height) == (sw, sh):
                     rgb = frame.to_ndarray(format="rgb24")
                 else:
-                    rgb = frame.to_ndarray(width=rw, height=rh, format="rgb24", interpolation="BICUBIC")
+                    rgb = frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation="BICUBIC")
+                if turn:
+                    rgb = np.rot90(rgb, turn)
                 out[count] = rgb[top : top + geometry.height, left : left + geometry.width]
                 count += 1
                 if count == geometry.frames:

@@ -162,6 +162,7 @@ def _encode_missing_texts(
             stored.unlink(missing_ok=True)
         todo.append((caption, path))
     if todo:
+        world.main(_report_cut_captions)(bundle, scan, samples, {caption for caption, _ in todo})
         world.barrier()  # every process has its list before any entry is written
         written = build_texts(
             host,
@@ -173,6 +174,26 @@ def _encode_missing_texts(
         )
         _say_shares(world, written, "captions")  # also the wait for the whole cache
     return empty
+
+
+def _report_cut_captions(bundle: ModelBundle, scan: DataScan, samples: list[PlannedSample], captions: set[str]) -> None:
+    """Say once, as the captions are encoded, which are longer than the model reads (it sees only the start)."""
+    limit = bundle.max_prompt_tokens
+    if bundle.count_prompt_tokens is None or not limit:
+        return
+    ordered = sorted(c for c in captions if c)
+    long = {c: n for c, n in zip(ordered, bundle.count_prompt_tokens(ordered)) if n > limit}
+    if not long:
+        return
+    examples = []
+    for s in samples:
+        if s.caption in long and len(examples) < 3:
+            examples.append(f"{s.source.name}: {long.pop(s.caption)} tokens")
+    count = len(examples) + len(long)
+    scan.report.notice(
+        f"{count} caption(s) are longer than the {limit} tokens the model reads and were truncated to {limit}"
+        f" tokens (the rest is not seen; e.g. {', '.join(examples)})"
+    )
 
 
 def _hold_out_eval_dataset(

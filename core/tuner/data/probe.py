@@ -30,16 +30,17 @@ __all__ = [
     "Probed",
     "probe_files",
     "error_text",
+    "display_rotation",
 ]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2  # 2: a rotated clip's size is its upright size
 
 
 @dataclass(frozen=True)
 class MediaInfo:
-    """A file's picture size (after EXIF rotation for images) and frame count (1 for images)."""
+    """A file's upright picture size (after EXIF rotation or a clip's display matrix) and frame count (1 for images)."""
 
     width: int
     height: int
@@ -79,10 +80,39 @@ def _probe_image(path: Path) -> MediaInfo:
     return MediaInfo(width, height, 1, True)
 
 
+# FFmpeg's demuxers for single still images: such a file is a picture with a video name.
+_STILL_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe", "qoi_pipe"}
+
+
+def display_rotation(frame: Any) -> int:
+    """Degrees (0, 90, 180, 270) a decoded frame turns counter-clockwise to stand upright.
+
+    Phones store clips sideways and say so in the display matrix (side data): FFmpeg's players
+    turn them, and so does tuner, as it applies an image's EXIF orientation.
+    """
+    # Counter-clockwise, in [-180, 180]; 0 without a display matrix (or with a PyAV too old to read it).
+    rotation = getattr(frame, "rotation", 0) or 0
+    return int(round(rotation / 90.0)) % 4 * 90
+
+
+def _first_frame_rotation(container: Any, stream: Any) -> int:
+    # The display matrix arrives with the decoded frames: the first one tells. A clip whose first
+    # frame does not decode is reported by the decoder, where every broken frame is.
+    try:
+        first = next(container.decode(stream), None)
+    except Exception:  # noqa: BLE001 - PyAV raises many types for broken files
+        return 0
+    return 0 if first is None else display_rotation(first)
+
+
 def _probe_video(path: Path) -> MediaInfo:
     import av
 
     with av.open(str(path)) as container:
+        if container.format.name in _STILL_FORMATS:
+            codec = container.streams.video[0].codec_context.name if container.streams.video else ""
+            kind = {"mjpeg": "JPEG", "": "still"}.get(codec, codec.upper())
+            raise ProbeError(f"not a video: the file holds a {kind} image; give it its image extension (.png, .jpg)")
         if not container.streams.video:
             raise ProbeError("no video stream")
         stream = container.streams.video[0]
@@ -90,6 +120,9 @@ def _probe_video(path: Path) -> MediaInfo:
         frames = stream.frames
         if frames <= 0:  # some containers (webm, mkv) do not store it: count the packets
             frames = sum(1 for packet in container.demux(stream) if packet.size)
+            container.seek(0)
+        if _first_frame_rotation(container, stream) in (90, 270):
+            width, height = height, width
     if width <= 0 or height <= 0:
         raise ProbeError("the video stream has no picture size")
     if frames <= 0:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tuner.data.captions import CaptionSource
 from tuner.data.layout import DataLayout, DatasetSpec, load_layout, safe_name
-from tuner.data.local import MEDIA_EXTENSIONS, list_media
+from tuner.data.local import MEDIA_EXTENSIONS, find_media
 from tuner.data.probe import FileIndex, MediaInfo, probe_files
 from tuner.data.quarantine import quarantine_file
 from tuner.data.report import DataReport
@@ -81,11 +81,22 @@ def _scan_dataset(spec: DatasetSpec, report: DataReport, workers: int, delete_pr
 
     if not spec.root.is_dir():
         raise DataError(f"{spec.where}: instance_data_dir does not exist or is not a folder: {spec.root}")
-    files = list_media(spec.root)
+    listing = find_media(spec.root)
+    files = listing.files
+    for folder, reason in listing.unreadable:
+        report.skip(spec.id, folder, reason)  # listed as an unreadable file is; never quarantined
+    for link, target in listing.repeated:
+        report.notice(
+            f"dataset '{spec.id}': {link} leads back to {target}, a folder already scanned (a link loop or a"
+            " second link): not entered again, so its files count once"
+        )
     if not files:
+        unread = f"; {len(listing.unreadable)} folder(s) could not be read, e.g. {listing.unreadable[0][0]}: " + (
+            listing.unreadable[0][1]
+        ) if listing.unreadable else ""
         raise DataError(
             f"no clips or images found in {spec.root} (dataset '{spec.id}'; looked for"
-            f" {', '.join(sorted(MEDIA_EXTENSIONS))})"
+            f" {', '.join(sorted(MEDIA_EXTENSIONS))}{unread})"
         )
     captions = CaptionSource(spec)
     index = FileIndex(spec.vae_cache / f"files-{safe_name(spec.id)}.json")

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["DataSection", "CaptionStrategy", "ResolutionType"]
 
-_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+# allow_inf_nan=False: no option here means anything with inf or nan (a learning rate, a shift, a size).
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 CaptionStrategy = Literal["textfile", "filename", "instanceprompt", "parquet"]
 ResolutionType = Literal["pixel", "area", "pixel_area"]

@@ -12,7 +12,14 @@ import numpy as np
 
 from tuner.validate.media import write_video
 
-__all__ = ["SHAPES", "render_clip", "write_synthetic_clips", "write_synthetic_image", "write_broken_files"]
+__all__ = [
+    "SHAPES",
+    "render_clip",
+    "write_synthetic_clips",
+    "write_synthetic_image",
+    "write_broken_files",
+    "write_sideways_clip",
+]
 
 _COLORS = {"red": (220, 40, 40), "green": (40, 200, 70), "blue": (40, 80, 230), "yellow": (235, 215, 40)}
 _BACKGROUNDS = {"black": (10, 10, 10), "white": (240, 240, 240), "grey": (120, 120, 120)}
@@ -154,3 +161,22 @@ def _write_faststart(frames: np.ndarray, path: Path, fps: int = 16) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def write_sideways_clip(frames: np.ndarray, path: Path, degrees: int, fps: int = 16) -> Path:
+    """Write upright ``(F, H, W, 3)`` frames as a phone does: pixels turned, and a display matrix saying
+    to turn them back by ``degrees`` counter-clockwise (90, 180 or -90)."""
+    import av
+
+    stored = np.ascontiguousarray(np.rot90(frames, k=-(degrees // 90), axes=(1, 2)))
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = stored.shape[2], stored.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(degrees)
+        for frame in stored:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -143,6 +143,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     import torch
 
     from tuner.data.prepare import prepare_samples, scan_samples
+    from tuner.paths import check_output_dir
     from tuner.report.progress import TrainProgress, notice, say, set_log_format
     from tuner.train.adapters import attach_adapters
     from tuner.train.checkpoints import clean_partials
@@ -159,6 +160,8 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
 
     tc = config.train
     set_log_format(config.section("console").log_format)
+    # Every process, before the scan and the model: a bad output_dir costs seconds, not minutes.
+    check_output_dir("train.output_dir", Path(tc.output_dir))
     accelerator = _accelerator(config)
     world = World.of(accelerator, tc.gradient_accumulation_steps)
     # The main process scans first (it writes the file index and quarantines); the others then read it.

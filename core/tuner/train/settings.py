@@ -28,7 +28,8 @@ OptimizerName = Literal[
 ]
 LRSchedule = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
-_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+# allow_inf_nan=False: no option here means anything with inf or nan (a learning rate, a shift, a size).
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TrainSection(BaseModel):

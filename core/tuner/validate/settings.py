@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = ["ValidationSection", "EvaluationSection", "parse_size", "read_prompt_library", "read_prompt_images"]
 
-_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+# allow_inf_nan=False: no option here means anything with inf or nan (a learning rate, a shift, a size).
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def parse_size(value: str) -> tuple[int, int]:

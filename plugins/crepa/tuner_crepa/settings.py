@@ -13,7 +13,7 @@ class CrepaSection(BaseModel):
     """CREPA (training only): align a block's hidden states, frame by frame, to DINOv2 features of the same
     and neighbouring frames, as an extra loss term."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     crepa_enabled: bool = Field(False, description="Turn CREPA on (the guide: Training -> Loss functions -> CREPA).")
     crepa_block_index: int = Field(

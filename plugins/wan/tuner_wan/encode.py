@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
     from tuner.types import ModelBundle
 
-__all__ = ["encode_clips", "encode_texts", "collate_texts", "latent_stats"]
+__all__ = ["encode_clips", "encode_texts", "collate_texts", "count_tokens", "latent_stats"]
 
 
 def latent_stats(vae: object, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,6 +50,13 @@ def encode_texts(bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torc
         device=pipe._execution_device,  # where the work runs: the encoder may sit in CPU memory between uses
     )
     return [{"prompt_embeds": e[: max(1, n)].cpu()} for e, n in zip(embeds, lengths)]
+
+
+def count_tokens(tokenizer: object, prompts: list[str]) -> list[int]:
+    """Tokens of each prompt as `encode_texts` tokenizes it, before the cut at ``max_sequence_length``."""
+    tokens = tokenizer(prompts, add_special_tokens=True, truncation=False, verbose=False)  # type: ignore[operator]
+    ids = tokens["input_ids"]
+    return [len(i) for i in ids]
 
 
 def collate_texts(bundle: ModelBundle, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

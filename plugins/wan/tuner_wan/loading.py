@@ -126,6 +126,7 @@ def _load_parts(
     import diffusers
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     revision = section.revision
@@ -141,10 +142,23 @@ def _load_parts(
         tokenizer = AutoTokenizer.from_pretrained(t5_src, subfolder="tokenizer", revision=revision)
         # Any scheduler class reads scheduler_config.json; its _class_name picks the real one (UniPC for Wan).
         scheduler_config = UniPCMultistepScheduler.load_config(base, subfolder="scheduler", revision=revision)
-    except OSError as exc:
-        raise ConfigError(f"cannot load Wan from '{base}': {str(exc).splitlines()[0]}") from None
-    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
-    return transformers, vae, text_encoder, tokenizer, scheduler
+    except (OSError, ValueError, SafetensorError) as exc:  # missing, damaged (cut-off weights, bad JSON) files
+        reason = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise ConfigError(f"cannot load Wan from '{base}': {reason}") from None
+    return transformers, vae, text_encoder, tokenizer, scheduler_from_config(diffusers, scheduler_config, base)
+
+
+def scheduler_from_config(library: Any, config: dict[str, Any], source: str) -> Any:
+    """The scheduler ``scheduler_config.json`` names in ``_class_name``; one line when it names none."""
+    name = config.get("_class_name")
+    cls = getattr(library, name, None) if isinstance(name, str) else None
+    if cls is None or not hasattr(cls, "from_config"):
+        got = f"'_class_name' is {name!r}, not a diffusers scheduler" if name else "it has no '_class_name'"
+        raise ConfigError(
+            f"{source}: scheduler/scheduler_config.json: {got}; set it to the scheduler class"
+            " (UniPCMultistepScheduler for Wan)"
+        )
+    return cls.from_config(config)
 
 
 def _model_index(base: str, revision: str | None) -> dict[str, Any]:
@@ -155,6 +169,26 @@ def _model_index(base: str, revision: str | None) -> dict[str, Any]:
         return dict(DiffusionPipeline.load_config(base, revision=revision))
     except OSError as exc:
         raise ConfigError(f"cannot read model_index.json of '{base}': {str(exc).splitlines()[0]}") from None
+
+
+def _check_sources(section: WanSection, base: str, transformer_src: str, vae_src: str, t5_src: str) -> None:
+    """A missing local folder or part is named now, not after diffusers asks the Hub."""
+    from tuner.paths import check_model_parts
+
+    def option(name: str) -> str:
+        return f"wan.{name}" if getattr(section, name) else "wan.pretrained_model_name_or_path"
+
+    parts = [
+        ("wan.pretrained_model_name_or_path", base, "scheduler"),
+        (option("pretrained_vae_model_name_or_path"), vae_src, "vae"),
+        (option("pretrained_t5_model_name_or_path"), t5_src, "text_encoder"),
+        (option("pretrained_t5_model_name_or_path"), t5_src, "tokenizer"),
+    ]
+    for source, subfolder, _ in _transformer_sources(section, base, transformer_src).values():
+        own = source == transformer_src and transformer_src != base
+        name = option("pretrained_transformer_model_name_or_path") if own else "wan.pretrained_model_name_or_path"
+        parts.append((name, source, "" if source.endswith(".safetensors") else subfolder or ""))
+    check_model_parts(parts, layout="transformer/, vae/, text_encoder/, tokenizer/ and scheduler/")
 
 
 def load_components(section: WanSection, config: RunConfig, device: torch.device) -> dict[str, Any]:
@@ -170,6 +204,7 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
     transformer_src = config.resolve_path(section.pretrained_transformer_model_name_or_path or base)
     vae_src = config.resolve_path(section.pretrained_vae_model_name_or_path or base)
     t5_src = config.resolve_path(section.pretrained_t5_model_name_or_path or base)
+    _check_sources(section, base, transformer_src, vae_src, t5_src)
     with _quiet_library_bars():
         transformers, vae, text_encoder, tokenizer, scheduler = _load_parts(
             base, transformer_src, vae_src, t5_src, section, dtype

@@ -6,6 +6,7 @@ each hook imports what it needs when called.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
 
     from tuner.report.progress import notice
 
+    from tuner_wan.encode import count_tokens
     from tuner_wan.experts import single_stage_note
     from tuner_wan.loading import load_components
 
@@ -81,6 +83,8 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         experts=parts["experts"],
         hidden_size=int(transformer_config.num_attention_heads * transformer_config.attention_head_dim),
         token_grid=lambda batch: _token_grid(batch["latents"].shape, patch),
+        count_prompt_tokens=partial(count_tokens, parts["tokenizer"]),
+        max_prompt_tokens=section.max_sequence_length,
     )
 
 

@@ -16,7 +16,7 @@ FlavourName = Literal[tuple(FLAVOURS)]  # type: ignore[valid-type]
 class WanSection(BaseModel):
     """Where the Wan weights come from and how prompts are encoded."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     model_flavour: FlavourName = Field(
         "t2v-480p-1.3b-2.1",

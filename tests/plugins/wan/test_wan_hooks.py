@@ -99,7 +99,7 @@ def test_transformer_subfolder_none_reads_the_root(host, tiny_model_dir):
 
 def test_missing_model_is_a_config_error(host, tmp_path):
     config = resolve_config({"wan": {"pretrained_model_name_or_path": str(tmp_path / "missing")}}, host)
-    with pytest.raises(ConfigError, match="cannot load Wan from"):
+    with pytest.raises(ConfigError, match="no such folder .*missing .the path looks local, so the Hub is not asked"):
         host.load_model(config, torch.device("cpu"))
 
 
@@ -111,3 +111,12 @@ def test_bf16_mixed_precision_stores_the_base_in_bf16_and_trains(make_run, cli):
     assert result.exit_code == 0, result.output
     losses = [r["loss"] for r in read_log(config.parent / "output") if r["event"] == "step"]
     assert len(losses) == 3 and all(l == l for l in losses)
+
+
+def test_prompt_token_counts_say_which_prompts_encode_prompts_cuts(host, bundle):
+    long, short = "a red square moving right " * 12, "a red square"
+    counts = bundle.count_prompt_tokens([long, short])
+    assert bundle.max_prompt_tokens == 32 and counts[0] > 32 > counts[1]
+    embeds = host.encode_prompts(bundle, [long, short])
+    assert embeds[0]["prompt_embeds"].shape[0] == 32, "cut at max_sequence_length"
+    assert embeds[1]["prompt_embeds"].shape[0] == counts[1], "the count is the tokens the encoder sees"
