@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
-from tuner.train.checkpoints import read_checkpoint
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, PluginError
 from tuner.hookspecs import hookimpl
