@@ -572,6 +572,10 @@ def test_sigkill_at_every_rename_of_a_checkpoint_write_then_resume_matches_an_un
             options["resume_from_checkpoint"] = "latest"
         jobs.append({"folder": str(folder), "index": index, "when": when, "options": options})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    # The script forks after a warm-up run: with libgomp, a child forked from a process whose OpenMP
+    # team exists hangs at its first parallel op. One thread: no team, and the tiny ops are too small
+    # to be split across threads anyway (the results do not depend on it).
+    env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_KILL_AT_RENAMES), json.dumps(jobs)],
         capture_output=True, text=True, env=env, timeout=600,
