@@ -354,7 +354,7 @@ def test_a_fresh_run_into_another_runs_checkpoints_stops_unless_told_to_overwrit
 
 @pytest.mark.slow
 def test_the_demo_runs_twice_into_the_same_folder(tmp_path, cli):
-    args = ["demo", "--dir", str(tmp_path / "demo"), "--steps", "2"]
+    args = ["demo", "--plugin", "wan", "--dir", str(tmp_path / "demo"), "--steps", "2"]
     assert cli(args).exit_code == 0
     again = cli(args)
     assert again.exit_code == 0, again.stderr

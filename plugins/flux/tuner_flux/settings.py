@@ -22,7 +22,7 @@ FLAVOURS: dict[str, tuple[str, str]] = {
 class FluxSection(BaseModel):
     """Where the Flux weights come from, how prompts are encoded, and the guidance the transformer is given."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     flux_model_flavour: Literal["dev", "schnell"] = Field(
         "dev",
