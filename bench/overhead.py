@@ -233,7 +233,7 @@ def tiny_demo_figures(folder: Path, steps: int) -> dict[str, float]:
 
     launched = time.time()
     proc = subprocess.Popen(
-        ["tuner", "train", "--config", str(config), "--set", "validation.validation_prompt=''", "--set", "train.checkpoint_step_interval=0"],
+        ["tuner", "train", "--config", str(config), "--set", "validation.validation_prompt=''", "--set", "train.checkpoint_step_interval=0", "--set", "train.overwrite_output_dir=true"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
