@@ -102,6 +102,11 @@ def write_model(folder: Path, size: Size) -> Path:
     return model
 
 
+def write_mid_model(folder: Path) -> Path:
+    """The mid-size Wan-shaped model of the first row (other benches measure on it too)."""
+    return write_model(folder, SIZES[0])
+
+
 def tuner_steps(model: Path, folder: Path, size: Size, steps: int) -> Loop:
     """Wall time between consecutive steps of a real tuner run (everything the loop does)."""
     from tuner.config import resolve_config
