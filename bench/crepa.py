@@ -68,7 +68,7 @@ def child(folder: Path, crepa: bool, steps: int) -> dict[str, float]:
     host = PluginHost.build(["wan", "crepa"], extra={"clock": clock})
     options = {
         "train": {"output_dir": str(folder / ("on" if crepa else "off")), "max_train_steps": steps, "lora_rank": 16,
-                  "learning_rate": 1e-4, "checkpoint_step_interval": 0},
+                  "learning_rate": 1e-4, "checkpoint_step_interval": 0, "overwrite_output_dir": True},
         "data": {"instance_data_dir": str(folder / "clips"), "num_frames": 17, "resolution": 256,
                  "cache_dir": str(folder / "cache")},
         "wan": {"pretrained_model_name_or_path": str(folder / "model"), "max_sequence_length": 32},
