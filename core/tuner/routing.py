@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from tuner.types import ModelBundle, TokenRoute, TokenRouter
 
-__all__ = ["check_routing", "gather_tokens", "scatter_tokens", "routed_blocks"]
+__all__ = ["check_routing", "gather_tokens", "scatter_tokens", "routed_blocks", "run_block"]
 
 
 def check_routing(bundle: ModelBundle, router: TokenRouter) -> list[tuple[int, int]]:
@@ -49,6 +49,18 @@ def check_routing(bundle: ModelBundle, router: TokenRouter) -> list[tuple[int, i
                     f" (blocks {start}..{end}): move {feature} to a block outside every route, or change {routes}"
                 )
     return spans
+
+
+def run_block(model: Any, block: Any, *args: Any) -> Any:
+    """``block(*args)``, recomputed in backward when ``model`` has gradient checkpointing on (as diffusers' forwards do).
+
+    For a family's hand-written routed forward, which calls its blocks itself.
+    """
+    import torch
+
+    if torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False):
+        return model._gradient_checkpointing_func(block, *args)
+    return block(*args)
 
 
 def _index_like(index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

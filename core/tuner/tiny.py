@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CORPUS", "write_t5_tokenizer", "write_clip_tokenizer"]
+__all__ = ["CORPUS", "write_t5_tokenizer", "write_clip_tokenizer", "tiny_t5_config"]
 
 CORPUS = (
     "a red green blue yellow black white grey square circle triangle moving left right up down on the "
@@ -78,3 +78,18 @@ def write_clip_tokenizer(folder: Path, max_length: int, corpus: str = CORPUS) ->
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
     tokenizer.model_max_length = max_length
     tokenizer.save_pretrained(str(folder))
+
+
+def tiny_t5_config(config_class: type, tokenizer: object) -> object:
+    """A 2-layer, width-32 config of a T5-family encoder (``T5Config``, ``UMT5Config``) sized to ``tokenizer``."""
+    return config_class(
+        vocab_size=len(tokenizer),  # type: ignore[arg-type]
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
+        eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
+    )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuner.routing import gather_tokens, scatter_tokens
+from tuner.routing import gather_tokens, run_block, scatter_tokens
 
 if TYPE_CHECKING:
     import torch
@@ -32,15 +32,6 @@ __all__ = ["blocks", "routed_forward"]
 def blocks(model: Any) -> list[Any]:
     """The routable stack: double-stream blocks, then single-stream blocks."""
     return [*model.transformer_blocks, *model.single_transformer_blocks]
-
-
-def _run_block(model: Any, block: Any, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    # As diffusers' forward does: recompute each block in backward when checkpointing is on.
-    if torch.is_grad_enabled() and model.gradient_checkpointing:
-        return model._gradient_checkpointing_func(block, *args)
-    return block(*args)
 
 
 def routed_forward(
@@ -85,7 +76,7 @@ def routed_forward(
             hidden_states = gather_tokens(hidden_states, keep)
             rows = torch.cat((torch.arange(text, device=row.device), text + row))
             rope = (cos.index_select(0, rows), sin.index_select(0, rows))
-        encoder_hidden_states, hidden_states = _run_block(
+        encoder_hidden_states, hidden_states = run_block(
             model, block, hidden_states, encoder_hidden_states, temb, rope, None
         )
         if i == end:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import ConfigError, did_you_mean
-from tuner.tiny import write_clip_tokenizer, write_t5_tokenizer
+from tuner.tiny import tiny_t5_config, write_clip_tokenizer, write_t5_tokenizer
 
 from tuner_flux.settings import FLAVOURS
 
@@ -76,19 +76,7 @@ def _text_encoders(path: Path) -> tuple[Any, Any, Any, Any]:
             pad_token_id=clip_tok.pad_token_id,
         )
     )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tok),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=t5_tok.pad_token_id,
-            eos_token_id=t5_tok.eos_token_id,
-        )
-    )
+    t5 = T5EncoderModel(tiny_t5_config(T5Config, t5_tok))
     return clip, clip_tok, t5, t5_tok
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuner.routing import gather_tokens, scatter_tokens
+from tuner.routing import gather_tokens, run_block, scatter_tokens
 
 if TYPE_CHECKING:
     import torch
@@ -55,15 +55,6 @@ def force_keep_tokens(
         keep[:, : -(-conditioned_frames // p_t)] = True
     keep = keep.flatten(1)  # the order of patch_embedding(...).flatten(2)
     return keep if bool(keep.any()) else None
-
-
-def _run_block(model: Any, block: Any, *args: Any) -> torch.Tensor:
-    import torch
-
-    # As diffusers' forward does: recompute each block in backward when checkpointing is on.
-    if torch.is_grad_enabled() and model.gradient_checkpointing:
-        return model._gradient_checkpointing_func(block, *args)
-    return block(*args)
 
 
 def routed_forward(
@@ -119,7 +110,7 @@ def routed_forward(
             hidden_states = gather_tokens(hidden_states, keep)
             rope = (gather_tokens(rotary_emb[0], keep), gather_tokens(rotary_emb[1], keep))
             proj = gather_tokens(timestep_proj, keep) if per_token else timestep_proj
-        hidden_states = _run_block(model, block, hidden_states, encoder_hidden_states, proj, rope)
+        hidden_states = run_block(model, block, hidden_states, encoder_hidden_states, proj, rope)
         if i == end:
             hidden_states = scatter_tokens(full, hidden_states, keep)
             rope, proj, full, keep, end = rotary_emb, timestep_proj, None, None, -1

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import ConfigError, did_you_mean
-from tuner.tiny import write_t5_tokenizer
+from tuner.tiny import tiny_t5_config, write_t5_tokenizer
 
 from tuner_wan.flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour
 
@@ -123,19 +123,7 @@ def write_tiny_wan(path: Path, seed: int = 0, flavour: str | None = None) -> dic
     transformer = _transformer(spec)
     transformer_2 = _transformer(spec) if spec.two_experts else None
     vae = _vae(spec)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
+    text_encoder = UMT5EncoderModel(tiny_t5_config(UMT5Config, tokenizer))
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
     )
