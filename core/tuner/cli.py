@@ -80,7 +80,10 @@ def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | N
         host = PluginHost.build([*names, *implied])
         for plugin, key in implied.items():
             say(f"plugin '{plugin}' switched on: the config sets its option '{key}'")
-    return host, resolve_config(raw, host, base_dir=config.resolve().parent, overrides=overrides)
+    from tuner.config_paths import path_rule_for
+
+    rule = path_rule_for(config, raw, host.sections)  # a flat config.json reads paths from here, as SimpleTuner does
+    return host, resolve_config(raw, host, overrides=overrides, rule=rule)
 
 
 def _print_outputs(outputs: dict[str, Path]) -> None:

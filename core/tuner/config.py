@@ -4,21 +4,25 @@ A config is a TOML or JSON file with two top-level keys of the core's own
 (``plugins``, ``model_family``) and one table per section: the core's ``train``,
 ``data`` and ``validation`` and one per active plugin (``[wan]``, ...). Because
 option names are unique across sections, an option may also be written at the
-top level, as the Wan guide writes them; it is moved into its section.
-Relative paths are resolved against the config file's folder.
+top level, as the Wan guide writes them (``"--user_prompt_library"`` too); it is
+moved into its section. Relative paths follow one rule, `tuner.config_paths`:
+a flat ``config.json`` reads them from the start folder, anything else from its
+own folder.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from tuner.config_keys import TOP_LEVEL_KEYS, implied_plugins, nest_flat_keys, shown
+from tuner.config_paths import PathRule
 from tuner.errors import ConfigError, did_you_mean
 
 if sys.version_info >= (3, 11):
@@ -42,9 +46,6 @@ __all__ = [
     "config_schema",
 ]
 
-TOP_LEVEL_KEYS = ("plugins", "model_family")
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """The validated config of one run: every section as its typed model."""
@@ -53,6 +54,12 @@ class RunConfig:
     model_family: str
     sections: dict[str, BaseModel]
     base_dir: Path = field(default_factory=Path.cwd)
+    path_rule: PathRule | None = None  # how base_dir was chosen (unset: given by the caller)
+
+    @property
+    def paths(self) -> PathRule:
+        """The rule relative paths follow (`tuner.config_paths`)."""
+        return self.path_rule or PathRule(self.base_dir)
 
     def section(self, name: str) -> Any:
         """The typed section ``name`` (e.g. ``config.section("wan")``)."""
@@ -74,10 +81,13 @@ class RunConfig:
         return self.sections["validation"]  # type: ignore[return-value]
 
     def resolve_path(self, value: str | Path) -> str:
-        """A model path or hub id: a relative path that exists beside the config wins."""
+        """A model path or hub id: a relative path that exists under the path rule's folder, or that
+        looks local (``./x``, ``a/b/c``), is that path; anything else is left as a hub id."""
+        from tuner.paths import looks_local
+
         candidate = Path(value).expanduser()
         try:
-            if not candidate.is_absolute() and (self.base_dir / candidate).exists():
+            if not candidate.is_absolute() and ((self.base_dir / candidate).exists() or looks_local(str(value))):
                 return str((self.base_dir / candidate).resolve())
         except (OSError, ValueError):
             pass  # a name no file system takes: `tuner.paths.check_path_text` says so, naming the option
@@ -115,6 +125,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def _parse_value(text: str) -> Any:
+    if text in ("", "null"):
+        return None  # --set x= or x=null switches an option off (a quoted '' is an empty text)
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -122,7 +134,8 @@ def _parse_value(text: str) -> Any:
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["train.learning_rate=1e-4", "seed=1"]`` -> nested dict (values read as TOML)."""
+    """``["train.learning_rate=1e-4", "seed=1"]`` -> nested dict (values read as TOML; an empty value or
+    ``null`` is ``None``: the option switched off)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -149,85 +162,10 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
-    owner = {name: section for section, model in sections.items() for name in model.model_fields}
-    out: dict[str, Any] = {}
-    # Tables first, so a flat key that repeats a table entry is caught either way round.
-    for key, value in sorted(raw.items(), key=lambda kv: kv[0] not in sections):
-        if key in TOP_LEVEL_KEYS:
-            out[key] = value
-        elif key in sections:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"'{key}' is a section and must be a table, got {value!r}")
-            out.setdefault(key, {}).update(value)
-        elif key in owner:
-            table = out.setdefault(owner[key], {})
-            if key in table:
-                raise ConfigError(f"'{key}' is set both at the top level and in [{owner[key]}]")
-            table[key] = value
-        else:
-            raise ConfigError(_unknown_key(key, [*TOP_LEVEL_KEYS, *sections, *owner]))
-    return out
-
-
-# Options of the guide tuner does not offer, and why: refused by name rather than as typos.
-NOT_OFFERED = {
-    "validation_preview": "previews of intermediate sampler steps are not offered; each round writes its final clips",
-    "validation_preview_steps": "previews of intermediate sampler steps are not offered",
-}
-
-
-def _shown(text: str) -> str:
-    """``text`` as a message shows it: on one line, control characters escaped."""
-    return text if text.isprintable() else ascii(text)[1:-1]
-
-
-def _unknown_key(key: str, known: list[str]) -> str:
-    if key in NOT_OFFERED:
-        return f"config key '{key}' is not supported: {NOT_OFFERED[key]}"
-    owner = _option_owners().get(key)
-    if owner is not None:
-        return f"config key '{key}' belongs to plugin '{owner}', which is not active: add --plugin {owner} or list it in plugins"
-    return f"unknown config key '{_shown(key)}'{did_you_mean(key, known)}"
-
-
-def _option_owners() -> dict[str, str]:
-    """Option and section name -> the installed plugin that registers it (built-ins included)."""
-    from tuner.plugins import PluginHost
-
-    try:
-        every = PluginHost.build(all_installed=True)
-    except Exception:  # noqa: BLE001 - a broken third-party plugin must not hide the user's own mistake
-        return {}
-    owners = {}
-    for section, model in every.sections.items():
-        for name in (section, *model.model_fields):
-            owners[name] = every.section_owner[section]
-    return owners
-
-
-def implied_plugins(raw: Mapping[str, Any], host: PluginHost) -> dict[str, str]:
-    """Installed plugins that ``raw`` uses but ``host`` lacks: plugin -> the first key of it found.
-
-    A config written for the guide sets the options of several features at the top level; naming
-    those options is enough to switch their plugins on.
-    """
-    active = {name for section, model in host.sections.items() for name in (section, *model.model_fields)}
-    unknown = [key for key in raw if key not in TOP_LEVEL_KEYS and key not in active]
-    if not unknown:
-        return {}
-    owners = _option_owners()
-    implied: dict[str, str] = {}
-    for key in unknown:
-        if key in owners:
-            implied.setdefault(owners[key], key)
-    return implied
-
-
 def _format_error(section: str, model: type[BaseModel], exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        loc = _shown(".".join(str(p) for p in err["loc"]))
+        loc = shown(".".join(str(p) for p in err["loc"]))
         where = f"{section}.{loc}" if loc else section
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key '{where}'{did_you_mean(str(err['loc'][-1]), model.model_fields)}")
@@ -235,34 +173,41 @@ def _format_error(section: str, model: type[BaseModel], exc: ValidationError) ->
             msg = err["msg"].removeprefix("Value error, ")
             # A whole-section rule has the section as its input: not worth echoing.
             value = err.get("input")
-            shown = str(value) if isinstance(value, Path) else repr(value)
+            given = str(value) if isinstance(value, Path) else repr(value)
             # A message that already names the value (a missing file) does not repeat it.
-            got = f" (got {shown})" if loc and str(value) not in msg else ""
+            got = f" (got {given})" if loc and str(value) not in msg else ""
             parts.append(f"{where}: {msg}{got}")
     more = len(exc.errors()) - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def beside_config(path: Path, base_dir: Path, found: Callable[[Path], bool] = Path.exists) -> Path:
-    """A relative path beside the config file (``base_dir``), else in the current directory if it is
-    ``found`` there and not beside the config: the guide writes its paths relative to the folder the
-    trainer starts in, ours are relative to the config file, and both layouts work unchanged."""
-    path = path.expanduser()
-    if path.is_absolute():
-        return path
-    if not (base_dir / path).exists() and found(Path.cwd() / path):
-        return (Path.cwd() / path).resolve()
-    return (base_dir / path).resolve()
-
-
 def _blank_paths_unset(model: type[BaseModel], values: Mapping[str, Any]) -> Mapping[str, Any]:
-    """An empty string given to an optional path (``--set webhook_config=''``) unsets it, as it reads."""
+    """An empty string given to an optional path (``"webhook_config": ""``) unsets it, as it reads."""
     blank = [
         name
         for name, info in model.model_fields.items()
         if values.get(name) == "" and "Path" in str(info.annotation) and "None" in str(info.annotation)
     ]
     return {**values, **dict.fromkeys(blank)} if blank else values
+
+
+def _check_unset(section: str, model: type[BaseModel], values: Mapping[str, Any]) -> None:
+    """An option switched off (``--set x=``, ``x=null``, JSON ``null``) must be one that can be off."""
+    from pydantic import TypeAdapter
+
+    for name, value in values.items():
+        info = model.model_fields.get(name)
+        if value is not None or info is None:
+            continue
+        try:
+            TypeAdapter(info.annotation).validate_python(None)
+        except ValidationError:
+            default = info.get_default(call_default_factory=True)
+            given = "[]" if isinstance(default, list) else json.dumps(default, default=str)
+            raise ConfigError(
+                f"{section}.{name} cannot be switched off (unset/null): it always takes a value; give one"
+                f" (its default is {given})"
+            ) from None
 
 
 def check_top_level(raw: Mapping[str, Any]) -> None:
@@ -283,7 +228,7 @@ def _check_text(value: Any, where: str) -> None:
     if isinstance(value, str):
         problem = text_problem(value)
         if problem is not None:
-            raise ConfigError(f"{_shown(where) or 'config'}: the value {problem}: remove it")
+            raise ConfigError(f"{shown(where) or 'config'}: the value {problem}: remove it")
     elif isinstance(value, Mapping):
         for key, item in value.items():
             name = f"{where}.{key}" if where else str(key)
@@ -296,7 +241,7 @@ def _check_text(value: Any, where: str) -> None:
             _check_text(item, f"{where}[{i}]")
 
 
-def _resolve_paths(model: BaseModel, section: str, base_dir: Path) -> None:
+def _resolve_paths(model: BaseModel, section: str, rule: PathRule) -> None:
     from tuner.paths import check_path_text
 
     for name, info in type(model).model_fields.items():
@@ -304,8 +249,12 @@ def _resolve_paths(model: BaseModel, section: str, base_dir: Path) -> None:
         if isinstance(value, Path):
             check_path_text(f"{section}.{name}", value)
         if isinstance(value, Path) and not value.is_absolute() and "Path" in str(info.annotation):
-            # Only files (the inputs) are looked for in the current directory: output folders stay put.
-            setattr(model, name, beside_config(value, base_dir, found=Path.is_file))
+            resolved = rule.resolve(value)
+            try:
+                # Assigning validates the field again: file checks see the real path.
+                setattr(model, name, resolved)
+            except ValidationError as exc:
+                raise ConfigError(_format_error(section, type(model), exc) + rule.hint(value, resolved)) from None
 
 
 def resolve_config(
@@ -313,31 +262,37 @@ def resolve_config(
     host: PluginHost,
     base_dir: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    rule: PathRule | None = None,
 ) -> RunConfig:
     """Validate ``raw`` (and ``overrides`` on top of it) against the sections the active plugins registered.
 
     Each side may write an option flat or in its section: ``--set train.max_train_steps=2`` overrides
-    a file's flat ``max_train_steps`` and ``--set max_train_steps=2`` a ``[train]`` entry.
+    a file's flat ``max_train_steps`` and ``--set max_train_steps=2`` a ``[train]`` entry. Relative
+    paths are read from ``rule.base`` (`tuner.config_paths.path_rule_for` picks it for a file), else
+    from ``base_dir`` (default: the current directory).
     """
-    base_dir = (base_dir or Path.cwd()).resolve()
-    nested = _nest_flat_keys(raw, host.sections)
+    rule = rule or PathRule((base_dir or Path.cwd()).resolve())
+    nested = nest_flat_keys(raw, host.sections)
     if overrides:
-        nested = merge(nested, _nest_flat_keys(overrides, host.sections))
+        nested = merge(nested, nest_flat_keys(overrides, host.sections))
     check_top_level(nested)
     sections: dict[str, BaseModel] = {}
     for name, model in host.sections.items():
+        values = _blank_paths_unset(model, nested.get(name, {}))
+        _check_unset(name, model, values)
         try:
-            sections[name] = model.model_validate(_blank_paths_unset(model, nested.get(name, {})))
-            # Assigning the resolved paths validates those fields again: file checks see the real path.
-            _resolve_paths(sections[name], name, base_dir)
+            sections[name] = model.model_validate(values)
         except ValidationError as exc:
             raise ConfigError(_format_error(name, model, exc)) from None
+        _resolve_paths(sections[name], name, rule)
     if "validation" in sections and "evaluation" in sections:
         from tuner.validate.settings import check_held_out_dataset
 
         check_held_out_dataset(sections["validation"], sections["evaluation"])  # type: ignore[arg-type]
     family = host.resolve_family(nested.get("model_family"))
-    return RunConfig(plugins=host.active, model_family=family, sections=sections, base_dir=base_dir)
+    return RunConfig(
+        plugins=host.active, model_family=family, sections=sections, base_dir=rule.base, path_rule=rule
+    )
 
 
 def config_schema(host: PluginHost) -> dict[str, Any]:

@@ -89,17 +89,57 @@ def test_set_overrides_a_flat_file_key_and_the_other_way_round(tmp_path, cli):
         assert "max_train_steps = 7" in result.output
 
 
-def test_input_files_written_for_the_guide_layout_are_found_from_the_start_folder(tmp_path, monkeypatch, host):
-    """The guide keeps its configs in config/wan/ and names files relative to the project root."""
+def test_a_flat_config_json_reads_every_path_from_the_start_folder_as_the_guide_expects(tmp_path, monkeypatch):
+    """The guide keeps config/config.json, runs from the folder above and names every path from there."""
+    from tuner.config_paths import path_rule_for
+
     (tmp_path / "config" / "wan").mkdir(parents=True)
     (tmp_path / "config" / "wan" / "prompts.json").write_text(json.dumps({"boat": "a paper boat"}))
     monkeypatch.chdir(tmp_path)
-    raw = {"user_prompt_library": "config/wan/prompts.json", "output_dir": "output/wan"}
-    config = resolve_config(raw, host, base_dir=tmp_path / "config" / "wan")
+    raw = {"user_prompt_library": "config/wan/prompts.json", "output_dir": "output/wan", "cache_dir": "cache"}
+    host = PluginHost.build(["wan", "offload"])
+    raw["group_offload_to_disk_path"], raw["enable_group_offload"] = "spill", True
+    rule = path_rule_for(Path("config/config.json"), raw, host.sections)
+    config = resolve_config(raw, host, rule=rule)
     assert config.validation.user_prompt_library == tmp_path / "config" / "wan" / "prompts.json"
-    assert Path(config.train.output_dir) == tmp_path / "config" / "wan" / "output" / "wan", "outputs stay put"
-    with pytest.raises(ConfigError, match=r"no such file .*missing.json$"):
-        resolve_config({"user_prompt_library": "missing.json"}, host, base_dir=tmp_path)
+    assert config.train.output_dir == tmp_path / "output" / "wan", "outputs land where the guide says"
+    assert config.data.cache_dir == tmp_path / "cache"
+    assert config.section("offload").group_offload_to_disk_path == tmp_path / "spill", "plugins' paths too"
+    assert config.resolve_path("models/wan/local") == str(tmp_path / "models/wan/local")
+    assert config.resolve_path("Wan-AI/Wan2.1-T2V-1.3B-Diffusers") == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "a hub id"
+
+
+def test_tuners_own_toml_and_sectioned_json_read_paths_from_their_own_folder(tmp_path, monkeypatch, host):
+    from tuner.config_paths import path_rule_for
+
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for name, raw in [("c.toml", {"output_dir": "out"}), ("c.json", {"train": {"output_dir": "out"}})]:
+        rule = path_rule_for(Path("run") / name, raw, host.sections)
+        assert resolve_config(raw, host, rule=rule).train.output_dir == tmp_path / "run" / "out"
+
+
+def test_a_missing_file_is_named_at_its_real_path_with_the_rule_and_the_file_the_other_folder_holds(
+    tmp_path, monkeypatch, host
+):
+    """Not config/config/wan/webhook.json: the path the rule reads, and where a file of that name is."""
+    from tuner.config_paths import path_rule_for
+
+    (tmp_path / "config" / "wan").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    raw = {"webhook_config": "config/wan/webhook.json"}
+    with pytest.raises(ConfigError) as err:
+        resolve_config(raw, host, rule=path_rule_for(Path("config/config.json"), raw, host.sections))
+    message = str(err.value)
+    assert f"no such file {tmp_path / 'config/wan/webhook.json'}" in message
+    assert "config/config/wan" not in message
+    assert f"relative paths are read from the folder tuner was started in" in message
+    # A TOML beside the file reads it from its own folder; the message points at the start folder's file.
+    (tmp_path / "config" / "wan" / "prompts.json").write_text(json.dumps({"boat": "a paper boat"}))
+    raw = {"user_prompt_library": "config/wan/prompts.json"}
+    with pytest.raises(ConfigError) as err:
+        resolve_config(raw, host, rule=path_rule_for(Path("config/run.toml"), raw, host.sections))
+    assert f"{tmp_path / 'config/wan/prompts.json'} exists: name it relative to {tmp_path / 'config'}" in str(err.value)
 
 
 def test_options_of_installed_plugins_switch_them_on_from_the_cli_and_are_named_in_the_api(make_run, cli, host):
@@ -109,8 +149,65 @@ def test_options_of_installed_plugins_switch_them_on_from_the_cli_and_are_named_
     assert result.exit_code == 0, result.output
     assert "plugin 'attention' switched on: the config sets its option 'attention_mechanism'" in result.stderr
     assert "[attention]" in result.output
-    with pytest.raises(ConfigError, match="config key 'attention_mechanism' belongs to plugin 'attention', which is not active"):
+    with pytest.raises(ConfigError) as err:
         resolve_config({"attention_mechanism": "sdpa-math"}, host)
+    assert str(err.value) == (
+        "config key 'attention_mechanism' is an option of the 'attention' plugin, which is not enabled: enable it"
+        ' (plugins = [..., "attention"] or --plugin attention)'
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        # An option of an installed plugin that is not enabled: what to enable, not "unknown key".
+        ("crepa_block_index", "is an option of the 'crepa' plugin, which is not enabled: enable it (plugins = [..., \"crepa\"]"),
+        ("tread_config", "is an option of the 'tread' plugin, which is not enabled"),
+        ("flux_model_flavour", "is an option of the 'flux' plugin, which is not enabled"),
+        # A misspelt option named after an installed plugin: that plugin's nearest option.
+        ("crepa_blok_index", "'crepa_blok_index' is not an option of the 'crepa' plugin (did you mean 'crepa_block_index'?)"),
+        # Named after no installed plugin: install and enable it.
+        ("ltx2_frame_rate", "no installed plugin offers it; if it is an option of a 'ltx2' plugin, install that plugin and enable it"),
+        # A plain typo keeps its suggestion.
+        ("lerning_rate", "unknown config key 'lerning_rate' (did you mean 'learning_rate'?)"),
+    ],
+)
+def test_a_refused_key_names_the_missing_plugin_from_what_is_installed(host, key, message):
+    with pytest.raises(ConfigError) as err:
+        resolve_config({key: 1}, host)
+    assert message in str(err.value)
+
+
+def test_the_guides_literal_spellings_are_accepted(tmp_path, host):
+    """"--user_prompt_library" as the guide adds it; pretrained_transformer_name_or_path beside the long name."""
+    (tmp_path / "prompts.json").write_text(json.dumps({"boat": "a paper boat"}))
+    raw = {"--user_prompt_library": "prompts.json", "pretrained_transformer_name_or_path": "/models/t.safetensors"}
+    config = resolve_config(raw, host, base_dir=tmp_path)
+    assert config.validation.user_prompt_library == tmp_path / "prompts.json"
+    assert config.section("wan").pretrained_transformer_model_name_or_path == "/models/t.safetensors"
+    tabled = resolve_config({"wan": {"pretrained_transformer_name_or_path": "x.safetensors"}}, host, base_dir=tmp_path)
+    assert tabled.section("wan").pretrained_transformer_model_name_or_path == "x.safetensors"
+    with pytest.raises(ConfigError, match="'pretrained_transformer_model_name_or_path' is set twice"):
+        resolve_config({**raw, "pretrained_transformer_model_name_or_path": "/other"}, host, base_dir=tmp_path)
+
+
+def test_an_option_set_in_the_file_is_switched_off_from_the_command_line(make_run, cli):
+    from tuner.cli import load_run_config
+
+    config = make_run(steps=1, overrides=["validation.validation_guidance_skip_layers=[1]", "train.lora_alpha=4.0"])
+    _, before = load_run_config(config, None, [])
+    assert before.validation.validation_guidance_skip_layers == [1] and before.train.lora_alpha == 4.0
+    for off in ("validation_guidance_skip_layers=", "validation_guidance_skip_layers=null"):
+        _, after = load_run_config(config, None, [off, "lora_alpha=null"])
+        assert after.validation.validation_guidance_skip_layers is None and after.train.lora_alpha is None
+    # An option that always takes a value says so in one line.
+    result = cli(["config", "show", "--config", str(config), "--set", "train.seed="])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: train.seed cannot be switched off (unset/null): it always takes a value; give one (its default is 42)"
+    )
+    result = cli(["config", "show", "--config", str(config), "--set", "validation_negative_prompt=''"])
+    assert result.exit_code == 0, "a quoted '' is an empty text, not 'off'"
 
 
 def test_an_empty_string_unsets_an_optional_file(host, tmp_path):

@@ -62,6 +62,7 @@ class DatasetSpec:
     # How messages name this dataset's frame count: "data.num_frames" or "dataset 'x' video.num_frames".
     frames_key: str = "data.num_frames"
     where: str = ""
+    root_hint: str = ""  # said when root is missing: where relative paths are read from (`PathRule.hint`)
 
 
 @dataclass
@@ -74,25 +75,13 @@ class DataLayout:
     notes: list[str] = field(default_factory=list)
 
 
-def locate_input(value: str | Path, base_dir: Path) -> Path:
-    """An input path: absolute as given; relative ones beside the config file, else in the current directory.
-
-    The fallback lets a backend file written for the guide's layout (paths relative to the folder the
-    trainer is started from) work unchanged.
-    """
-    from tuner.config import beside_config
-
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        if not path.exists() and path.is_relative_to(base_dir) and (Path.cwd() / path.relative_to(base_dir)).exists():
-            return (Path.cwd() / path.relative_to(base_dir)).resolve()
-        return path
-    return beside_config(path, base_dir)
+def locate_input(value: str | Path, config: RunConfig) -> Path:
+    """An input path of the backend file or the data section, under the run's path rule (`tuner.config_paths`)."""
+    return config.paths.resolve(value)
 
 
-def _output_path(value: str | Path, base_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base_dir / path).resolve()
+def _output_path(value: str | Path, config: RunConfig) -> Path:
+    return config.paths.resolve(value)
 
 
 def safe_name(name: str) -> str:
@@ -119,7 +108,7 @@ def _frames(entry: MediaDatasetEntry, data: DataSection) -> dict[str, Any]:
 
 
 def _media_spec(
-    entry: MediaDatasetEntry, where: str, data: DataSection, base_dir: Path, text_cache: Path
+    entry: MediaDatasetEntry, where: str, data: DataSection, config: RunConfig, text_cache: Path
 ) -> DatasetSpec:
     strategy = entry.caption_strategy or data.caption_strategy
     prompt = entry.instance_prompt if entry.instance_prompt is not None else data.instance_prompt
@@ -141,11 +130,12 @@ def _media_spec(
     return DatasetSpec(
         id=entry.id,
         kind=entry.dataset_type,
-        root=locate_input(entry.instance_data_dir, base_dir),
+        root=locate_input(entry.instance_data_dir, config),
+        root_hint=config.paths.hint(entry.instance_data_dir, locate_input(entry.instance_data_dir, config)),
         caption_strategy=strategy,
         instance_prompt=prompt,
         metadata=entry.parquet,
-        metadata_path=locate_input(entry.parquet.path, base_dir) if entry.parquet else None,
+        metadata_path=locate_input(entry.parquet.path, config) if entry.parquet else None,
         crop=entry.crop,
         crop_style="center" if entry.crop_style == "centre" else entry.crop_style,
         crop_aspect=entry.crop_aspect,
@@ -159,7 +149,7 @@ def _media_spec(
         target_downsample_size=entry.target_downsample_size,
         repeats=entry.repeats,
         probability=entry.probability,
-        vae_cache=_output_path(vae_cache, base_dir),
+        vae_cache=_output_path(vae_cache, config),
         text_cache=text_cache,
         where=where,
         **_frames(entry, data),
@@ -167,11 +157,11 @@ def _media_spec(
 
 
 def _from_backend_file(config: RunConfig) -> DataLayout:
-    data, base_dir = config.data, config.base_dir
+    data = config.data
     assert data.data_backend_config is not None
-    path = locate_input(data.data_backend_config, base_dir)
+    path = locate_input(data.data_backend_config, config)
     if not path.is_file():
-        raise DataError(f"data_backend_config: no file at {path}")
+        raise DataError(f"data_backend_config: no file at {path}{config.paths.hint(data.data_backend_config, path)}")
     entries = parse_backend_file(path)
     texts = {e.id: (w, e) for w, e in entries if isinstance(e, TextEmbedsEntry) and not e.disabled}
     conditioning = {e.id for _, e in entries if isinstance(e, ConditioningImageEmbedsEntry) and not e.disabled}
@@ -187,8 +177,8 @@ def _from_backend_file(config: RunConfig) -> DataLayout:
 
     def text_dir(entry: TextEmbedsEntry | None) -> Path:
         if entry is None or not entry.cache_dir:
-            return _output_path(Path(data.cache_dir) / "text", base_dir)
-        return _output_path(entry.cache_dir, base_dir)
+            return _output_path(Path(data.cache_dir) / "text", config)
+        return _output_path(entry.cache_dir, config)
 
     layout = DataLayout(
         datasets=[],
@@ -221,7 +211,7 @@ def _from_backend_file(config: RunConfig) -> DataLayout:
                 " does not crop (crop: false): every file is simply resized to the training size"
             )
         own_text = text_dir(texts[entry.text_embeds][1]) if entry.text_embeds else layout.default_text_cache
-        layout.datasets.append(_media_spec(entry, where, data, base_dir, own_text))
+        layout.datasets.append(_media_spec(entry, where, data, config, own_text))
     if not layout.datasets:
         raise DataError(f"data_backend_config {path}: no enabled video or image dataset (check 'disabled')")
     return layout
@@ -234,10 +224,11 @@ def _shorthand(config: RunConfig) -> DataLayout:
             "data.instance_data_dir is not set: point it at a folder of clips with .txt captions, or set"
             " data_backend_config to a backend file"
         )
-    root = locate_input(data.instance_data_dir, config.base_dir)
+    root = locate_input(data.instance_data_dir, config)
     if not root.is_dir():
-        raise DataError(f"data.instance_data_dir does not exist or is not a folder: {root}")
-    cache = _output_path(data.cache_dir, config.base_dir)
+        hint = config.paths.hint(data.instance_data_dir, root)
+        raise DataError(f"data.instance_data_dir does not exist or is not a folder: {root}{hint}")
+    cache = _output_path(data.cache_dir, config)
     spec = DatasetSpec(
         id="data",
         kind="video",

@@ -80,7 +80,7 @@ def _scan_dataset(spec: DatasetSpec, report: DataReport, workers: int, delete_pr
     from tuner.report.progress import task_progress
 
     if not spec.root.is_dir():
-        raise DataError(f"{spec.where}: instance_data_dir does not exist or is not a folder: {spec.root}")
+        raise DataError(f"{spec.where}: instance_data_dir does not exist or is not a folder: {spec.root}{spec.root_hint}")
     listing = find_media(spec.root)
     files = listing.files
     for folder, reason in listing.unreadable:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
+    from tuner.data.layout import DataLayout
     from tuner.plugins import PluginHost
     from tuner.types import ModelBundle
 
@@ -133,6 +134,15 @@ def _feature_params(bundle: ModelBundle, device: torch.device) -> list[torch.nn.
     return params
 
 
+def _where_outputs_go(config: RunConfig, layout: DataLayout) -> str:
+    """One line naming the output folder and the caches, and where relative paths were read from."""
+    caches = {layout.default_text_cache, *(d.vae_cache for d in layout.datasets), *(d.text_cache for d in layout.datasets)}
+    return (
+        f"outputs go to {config.train.output_dir}; caches to {', '.join(sorted(map(str, caches)))}"
+        f" ({config.paths.describe()})"
+    )
+
+
 def _adapter_outputs(name: str, files: dict[str, Path]) -> dict[str, Path]:
     """The run's outputs for exported adapter ``files``: ``adapter``, or ``adapter_<label>`` per expert."""
     return {f"{name}_{label}" if label else name: path for label, path in files.items()}
@@ -167,6 +177,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     # The main process scans first (it writes the file index and quarantines); the others then read it.
     samples = world.main_first(scan_samples, config)
     output_dir = Path(tc.output_dir)
+    say(_where_outputs_go(config, samples.layout))
 
     def make_output_dir() -> None:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from tuner_wan.flavours import FLAVOURS
 
@@ -31,7 +31,11 @@ class WanSection(BaseModel):
         " scheduler/; unset uses the flavour's repository.",
     )
     pretrained_transformer_model_name_or_path: str | None = Field(
-        None, description="Take the transformer from here instead: a folder, hub id or one .safetensors file."
+        None,
+        # The guide writes both spellings.
+        validation_alias=AliasChoices("pretrained_transformer_model_name_or_path", "pretrained_transformer_name_or_path"),
+        description="Take the transformer from here instead: a folder, hub id or one .safetensors file. Also"
+        " spelt pretrained_transformer_name_or_path, as the guide does.",
     )
     pretrained_transformer_subfolder: str = Field(
         "transformer", description="Subfolder of the transformer source; 'none' when the weights sit at its root."

@@ -1,0 +1,148 @@
+"""How config keys are named: flat keys moved into their sections, other spellings, unknown keys.
+
+The Wan guide writes every option at the top level, some as command-line flags (``"--user_prompt_library"``)
+and some in a second spelling; each is mapped to its one name here. A key no active section has is
+refused naming what is missing: the plugin that offers it (installed or not), or the nearest name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from tuner.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from tuner.plugins import PluginHost
+
+__all__ = ["TOP_LEVEL_KEYS", "NOT_OFFERED", "nest_flat_keys", "implied_plugins", "shown", "other_spellings"]
+
+TOP_LEVEL_KEYS = ("plugins", "model_family")
+
+
+def other_spellings(sections: Mapping[str, type[BaseModel]]) -> dict[str, str]:
+    """Spellings an option also accepts -> its name: a field's ``validation_alias=AliasChoices(name, ...)``."""
+    from pydantic import AliasChoices
+
+    out: dict[str, str] = {}
+    for model in sections.values():
+        for name, info in model.model_fields.items():
+            if isinstance(info.validation_alias, AliasChoices):
+                out.update({a: name for a in info.validation_alias.choices if isinstance(a, str) and a != name})
+    return out
+
+
+def _canonical(key: str, spellings: Mapping[str, str]) -> str:
+    # The guide writes command-line flags as keys ("--user_prompt_library"): the dashes are no part of the name.
+    bare = key[2:] if key.startswith("--") and len(key) > 2 else key
+    return spellings.get(bare, bare)
+
+
+def _canonical_table(table: Mapping[str, Any], where: str, spellings: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = _canonical(key, spellings)
+        if name in out:
+            raise ConfigError(f"'{name}' is set twice in {where} (as '{key}' too): keep one")
+        out[name] = value
+    return out
+
+
+def nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
+    owner = {name: section for section, model in sections.items() for name in model.model_fields}
+    spellings = other_spellings(sections)
+    flat = _canonical_table(raw, "the config", spellings)
+    out: dict[str, Any] = {}
+    # Tables first, so a flat key that repeats a table entry is caught either way round.
+    for key, value in sorted(flat.items(), key=lambda kv: kv[0] not in sections):
+        if key in TOP_LEVEL_KEYS:
+            out[key] = value
+        elif key in sections:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"'{key}' is a section and must be a table, got {value!r}")
+            out.setdefault(key, {}).update(_canonical_table(value, f"[{key}]", spellings))
+        elif key in owner:
+            table = out.setdefault(owner[key], {})
+            if key in table:
+                raise ConfigError(f"'{key}' is set both at the top level and in [{owner[key]}]")
+            table[key] = value
+        else:
+            raise ConfigError(_unknown_key(key, [*TOP_LEVEL_KEYS, *sections, *owner]))
+    return out
+
+
+# Options of the guide tuner does not offer, and why: refused by name rather than as typos.
+NOT_OFFERED = {
+    "validation_preview": "previews of intermediate sampler steps are not offered; each round writes its final clips",
+    "validation_preview_steps": "previews of intermediate sampler steps are not offered",
+}
+
+
+def shown(text: str) -> str:
+    """``text`` as a message shows it: on one line, control characters escaped."""
+    return text if text.isprintable() else ascii(text)[1:-1]
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    if key in NOT_OFFERED:
+        return f"config key '{key}' is not supported: {NOT_OFFERED[key]}"
+    owners = _option_owners()
+    owner = owners.get(key)
+    if owner is not None:
+        return (
+            f"config key '{key}' is an option of the '{owner}' plugin, which is not enabled: enable it"
+            f" (plugins = [..., \"{owner}\"] or --plugin {owner})"
+        )
+    # A key named after a plugin ("crepa_...", or its section's name) is that plugin's, installed or not.
+    prefix = key.split("_", 1)[0] if "_" in key.strip("_") else ""
+    plugins = set(owners.values())
+    named = prefix if prefix in plugins else owners.get(prefix, "")
+    if named:
+        options = [name for name, plugin in owners.items() if plugin == named]
+        return f"config key '{shown(key)}' is not an option of the '{named}' plugin{did_you_mean(key, options)}"
+    hint = did_you_mean(key, known)
+    if not hint and prefix.isidentifier() and not any(k.startswith(prefix + "_") for k in known):
+        return (
+            f"unknown config key '{shown(key)}': no installed plugin offers it; if it is an option of a"
+            f" '{prefix}' plugin, install that plugin and enable it (plugins = [..., \"{prefix}\"])"
+        )
+    return f"unknown config key '{shown(key)}'{hint}"
+
+
+def _option_owners() -> dict[str, str]:
+    """Option and section name (and the options' other spellings) -> the installed plugin that registers it."""
+    from tuner.plugins import PluginHost
+
+    try:
+        every = PluginHost.build(all_installed=True)
+    except Exception:  # noqa: BLE001 - a broken third-party plugin must not hide the user's own mistake
+        return {}
+    owners = {}
+    for section, model in every.sections.items():
+        for name in (section, *model.model_fields):
+            owners[name] = every.section_owner[section]
+    for spelling, name in other_spellings(every.sections).items():
+        owners[spelling] = owners[name]
+    return owners
+
+
+def implied_plugins(raw: Mapping[str, Any], host: PluginHost) -> dict[str, str]:
+    """Installed plugins that ``raw`` uses but ``host`` lacks: plugin -> the first key of it found.
+
+    A config written for the guide sets the options of several features at the top level; naming
+    those options is enough to switch their plugins on.
+    """
+    spellings = other_spellings(host.sections)
+    active = {name for section, model in host.sections.items() for name in (section, *model.model_fields)}
+    keys = [_canonical(key, spellings) for key in raw]
+    unknown = [key for key in keys if key not in TOP_LEVEL_KEYS and key not in active]
+    if not unknown:
+        return {}
+    owners = _option_owners()
+    implied: dict[str, str] = {}
+    for key in unknown:
+        if key in owners:
+            implied.setdefault(owners[key], key)
+    return implied
