@@ -67,8 +67,9 @@ def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | N
     """Read the file, apply ``--set``, activate plugins, validate."""
     from tuner.config import check_top_level, implied_plugins, merge, parse_overrides, read_config_file
     from tuner.config import resolve_config
+    from tuner.config_keys import unread_environment
     from tuner.plugins import PluginHost
-    from tuner.report.progress import say
+    from tuner.report.progress import notice, say
 
     raw, overrides = read_config_file(config), parse_overrides(sets or [])
     combined = merge(raw, overrides)
@@ -80,6 +81,8 @@ def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | N
         host = PluginHost.build([*names, *implied])
         for plugin, key in implied.items():
             say(f"plugin '{plugin}' switched on: the config sets its option '{key}'")
+    for line in unread_environment(host):
+        notice(line)
     from tuner.config_paths import path_rule_for
 
     rule = path_rule_for(config, raw, host.sections)  # a flat config.json reads paths from here, as SimpleTuner does

@@ -17,7 +17,15 @@ from tuner.errors import ConfigError, did_you_mean
 if TYPE_CHECKING:
     from tuner.plugins import PluginHost
 
-__all__ = ["TOP_LEVEL_KEYS", "NOT_OFFERED", "nest_flat_keys", "implied_plugins", "shown", "other_spellings"]
+__all__ = [
+    "TOP_LEVEL_KEYS",
+    "NOT_OFFERED",
+    "nest_flat_keys",
+    "implied_plugins",
+    "unread_environment",
+    "shown",
+    "other_spellings",
+]
 
 TOP_LEVEL_KEYS = ("plugins", "model_family")
 
@@ -111,13 +119,19 @@ def _unknown_key(key: str, known: list[str]) -> str:
     return f"unknown config key '{shown(key)}'{hint}"
 
 
-def _option_owners() -> dict[str, str]:
-    """Option and section name (and the options' other spellings) -> the installed plugin that registers it."""
+def _every_installed() -> PluginHost | None:
     from tuner.plugins import PluginHost
 
     try:
-        every = PluginHost.build(all_installed=True)
+        return PluginHost.build(all_installed=True)
     except Exception:  # noqa: BLE001 - a broken third-party plugin must not hide the user's own mistake
+        return None
+
+
+def _option_owners() -> dict[str, str]:
+    """Option and section name (and the options' other spellings) -> the installed plugin that registers it."""
+    every = _every_installed()
+    if every is None:
         return {}
     owners = {}
     for section, model in every.sections.items():
@@ -146,3 +160,30 @@ def implied_plugins(raw: Mapping[str, Any], host: PluginHost) -> dict[str, str]:
         if key in owners:
             implied.setdefault(owners[key], key)
     return implied
+
+
+def unread_environment(host: PluginHost) -> list[str]:
+    """A line per environment variable that an installed plugin reads while ``host`` lacks that plugin.
+
+    A section model lists the variables its plugin reads in ``environment_variables`` (fnmatch patterns,
+    e.g. ``"*_FEED_FORWARD_CHUNK_SIZE"``); set for a plugin that is not enabled, they do nothing.
+    """
+    import fnmatch
+    import os
+
+    every = _every_installed()
+    if every is None:
+        return []
+    lines = []
+    for section, model in every.sections.items():
+        plugin = every.section_owner[section]
+        if plugin in host.active:
+            continue
+        for pattern in getattr(model, "environment_variables", ()):
+            for name in sorted(fnmatch.filter(os.environ, pattern)):
+                if os.environ[name].strip():
+                    lines.append(
+                        f"{name} is set, but the '{plugin}' plugin that reads it is not enabled: it has no effect"
+                        f" (enable it: plugins = [..., \"{plugin}\"])"
+                    )
+    return lines

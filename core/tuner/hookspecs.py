@@ -78,7 +78,17 @@ def register_config_sections(register: Callable[[str, type[BaseModel]], None]) -
         number must be finite (give float fields both bounds otherwise).
         Field names must be unique across all sections: a user may
         write any option at the top level of the config (as the Wan guide
-        does) and the core finds its section by name.
+        does) and the core finds its section by name. Optionally:
+
+        - another spelling a field also accepts: ``validation_alias=
+          AliasChoices(name, other)`` (the core maps ``other`` to ``name``,
+          flat or in the table, and refuses both at once);
+        - a field typed ``Path`` (or ``Path | None``, or a union holding one)
+          is resolved by the core's one path rule (`tuner.config_paths`) and
+          validated again with the absolute path;
+        - ``environment_variables: ClassVar[tuple[str, ...]]`` on the model:
+          fnmatch patterns of the environment variables the plugin reads; when
+          one is set while the plugin is not enabled, the core says so.
     """
 
 

@@ -2,7 +2,8 @@
 
 A feed-forward layer treats every token on its own, so running it over slices of the sequence and
 joining the results gives the same output; only the wide hidden activation (4x the model width and
-more) never exists for the whole sequence at once. Installed as a diffusers module hook on each of
+more) never exists for the whole sequence at once. A size below `MIN_CHUNK_TOKENS` counts samples of
+the batch instead, as the guide's (SimpleTuner's) ``feed_forward_chunk_size 2`` does. Installed as a diffusers module hook on each of
 diffusers' ``FeedForward`` layers, before the adapter is attached (the adapter's layers sit inside).
 """
 
@@ -29,7 +30,7 @@ def chunk_size_from_environment(family: str) -> tuple[str, int] | None:
 
     name = f"{family.upper()}_FEED_FORWARD_CHUNK_SIZE"
     raw = os.environ.get(name, "").strip()
-    if not raw:
+    if raw in ("", "0"):  # 0 is SimpleTuner's "off"
         return None
     try:
         return name, check_chunk_size(int(raw))
@@ -37,23 +38,38 @@ def chunk_size_from_environment(family: str) -> tuple[str, int] | None:
         raise ConfigError(f"environment variable {name}={raw!r}: {exc}") from None
 
 
-def _hook(tokens: int) -> Any:
+def _hook(size: int) -> Any:
     import torch
     from diffusers.hooks import ModelHook
+
+    from tuner_offload.settings import MIN_CHUNK_TOKENS
+
+    by_samples = size < MIN_CHUNK_TOKENS
 
     class ChunkedFeedForward(ModelHook):
         def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             forward = self.fn_ref.original_forward
-            if hidden_states.ndim < 2 or hidden_states.shape[-2] <= tokens:
+            if hidden_states.ndim < 2:
                 return forward(hidden_states, *args, **kwargs)
-            pieces = hidden_states.split(tokens, dim=-2)  # (..., tokens, width): the token axis
+            if by_samples:
+                # SimpleTuner's rule: a chunk as large as the batch holds half of it; a batch of 1 runs whole.
+                batch = hidden_states.shape[0]
+                per = size if size < batch else batch // 2
+                if per < 1:
+                    return forward(hidden_states, *args, **kwargs)
+                pieces = hidden_states.split(per, dim=0)
+                return torch.cat([forward(piece, *args, **kwargs) for piece in pieces], dim=0)
+            if hidden_states.shape[-2] <= size:
+                return forward(hidden_states, *args, **kwargs)
+            pieces = hidden_states.split(size, dim=-2)  # (..., tokens, width): the token axis
             return torch.cat([forward(piece, *args, **kwargs) for piece in pieces], dim=-2)
 
     return ChunkedFeedForward()
 
 
 def chunk_feed_forward(bundle: ModelBundle, tokens: int) -> int:
-    """Chunk every diffusers ``FeedForward`` of the denoiser; returns how many there were."""
+    """Chunk every diffusers ``FeedForward`` of the denoiser (``tokens`` per chunk; below `MIN_CHUNK_TOKENS`,
+    samples per chunk); returns how many there were."""
     from diffusers.hooks import HookRegistry
     from diffusers.models.attention import FeedForward
 

@@ -37,7 +37,7 @@ def prepare_model(
 ) -> None:
     section: OffloadSection = config.section("offload")
     if phase == "base":
-        _chunk(bundle, section)
+        _chunk(bundle, section, config.train.train_batch_size)
         return
     if section.enable_group_offload or section.blocks_to_swap:
         for module in bundle.denoisers():  # each expert of a model that has several streams on its own
@@ -53,16 +53,20 @@ def _placed_here(expert: Any) -> None:
     """Nothing to move when an expert runs: streaming or model CPU offload brings its weights in."""
 
 
-def _chunk(bundle: ModelBundle, section: OffloadSection) -> None:
+def _chunk(bundle: ModelBundle, section: OffloadSection, batch_size: int) -> None:
     from tuner_offload.chunking import chunk_feed_forward, chunk_size_from_environment
+    from tuner_offload.settings import MIN_CHUNK_TOKENS, chunk_meaning
 
-    tokens = section.feed_forward_chunk_size if section.enable_chunked_feed_forward else None
+    size = section.feed_forward_chunk_size if section.enable_chunked_feed_forward else None
     if (env := chunk_size_from_environment(bundle.family)) is not None:
-        name, tokens = env
-        notice(f"{name}={tokens}: feed-forward layers run in chunks of {tokens} tokens")
-    if tokens is not None:
-        layers = chunk_feed_forward(bundle, tokens)
-        say(f"chunked feed-forward: {layers} layers run over {tokens} tokens at a time")
+        name, size = env
+        notice(f"{name}={size}: {chunk_meaning(size, batch_size)}")
+    elif size is not None and size < MIN_CHUNK_TOKENS:
+        notice(chunk_meaning(size, batch_size))  # the guide's small size: say what it means here
+    if size is not None:
+        layers = chunk_feed_forward(bundle, size)
+        unit = "tokens" if size >= MIN_CHUNK_TOKENS else "sample(s)"
+        say(f"chunked feed-forward: {layers} layers run over {size} {unit} at a time")
 
 
 def _blocks_of(bundle: ModelBundle, denoiser: torch.nn.Module) -> list[torch.nn.Module]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["MIN_CHUNK_TOKENS", "OffloadSection"]
+__all__ = ["MIN_CHUNK_TOKENS", "OffloadSection", "check_chunk_size", "chunk_meaning"]
 
-# Below this the feed-forward runs thousands of times per block for no further saving.
+# Below this a size counts samples, as the guide's (SimpleTuner's) does: a token chunk this small would
+# run the feed-forward thousands of times per block for no further saving.
 MIN_CHUNK_TOKENS = 16
 
 
@@ -17,6 +18,8 @@ class OffloadSection(BaseModel):
     """Memory features: group offload, model CPU offload, block swap, chunked feed-forward, start-up offload."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Read by `tuner_offload.chunking`; the core says so when one is set while this plugin is not enabled.
+    environment_variables: ClassVar[tuple[str, ...]] = ("*_FEED_FORWARD_CHUNK_SIZE",)
 
     enable_group_offload: bool = Field(
         False,
@@ -64,8 +67,10 @@ class OffloadSection(BaseModel):
     )
     feed_forward_chunk_size: int = Field(
         4096,
-        description=f"Tokens per feed-forward chunk (along the sequence, at least {MIN_CHUNK_TOKENS}); smaller"
-        " saves more memory and costs more time.",
+        description=f"Size of each feed-forward chunk; smaller saves more memory and costs more time. {MIN_CHUNK_TOKENS}"
+        " or more: tokens along the sequence. Below that, the guide's (SimpleTuner's) meaning: samples of the batch"
+        " per chunk (the guide's 2: at most 2 samples at a time; a chunk as large as the batch holds half of it, as"
+        " SimpleTuner does, and a batch of 1 is not split).",
     )
     offload_during_startup: bool = Field(
         False,
@@ -107,11 +112,25 @@ class OffloadSection(BaseModel):
 
 
 def check_chunk_size(value: int) -> int:
-    """A token count per chunk, refused (with the reason) when it is too small to be sensible."""
-    if value < MIN_CHUNK_TOKENS:
+    """A chunk size: tokens from `MIN_CHUNK_TOKENS` up, samples of the batch below (the guide's meaning)."""
+    if value < 1:
         raise ValueError(
-            f"feed_forward_chunk_size counts tokens per chunk along the sequence; {value} would run the feed-forward"
-            f" thousands of times per block (another trainer's value 2 chunks the batch instead): use"
-            f" {MIN_CHUNK_TOKENS} or more, e.g. 4096"
+            f"feed_forward_chunk_size must be at least 1 ({MIN_CHUNK_TOKENS} or more counts tokens, less samples)"
         )
     return value
+
+
+def chunk_meaning(size: int, batch_size: int) -> str:
+    """What ``size`` means here, in one line (said at start-up when it is the guide's small size)."""
+    if size >= MIN_CHUNK_TOKENS:
+        return f"feed-forward layers run over {size} tokens at a time"
+    per = size if size < batch_size else max(1, batch_size // 2)
+    split = (
+        f"the batch of {batch_size} runs {per} sample(s) at a time"
+        if batch_size > 1
+        else f"a batch of 1 is not split: give a token count ({MIN_CHUNK_TOKENS} or more, e.g. 4096) to save memory"
+    )
+    return (
+        f"feed-forward chunk size {size} is read as the guide's: samples of the batch per chunk (token chunks start"
+        f" at {MIN_CHUNK_TOKENS}); {split}"
+    )

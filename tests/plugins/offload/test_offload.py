@@ -156,7 +156,7 @@ def test_offloading_refuses_a_quantized_base(host, tmp_path):
         ({"enable_model_cpu_offload": True, "blocks_to_swap": 2}, "enable_model_cpu_offload and blocks_to_swap"),
         ({"group_offload_use_stream": True}, "only apply with enable_group_offload = true"),
         ({"feed_forward_chunk_size": 512}, "only applies with enable_chunked_feed_forward"),
-        ({"enable_chunked_feed_forward": True, "feed_forward_chunk_size": 2}, "counts tokens per chunk"),
+        ({"enable_chunked_feed_forward": True, "feed_forward_chunk_size": 0}, "must be at least 1"),
         (
             {"enable_group_offload": True, "group_offload_type": "leaf_level", "group_offload_blocks_per_group": 2},
             "only applies to group_offload_type = 'block_level'",
@@ -248,6 +248,30 @@ def test_chunked_feed_forward_gives_the_unchunked_output(host):
         torch.testing.assert_close(grads[k], want_grads[k], rtol=1e-5, atol=1e-7)
 
 
+def _feed_forward_batches(model) -> list[int]:
+    """Record the batch size each feed-forward call of block 0 sees (below the chunking hook)."""
+    seen: list[int] = []
+    model.blocks[0].ffn.net[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    return seen
+
+
+def test_the_guides_chunk_size_2_chunks_the_batch_as_the_guide_means_with_the_same_output(host, capsys):
+    """The guide's feed_forward_chunk_size 2 counts samples (SimpleTuner's batch axis), not tokens."""
+    model = tiny_adapted_wan()
+    seen = _feed_forward_batches(model)
+    config = resolve_config(
+        {"enable_chunked_feed_forward": True, "feed_forward_chunk_size": 2, "train_batch_size": 2}, host
+    )
+    host.prepare_model(ModelBundle("wan", model, []), config, "base", torch.device("cpu"))
+    assert "feed-forward chunk size 2 is read as the guide's: samples of the batch per chunk" in capsys.readouterr().err
+    want_loss, want_grads = loss_and_grads(tiny_adapted_wan())
+    loss, grads = loss_and_grads(model)  # a batch of 2: a chunk as large as the batch holds half of it
+    assert seen == [1, 1], "one sample at a time, every token of it"
+    torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=0)
+    for k in grads:
+        torch.testing.assert_close(grads[k], want_grads[k], rtol=1e-5, atol=1e-7)
+
+
 def test_feed_forward_chunk_size_from_the_environment(host, monkeypatch, capsys):
     from tuner_offload.chunking import HOOK_NAME
 
@@ -256,10 +280,36 @@ def test_feed_forward_chunk_size_from_the_environment(host, monkeypatch, capsys)
     host.prepare_model(ModelBundle("wan", model, []), resolve_config({}, host), "base", torch.device("cpu"))
     hook = model.blocks[0].ffn._diffusers_hook.get_hook(HOOK_NAME)
     assert hook is not None
-    assert "WAN_FEED_FORWARD_CHUNK_SIZE=32" in capsys.readouterr().err
+    assert "WAN_FEED_FORWARD_CHUNK_SIZE=32: feed-forward layers run over 32 tokens" in capsys.readouterr().err
+    # The guide's value: samples per chunk.
     monkeypatch.setenv("WAN_FEED_FORWARD_CHUNK_SIZE", "2")
-    with pytest.raises(ConfigError, match="WAN_FEED_FORWARD_CHUNK_SIZE='2'.*counts tokens per chunk"):
+    model = tiny_adapted_wan()
+    seen = _feed_forward_batches(model)
+    host.prepare_model(ModelBundle("wan", model, []), resolve_config({"train_batch_size": 2}, host), "base",
+                       torch.device("cpu"))
+    assert "WAN_FEED_FORWARD_CHUNK_SIZE=2: feed-forward chunk size 2 is read as the guide's" in capsys.readouterr().err
+    loss_and_grads(model)
+    assert seen == [1, 1]
+    monkeypatch.setenv("WAN_FEED_FORWARD_CHUNK_SIZE", "0")  # SimpleTuner's "off"
+    model = tiny_adapted_wan()
+    host.prepare_model(ModelBundle("wan", model, []), resolve_config({}, host), "base", torch.device("cpu"))
+    assert getattr(model.blocks[0].ffn, "_diffusers_hook", None) is None
+    monkeypatch.setenv("WAN_FEED_FORWARD_CHUNK_SIZE", "-3")
+    with pytest.raises(ConfigError, match="WAN_FEED_FORWARD_CHUNK_SIZE='-3': feed_forward_chunk_size must be at least 1"):
         host.prepare_model(ModelBundle("wan", tiny_adapted_wan(), []), resolve_config({}, host), "base", torch.device("cpu"))
+
+
+def test_a_plugins_environment_variable_is_not_ignored_silently_when_the_plugin_is_off(make_run, cli, monkeypatch):
+    monkeypatch.setenv("WAN_FEED_FORWARD_CHUNK_SIZE", "2")
+    config = make_run(steps=1)
+    result = cli(["config", "show", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "WAN_FEED_FORWARD_CHUNK_SIZE is set, but the 'offload' plugin that reads it is not enabled: it has no effect"
+        ' (enable it: plugins = [..., "offload"])'
+    ) in " ".join(result.stderr.split())
+    result = cli(["config", "show", "--config", str(config), "--plugin", "offload"])
+    assert "WAN_FEED_FORWARD_CHUNK_SIZE is set" not in result.stderr
 
 
 # -- whole runs on the tiny Wan ---------------------------------------------
