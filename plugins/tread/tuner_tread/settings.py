@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["TreadRoute", "TreadConfig", "TreadSection"]
 
@@ -61,9 +63,28 @@ class TreadSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    tread_config: TreadConfig | None = Field(
+    tread_config: TreadConfig | Path | None = Field(
         None,
-        description="Token routing: {routes = [{selection_ratio, start_layer_idx, end_layer_idx}, ...]}. Each route"
+        description="Token routing: {routes = [{selection_ratio, start_layer_idx, end_layer_idx}, ...]}, or the path"
+        " of a JSON file holding that object (or {\"tread_config\": {...}}, as the guide writes it). Each route"
         " lets a random selection_ratio share of the latent tokens skip blocks start..end (inclusive; negative"
         " indices count from the last block). Unset or no routes: off. See docs/tread.md.",
     )
+
+    @field_validator("tread_config")
+    @classmethod
+    def _routes_file(cls, value: TreadConfig | Path | None) -> TreadConfig | Path | None:
+        # A relative path is read once the core resolves it (the section is validated again on that assignment).
+        if not isinstance(value, Path) or not value.is_absolute():
+            return value
+        from tuner.jsonfile import read_json
+
+        data = read_json(value)
+        if isinstance(data, dict) and set(data) == {"tread_config"}:
+            data = data["tread_config"]  # the guide's snippet, saved as it is
+        try:
+            return TreadConfig.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"{value}: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}")

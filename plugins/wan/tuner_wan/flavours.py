@@ -8,10 +8,11 @@ depends on the flavour reads it from here, never from the flavour's spelling.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Flavour", "FLAVOURS", "DEFAULT_FLAVOUR", "EXPERT_COMPONENTS"]
+__all__ = ["Flavour", "FLAVOURS", "DEFAULT_FLAVOUR", "EXPERT_COMPONENTS", "unknown_flavour"]
 
 Task = Literal["t2v", "i2v", "flf2v", "ti2v"]
 Expert = Literal["high", "low"]
@@ -111,3 +112,35 @@ FLAVOURS: dict[str, Flavour] = {
         summary="Wan 2.2 TI2V 5B: text- or image-to-video, 48-channel VAE, per-token timesteps",
     ),
 }
+
+
+_TASK_WORDS = {"t2v": "text-to-video", "i2v": "image-to-video", "flf2v": "first-last-frame", "ti2v": "TI2V"}
+
+
+def unknown_flavour(name: str) -> str:
+    """Why ``name`` is not a flavour here, naming what is missing rather than listing every flavour.
+
+    A flavour of a Wan version, task or size this plugin does not have (a future Wan, speech-to-video)
+    says that support for it is what is missing; a near miss gets the nearest names.
+    """
+    from tuner.errors import did_you_mean
+
+    parts = name.lower().split("-")
+    versions = sorted({f.version for f in FLAVOURS.values()})
+    tasks = {f.task for f in FLAVOURS.values()}
+    version = next((m.group(1) for p in parts if (m := re.fullmatch(r"(?:wan)?(\d+\.\d+)", p))), None)
+    if version is not None and version not in versions:
+        return (
+            f"'{name}' names Wan {version}, which the installed Wan plugin does not support (it trains Wan"
+            f" {' and '.join(versions)}): Wan {version} support is not installed; pick one of its flavours, or a"
+            " tuner version that adds it"
+        )
+    task = parts[0]
+    if task not in tasks and re.fullmatch(r"[a-z0-9]+2v", task):
+        known = ", ".join(f"{t} ({w})" for t, w in _TASK_WORDS.items())
+        return f"'{name}': {task} models are not supported by the installed Wan plugin, which trains {known}"
+    hint = did_you_mean(name, FLAVOURS)
+    if hint:
+        return f"'{name}' is not a flavour of the installed Wan plugin{hint}"
+    same = [n for n, f in FLAVOURS.items() if (task not in tasks or f.task == task) and f.version in (version or f.version)]
+    return f"'{name}' is not a flavour of the installed Wan plugin; it has {', '.join(same or FLAVOURS)}"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from tuner_wan.flavours import FLAVOURS
+from tuner_wan.flavours import FLAVOURS, unknown_flavour
 
 __all__ = ["FLAVOURS", "FlavourName", "WanSection"]
 
@@ -92,3 +92,11 @@ class WanSection(BaseModel):
         description="Validation sampler: unipc (UniPC multistep, Wan's own) or euler (flow-matching Euler, which"
         " wants more steps, 40 or so).",
     )
+
+    @field_validator("model_flavour", mode="before")
+    @classmethod
+    def _known_flavour(cls, value: object) -> object:
+        # Before the Literal check, whose message would list every flavour instead of naming what is missing.
+        if isinstance(value, str) and value not in FLAVOURS:
+            raise ValueError(unknown_flavour(value))
+        return value

@@ -63,6 +63,39 @@ def as_tokens(sample: torch.Tensor) -> torch.Tensor:
 # -- config ----------------------------------------------------------------
 
 
+def test_at_start_the_blocks_each_route_skips_and_the_share_routed_are_said(host, capsys):
+    from tuner_tread.plugin import describe_routes
+
+    five = resolve_config({"tread_config": GUIDE_FIVE_ROUTES}, host).section("tread").tread_config.routes
+    # Spans 2-8, 9-11, 12-15, 16-23, 24-28 of 30 blocks: (0.1*7 + 0.25*3 + 0.35*4 + 0.25*8 + 0.1*5) / 30 = 17.8%.
+    assert describe_routes(five, 30) == (
+        "TREAD: 10% of latent tokens skip blocks 2-8 (7 of 30); 25% of latent tokens skip blocks 9-11 (3 of 30);"
+        " 35% of latent tokens skip blocks 12-15 (4 of 30); 25% of latent tokens skip blocks 16-23 (8 of 30);"
+        " 10% of latent tokens skip blocks 24-28 (5 of 30); expected share routed: 17.8% of the latent tokens'"
+        " block passes"
+    )
+    assert describe_routes(five, 6) is None, "routes that do not fit: the core's start-up check says why"
+    config = resolve_config({"tread_config": GUIDE_ONE_ROUTE}, host)
+    host.route_tokens(ModelBundle("wan", nn.Identity(), [], num_blocks=6), config)
+    assert "10% of latent tokens skip blocks 2-4 (3 of 6); expected share routed: 5.0%" in capsys.readouterr().err
+
+
+def test_routes_may_come_from_a_json_file_named_by_the_path_rule(host, tmp_path):
+    import json
+
+    (tmp_path / "routes.json").write_text(json.dumps({"tread_config": GUIDE_FIVE_ROUTES}))  # the guide's snippet
+    (tmp_path / "bare.json").write_text(json.dumps(GUIDE_ONE_ROUTE))
+    for name, want in (("routes.json", GUIDE_FIVE_ROUTES), ("bare.json", GUIDE_ONE_ROUTE)):
+        got = resolve_config({"tread_config": name}, host, base_dir=tmp_path).section("tread").tread_config
+        assert got.model_dump() == want
+    (tmp_path / "bad.json").write_text(json.dumps({"routes": [{"selection_ratio": 1.5, "start_layer_idx": 0,
+                                                               "end_layer_idx": 1}]}))
+    with pytest.raises(ConfigError, match=r"tread.tread_config: .*bad.json: routes.0.selection_ratio: Input should be less than 1"):
+        resolve_config({"tread_config": "bad.json"}, host, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=f"no such file {tmp_path / 'none.json'}"):
+        resolve_config({"tread_config": "none.json"}, host, base_dir=tmp_path)
+
+
 def test_guide_examples_written_at_the_top_level_resolve_to_their_spans(host):
     one, five = router_for(host, GUIDE_ONE_ROUTE), router_for(host, GUIDE_FIVE_ROUTES)
     assert one.spans(30) == [(2, 28)]
