@@ -197,7 +197,8 @@ def test_an_option_set_in_the_file_is_switched_off_from_the_command_line(make_ru
     config = make_run(steps=1, overrides=["validation.validation_guidance_skip_layers=[1]", "train.lora_alpha=4.0"])
     _, before = load_run_config(config, None, [])
     assert before.validation.validation_guidance_skip_layers == [1] and before.train.lora_alpha == 4.0
-    for off in ("validation_guidance_skip_layers=", "validation_guidance_skip_layers=null"):
+    for off in ("validation_guidance_skip_layers=", "validation_guidance_skip_layers=null",
+                "validation_guidance_skip_layers=[]"):
         _, after = load_run_config(config, None, [off, "lora_alpha=null"])
         assert after.validation.validation_guidance_skip_layers is None and after.train.lora_alpha is None
     # An option that always takes a value says so in one line.

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from guide_examples import GUIDE_BACKEND
 from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
@@ -28,37 +29,6 @@ from tuner.plugins import PluginHost
 from tuner.types import ModelBundle
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-
-GUIDE_BACKEND = [
-    {
-        "id": "disney-black-and-white",
-        "type": "local",
-        "dataset_type": "video",
-        "crop": False,
-        "resolution": 480,
-        "minimum_image_size": 480,
-        "maximum_image_size": 480,
-        "target_downsample_size": 480,
-        "resolution_type": "pixel_area",
-        "cache_dir_vae": "cache/vae/wan/disney-black-and-white",
-        "instance_data_dir": "datasets/disney-black-and-white",
-        "disabled": False,
-        "caption_strategy": "textfile",
-        "metadata_backend": "discovery",
-        "repeats": 0,
-        "video": {"num_frames": 75, "min_frames": 75, "bucket_strategy": "aspect_ratio"},
-    },
-    {
-        "id": "text-embeds",
-        "type": "local",
-        "dataset_type": "text_embeds",
-        "default": True,
-        "cache_dir": "cache/text/wan",
-        "disabled": False,
-        "write_batch_size": 128,
-    },
-]
-
 
 def wan_like(temporal: int = 4, multiple: int = 16) -> ModelBundle:
     """What plan_samples reads of a bundle: the strides (Wan's by default) and the cache id."""

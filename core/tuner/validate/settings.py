@@ -133,7 +133,8 @@ class ValidationSection(BaseModel):
     validation_guidance_skip_layers: list[int] | None = Field(
         None,
         description="Skip-layer guidance: blocks skipped in an extra conditional pass whose difference from the"
-        " full pass is added to the guided prediction (e.g. [9] for Wan 1.3B). Unset: off.",
+        " full pass is added to the guided prediction (e.g. [9] for Wan 1.3B). Unset or []: off (from the command"
+        " line: --set validation_guidance_skip_layers=).",
     )
     validation_guidance_skip_layers_start: float = Field(
         0.01, ge=0, le=1, description="Fraction of the sampler steps after which skip-layer guidance starts."
@@ -176,7 +177,7 @@ class ValidationSection(BaseModel):
     def _layers(cls, value: list[int] | None) -> list[int] | None:
         if value is not None:
             if not value:
-                raise ValueError("name at least one block index, or leave it unset to switch skip-layer guidance off")
+                return None  # no block to skip: skip-layer guidance off, as unset (--set ...=) is
             if min(value) < 0:
                 raise ValueError("block indices count from 0")
         return value
