@@ -216,11 +216,11 @@ CASES = [
     Case("output_dir not writable", _not_writable, "train.output_dir: cannot write to", monkeypatch=True),
     # -- the model -----------------------------------------------------------------------------
     Case("model path missing", _set("pretrained_model_name_or_path='/nonexistent/wan'"), "wan.pretrained_model_name_or_path: no such folder /nonexistent/wan (the path looks local, so the Hub is not asked)"),
-    Case("relative model path missing", _set("pretrained_model_name_or_path='./no-model'"), "no such folder ./no-model (the path looks local"),
+    Case("relative model path missing", _set("pretrained_model_name_or_path='./no-model'"), "/run/no-model (the path looks local"),
     Case("model folder without vae/", lambda r: shutil.rmtree(r / "model" / "vae") or [], "/run/model has no vae/ folder (a complete model folder holds transformer/"),
     Case("model folder without tokenizer/", lambda r: shutil.rmtree(r / "model" / "tokenizer") or [], "has no tokenizer/ folder"),
     Case("model folder without transformer/", lambda r: shutil.rmtree(r / "model" / "transformer") or [], "has no transformer/ folder"),
-    Case("transformer file missing", _set("pretrained_transformer_model_name_or_path='weights/wan.safetensors'"), "no such file weights/wan.safetensors"),
+    Case("transformer file missing", _set("pretrained_transformer_model_name_or_path='weights/wan.safetensors'"), "/run/weights/wan.safetensors"),
     Case("scheduler without _class_name", lambda r: _scheduler(r, lambda d: d.pop("_class_name")), "scheduler_config.json: it has no '_class_name'"),
     Case("scheduler naming no class", lambda r: _scheduler(r, lambda d: d.update(_class_name="NoSuchScheduler")), "'_class_name' is 'NoSuchScheduler', not a diffusers scheduler"),
     Case("transformer weights cut off", lambda r: _cut(r / "model" / "transformer"), "cannot load Wan from"),
@@ -318,7 +318,7 @@ def test_broken_clips_are_each_named_with_their_reason(finished_run, tmp_path, m
     "setup, expect",
     [
         (lambda r: (r / "config.toml").write_bytes(b"# caf\xe9\n" + (r / "config.toml").read_bytes()) and [], "is not UTF-8 text"),
-        (_set("pretrained_model_name_or_path='./no-model'"), "no such folder ./no-model"),
+        (_set("pretrained_model_name_or_path='./no-model'"), "/no-model (the path looks local"),
         (_set("output_dir='config.toml'"), "is a file, not a folder"),
     ],
     ids=["not UTF-8", "missing model", "output_dir a file"],

@@ -6,6 +6,7 @@ caches use the toy family, which encodes in microseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -173,12 +174,29 @@ def test_disabled_and_disable_leave_a_dataset_out(clips):
     assert [d.id for d in load_layout(configure(clips, backend)).datasets] == ["a"]
 
 
-def test_relative_paths_are_read_beside_the_config_then_in_the_current_folder(clips, monkeypatch, tmp_path_factory):
+def test_backend_file_paths_follow_the_configs_path_rule_and_a_missing_one_names_the_other_folder(
+    clips, monkeypatch, tmp_path_factory
+):
+    """One rule: the backend file's paths are read from the folder the config's paths are read from."""
+    from tuner.config_paths import PathRule
+
     elsewhere = tmp_path_factory.mktemp("cwd")
     write_synthetic_clips(elsewhere / "cwd-clips", count=1, num_frames=5)
     monkeypatch.chdir(elsewhere)
-    layout = load_layout(configure(clips, [video("a", "clips"), video("b", "cwd-clips")]))
-    assert [d.root for d in layout.datasets] == [clips / "clips", elsewhere / "cwd-clips"]
+    layout = load_layout(configure(clips, [video("a", "clips")]))
+    assert [d.root for d in layout.datasets] == [clips / "clips"]
+    config = configure(clips, [video("a", "clips"), video("b", "cwd-clips")])
+    with pytest.raises(DataError) as err:
+        scan_samples(config)
+    assert f"instance_data_dir does not exist or is not a folder: {clips / 'cwd-clips'}" in str(err.value)
+    # With the start folder as the base (a flat config.json), the same name is found there.
+    config = dataclasses.replace(config, base_dir=elsewhere, path_rule=PathRule(elsewhere, "the start folder", clips))
+    (elsewhere / "backend.json").write_text((clips / "backend.json").read_text())
+    config.data.data_backend_config = elsewhere / "backend.json"
+    with pytest.raises(DataError) as err:
+        scan_samples(config)
+    assert f"{elsewhere / 'clips'} (relative paths are read from the start folder: {elsewhere};" in str(err.value)
+    assert f"{clips / 'clips'} exists: name it relative to {elsewhere}, or absolute)" in str(err.value)
 
 
 def test_text_embeds_default_and_per_dataset_caches(clips):

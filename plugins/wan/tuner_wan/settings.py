@@ -28,7 +28,8 @@ class WanSection(BaseModel):
     pretrained_model_name_or_path: str | None = Field(
         None,
         description="Diffusers-layout folder or hub id holding transformer/, vae/, text_encoder/, tokenizer/ and"
-        " scheduler/; unset uses the flavour's repository.",
+        " scheduler/; unset uses the flavour's repository. A relative folder follows the config's path rule, as"
+        " the other pretrained_* sources do.",
     )
     pretrained_transformer_model_name_or_path: str | None = Field(
         None,
