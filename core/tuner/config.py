@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from tuner.config_keys import TOP_LEVEL_KEYS, implied_plugins, nest_flat_keys, shown
+from tuner.config_keys import implied_plugins, nest_flat_keys, shown
 from tuner.config_paths import PathRule
 from tuner.errors import ConfigError, did_you_mean
 
@@ -44,6 +44,7 @@ __all__ = [
     "check_top_level",
     "resolve_config",
     "config_schema",
+    "implied_plugins",
 ]
 
 @dataclass(frozen=True)

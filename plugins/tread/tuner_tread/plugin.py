@@ -15,9 +15,10 @@ from tuner.report.progress import say
 from tuner_tread.settings import TreadSection
 
 if TYPE_CHECKING:
-    from tuner_tread.settings import TreadRoute
     from tuner.config import RunConfig
     from tuner.types import ModelBundle, TokenRouter
+
+    from tuner_tread.settings import TreadRoute
 
 
 @hookimpl
