@@ -130,9 +130,8 @@ class PluginHost:
             if name not in installed:
                 choices = sorted(set(installed) | set(extra))
                 listing = ", ".join(choices) if choices else "none"
-                raise PluginError(
-                    f"unknown plugin '{name}'{did_you_mean(name, choices)}; installed plugins: {listing}"
-                )
+                hint = did_you_mean(name, choices) or ": it is not installed (install the package that provides it)"
+                raise PluginError(f"unknown plugin '{name}'{hint}; installed plugins: {listing}")
             host._load_entry_point(installed[name])
         for name, obj in extra.items():
             host._register(name, obj, version="local", source=getattr(obj, "__name__", type(obj).__name__))

@@ -46,6 +46,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
         (["data.resolution_type='pixels'"], "data.resolution_type: Input should be 'pixel', 'area' or 'pixel_area'"),
         (["data_backend_config='datasets.json'"], "set either data_backend_config (a backend file) or instance_data_dir"),
         (["plugins=['wann']"], "unknown plugin 'wann' (did you mean 'wan'?); installed plugins:"),
+        (["plugins=['ltx2']"], "unknown plugin 'ltx2': it is not installed (install the package that provides it);"),
         (["tread_config={routes=[{selection_ratio=0.5,start_layer_idx=0,end_layer_idx=9}]}"], "end_layer_idx = 9 is outside this model's 2 blocks"),
         (["validation_preview=true"], "config key 'validation_preview' is not supported: previews of intermediate"),
         (["model_type='full'"], "train.model_type: Input should be 'lora'"),
