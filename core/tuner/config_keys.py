@@ -103,11 +103,13 @@ def _unknown_key(key: str, known: list[str]) -> str:
             f"config key '{key}' is an option of the '{owner}' plugin, which is not enabled: enable it"
             f" (plugins = [..., \"{owner}\"] or --plugin {owner})"
         )
+    from tuner.plugins import BUILTIN_PLUGINS
+
     # A key named after a plugin ("crepa_...", or its section's name) is that plugin's, installed or not.
     prefix = key.split("_", 1)[0] if "_" in key.strip("_") else ""
     plugins = set(owners.values())
     named = prefix if prefix in plugins else owners.get(prefix, "")
-    if named:
+    if named and named not in dict(BUILTIN_PLUGINS):  # the core's own sections ("train_...") are no plugin's
         options = [name for name, plugin in owners.items() if plugin == named]
         return f"config key '{shown(key)}' is not an option of the '{named}' plugin{did_you_mean(key, options)}"
     hint = did_you_mean(key, known)

@@ -168,8 +168,9 @@ def test_options_of_installed_plugins_switch_them_on_from_the_cli_and_are_named_
         ("crepa_blok_index", "'crepa_blok_index' is not an option of the 'crepa' plugin (did you mean 'crepa_block_index'?)"),
         # Named after no installed plugin: install and enable it.
         ("ltx2_frame_rate", "no installed plugin offers it; if it is an option of a 'ltx2' plugin, install that plugin and enable it"),
-        # A plain typo keeps its suggestion.
+        # A plain typo keeps its suggestion, a core option's too.
         ("lerning_rate", "unknown config key 'lerning_rate' (did you mean 'learning_rate'?)"),
+        ("train_batch_sise", "unknown config key 'train_batch_sise' (did you mean 'train_batch_size'?)"),
     ],
 )
 def test_a_refused_key_names_the_missing_plugin_from_what_is_installed(host, key, message):
