@@ -272,7 +272,9 @@ def export_adapter(bundle: ModelBundle, weights: AdapterWeights, path: Path, lor
         folds alpha / rank into the weights for loaders that assume scale 1.
     :param path: the ``.safetensors`` file to write.
     :param lora_format: ``"diffusers"`` (the family's diffusers pipeline) or
-        ``"comfyui"`` (the original model's key names, with alphas).
+        ``"comfyui"`` (the original model's key names, with alphas). The
+        user's ``"auto"`` (the default) arrives resolved to the family's
+        `ModelBundle.auto_lora_format`.
     :return: the path written, or ``None`` to let the core write the adapter
         library's own layout (`AdapterWeights.native`), e.g. for a combination
         of adapter kind and format the family has no layout for.

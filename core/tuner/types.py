@@ -137,6 +137,11 @@ class ModelBundle:
         tokens `encode_prompts` keeps) the core tells the user, once, which
         captions are cut. ``None``: the family does not cut prompts.
     :ivar max_prompt_tokens: the tokens of a prompt `encode_prompts` keeps.
+    :ivar auto_lora_format: the key layout ``lora_format = "auto"`` (the
+        default) exports, ``"diffusers"`` or ``"comfyui"``: the family names the
+        one that loads in the most tools (ComfyUI and its diffusers pipeline
+        alike), shown by a test of the family. The core resolves ``"auto"``
+        with it, so `export_adapter` only ever sees those two.
     """
 
     family: str
@@ -163,6 +168,7 @@ class ModelBundle:
     trainables: dict[str, torch.nn.Module] = field(default_factory=dict)
     count_prompt_tokens: Callable[[list[str]], list[int]] | None = None
     max_prompt_tokens: int = 0
+    auto_lora_format: str = "diffusers"
 
     def trained_experts(self) -> list[Expert]:
         """The experts the run trains; a single denoiser is one expert over the whole range."""
@@ -184,6 +190,11 @@ class ModelBundle:
         if self.expert_switch is not None:
             self.expert_switch(expert)
         return expert.module
+
+
+_SUBMODULE_PARAMS = {"lora_A", "lora_B", "lora_down", "lora_up", "lora_mid", "a1", "a2", "b1", "b2"}
+# A LoKr module's tensors when neither factor is low-rank (LyCORIS's "full matrix" mode).
+_FULL_KRONECKER = {"lokr_w1", "lokr_w2", "dora_scale"}
 
 
 @dataclass
@@ -210,9 +221,9 @@ class AdapterWeights:
         return list(seen)
 
     def module_of(self, key: str) -> str:
-        for suffix in (".lora_A.weight", ".lora_B.weight"):
-            if key.endswith(suffix):
-                return key[: -len(suffix)]
+        # Parameters that are themselves a submodule's weight (peft's lora_A, LyCORIS's LoCon and GLoRA).
+        if key.endswith(".weight") and key.rsplit(".", 2)[1] in _SUBMODULE_PARAMS:
+            return key.rsplit(".", 2)[0]
         return key.rsplit(".", 1)[0]
 
     def scale_baked(self) -> dict[str, torch.Tensor]:
@@ -224,6 +235,20 @@ class AdapterWeights:
                 key = f"{module}.lora_B.weight"
                 out[key] = (out[key].float() * scale).to(out[key].dtype)  # one rounding for a bf16/fp16 save_dtype
         return out
+
+    def idle_alphas(self) -> set[str]:
+        """Modules whose stored ``alpha`` scales nothing: a LyCORIS LoKr with both Kronecker factors full.
+
+        LyCORIS then stores ``alpha = linear_dim`` (10000 in common configs) and
+        applies scale 1, while a loader that divides the alpha by some rank of
+        its own would scale the delta far off. An exporter leaves these alphas
+        out: every loader applies scale 1 to a module without one.
+        """
+        params: dict[str, set[str]] = {}
+        for key in self.tensors:
+            module = self.module_of(key)
+            params.setdefault(module, set()).add(key[len(module) + 1 :])
+        return {m for m, p in params.items() if "alpha" in p and p - {"alpha"} <= _FULL_KRONECKER}
 
     def native(self) -> dict[str, torch.Tensor]:
         """The adapter library's own layout: peft names for LoRA, ``lycoris_a_b_c.param`` for LyCORIS."""

@@ -155,7 +155,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     from tuner.data.prepare import prepare_samples, scan_samples
     from tuner.paths import check_output_dir
     from tuner.report.progress import TrainProgress, notice, say, set_log_format
-    from tuner.train.adapters import attach_adapters
+    from tuner.train.adapters import attach_adapters, export_format
     from tuner.train.checkpoints import clean_partials
     from tuner.train.data_parallel import prepare_training
     from tuner.train.distributed import World
@@ -194,6 +194,10 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     check_validation(host, bundle, config)
     host.prepare_model(bundle, config, "base", accelerator.device)
     adapter = attach_adapters(bundle, tc, tc.lora_target_modules or bundle.lora_target_modules)
+    coverage = adapter.coverage()
+    if coverage is not None:
+        (notice if coverage[1] else say)(coverage[0])
+    lora_format = export_format(tc.lora_format, bundle)  # a family naming no layout stops here, not at the export
     cast_trainable(adapter.params, trainable_dtype(config))  # float32 whatever the base's dtype (precision.py)
     if tc.gradient_checkpointing:
         _enable_gradient_checkpointing(bundle)
@@ -211,6 +215,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     ec = config.section("evaluation")
     evaluate = EvalLoss(host, bundle, config, held_out, accelerator.device) if ec.eval_steps_interval else None
     steps = total_steps(config, data.epoch_length, world.size)
+    say(f"adapter files: {lora_format} key layout" + (" (lora_format = auto)" if tc.lora_format == "auto" else ""))
     say(
         f"global batch: {tc.train_batch_size} per micro-batch x {world.size} process(es) x"
         f" {tc.gradient_accumulation_steps} accumulation = {world.global_batch(tc.train_batch_size)} samples per step"

@@ -155,10 +155,12 @@ class TrainSection(BaseModel):
         description="JSON file for lora_type = lycoris: algo (lokr, loha, locon, full, ...), multiplier,"
         " linear_dim, linear_alpha, factor, and an optional apply_preset block.",
     )
-    lora_format: Literal["diffusers", "comfyui"] = Field(
-        "diffusers",
-        description="Key layout of exported adapters: diffusers (transformer.blocks.N...) or comfyui (the original"
-        " model's names, diffusion_model.blocks.N..., with .alpha).",
+    lora_format: Literal["auto", "comfyui", "diffusers"] = Field(
+        "auto",
+        description="Key layout of every exported adapter file (final, EMA, inside checkpoints, each expert's): auto"
+        " writes the layout the model family names as loading in both ComfyUI and its diffusers pipeline (the table"
+        " per family is in docs/training.md); comfyui: the original model's names (diffusion_model.blocks.N..., with"
+        " .alpha) that ComfyUI maps; diffusers: the diffusers pipeline's names (transformer.blocks.N...).",
     )
     save_dtype: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",

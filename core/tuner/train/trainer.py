@@ -204,7 +204,7 @@ class Trainer:
         """
         from safetensors.torch import save_file
 
-        from tuner.train.adapters import adapter_file
+        from tuner.train.adapters import adapter_file, export_format
         from tuner.train.precision import save_dtype
 
         context = self.ema.applied() if ema and self.ema is not None else contextlib.nullcontext()
@@ -213,12 +213,13 @@ class Trainer:
         dtype = save_dtype(self.config)
         written: dict[str, Path] = {}
         several = len(members) > 1
+        lora_format = export_format(self.config.train.lora_format, self.bundle)
         for expert, weights in members:
             weights.tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.tensors.items()}
             target = adapter_file(path, expert, several)
             tmp = target.with_name(f".{target.stem}.partial{target.suffix}")
             try:
-                if self.host.export_adapter(self.bundle, weights, tmp, self.config.train.lora_format) is None:
+                if self.host.export_adapter(self.bundle, weights, tmp, lora_format) is None:
                     save_file({k: v.contiguous() for k, v in weights.native().items()}, str(tmp))
             except OSError as exc:
                 tmp.unlink(missing_ok=True)

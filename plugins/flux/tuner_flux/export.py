@@ -13,9 +13,18 @@
   ``flux_to_diffusers`` slices them), each piece's alpha / rank folded into its
   down so the fused alpha equals the fused rank.
 
-A LyCORIS adapter cannot be fused that way: ``comfyui`` then leaves it to the
-core, whose ``lycoris_<diffusers module>`` layout ComfyUI's Flux loader maps
-onto the fused weights itself (with the same slices); ``diffusers`` too
+``diffusers`` is what ``lora_format = "auto"`` (the default) writes for Flux:
+ComfyUI maps ``transformer.<diffusers module>`` onto the original weights
+itself (``flux_to_diffusers``, the same slices), so that file loads in both;
+the kohya file does not load in diffusers for every Flux (diffusers' kohya
+converter assumes FLUX.1's full widths).
+
+A LyCORIS adapter cannot be fused that way: ``comfyui`` then writes LyCORIS's
+own ``lycoris_<diffusers module>`` layout, which ComfyUI's Flux loader maps
+onto the fused weights itself (with the same slices), without the ``alpha``
+of a LoKr whose factors are both full (it scales nothing; see
+`AdapterWeights.idle_alphas`); ``diffusers`` leaves LyCORIS to the core, which
+writes the same layout with every alpha, as LyCORIS itself reloads it
 (diffusers' Flux loader reads LoRA only).
 """
 
@@ -127,7 +136,11 @@ def save_adapter(weights: AdapterWeights, path: Path, lora_format: str, hidden_s
     from safetensors.torch import save_file
 
     if weights.kind != "lora":
-        return None
+        if lora_format != "comfyui":
+            return None
+        idle = {f"lycoris_{module.replace('.', '_')}.alpha" for module in weights.idle_alphas()}
+        save_file({k: v.contiguous() for k, v in weights.native().items() if k not in idle}, str(path))
+        return path
     if lora_format == "comfyui":
         save_file({k: v.contiguous() for k, v in kohya_tensors(weights, hidden_size).items()}, str(path))
         return path

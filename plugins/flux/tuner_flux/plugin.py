@@ -76,6 +76,9 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         base_model=section.flux_pretrained_model_name_or_path or FLAVOURS[section.flux_model_flavour][0],
         block_lists=["transformer_blocks", "single_transformer_blocks"],
         encoders={"text_encoder": "text", "text_encoder_2": "text", "vae": "latent"},
+        # ComfyUI maps Flux's diffusers names itself, while diffusers' kohya reader (the comfyui layout) assumes
+        # FLUX.1's full widths: the diffusers layout is the one that loads in both (tuner_flux.export).
+        auto_lora_format="diffusers",
     )
 
 

@@ -1,15 +1,29 @@
 """Writing trained adapters in the layouts Wan's tools read.
 
+* ``comfyui``, what ``lora_format = "auto"`` (the default) writes for Wan: the
+  original Wan names, ``diffusion_model.blocks.N.self_attn.q`` with
+  ``.lora_A.weight`` / ``.lora_B.weight`` / ``.alpha`` for LoRA and the LyCORIS
+  tensors (``.lokr_w1``, ...) for LyCORIS. ComfyUI maps ``diffusion_model.<x>``
+  onto its Wan model's weight ``<x>.weight`` (``model_lora_keys_unet`` in
+  comfy/lora.py; it has no rule for the diffusers names), with scale
+  alpha / rank. diffusers' Wan loader converts the LoRA ones on load
+  (``_convert_non_diffusers_wan_lora_to_diffusers``), applying ``.alpha`` only
+  to the block layers (attention, feed-forward) and refusing a ``.alpha`` left
+  over elsewhere: outside the blocks alpha / rank is therefore folded into
+  ``lora_B`` and no ``.alpha`` is written (scale 1 for every reader).
 * ``diffusers``: ``transformer.<diffusers module>.lora_A.weight`` (what
   ``WanPipeline.load_lora_weights`` reads; alpha / rank is folded into the
   weights because that format carries no alpha).
-* ``comfyui``: the original Wan names, ``diffusion_model.blocks.N.self_attn.q``
-  with ``.lora_A.weight`` / ``.lora_B.weight`` / ``.alpha`` for LoRA and the
-  LyCORIS tensors (``.lokr_w1``, ...) for LyCORIS; ComfyUI reads both, and
-  diffusers converts the LoRA ones on load.
 
-A LyCORIS adapter asked for in ``diffusers`` layout is left to the core, which
-writes LyCORIS's own layout (diffusers' Wan loader reads LoRA only).
+A LoKr whose two Kronecker factors are both full stores an ``alpha`` that
+scales nothing (`AdapterWeights.idle_alphas`); the ``comfyui`` file leaves it
+out, so no loader can scale the delta by it. A LyCORIS adapter asked for in
+``diffusers`` layout is left to the core, which writes LyCORIS's own layout
+(diffusers' Wan loader reads LoRA only).
+
+Not converted by diffusers (ComfyUI loads them): a LoRA on ``patch_embedding``
+(a Conv3d), or one with no block layer at all; ``lora_format = "diffusers"``
+writes those for diffusers.
 """
 
 from __future__ import annotations
@@ -22,20 +36,26 @@ if TYPE_CHECKING:
 
     from tuner.types import AdapterWeights
 
-__all__ = ["ORIGINAL_NAMES", "original_name", "save_adapter"]
+__all__ = ["ORIGINAL_NAMES", "original_name", "comfyui_tensors", "save_adapter"]
 
-# diffusers module names -> the original Wan checkpoint's, for the modules LoRA may target.
+# diffusers module names -> the original Wan checkpoint's (ComfyUI's), for the modules an adapter may target.
 ORIGINAL_NAMES: dict[str, str] = {
     "attn1.to_q": "self_attn.q",
     "attn1.to_k": "self_attn.k",
     "attn1.to_v": "self_attn.v",
     "attn1.to_out.0": "self_attn.o",
+    "attn1.norm_q": "self_attn.norm_q",
+    "attn1.norm_k": "self_attn.norm_k",
     "attn2.to_q": "cross_attn.q",
     "attn2.to_k": "cross_attn.k",
     "attn2.to_v": "cross_attn.v",
     "attn2.to_out.0": "cross_attn.o",
+    "attn2.norm_q": "cross_attn.norm_q",
+    "attn2.norm_k": "cross_attn.norm_k",
     "attn2.add_k_proj": "cross_attn.k_img",
     "attn2.add_v_proj": "cross_attn.v_img",
+    "attn2.norm_added_k": "cross_attn.norm_k_img",
+    "norm2": "norm3",  # the cross-attention norm: diffusers and the original swap norm2 and norm3
     "ffn.net.0.proj": "ffn.0",
     "ffn.net.2": "ffn.2",
     "condition_embedder.time_embedder.linear_1": "time_embedding.0",
@@ -43,6 +63,10 @@ ORIGINAL_NAMES: dict[str, str] = {
     "condition_embedder.text_embedder.linear_1": "text_embedding.0",
     "condition_embedder.text_embedder.linear_2": "text_embedding.2",
     "condition_embedder.time_proj": "time_projection.1",
+    "condition_embedder.image_embedder.norm1": "img_emb.proj.0",
+    "condition_embedder.image_embedder.ff.net.0.proj": "img_emb.proj.1",
+    "condition_embedder.image_embedder.ff.net.2": "img_emb.proj.3",
+    "condition_embedder.image_embedder.norm2": "img_emb.proj.4",
     "proj_out": "head.head",
     "patch_embedding": "patch_embedding",
 }
@@ -59,15 +83,23 @@ def original_name(module: str) -> str:
     return prefix + ORIGINAL_NAMES[module]
 
 
-def _comfyui(weights: AdapterWeights) -> dict[str, torch.Tensor]:
+def comfyui_tensors(weights: AdapterWeights) -> dict[str, torch.Tensor]:
+    """The adapter under ComfyUI's names: see the module docstring for which modules carry ``.alpha``."""
     import torch
 
+    # Outside the blocks diffusers' converter reads no alpha: fold alpha / rank in and write none there.
+    outside = {m for m in weights.alphas if not m.startswith("blocks.")}
+    baked = weights.scale_baked() if outside else weights.tensors
+    idle = weights.idle_alphas()
     out = {}
-    for key, value in weights.tensors.items():
+    for key in weights.tensors:
         module = weights.module_of(key)
-        out[f"diffusion_model.{original_name(module)}{key[len(module):]}"] = value
+        if module in idle and key == f"{module}.alpha":
+            continue
+        out[f"diffusion_model.{original_name(module)}{key[len(module):]}"] = baked[key] if module in outside else weights.tensors[key]
     for module, alpha in weights.alphas.items():
-        out[f"diffusion_model.{original_name(module)}.alpha"] = torch.tensor(float(alpha))
+        if module not in outside:
+            out[f"diffusion_model.{original_name(module)}.alpha"] = torch.tensor(float(alpha))
     return out
 
 
@@ -75,7 +107,7 @@ def save_adapter(weights: AdapterWeights, path: Path, lora_format: str) -> Path 
     from safetensors.torch import save_file
 
     if lora_format == "comfyui":
-        save_file({k: v.contiguous() for k, v in _comfyui(weights).items()}, str(path))
+        save_file({k: v.contiguous() for k, v in comfyui_tensors(weights).items()}, str(path))
         return path
     if weights.kind != "lora":
         return None

@@ -85,6 +85,8 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         token_grid=lambda batch: _token_grid(batch["latents"].shape, patch),
         count_prompt_tokens=partial(count_tokens, parts["tokenizer"]),
         max_prompt_tokens=section.max_sequence_length,
+        # The original names load in ComfyUI, and diffusers converts them on load (tuner_wan.export).
+        auto_lora_format="comfyui",
     )
 
 
