@@ -103,8 +103,9 @@ class Lycoris(Adapter):
             raise ConfigError(f"train.lycoris_config {tc.lycoris_config}: {exc}") from None
         if not self.network.loras:
             raise ConfigError(f"train.lycoris_config {tc.lycoris_config} matches no module of the model")
+        device = next(model.parameters()).device  # before apply_to: algo "full" takes the layers' weights over
         self.network.apply_to()
-        self.network.to(next(model.parameters()).device)
+        self.network.to(device)
         names_by_lora = {f"lycoris_{name.replace('.', '_')}": name for name, _ in model.named_modules()}
         self.module_names = {lora.lora_name: names_by_lora[lora.lora_name] for lora in self.network.loras}
         self.config_path = tc.lycoris_config

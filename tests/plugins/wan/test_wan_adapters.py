@@ -10,6 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from tuner.report.jsonlog import read_log
+from tuner_wan.export import ORIGINAL_NAMES
+
+# The original name of a tiny-model block layer -> LyCORIS's own name for it (the diffusers path, underscored).
+LYCORIS_NAMES = {f"blocks.{i}.{v}": f"lycoris_blocks_{i}_{k.replace('.', '_')}" for i in (0, 1) for k, v in ORIGINAL_NAMES.items()}
 
 
 def _render(pipe):
@@ -35,18 +39,31 @@ def _train(make_run, cli, name, *overrides):
     return config.parent / "output"
 
 
-def test_diffusers_and_comfyui_formats_load_in_diffusers_alike(make_run, cli, tiny_model_dir):
-    # alpha != rank: each format must carry the scale its own way.
-    diffusers_out = _train(make_run, cli, "d", "train.lora_rank=4", "train.lora_alpha=8.0")
-    comfy_out = _train(make_run, cli, "c", "train.lora_rank=4", "train.lora_alpha=8.0", "train.lora_format='comfyui'")
-    comfy = load_file(comfy_out / "pytorch_lora_weights.safetensors")
-    assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in comfy
-    assert "diffusion_model.blocks.1.ffn.2.lora_B.weight" in comfy
-    assert comfy["diffusion_model.blocks.0.self_attn.q.alpha"].item() == 8.0
+def _adapter_files(out):
+    """Every adapter file a run wrote: the final one, the EMA one, and the copies inside checkpoints."""
+    return sorted(out.glob("pytorch_lora_weights*.safetensors")) + sorted(out.glob("checkpoint-*/pytorch_lora_weights*.safetensors"))
+
+
+def test_default_files_have_comfyui_names_and_load_in_diffusers_like_the_diffusers_layout(make_run, cli, tiny_model_dir):
+    # alpha != rank: each layout must carry the scale its own way.
+    options = ["train.lora_rank=4", "train.lora_alpha=8.0", "train.use_ema=true"]
+    default_out = _train(make_run, cli, "default", *options)
+    diffusers_out = _train(make_run, cli, "d", *options, "train.lora_format='diffusers'")
+    files = _adapter_files(default_out)
+    names = {f.relative_to(default_out).as_posix() for f in files}
+    assert names == {
+        f"{folder}pytorch_lora_weights{ema}.safetensors" for folder in ("", "checkpoint-2/", "checkpoint-4/") for ema in ("", "_ema")
+    }
+    for file in files:  # every written file in ComfyUI's names
+        keys = set(load_file(file))
+        assert all(k.startswith("diffusion_model.blocks.") for k in keys), file
+        assert {"diffusion_model.blocks.0.self_attn.q.lora_A.weight", "diffusion_model.blocks.1.ffn.2.lora_B.weight"} <= keys
+    assert load_file(files[0])["diffusion_model.blocks.0.self_attn.q.alpha"].item() == 8.0
+    assert all(k.startswith("transformer.blocks.") for f in _adapter_files(diffusers_out) for k in load_file(f))
     # Same seed, same training: the two files hold the same adapter in two layouts.
     base = _render(_pipe(tiny_model_dir))
     renders = []
-    for out in (diffusers_out, comfy_out):
+    for out in (default_out, diffusers_out):
         pipe = _pipe(tiny_model_dir)
         pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
         renders.append(_render(pipe))
@@ -60,9 +77,18 @@ def test_lycoris_lokr_run_exports_files_that_load(make_run, cli, tiny_model_dir,
 
     lycoris_config = tmp_path / "lokr.json"
     lycoris_config.write_text(json.dumps({"algo": "lokr", "multiplier": 1.0, "linear_dim": 10000, "linear_alpha": 1, "factor": 4}))
-    out = _train(make_run, cli, "l", "train.lora_type='lycoris'", f"train.lycoris_config='{lycoris_config}'")
+    out = _train(
+        make_run, cli, "l", "train.lora_type='lycoris'", f"train.lycoris_config='{lycoris_config}'", "train.lora_format='diffusers'"
+    )
     native = load_file(out / "pytorch_lora_weights.safetensors")
     assert "lycoris_blocks_0_attn1_to_q.lokr_w1" in native
+    # Without apply_preset LyCORIS adapts the modules LoRA would, no more (LyCORIS alone adapts every Linear).
+    assert {k.split(".")[0] for k in native} == {
+        f"lycoris_blocks_{i}_{m}" for i in (0, 1) for m in (
+            "attn1_to_q", "attn1_to_k", "attn1_to_v", "attn1_to_out_0", "attn2_to_q", "attn2_to_k", "attn2_to_v",
+            "attn2_to_out_0", "ffn_net_0_proj", "ffn_net_2",
+        )
+    }  # fmt: skip
     assert any(k.endswith("lokr_w2") and v.abs().sum() > 0 for k, v in native.items()), "LoKr trained"
     losses = [r["loss"] for r in read_log(out) if r["event"] == "step"]
     assert len(losses) == 4
@@ -78,9 +104,38 @@ def test_lycoris_lokr_run_exports_files_that_load(make_run, cli, tiny_model_dir,
     after = model(x, t, text, return_dict=False)[0]
     assert not torch.allclose(before, after)
 
-    comfy_out = _train(make_run, cli, "lc", "train.lora_type='lycoris'", f"train.lycoris_config='{lycoris_config}'", "train.lora_format='comfyui'")
+    # The default file: ComfyUI's names, and no alpha on the full-factor LoKr modules (it would scale nothing).
+    comfy_out = _train(make_run, cli, "lc", "train.lora_type='lycoris'", f"train.lycoris_config='{lycoris_config}'")
     comfy = load_file(comfy_out / "pytorch_lora_weights.safetensors")
     assert "diffusion_model.blocks.0.self_attn.q.lokr_w1" in comfy and "diffusion_model.blocks.0.ffn.0.lokr_w2" in comfy
+    assert not [k for k in comfy if k.endswith(".alpha")] and any(k.endswith(".alpha") for k in native)
+    for key, value in comfy.items():  # the same training, the same tensors
+        module, param = key[len("diffusion_model.") :].rsplit(".", 1)
+        assert torch.equal(value, native[f"{LYCORIS_NAMES[module]}.{param}"])
+
+
+def test_a_lycoris_preset_matching_few_layers_is_a_start_up_notice_with_the_counts(make_run, cli, tmp_path):
+    # SimpleTuner's Wan example names the class "Attention"; diffusers' Wan calls it WanAttention, so only the
+    # feed-forward layers train (on the real 14B model, 60 of 300 layers).
+    spec = {"algo": "lokr", "linear_dim": 10000, "linear_alpha": 1, "factor": 4,
+            "apply_preset": {"target_module": ["Attention", "FeedForward"], "module_algo_map": {"FeedForward": {"factor": 4}}}}  # fmt: skip
+    lycoris_config = tmp_path / "preset.json"
+    lycoris_config.write_text(json.dumps(spec))
+    config = make_run(name="few", steps=1, overrides=["validation.validation_prompt=''", "train.lora_type='lycoris'", f"train.lycoris_config='{lycoris_config}'"])
+    result = cli(["train", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    line = next(line for line in result.stderr.splitlines() if "apply_preset adapts" in line)
+    assert line.startswith("notice:")
+    # 2 blocks x 2 feed-forward layers of the 26 linear layers; the unmatched class with the model's own.
+    assert "adapts 4 of 26 linear layers" in line
+    assert "matched no module: target_module 'Attention' (did you mean 'WanAttention'?)" in line
+
+    spec["apply_preset"]["target_module"] = ["WanAttention", "FeedForward"]
+    lycoris_config.write_text(json.dumps(spec))
+    result = cli(["train", "--config", str(config), "--set", "train.overwrite_output_dir=true"])
+    assert result.exit_code == 0, result.stderr
+    assert "apply_preset adapts 20 of 26 linear layers" in result.output + result.stderr
+    assert "notice: train.lycoris_config" not in result.stderr
 
 
 def test_bad_lycoris_config_is_one_clear_error(make_run, cli, tmp_path):

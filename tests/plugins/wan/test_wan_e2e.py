@@ -64,12 +64,15 @@ def test_validation_video_decodes_to_the_requested_frames(trained):
     assert len(frames) == 17 and frames[0].shape == (64, 64, 3)
 
 
-def test_hook_export_adapter_writes_diffusers_keys(trained):
+def test_hook_export_adapter_writes_comfyui_keys_by_default(trained):
+    # The default layout loads in ComfyUI and in diffusers (test_wan_comfyui.py); the checkpoint's copy too.
     config, _ = trained
-    keys = list(load_file(_output_dir(config) / "pytorch_lora_weights.safetensors"))
-    assert "transformer.blocks.0.attn1.to_q.lora_A.weight" in keys
-    assert "transformer.blocks.1.ffn.net.2.lora_B.weight" in keys
-    assert not [k for k in keys if ".default" in k or not k.startswith("transformer.")]
+    for file in ("pytorch_lora_weights.safetensors", "checkpoint-30/pytorch_lora_weights.safetensors"):
+        keys = list(load_file(_output_dir(config) / file))
+        assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in keys
+        assert "diffusion_model.blocks.1.ffn.2.lora_B.weight" in keys
+        assert "diffusion_model.blocks.0.self_attn.q.alpha" in keys
+        assert not [k for k in keys if ".default" in k or not k.startswith("diffusion_model.blocks.")]
 
 
 def test_exported_lora_loads_in_wan_pipeline_and_changes_its_output(trained, tiny_model_dir):
