@@ -1,6 +1,8 @@
 """Flux adapter exports: kohya/ComfyUI names and numbers, checked against ComfyUI's own rules.
 
-ComfyUI (comfy/lora.py, ``model_lora_keys_unet``) accepts ``lora_unet_<key>`` for
+ComfyUI (comfy/lora.py, ``model_lora_keys_unet``) maps, for a Flux model, the diffusers
+names ``transformer.<diffusers layer>`` (with ``.lora_A.weight`` / ``.lora_B.weight``, scale 1
+without ``.alpha``) onto the original weight and rows `comfy_map` gives, and accepts ``lora_unet_<key>`` for
 every ``diffusion_model.<key>.weight`` of the original (BFL) checkpoint, with
 dots as underscores, and reads ``.lora_down.weight`` / ``.lora_up.weight`` /
 ``.alpha`` (scale alpha / rank, rank = rows of the down). Which original weight
@@ -77,6 +79,9 @@ def test_comfyui_keys_name_original_weights_and_carry_the_same_deltas(make_run, 
 
     modules = {k[len("transformer."):-len(".lora_A.weight")] for k in peft if k.endswith(".lora_A.weight")}
     assert modules and all(f"{m}.weight" in layout for m in modules), "every trained layer has a ComfyUI mapping"
+    # The default file (lora_format = "auto") is the diffusers layout: every key is a LoRA half of a layer
+    # ComfyUI maps as transformer.<layer>, so it loads there as it loads in FluxPipeline.
+    assert set(peft) == {f"transformer.{m}.lora_{h}.weight" for m in modules for h in "AB"}
     prefixes = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in comfy}
     assert prefixes <= set(accepted), sorted(prefixes - set(accepted))
     for prefix in prefixes:
@@ -105,6 +110,8 @@ def test_lycoris_comfyui_keys_are_the_names_comfyuis_flux_map_takes(make_run, cl
     comfy = _train(
         make_run, cli, "l", "train.lora_type='lycoris'", f"train.lycoris_config='{spec}'", "train.lora_format='comfyui'"
     )
+    # Full-factor LoKr: LyCORIS stores alpha = linear_dim (10000) and scales by 1; the ComfyUI file leaves it out.
+    assert not [k for k in comfy if k.endswith(".alpha")]
     cfg = FluxTransformer2DModel.load_config(str(tiny_model_dir("flux")), subfolder="transformer")
     layout = comfy_map(cfg["num_layers"], cfg["num_single_layers"], 1)
     accepted = {"lycoris_" + k[: -len(".weight")].replace(".", "_") for k in layout}
