@@ -110,3 +110,15 @@ def test_preset_coverage_counts_the_linear_layers_and_names_what_matched_nothing
     assert every.coverage() == (f"train.lycoris_config {tmp_path / 'lycoris.json'}: apply_preset adapts 3 of 3 linear layers", False)
     with pytest.raises(Exception, match="apply_preset must be an object"):
         _lycoris(tmp_path, {"algo": "lokr", "apply_preset": ["inp"]})
+
+
+def test_alpha_scalars_keep_their_exact_value_in_a_bf16_file(tmp_path):
+    from safetensors.torch import load_file
+
+    spec = tmp_path / "locon.json"
+    spec.write_text(json.dumps({"algo": "locon", "linear_dim": 4, "linear_alpha": 0.3}))
+    outputs = _run(tmp_path, ToyFamily(), lora_type="lycoris", lycoris_config=str(spec), save_dtype="bf16")
+    saved = load_file(outputs["adapter"])
+    alphas = {k: v for k, v in saved.items() if k.endswith(".alpha")}
+    assert len(alphas) == 3 and all(v.dtype == torch.float32 and v.item() == torch.tensor(0.3).item() for v in alphas.values())
+    assert {v.dtype for k, v in saved.items() if k not in alphas} == {torch.bfloat16}

@@ -165,7 +165,8 @@ class TrainSection(BaseModel):
     save_dtype: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="dtype of the exported adapter files (the final one, the EMA one and those inside checkpoints):"
-        " fp32 keeps the trained weights exactly; bf16 and fp16 halve the file. Training itself always keeps the"
+        " fp32 keeps the trained weights exactly; bf16 and fp16 halve the file (.alpha scalars stay float32, exact)."
+        " Training itself always keeps the"
         " adapter in float32 (resumable state included).",
     )
     lora_rank: int = Field(16, ge=1, description="LoRA rank.")

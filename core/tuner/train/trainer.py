@@ -215,7 +215,8 @@ class Trainer:
         several = len(members) > 1
         lora_format = export_format(self.config.train.lora_format, self.bundle)
         for expert, weights in members:
-            weights.tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.tensors.items()}
+            # Scalars (LyCORIS's alphas) keep their exact value: bf16 would turn an alpha of 10000 into 9984.
+            weights.tensors = {k: v.to(dtype) if v.is_floating_point() and v.ndim else v for k, v in weights.tensors.items()}
             target = adapter_file(path, expert, several)
             tmp = target.with_name(f".{target.stem}.partial{target.suffix}")
             try:
