@@ -226,11 +226,20 @@ def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResul
         `tuner.errors.PluginError` saying the family cannot. For a model whose
         bundle is ``image_conditioned``, ``request.conditioning_frames`` gives
         each prompt's first (and, when there is one, last) frame at the
-        request's size.
+        request's size. When ``request.preview_steps`` is not empty (only for a
+        bundle that sets ``renders_previews``), also return, for each of those
+        sampler steps (counted from 1), a cheap preview of the clip: the
+        denoised estimate at that step (flow matching: ``x0 = x_t - sigma *
+        velocity``), decoded at low cost (a few frames, a tiny decoder). Take
+        it from the sampler as it runs (a diffusers pipeline's
+        ``callback_on_step_end``, or the family's own loop): previews must not
+        change the final frames.
     :return: a `tuner.types.ValidationResult` whose ``frames`` maps each
         nickname to its frames, ``(frames, height, width, 3)`` in ``[0, 1]``.
         (A family may instead write a file into ``request.output_dir`` and name
-        it in ``media``.)
+        it in ``media``.) With preview steps, ``preview_frames`` maps each
+        nickname to ``{step: frames}`` for every requested step; the core writes
+        them and adds them to the contact sheet.
     """
 
 
@@ -435,7 +444,9 @@ def on_checkpoint_saved(run: RunInfo, step: int, path: Path) -> None:
 def on_validation_done(run: RunInfo, result: ValidationResult) -> None:
     """A validation round wrote its media.
 
-    :param result: the step and the media files written, by nickname.
+    :param result: the step and the media files written, by nickname; with
+        ``validation_preview``, ``result.previews`` holds the preview files, by
+        media key and sampler step.
     """
 
 

@@ -142,6 +142,9 @@ class ModelBundle:
         one that loads in the most tools (ComfyUI and its diffusers pipeline
         alike), shown by a test of the family. The core resolves ``"auto"``
         with it, so `export_adapter` only ever sees those two.
+    :ivar renders_previews: the family's `validate` honours
+        `ValidationRequest.preview_steps` (``validation_preview``); for a family
+        that does not, the option is ignored with a notice at start-up.
     """
 
     family: str
@@ -169,6 +172,7 @@ class ModelBundle:
     count_prompt_tokens: Callable[[list[str]], list[int]] | None = None
     max_prompt_tokens: int = 0
     auto_lora_format: str = "diffusers"
+    renders_previews: bool = False
 
     def trained_experts(self) -> list[Expert]:
         """The experts the run trains; a single denoiser is one expert over the whole range."""
@@ -352,6 +356,10 @@ class ValidationRequest:
         it, centre-cropped): the first frame and, when the source has one, the
         last (a video's last frame, or a library entry's ``last_image``). A
         family that conditions on the first frame only uses ``[0]``.
+    :ivar preview_steps: sampler steps (counted from 1) at which to return a
+        cheap preview of the clip in `ValidationResult.preview_frames`: the
+        denoised estimate at that step, decoded at low cost. Empty: no previews
+        (always empty for a bundle whose ``renders_previews`` is false).
     """
 
     step: int
@@ -367,6 +375,7 @@ class ValidationRequest:
     fps: int = 16
     skip_layer_guidance: SkipLayerGuidance | None = None
     conditioning_frames: dict[str, Any] = field(default_factory=dict)
+    preview_steps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -406,12 +415,21 @@ class ValidationResult:
         `on_validation_done`, every file of the round; a family may also write
         files itself and name them here.
     :ivar contact_sheet: the round's contact sheet PNG (set by the core).
+    :ivar preview_frames: from the family, when the request has
+        ``preview_steps``: nickname -> {sampler step -> preview frames}, one
+        entry per requested step, frames as in ``frames`` (a few frames, or one,
+        at any size: they are previews). The core writes them and puts them on
+        the contact sheet.
+    :ivar previews: in the result the core passes to `on_validation_done`: the
+        preview files written, media key -> {sampler step -> file}.
     """
 
     step: int
     media: dict[str, Path] = field(default_factory=dict)
     frames: dict[str, Any] = field(default_factory=dict)
     contact_sheet: Path | None = None
+    preview_frames: dict[str, dict[int, Any]] = field(default_factory=dict)
+    previews: dict[str, dict[int, Path]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)  # compared and hashed by identity: plugins may key per-run state on it

@@ -3,7 +3,8 @@
 A built-in lifecycle plugin with the ``[tracking]`` section. Per step it logs the
 loss, learning rate, gradient norm, seconds per step, the evaluation loss when
 there is one and whatever the family logs; per validation round the contact
-sheet and (wandb) the videos. A tracker that fails is reported once and
+sheet, (wandb) the videos and, with ``validation_preview``, the previews of each
+clip under ``validation_preview/<clip>/step-NNN``. A tracker that fails is reported once and
 dropped: reporting never stops training.
 """
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tuner.hookspecs import hookimpl
 from tuner.report.secrets import Scrubber, run_scrubber
 
-__all__ = ["TrackingSection", "Trackers", "TRACKERS", "tracker_values"]
+__all__ = ["TrackingSection", "Trackers", "TRACKERS", "tracker_values", "preview_tag"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,11 @@ class TrackingSection(BaseModel):
 def tracker_values(logs: dict[str, float]) -> dict[str, float]:
     """Step logs under tracker names (``train/loss``, ``eval/loss``, ...)."""
     return {_NAMES.get(k, f"train/{k}"): float(v) for k, v in logs.items()}
+
+
+def preview_tag(key: str, step: int) -> str:
+    """Where a clip's preview at a sampler step is logged; the step zero-padded so the tags sort by step."""
+    return f"validation_preview/{key}/step-{step:03d}"
 
 
 def _flat_config(config: Any) -> dict[str, Any]:
@@ -141,20 +147,26 @@ class Trackers:
         import numpy as np
         from PIL import Image
 
+        from tuner.validate.media import read_media
+
         with Image.open(result.contact_sheet) as image:
             sheet = np.asarray(image.convert("RGB"))
+        previews = {preview_tag(k, s): Path(p) for k, by_step in result.previews.items() for s, p in by_step.items()}
 
         def send(tracker: Any) -> None:
             if tracker.name == "tensorboard":
-                tracker.log_images({"validation/contact_sheet": sheet[None]}, step=result.step, dataformats="NHWC")
+                images = {"validation/contact_sheet": sheet[None]}
+                images.update({tag: read_media(path) for tag, path in previews.items()})
+                tracker.log_images(images, step=result.step, dataformats="NHWC")
                 return
             import wandb
 
+            def wrap(path: Path) -> Any:
+                return wandb.Video(str(path), format="mp4") if path.suffix == ".mp4" else wandb.Image(str(path))
+
             media: dict[str, Any] = {"validation/contact_sheet": wandb.Image(sheet)}
-            for key, path in result.media.items():
-                media[f"validation/{key}"] = (
-                    wandb.Video(str(path), format="mp4") if Path(path).suffix == ".mp4" else wandb.Image(str(path))
-                )
+            media.update({f"validation/{key}": wrap(Path(path)) for key, path in result.media.items()})
+            media.update({tag: wrap(path) for tag, path in previews.items()})
             tracker.log(media, step=result.step)
 
         self._each("log validation media", send)

@@ -18,6 +18,7 @@ from tuner.types import SkipLayerGuidance, ValidationRequest, ValidationResult
 from tuner.validate.first_frames import load_first_frames
 from tuner.validate.inference import inference_state
 from tuner.validate.media import contact_sheet, read_media, thumbnails, write_media
+from tuner.validate.previews import keep_previews, notice_unsupported, preview_row, request_steps
 from tuner.validate.prompts import CONTACT_SHEET_NAME, file_stems, round_prompts
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ def check_validation(host: PluginHost, bundle: ModelBundle, config: RunConfig) -
                 f" {bundle.family}: use {max(m, width // m * m)}x{max(m, height // m * m)}"
             )
     _check_conditioning(bundle, config)
+    notice_unsupported(bundle, config)
     layers = v.validation_guidance_skip_layers
     if layers and bundle.num_blocks and max(layers) >= bundle.num_blocks:
         raise ConfigError(
@@ -168,7 +170,8 @@ def run_validation(
             for nickname, prompt in prompts.items():
                 key = key_of(nickname, size)
                 request = _request(config, step, key, prompt, size, folder)
-                shown = []
+                request.preview_steps = request_steps(bundle, config)
+                shown, preview_rows = [], []
                 if nickname in images:
                     # Image-to-video: the frame(s) the clip starts from, shown first in its row.
                     request.conditioning_frames[key] = load_first_frames(images[nickname], *size)
@@ -179,12 +182,19 @@ def run_validation(
                     name = f"{key}-{suffix}" if suffix else key
                     out.media[name], frames = _keep(rendered, key, folder, stems[name], v.validation_fps, owner)
                     shown.append(thumbnails(frames))
+                    files, previews = keep_previews(
+                        rendered, key, request.preview_steps, folder, stems[name], v.validation_fps, owner
+                    )
+                    if files:
+                        out.previews[name] = files
+                        preview_rows.append(preview_row(key, (suffix or "trained") if len(variants) > 1 else "", previews))
                     advance(1)
                 names = [s or "trained" for s, _ in variants]
                 if nickname in images:
                     names.insert(0, "first frame")
                 labels = " | ".join(names) if len(names) > 1 else ""
                 rows.append((f"{key}  ({labels})" if labels else key, shown))
+                rows.extend(preview_rows)  # each clip's previews right under it
         out.contact_sheet = contact_sheet(rows, folder / f"{CONTACT_SHEET_NAME}.png")
     _mark_complete(folder, out)
     return out
@@ -212,6 +222,10 @@ def _mark_complete(folder: Path, result: ValidationResult) -> None:
         "step": result.step,
         "media": {k: Path(v).name for k, v in result.media.items()},
         "contact_sheet": result.contact_sheet.name if result.contact_sheet is not None else None,
+        "previews": {
+            k: {str(s): Path(p).relative_to(folder).as_posix() for s, p in by_step.items()}
+            for k, by_step in result.previews.items()
+        },
     }
     done = _record(folder)
     tmp = done.with_name(f"{done.name}.partial")
@@ -227,6 +241,7 @@ def round_complete(config: RunConfig, step: int) -> bool:
     try:
         record = json.loads(_record(folder).read_text(encoding="utf-8"))
         names = list(record["media"].values()) + ([record["contact_sheet"]] if record["contact_sheet"] else [])
+        names += [name for by_step in record.get("previews", {}).values() for name in by_step.values()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     return all((folder / name).is_file() for name in names)

@@ -130,6 +130,18 @@ class ValidationSection(BaseModel):
     validation_guidance: float = Field(5.0, ge=0, description="Classifier-free guidance scale; 1 or less turns it off.")
     validation_seed: int = Field(42, description="Noise seed: the same noise every round, so rounds compare.")
     validation_fps: int = Field(16, ge=1, description="Frame rate of the written videos.")
+    validation_preview: bool = Field(
+        False,
+        description="Also render cheap previews of each clip at intermediate sampler steps (the denoised estimate,"
+        " decoded at low cost): written to validation/step-N/previews and shown on the contact sheet and in the"
+        " trackers. Families that cannot render previews ignore it with a notice.",
+    )
+    validation_preview_steps: int = Field(
+        1,
+        ge=1,
+        description="With validation_preview: preview every N sampler steps (N, 2N, ... up to"
+        " validation_num_inference_steps; 5 of 20 steps previews steps 5, 10, 15 and 20). Larger N, less overhead.",
+    )
     validation_guidance_skip_layers: list[int] | None = Field(
         None,
         description="Skip-layer guidance: blocks skipped in an extra conditional pass whose difference from the"
@@ -208,6 +220,23 @@ class ValidationSection(BaseModel):
                 f" (got {self.validation_guidance_skip_layers_start} .. {self.validation_guidance_skip_layers_stop})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _preview_fits(self) -> ValidationSection:
+        if self.validation_preview and self.validation_preview_steps > self.validation_num_inference_steps:
+            raise ValueError(
+                f"validation_preview_steps = {self.validation_preview_steps} is above validation_num_inference_steps ="
+                f" {self.validation_num_inference_steps}, so no step would be previewed: use at most"
+                f" {self.validation_num_inference_steps}"
+            )
+        return self
+
+    def preview_steps(self) -> tuple[int, ...]:
+        """The sampler steps (from 1) previewed: every ``validation_preview_steps``-th; none when previews are off."""
+        if not self.validation_preview:
+            return ()
+        every = self.validation_preview_steps
+        return tuple(range(every, self.validation_num_inference_steps + 1, every))
 
     def sizes(self) -> list[tuple[int, int]]:
         """Every validation size, as ``(width, height)``, in the order given, without repeats."""

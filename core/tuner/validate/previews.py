@@ -1,0 +1,76 @@
+"""Previews of intermediate sampler steps (``validation_preview``): which steps, their files, their sheet rows.
+
+The family renders them (the denoised estimate at a step, decoded cheaply, in
+`ValidationResult.preview_frames`); the core asks for them, writes them into
+``validation/step-N/previews/`` and gives each clip a row of them on the
+contact sheet, in step order, labelled with the steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import PluginError
+from tuner.validate.media import thumbnails, write_media
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tuner.config import RunConfig
+    from tuner.types import ModelBundle, ValidationResult
+
+__all__ = ["PREVIEW_FOLDER", "PREVIEW_THUMBNAILS", "request_steps", "notice_unsupported", "keep_previews", "preview_row"]
+
+PREVIEW_FOLDER = "previews"
+# Frames of each preview shown on the sheet: a preview is a few frames at most, and one row holds every step.
+PREVIEW_THUMBNAILS = 2
+
+
+def request_steps(bundle: ModelBundle, config: RunConfig) -> tuple[int, ...]:
+    """The sampler steps the family is asked to preview: none when previews are off or the family cannot."""
+    return config.validation.preview_steps() if bundle.renders_previews else ()
+
+
+def notice_unsupported(bundle: ModelBundle, config: RunConfig) -> None:
+    """At start-up: ``validation_preview`` on a family that cannot render previews is ignored, and said so once."""
+    if config.validation.validation_preview and not bundle.renders_previews:
+        from tuner.report.progress import notice
+
+        notice(f"validation_preview is ignored: the {bundle.family} family does not render sampler previews")
+
+
+def keep_previews(
+    rendered: ValidationResult | None,
+    key: str,
+    steps: tuple[int, ...],
+    folder: Path,
+    stem: str,
+    fps: int,
+    owner: str,
+) -> tuple[dict[int, Path], dict[int, np.ndarray]]:
+    """Write the previews the family rendered for ``key``; return the files and frames by step.
+
+    The family must return every requested step: a missing one is the plugin's error, not the user's.
+    """
+    if not steps:
+        return {}, {}
+    given: dict[int, Any] = (rendered.preview_frames.get(key, {}) if rendered is not None else {}) or {}
+    missing = [s for s in steps if s not in given]
+    if missing:
+        raise PluginError(f"plugin '{owner}': validate returned no preview of step {missing[0]} for prompt '{key}'")
+    import numpy as np
+
+    files, frames = {}, {}
+    for step in steps:
+        frames[step] = np.asarray(given[step])
+        files[step] = write_media(frames[step], folder / PREVIEW_FOLDER, f"{stem}-step-{step}", fps)
+    return files, frames
+
+
+def preview_row(key: str, variant: str, frames: dict[int, np.ndarray]) -> tuple[str, list[np.ndarray]]:
+    """A contact-sheet row: the previews of one clip left to right by step, the steps named in the label."""
+    steps = sorted(frames)
+    which = f", {variant}" if variant else ""
+    label = f"{key}  previews{which} ({' | '.join(f'step {s}' for s in steps)})"
+    return label, [thumbnails(frames[s], count=PREVIEW_THUMBNAILS) for s in steps]
