@@ -190,4 +190,4 @@ def test_tensorboard_logs_each_preview_under_its_own_tag(toy):
     events = EventAccumulator(str(toy / "out" / "logs" / "tuner" / "previews"), size_guidance={"images": 0}).Reload()
     found = [tag for tag in events.Tags()["images"] if "validation_preview" in tag]
     assert found == ["validation_preview/main/step-002", "validation_preview/main/step-004"]
-    assert [e.step for e in events.Images("validation_preview/main/step-004")] == [6, 6, 6], "its 3 frames, at step 6"
+    assert [e.step for e in events.Images("validation_preview/main/step-004")] == [6], "logged at the training step"
