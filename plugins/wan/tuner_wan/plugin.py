@@ -87,6 +87,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         max_prompt_tokens=section.max_sequence_length,
         # The original names load in ComfyUI, and diffusers converts them on load (tuner_wan.export).
         auto_lora_format="comfyui",
+        renders_previews=True,  # tuner_wan.sampling hands each step's denoised estimate to decode_preview
     )
 
 

@@ -9,6 +9,14 @@ so no block is ever patched by hand.
 
 Samplers: UniPC multistep (Wan's own scheduler, the default) or flow-matching
 Euler, chosen with ``wan_validation_sampler``.
+
+Previews (``validation_preview``): after each step the loop hands the denoised
+estimate ``x0 = x_t - sigma * velocity`` to ``on_step_end`` (the role of a
+diffusers pipeline's ``callback_on_step_end``, in our own loop);
+`decode_preview` decodes its first latent frames with the real VAE. diffusers
+has no tiny Wan decoder (its ``AutoencoderTiny`` is 2-D, for image VAEs; the
+TAEW2.1 weights load only with their author's own ``taehv`` module), so the
+cost is kept low by decoding few frames instead.
 """
 
 from __future__ import annotations
@@ -29,9 +37,13 @@ if TYPE_CHECKING:
 
     StartFactory = Callable[[torch.Generator], FirstFrameStart]
 
-__all__ = ["SAMPLERS", "make_scheduler", "skipped_blocks", "sample_clip"]
+__all__ = ["SAMPLERS", "PREVIEW_LATENT_FRAMES", "make_scheduler", "skipped_blocks", "sample_clip", "decode_preview"]
 
 SAMPLERS = ("unipc", "euler")
+# Latent frames a preview decodes: 1 + 4 = 5 frames with Wan's 4x temporal compression. The VAE's cost grows
+# with the latent frames it decodes, so a preview of an 81-frame clip (21 latent frames) costs about a tenth of
+# the clip's own decode, and the first frames still show an image-to-video clip start to move.
+PREVIEW_LATENT_FRAMES = 2
 
 
 def make_scheduler(kind: str, loaded: Any) -> Any:
@@ -113,6 +125,7 @@ def sample_clip(
     guidance_2: float | None = None,
     enter: Callable[[str], None] | None = None,
     start: StartFactory | None = None,
+    on_step_end: Callable[[int, torch.Tensor], None] | None = None,
 ) -> np.ndarray:
     """One clip, ``(frames, height, width, 3)`` float in [0, 1], from a generator seeded with ``request.seed``.
 
@@ -122,12 +135,15 @@ def sample_clip(
     request's) below it. ``enter(component)`` is called before a stage's
     transformer runs (experts may take turns on the accelerator).
     ``start``: image-to-video, called with the generator; returns the `FirstFrameStart` of the clip.
+    ``on_step_end(step, x0)``: called after each sampler step (``step`` from 1) with the float32 denoised
+    estimate of the latents at that step (TI2V: with the clean first frame put back); it must not change them.
     """
     import torch
 
     with torch.no_grad():
         return _sample(
-            pipe, request, prompt, scheduler, max_sequence_length, guidance_2, enter or (lambda _: None), start
+            pipe, request, prompt, scheduler, max_sequence_length, guidance_2, enter or (lambda _: None), start,
+            on_step_end,
         )
 
 
@@ -152,6 +168,7 @@ def _sample(
     guidance_2: float | None,
     enter: Callable[[str], None],
     start: StartFactory | None = None,
+    on_step_end: Callable[[int, torch.Tensor], None] | None = None,
 ) -> np.ndarray:
     import torch
 
@@ -194,8 +211,22 @@ def _sample(
             pred = _guided(model, x, tt, cond, uncond, scale, active, extra)
         else:
             pred = _guided(model, latents.to(dtype), t.expand(latents.shape[0]), cond, uncond, scale, active)
+        if on_step_end is not None:
+            # Flow matching: x_t = (1 - sigma) x0 + sigma noise and the model predicts noise - x0. The scheduler's
+            # sigmas run in step with its timesteps from the begin index 0 set above.
+            sigma = scheduler.sigmas[i].to(device=latents.device, dtype=torch.float32)
+            x0 = latents.float() - sigma * pred.float()
+            on_step_end(i + 1, first.finish(x0) if first is not None else x0)
         latents = scheduler.step(pred, t, latents, return_dict=False)[0]
     return _decode(pipe, first.finish(latents) if first is not None else latents)
+
+
+def decode_preview(pipe: Any, x0: torch.Tensor) -> np.ndarray:
+    """A cheap look at a denoised estimate: its first `PREVIEW_LATENT_FRAMES` latent frames through the VAE.
+
+    Wan's VAE is causal in time, so these are exactly the first frames a full decode of ``x0`` would give.
+    """
+    return _decode(pipe, x0[:, :, :PREVIEW_LATENT_FRAMES])
 
 
 def _decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:

@@ -15,7 +15,7 @@ __all__ = ["render_validation"]
 
 def render_validation(bundle: ModelBundle, request: ValidationRequest) -> ValidationResult:
     """Frames for every prompt of the request; the core writes the files."""
-    from tuner_wan.sampling import make_scheduler, sample_clip
+    from tuner_wan.sampling import decode_preview, make_scheduler, sample_clip
 
     parts = bundle.components
     pipe = parts["pipeline"]
@@ -29,6 +29,12 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
 
     for key, prompt in request.prompts.items():
         start = first_frame_factory(bundle, request, key)
+        previews: dict[int, Any] = {}
+
+        def preview(step: int, x0: Any, previews: dict[int, Any] = previews) -> None:
+            if step in request.preview_steps:
+                previews[step] = decode_preview(pipe, x0)
+
         result.frames[key] = sample_clip(
             pipe,
             request,
@@ -38,7 +44,10 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
             parts.get("validation_guidance_2"),
             enter,
             start,
+            preview if request.preview_steps else None,
         )
+        if request.preview_steps:
+            result.preview_frames[key] = previews
     return result
 
 
