@@ -79,6 +79,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         # ComfyUI maps Flux's diffusers names itself, while diffusers' kohya reader (the comfyui layout) assumes
         # FLUX.1's full widths: the diffusers layout is the one that loads in both (tuner_flux.export).
         auto_lora_format="diffusers",
+        renders_previews=True,  # tuner_flux.validation decodes each previewed step's denoised estimate
     )
 
 

@@ -1,0 +1,42 @@
+"""Flux sampler previews (validation_preview) through FluxPipeline's callback, on the tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tuner.config import resolve_config
+from tuner.plugins import PluginHost
+from tuner.types import ValidationRequest
+from tuner.validate.inference import inference_state
+
+
+@pytest.fixture(scope="module")
+def flux(tiny_model_dir):
+    host = PluginHost.build(["flux"])
+    section = {"flux_pretrained_model_name_or_path": str(tiny_model_dir("flux")), "flux_t5_max_length": 32}
+    bundle = host.load_model(resolve_config({"flux": section}, host), torch.device("cpu"))
+    return host, bundle
+
+
+def _render(flux, tmp_path, steps=()):
+    host, bundle = flux
+    request = ValidationRequest(step=0, prompts={"main": "a red square"}, negative_prompt="", num_frames=1, width=32,
+                                height=32, num_inference_steps=4, guidance_scale=3.5, seed=2, output_dir=tmp_path,
+                                preview_steps=steps)
+    with inference_state(bundle):
+        return host.validate(bundle, request)
+
+
+def test_flux_previews_each_requested_step_and_leaves_the_image_unchanged(flux, tmp_path):
+    assert flux[1].renders_previews
+    plain = _render(flux, tmp_path)
+    result = _render(flux, tmp_path, steps=(1, 2, 3, 4))
+    assert np.array_equal(result.frames["main"], plain.frames["main"]), "previews do not change the image"
+    previews = result.preview_frames["main"]
+    assert sorted(previews) == [1, 2, 3, 4] and all(p.shape == (1, 32, 32, 3) for p in previews.values())
+    assert all(np.abs(previews[s] - previews[s + 1]).mean() > 1e-4 for s in (1, 2, 3)), "each step differs"
+    # Flux's Euler sampler ends at sigma 0: the last step's estimate is the image.
+    assert np.abs(previews[4] - plain.frames["main"]).max() < 1e-4
+    assert not flux[1].components["pipeline"].transformer._forward_hooks, "the hook is gone afterwards"
