@@ -48,7 +48,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
         (["plugins=['wann']"], "unknown plugin 'wann' (did you mean 'wan'?); installed plugins:"),
         (["plugins=['ltx2']"], "unknown plugin 'ltx2': it is not installed (install the package that provides it);"),
         (["tread_config={routes=[{selection_ratio=0.5,start_layer_idx=0,end_layer_idx=9}]}"], "end_layer_idx = 9 is outside this model's 2 blocks"),
-        (["validation_preview=true"], "config key 'validation_preview' is not supported: previews of intermediate"),
+        (["validation_preview=true", "validation_preview_steps=99"], "validation_preview_steps = 99 is above validation_num_inference_steps"),
         (["model_type='full'"], "train.model_type: Input should be 'lora'"),
         (["disable_benchmark=true", "validation_on_startup=true"], "disable_benchmark = true contradicts validation_on_startup"),
     ],

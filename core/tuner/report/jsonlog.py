@@ -72,6 +72,8 @@ class EventLog:
     @hookimpl
     def on_validation_done(self, run: Any, result: Any) -> None:
         record = {"event": "validation", "step": result.step, "media": {k: str(v) for k, v in result.media.items()}}
+        if result.previews:  # validation_preview: media key -> sampler step -> file
+            record["previews"] = {k: {str(s): str(p) for s, p in v.items()} for k, v in result.previews.items()}
         if result.contact_sheet is not None:
             record["contact_sheet"] = str(result.contact_sheet)
         self._write(record)

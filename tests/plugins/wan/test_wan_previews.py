@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,3 +128,24 @@ def test_a_round_with_the_guides_options_writes_previews_and_shows_them_on_the_s
         np.abs(read_media(plain.media["main"]).astype(int) - read_media(result.media["main"])).max() <= 4
     ), "the same clip with and without previews (x264 may differ by a level)"
 
+
+
+@pytest.mark.slow
+def test_a_cli_run_with_the_guides_preview_keys_logs_and_writes_the_previews(make_run, cli):
+    from tuner.config import read_config_file
+    from tuner.report.jsonlog import read_log
+
+    overrides = [
+        "validation.validation_resolution='32x32'",
+        "validation.validation_num_video_frames=5",
+        "validation.validation_num_inference_steps=4",
+        "validation_preview=true",  # written flat, as the guide writes them
+        "validation_preview_steps=2",
+    ]
+    config = make_run(name="wan-previews", steps=1, clips=1, overrides=overrides)
+    result = cli(["train", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    out = config.parent / read_config_file(config)["train"]["output_dir"]
+    rounds = [r for r in read_log(out) if r["event"] == "validation"]
+    assert [sorted(r["previews"]["main"], key=int) for r in rounds] == [["2", "4"]]
+    assert all(Path(p).is_file() for p in rounds[0]["previews"]["main"].values())
