@@ -186,6 +186,7 @@ def test_tensorboard_logs_each_preview_under_its_own_tag(toy):
     run = RunInfo(output_dir=toy / "out", max_train_steps=6, start_step=0, family="toy", config=config)
     trackers.on_run_start(run)
     trackers.on_validation_done(run, result)
+    assert len(trackers.active) == 1, "the tracker took the previews without failing (a failure drops it)"
     trackers.on_run_end(run, {}, None)
     events = EventAccumulator(str(toy / "out" / "logs" / "tuner" / "previews"), size_guidance={"images": 0}).Reload()
     found = [tag for tag in events.Tags()["images"] if "validation_preview" in tag]
