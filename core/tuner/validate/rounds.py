@@ -135,6 +135,8 @@ def run_validation(
     With ``use_ema`` (a callable returning a context manager that swaps the EMA
     weights in), ``ema_validation`` picks the EMA weights only, or both, the
     EMA files suffixed ``-ema`` and shown beside the trained ones on the sheet.
+    With ``validation_preview`` (and a family that renders previews), each
+    clip's previews go to ``previews/`` and into a row under the clip's row.
 
     Training state is untouched: the global RNG is forked, token routing is
     off, gradients are off and the denoiser returns to its mode afterwards.
