@@ -46,7 +46,9 @@ def test_mutated_configs_load_or_raise_a_tuner_error(fuzz_folder, monkeypatch):
     base = base_config(fuzz_folder)
     outcomes = {"accepted": 0, "refused": 0}
 
-    @_settings(120)
+    # 300, not 120: about 7% of mutated configs load, so 120 examples gave 4 to 12 accepted depending on the
+    # option list and the folder the suite runs in, around the bound of 10 below; 300 give 20 to 25.
+    @_settings(300)
     @given(config_mutations(base), st.booleans())
     def check(case, as_toml):
         config, sets = case
