@@ -124,9 +124,10 @@ def test_a_round_with_the_guides_options_writes_previews_and_shows_them_on_the_s
     assert sheet.height == SHEET_PAD + 2 * (SHEET_LABEL + 32 + SHEET_PAD), "the clip's row and its previews' row"
     plain = run_validation(host, bundle, resolve_config({**raw, "validation_preview": False}, host, base_dir=tmp_path), 8)
     assert plain.previews == {} and not (folder.parent / "step-8" / "previews").exists()
-    assert np.array_equal(read_media(plain.media["main"]), read_media(result.media["main"])) or (
-        np.abs(read_media(plain.media["main"]).astype(int) - read_media(result.media["main"])).max() <= 4
-    ), "the same clip with and without previews (x264 may differ by a level)"
+    # The same clip with and without previews: compared on the lossless sheets (the clip's row is the top one),
+    # not through x264, whose output for the same frames was seen to vary inside the full suite.
+    with_previews, without = np.asarray(sheet), np.asarray(Image.open(plain.contact_sheet))
+    assert np.array_equal(with_previews[: without.shape[0], : without.shape[1]], without)
 
 
 
