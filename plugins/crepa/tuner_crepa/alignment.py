@@ -26,7 +26,15 @@ if TYPE_CHECKING:
 
     from tuner_crepa.settings import CrepaSection
 
-__all__ = ["make_projector", "unit_patches", "to_teacher_grid", "neighbour_weights", "cross_frame_alignment", "crepa_weight"]
+__all__ = [
+    "make_projector",
+    "project",
+    "unit_patches",
+    "to_teacher_grid",
+    "neighbour_weights",
+    "cross_frame_alignment",
+    "crepa_weight",
+]
 
 
 def make_projector(hidden_size: int, teacher_size: int, seed: int) -> torch.nn.Module:
@@ -51,6 +59,17 @@ def make_projector(hidden_size: int, teacher_size: int, seed: int) -> torch.nn.M
         linear.weight.uniform_(-bound, bound, generator=generator)
         linear.bias.uniform_(-bound, bound, generator=generator)
     return projector.float()
+
+
+def project(projector: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``projector`` (`make_projector`) on block hidden states of any precision; float32 out.
+
+    The LayerNorm takes them as they are (it computes in float32 inside), so
+    only its output is copied to float32 for the Linear: one full-width copy
+    instead of two when the model runs in bf16 or fp16.
+    """
+    norm, linear = projector[0], projector[1]
+    return linear(norm(hidden).float())
 
 
 def unit_patches(features: torch.Tensor) -> torch.Tensor:

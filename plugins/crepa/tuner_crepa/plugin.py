@@ -1,14 +1,15 @@
 """The CREPA plugin, as tuner hooks (the ``tuner.plugins`` entry point ``crepa``).
 
 It reaches a model family only through the contract: the block stack
-(``block_lists``), the width of its hidden states (``hidden_size``) and the token
-grid (``token_grid``) from the `tuner.types.ModelBundle`, per-clip teacher
-features through `clip_features`, its projector through
+(``block_lists``, the first one), the width of its hidden states
+(``hidden_size``), the token grid (``token_grid``) and the latent tokens of a
+block's output (``block_tokens``) from the `tuner.types.ModelBundle`, per-clip
+teacher features through `clip_features`, its projector through
 ``ModelBundle.trainables`` and its loss term through `auxiliary_loss`.
 
-A family with single images: a clip of one frame is aligned to its own
-frame only (per-frame REPA); a family that does not describe its token grid
-(``token_grid`` unset) is refused at start-up.
+An image family (Flux: a token grid of one frame) gets REPA: each image is
+aligned to its own teacher features, there being no neighbours. A family that
+does not describe its token grid (``token_grid`` unset) is refused at start-up.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class CrepaPlugin:
         for expert, projector in zip(experts, self.projectors):
             name = "crepa_projector" if len(experts) == 1 else f"crepa_projector_{expert.label or expert.name}"
             bundle.trainables[name] = projector
-        self.capture = BlockCapture(modules, block, bundle.block_lists[0])
+        self.capture = BlockCapture(modules, block, bundle.block_lists[0], bundle.latent_tokens)
         self.capture.install()
 
     @hookimpl
@@ -141,7 +142,7 @@ class CrepaPlugin:
         """The batch's mean cross-frame score (differentiable) and mean same-frame alignment."""
         import torch
 
-        from tuner_crepa.alignment import cross_frame_alignment, neighbour_weights, to_teacher_grid
+        from tuner_crepa.alignment import cross_frame_alignment, neighbour_weights, project, to_teacher_grid
         from tuner_crepa.teacher import FEATURES_KEY
 
         assert self.capture is not None and bundle.token_grid is not None
@@ -177,7 +178,7 @@ class CrepaPlugin:
                     f"crepa: block {self.capture.block} gave hidden states {tuple(hidden.shape)}, expected"
                     f" ({target.shape[0]}, {frames * height * width}, ...) for a token grid {frames}x{height}x{width}"
                 )
-            student = to_teacher_grid(self.projectors[i](hidden.float()), (frames, height, width), patches)
+            student = to_teacher_grid(project(self.projectors[i], hidden), (frames, height, width), patches)
             score, aligned = cross_frame_alignment(student, target, weights)
             scores.append(score)
             same.append(aligned)

@@ -14,7 +14,7 @@ from tuner.errors import ConfigError, PluginError
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.train.checkpoints import read_checkpoint
-from tuner_crepa.alignment import crepa_weight, cross_frame_alignment, make_projector, neighbour_weights, unit_patches
+from tuner_crepa.alignment import crepa_weight, cross_frame_alignment, make_projector, neighbour_weights, project, unit_patches
 from tuner_crepa.settings import CrepaSection
 from tuner_crepa.teacher import frame_groups, teacher_grid
 
@@ -138,6 +138,10 @@ def test_projector_is_float32_and_its_init_leaves_the_global_rng_alone():
     assert all(p.dtype == torch.float32 for p in projector.parameters())
     assert isinstance(projector[0], torch.nn.LayerNorm) and projector[1].out_features == 32
     assert not list(projector[0].parameters())  # its scale and shift would repeat the Linear's
+    # bf16 hidden states (a model in bf16): float32 out, within bf16 rounding of the float32 path.
+    hidden = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(1))
+    low = project(projector, hidden.bfloat16())
+    assert low.dtype == torch.float32 and torch.allclose(low, project(projector, hidden), atol=0.05)
     assert torch.equal(projector[1].weight, make_projector(64, 32, seed=7)[1].weight)
 
 
@@ -314,6 +318,19 @@ def test_resume_is_bit_identical_with_the_projector(make_run, tiny_dino, cli):
     fa = load_file(straight.parent / "output" / "pytorch_lora_weights.safetensors")
     fb = load_file(resumed.parent / "output" / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(fa[k], fb[k]) for k in fa) and not [k for k in fa if "crepa" in k]
+
+
+def test_flux_images_get_repa_on_their_image_tokens_and_the_alignment_rises(make_run, tiny_dino, cli):
+    # Flux: one frame of 4 x 4 image tokens per 64 x 64 still (its text tokens left out), a 2 x 2 teacher grid.
+    options = [*crepa(tiny_dino, "crepa_lambda=1.0", "train.learning_rate=0.01"), "plugins=['flux', 'crepa']"]
+    config = make_run(plugin="flux", steps=40, overrides=options)
+    result = cli(["train", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    steps = steps_of(config)
+    aligned = [s["crepa_alignment"] for s in steps]
+    # One frame has no neighbours: the cross-frame score is the same-frame alignment (loss = 1 - alignment).
+    assert all(s["crepa_loss"] == pytest.approx(1 - s["crepa_alignment"], abs=1e-5) for s in steps)
+    assert np.mean(aligned[-8:]) > np.mean(aligned[:8]) + 0.3
 
 
 def test_cached_features_need_no_teacher_weights_and_drop_the_vae_encoder(make_run, tiny_dino, cli, tmp_path):
