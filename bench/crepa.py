@@ -1,6 +1,6 @@
 """CREPA's cost per training step: step time and peak memory with CREPA on vs off, teacher features cached.
 
-    python bench/crepa.py              # 4 rounds of 12 steps per configuration (about 4 minutes)
+    python bench/crepa.py              # 4 rounds of 10 steps per configuration (2-5 minutes)
     python bench/crepa.py --quick      # 2 rounds of 6 steps (about 2 minutes)
 
 Both configurations train the mid-size Wan-shaped transformer of bench/overhead.py (LoRA rank 16,
@@ -17,7 +17,9 @@ order (off-on, on-off, ...), so drift in the machine's speed hits both alike. Pe
 time and the process's CPU time are taken: on a machine shared with other work the wall time also
 counts the moments others held the cores, the CPU time far less. Printed: median step times over
 all rounds, the median of the rounds' on/off ratios (target <= 1.10) with their range, and the
-ratio of peak memory.
+ratio of peak memory. One more step per run, not timed, runs under torch.profiler and counts the
+operations a step launches (aten ops and autograd nodes): a figure the machine's load does not move,
+and on an accelerator each is a kernel launch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,6 +63,8 @@ def child(folder: Path, crepa: bool, steps: int) -> dict[str, float]:
     class Clock:
         def __init__(self) -> None:
             self.marks: list[tuple[float, float]] = []
+            self.profiler: Any = None
+            self.ops = 0
 
         @hookimpl
         def on_run_start(self, run):  # type: ignore[no-untyped-def]
@@ -70,12 +75,18 @@ def child(folder: Path, crepa: bool, steps: int) -> dict[str, float]:
         @hookimpl
         def on_step_end(self, run, step, logs):  # type: ignore[no-untyped-def]
             self.marks.append((time.perf_counter(), time.process_time()))
+            if step == steps and steps > 1:  # the last, extra step: counted, not timed
+                self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.profiler.__enter__()
+            elif self.profiler is not None:
+                self.profiler.__exit__(None, None, None)
+                self.ops = len(self.profiler.events())
 
     clock = Clock()
     host = PluginHost.build(["wan", "crepa"], extra={"clock": clock})
     options = {
-        "train": {"output_dir": str(folder / ("on" if crepa else "off")), "max_train_steps": steps, "lora_rank": 16,
-                  "learning_rate": 1e-4, "checkpoint_step_interval": 0, "overwrite_output_dir": True},
+        "train": {"output_dir": str(folder / ("on" if crepa else "off")), "max_train_steps": steps + (steps > 1),
+                  "lora_rank": 16, "learning_rate": 1e-4, "checkpoint_step_interval": 0, "overwrite_output_dir": True},
         "data": {"instance_data_dir": str(folder / "clips"), "num_frames": 17, "resolution": 256,
                  "cache_dir": str(folder / "cache")},
         "wan": {"pretrained_model_name_or_path": str(folder / "model"), "max_sequence_length": 32},
@@ -83,7 +94,7 @@ def child(folder: Path, crepa: bool, steps: int) -> dict[str, float]:
                   "crepa_encoder_image_size": 224},
     }
     train(resolve_config(options, host), host)
-    marks = clock.marks[WARM_UP:]  # marks[i] ends step i (marks[0]: the run's start)
+    marks = clock.marks[WARM_UP : steps + 1]  # marks[i] ends step i (marks[0]: the run's start)
     wall = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
     cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
     if torch.cuda.is_available():
@@ -91,8 +102,8 @@ def child(folder: Path, crepa: bool, steps: int) -> dict[str, float]:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if not wall:  # the run that fills the caches counts no step
-        return {"wall": 0.0, "cpu": 0.0, "peak_mib": peak}
-    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu), "peak_mib": peak}
+        return {"wall": 0.0, "cpu": 0.0, "peak_mib": peak, "ops": 0}
+    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu), "peak_mib": peak, "ops": clock.ops}
 
 
 def main() -> None:
@@ -100,7 +111,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--child", choices=["on", "off"])
     parser.add_argument("--folder")
-    parser.add_argument("--steps", type=int, default=12, help="steps per run, the first %d not counted" % WARM_UP)
+    parser.add_argument("--steps", type=int, default=10, help="steps per run, the first %d not counted" % WARM_UP)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(Path(args.folder), args.child == "on", args.steps)))
@@ -140,6 +151,8 @@ def main() -> None:
             f"step time ({clock:4s}) off {off * 1000:8.1f} ms   on {on * 1000:8.1f} ms"
             f"   ratio {statistics.median(ratios):.3f}  (target <= {TARGET})  {spread}"
         )
+    ops_off, ops_on = results["off"][0]["ops"], results["on"][0]["ops"]
+    print(f"ops per step     off {ops_off:8d}      on {ops_on:8d}      CREPA adds {ops_on - ops_off} ({ops_on / ops_off - 1:.1%})")
     mem_off = max(r["peak_mib"] for r in results["off"])
     mem_on = max(r["peak_mib"] for r in results["on"])
     print(f"peak memory      off {mem_off:8.1f} MiB  on {mem_on:8.1f} MiB  ratio {mem_on / mem_off:.3f}")

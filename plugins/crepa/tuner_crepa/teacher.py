@@ -119,7 +119,7 @@ def frame_groups(num_frames: int, compression: int) -> list[range]:
 
 @dataclass
 class DinoFeatures:
-    """A `tuner.types.ClipFeatures`: per latent frame, the teacher's patch features ``(frames, patches, dim)``."""
+    """A `tuner.types.ClipFeatures`: the teacher's unit patch features ``(latent frames, rows, columns, dim)``."""
 
     section: CrepaSection
     info: TeacherInfo

@@ -89,7 +89,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
 
 
 def _token_grid(batch: dict[str, torch.Tensor]) -> tuple[int, int, int]:
-    """One frame of (H/2) x (W/2) tokens for latents ``(B, C, H, W)``: `tuner_flux.loss.pack` lays 2x2 patches row by row."""
+    """One frame of (H/2) x (W/2) tokens for latents ``(B, C, H, W)`` (`tuner_flux.loss.pack`: 2x2 patches, by rows)."""
     _, _, height, width = batch["latents"].shape
     return 1, height // 2, width // 2
 
