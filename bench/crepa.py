@@ -1,7 +1,7 @@
 """CREPA's cost per training step: step time and peak memory with CREPA on vs off, teacher features cached.
 
     python bench/crepa.py              # 4 rounds of 10 steps per configuration (2-5 minutes)
-    python bench/crepa.py --quick      # 2 rounds of 6 steps (about 2 minutes)
+    python bench/crepa.py --quick      # 2 rounds of 6 steps (1-3 minutes)
 
 Both configurations train the mid-size Wan-shaped transformer of bench/overhead.py (LoRA rank 16,
 AdamW, 17 frames of 256x256 -> 5 x 16 x 16 = 1280 tokens) through a real tuner run. CREPA taps
