@@ -24,7 +24,8 @@ so features need not know it; clips and prompts encode deterministically; the
 loss draws only from its generator; training lowers the loss; the exported
 adapter loads in your pipeline and changes its output; a resumed run ends
 bit-for-bit where an uninterrupted one does; validation and the evaluation
-loss work when you implement them; a token router's plan is carried out (or,
+loss work when you implement them; a token grid, when you describe one, fits
+what a block outputs; a token router's plan is carried out (or,
 if your family sets ``supports_token_routing=False``, refused at start-up);
 group offloading or a quantized base, with an attention backend, chunked
 feed-forward, gradient checkpointing, token routing and the evaluation loss,
@@ -248,6 +249,27 @@ class FamilyContract:
             bundle.denoiser.eval()
         assert math.isclose(plain, kept_all, rel_tol=1e-5), "a plan that keeps every token changed the loss"
         assert math.isfinite(half) and half != plain, "the router's plan was not carried out"
+
+    def test_token_grid_matches_what_a_block_outputs(self, contract_bundle: Any) -> None:
+        """A family that describes its token grid: the latent tokens of a block (``block_tokens``) fill it exactly."""
+        host, config, bundle = contract_bundle
+        if bundle.token_grid is None:  # optional: features that read a block per frame (CREPA) then refuse the family
+            assert bundle.block_tokens is None, "block_tokens is set without a token_grid to lay its tokens out"
+            return
+        batch = self.batch(host, bundle)
+        seen: list[Any] = []
+        block = bundle.denoiser.get_submodule(bundle.block_lists[0])[0]
+        handle = block.register_forward_hook(lambda module, args, output: seen.append(bundle.latent_tokens(output)))
+        try:
+            self.loss(host, config, bundle, batch)
+        finally:
+            handle.remove()
+        frames, height, width = bundle.token_grid(batch)
+        expected = (len(next(iter(batch.values()))), frames * height * width, bundle.hidden_size)
+        assert seen and tuple(seen[0].shape) == expected, (
+            f"block_lists[0]'s first block gave latent tokens {tuple(seen[0].shape) if seen else None}; token_grid"
+            f" {frames}x{height}x{width} and hidden_size say {expected}"
+        )
 
     def test_training_lowers_the_loss(self, contract_trained: Any, contract_run: Path) -> None:
         from tuner.train.run import train

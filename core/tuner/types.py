@@ -123,7 +123,12 @@ class ModelBundle:
         ``(frames, height, width)`` grid of the latent tokens the blocks see,
         which the blocks hold frame-major (``frame * height * width + row *
         width + column``); ``None`` when the family does not say. Features that
-        read a block per frame (CREPA) need it.
+        read a block per frame (CREPA) need it. An image family gives one frame.
+    :ivar block_tokens: given what a block of the first ``block_lists`` stack
+        returns, the hidden states of the latent tokens ``(batch, tokens,
+        hidden_size)`` in `token_grid`'s order, other tokens (text) left out;
+        ``None`` when the block returns exactly those, alone or first in a
+        tuple. Features that read a block (``block_taps``) take them through it.
     :ivar trainables: small modules a feature trains together with the adapter
         (a projection head, say), added from `prepare_model` with
         ``phase="adapted"``: name -> module. The core makes their parameters
@@ -168,11 +173,18 @@ class ModelBundle:
     expert_switch: Callable[[Expert], None] | None = None
     hidden_size: int = 0
     token_grid: Callable[[dict[str, torch.Tensor]], tuple[int, int, int]] | None = None
+    block_tokens: Callable[[Any], torch.Tensor] | None = None
     trainables: dict[str, torch.nn.Module] = field(default_factory=dict)
     count_prompt_tokens: Callable[[list[str]], list[int]] | None = None
     max_prompt_tokens: int = 0
     auto_lora_format: str = "diffusers"
     renders_previews: bool = False
+
+    def latent_tokens(self, block_output: Any) -> torch.Tensor:
+        """The latent tokens' hidden states in what a block of the first ``block_lists`` stack returned."""
+        if self.block_tokens is not None:
+            return self.block_tokens(block_output)
+        return block_output[0] if isinstance(block_output, tuple) else block_output
 
     def trained_experts(self) -> list[Expert]:
         """The experts the run trains; a single denoiser is one expert over the whole range."""

@@ -84,3 +84,28 @@ def test_a_model_path_that_does_not_load_is_one_line_naming_the_option(tmp_path:
 def test_an_unknown_tiny_variant_is_refused(tmp_path: Path):
     with pytest.raises(ConfigError, match="one tiny model shape"):
         write_tiny_ltx(tmp_path, variant="13b")
+
+
+def test_crepa_aligns_ltx_frames_through_the_bundle_alone(tmp_path: Path):
+    """tuner's CREPA knows no LTX file: hidden_size and token_grid in the bundle are all it needs."""
+    import numpy as np
+    from transformers import Dinov2Config, Dinov2Model
+
+    from tuner.config import read_config_file
+    from tuner.report.jsonlog import read_log
+    from tuner.testing import write_run_folder
+    from tuner.train.run import train
+
+    teacher = tmp_path / "dinov2-tiny"
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, patch_size=14,
+                             image_size=28)).save_pretrained(teacher)
+    host = PluginHost.build(["crepa"], extra={"ltx": tuner_ltx.plugin})
+    config = write_run_folder(tmp_path / "run", tmp_path / "model", plugin="ltx", steps=40, host=host, overrides=[
+        "crepa_enabled=true", "crepa_block_index=0", f"crepa_encoder='{teacher}'", "crepa_encoder_image_size=28",
+        "crepa_lambda=1.0", "train.learning_rate=0.03", "validation.validation_prompt=''",
+    ])
+    train(resolve_config(read_config_file(config), host, config.parent), host)
+    out = config.parent / read_config_file(config)["train"]["output_dir"]
+    aligned = [r["crepa_alignment"] for r in read_log(out) if r["event"] == "step"]
+    assert len(aligned) == 40 and np.mean(aligned[-8:]) > np.mean(aligned[:8]) + 0.3

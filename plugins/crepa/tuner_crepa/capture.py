@@ -8,10 +8,14 @@ recomputation hands the hook must not be mistaken for the next step's output;
 the next forward always starts at the first block (token routing included,
 since the family runs every block), so the stale tensor is dropped there.
 Nothing is kept in eval mode or without gradients (validation, eval loss).
+What a block returns is the family's business: ``ModelBundle.latent_tokens``
+picks the latent tokens' hidden states out of it (Flux's double-stream blocks
+return the text tokens' first).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +56,7 @@ class BlockCapture:
     modules: list[torch.nn.Module]
     block: int
     stack_path: str
+    pick: Callable[[Any], torch.Tensor]  # ModelBundle.latent_tokens: the latent tokens of a block's output
     outputs: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     handles: list[Any] = field(default_factory=list)
 
@@ -61,7 +66,7 @@ class BlockCapture:
             self.outputs[id(module)] = slot
             blocks = module.get_submodule(self.stack_path)
             self.handles.append(blocks[0].register_forward_pre_hook(self._starter(slot)))
-            self.handles.append(blocks[self.block].register_forward_hook(self._keeper(slot)))
+            self.handles.append(blocks[self.block].register_forward_hook(self._keeper(slot, self.pick)))
 
     @staticmethod
     def _starter(slot: list[torch.Tensor]) -> Any:
@@ -71,12 +76,12 @@ class BlockCapture:
         return start
 
     @staticmethod
-    def _keeper(slot: list[torch.Tensor]) -> Any:
+    def _keeper(slot: list[torch.Tensor], pick: Callable[[Any], torch.Tensor]) -> Any:
         import torch
 
         def keep(block: torch.nn.Module, args: Any, output: Any) -> None:
             if block.training and torch.is_grad_enabled():
-                slot.append(output[0] if isinstance(output, tuple) else output)
+                slot.append(pick(output))
 
         return keep
 

@@ -1,14 +1,15 @@
 """The CREPA plugin, as tuner hooks (the ``tuner.plugins`` entry point ``crepa``).
 
 It reaches a model family only through the contract: the block stack
-(``block_lists``), the width of its hidden states (``hidden_size``) and the token
-grid (``token_grid``) from the `tuner.types.ModelBundle`, per-clip teacher
-features through `clip_features`, its projector through
+(``block_lists``, the first one), the width of its hidden states
+(``hidden_size``), the token grid (``token_grid``) and the latent tokens of a
+block's output (``block_tokens``) from the `tuner.types.ModelBundle`, per-clip
+teacher features through `clip_features`, its projector through
 ``ModelBundle.trainables`` and its loss term through `auxiliary_loss`.
 
-A family with single images: a clip of one frame is aligned to its own
-frame only (per-frame REPA); a family that does not describe its token grid
-(``token_grid`` unset) is refused at start-up.
+An image family (Flux: a token grid of one frame) gets REPA: each image is
+aligned to its own teacher features, there being no neighbours. A family that
+does not describe its token grid (``token_grid`` unset) is refused at start-up.
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ def _section(config: RunConfig) -> CrepaSection:
 
 
 def _to_token_frames(teacher: torch.Tensor, frames: int) -> torch.Tensor:
-    """Teacher features per latent frame ``(B, F, P, D)`` -> per token frame (a patch may span latent frames)."""
+    """Teacher features per latent frame ``(B, F, P, D)`` -> per token frame (a patch may span latent frames).
+
+    A token frame spanning several latent frames gets the direction of their
+    mean (the cached features are unit vectors, and so is the result).
+    """
+    from tuner_crepa.alignment import unit_patches
+
     latent_frames = teacher.shape[1]
     if latent_frames == frames:
         return teacher
@@ -48,7 +55,7 @@ def _to_token_frames(teacher: torch.Tensor, frames: int) -> torch.Tensor:
         raise PluginError(
             f"crepa: {latent_frames} latent frames of teacher features do not fold into the model's {frames} token frames"
         )
-    return teacher.unflatten(1, (frames, latent_frames // frames)).float().mean(2)
+    return unit_patches(teacher.unflatten(1, (frames, latent_frames // frames)).float().mean(2))
 
 
 class CrepaPlugin:
@@ -59,6 +66,8 @@ class CrepaPlugin:
         self.projectors: list[torch.nn.Module] = []
         self.info: TeacherInfo | None = None
         self.total_steps = 0
+        # neighbour_weights per (frames, patches, device): constants of the clip shape, built once
+        self.weights: dict[tuple[int, int, str], torch.Tensor] = {}
 
     @hookimpl
     def register_config_sections(self, register: Any) -> None:
@@ -89,7 +98,7 @@ class CrepaPlugin:
         for expert, projector in zip(experts, self.projectors):
             name = "crepa_projector" if len(experts) == 1 else f"crepa_projector_{expert.label or expert.name}"
             bundle.trainables[name] = projector
-        self.capture = BlockCapture(modules, block, bundle.block_lists[0])
+        self.capture = BlockCapture(modules, block, bundle.block_lists[0], bundle.latent_tokens)
         self.capture.install()
 
     @hookimpl
@@ -123,7 +132,8 @@ class CrepaPlugin:
         with torch.enable_grad() if weight else torch.no_grad():
             score, same = self._scores(bundle, batch, output, section)
         loss = 1.0 - score
-        logs = {"crepa_loss": float(loss.detach()), "crepa_alignment": float(same.detach()), "crepa_weight": weight}
+        crepa_loss, alignment = torch.stack([loss.detach(), same]).tolist()  # one device sync for both
+        logs = {"crepa_loss": crepa_loss, "crepa_alignment": alignment, "crepa_weight": weight}
         return AuxiliaryLoss("crepa", loss, weight, logs)
 
     def _scores(
@@ -132,7 +142,7 @@ class CrepaPlugin:
         """The batch's mean cross-frame score (differentiable) and mean same-frame alignment."""
         import torch
 
-        from tuner_crepa.alignment import cross_frame_alignment, to_teacher_grid
+        from tuner_crepa.alignment import cross_frame_alignment, neighbour_weights, project, to_teacher_grid
         from tuner_crepa.teacher import FEATURES_KEY
 
         assert self.capture is not None and bundle.token_grid is not None
@@ -140,8 +150,13 @@ class CrepaPlugin:
         if teacher is None:
             raise PluginError(f"crepa: the batch has no '{FEATURES_KEY}' (the cache was built without CREPA's features)")
         frames, height, width = bundle.token_grid(batch)
-        side = int(round(teacher.shape[2] ** 0.5))
-        teacher = _to_token_frames(teacher, frames)
+        patches = (teacher.shape[2], teacher.shape[3])
+        teacher = _to_token_frames(teacher.flatten(2, 3), frames)
+        key = (frames, patches[0] * patches[1], str(teacher.device))
+        if key not in self.weights:
+            weights = neighbour_weights(frames, key[1], section.crepa_adjacent_distance, section.crepa_adjacent_tau)
+            self.weights[key] = weights.to(teacher.device)
+        weights = self.weights[key]
         experts = bundle.trained_experts()
         scores, same = [], []
         for i, (expert, module) in enumerate(zip(experts, self.capture.modules)):
@@ -163,10 +178,8 @@ class CrepaPlugin:
                     f"crepa: block {self.capture.block} gave hidden states {tuple(hidden.shape)}, expected"
                     f" ({target.shape[0]}, {frames * height * width}, ...) for a token grid {frames}x{height}x{width}"
                 )
-            student = to_teacher_grid(self.projectors[i](hidden.float()), (frames, height, width), (side, side))
-            score, aligned = cross_frame_alignment(
-                student, target, section.crepa_adjacent_distance, section.crepa_adjacent_tau
-            )
+            student = to_teacher_grid(project(self.projectors[i], hidden), (frames, height, width), patches)
+            score, aligned = cross_frame_alignment(student, target, weights)
             scores.append(score)
             same.append(aligned)
         if not scores:
@@ -174,6 +187,8 @@ class CrepaPlugin:
                 f"crepa: block {self.capture.block} produced no hidden states in the training forward"
                 " (the family's forward did not run it)"
             )
+        if len(scores) == 1:
+            return scores[0].mean(), same[0].mean()
         return torch.cat(scores).mean(), torch.cat(same).mean()
 
     @hookimpl

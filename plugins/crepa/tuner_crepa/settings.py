@@ -19,7 +19,8 @@ class CrepaSection(BaseModel):
     crepa_block_index: int = Field(
         8,
         description="Block whose output hidden states are aligned (the guide's Block Index), counted from 0;"
-        " negative counts from the last block. Must lie outside every token-routing route.",
+        " negative counts from the last block (Flux: its double-stream blocks). Must lie outside every"
+        " token-routing route.",
     )
     crepa_lambda: float = Field(
         0.5, ge=0.0, description="Weight of the alignment term in the loss (the guide's Weight). 0 only logs it."
@@ -44,8 +45,8 @@ class CrepaSection(BaseModel):
     crepa_encoder_image_size: int = Field(
         518,
         ge=14,
-        description="Frames are resized to this square size for the teacher (a multiple of its patch size, 14):"
-        " 518 for dinov2_vitg14, 224 for dinov2_vits14.",
+        description="The teacher sees about this many pixels squared per frame (a multiple of its patch size, 14),"
+        " keeping the frame's aspect: 518 for dinov2_vitg14, 224 for dinov2_vits14.",
     )
     crepa_drop_vae_encoder: bool = Field(
         False,

@@ -10,6 +10,16 @@ turns ``k * t + 1`` pixel frames into ``k + 1`` latent frames: the first on its
 own, then each run of ``t``. The teacher sees every pixel frame, and the
 features of a latent frame are the mean of its pixel frames' features, so the
 hidden states of latent frame ``j`` are aligned to what those frames show.
+
+Aspect: a frame is resized for the teacher to a patch grid of about
+``(crepa_encoder_image_size / patch)^2`` patches with the frame's own aspect
+(`teacher_grid`), not squashed to a square: DINOv2 interpolates its position
+embeddings to any grid, and undistorted content is what it was trained on.
+
+What is stored per clip: ``(latent frames, grid rows, grid columns, dim)``
+float16 patch features scaled to unit length, so the training step, which only
+compares directions (cosines), does no work on them; the grid travels in the
+shape.
 """
 
 from __future__ import annotations
@@ -27,7 +37,9 @@ if TYPE_CHECKING:
 
     from tuner_crepa.settings import CrepaSection
 
-__all__ = ["ENCODERS", "FEATURES_KEY", "TeacherInfo", "resolve_encoder", "teacher_info", "frame_groups", "DinoFeatures"]
+__all__ = [
+    "ENCODERS", "FEATURES_KEY", "TeacherInfo", "resolve_encoder", "teacher_info", "teacher_grid", "frame_groups", "DinoFeatures"
+]
 
 # The guide's torch.hub names -> the same weights as transformers checkpoints.
 ENCODERS = {
@@ -39,7 +51,7 @@ ENCODERS = {
 FEATURES_KEY = "crepa_features"
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as DINOv2 was trained
 _FRAMES_PER_PASS = 16  # frames per teacher forward: bounds its activation memory
-_VERSION = 1  # bump when what `encode` stores changes
+_VERSION = 2  # bump when what `encode` stores changes (2: unit length, aspect kept, grid in the shape)
 
 
 def resolve_encoder(name: str) -> str:
@@ -89,6 +101,15 @@ def teacher_info(section: CrepaSection) -> TeacherInfo:
     return TeacherInfo(ref, int(config.hidden_size), patch)
 
 
+def teacher_grid(height: int, width: int, image_size: int, patch: int) -> tuple[int, int]:
+    """The teacher's patch grid ``(rows, columns)`` for ``height x width`` frames: about ``(image_size / patch)^2``
+    patches, shaped like the frame (a square frame gets ``image_size / patch`` each way)."""
+    import math
+
+    count = (image_size // patch) ** 2
+    return max(1, round(math.sqrt(count * height / width))), max(1, round(math.sqrt(count * width / height)))
+
+
 def frame_groups(num_frames: int, compression: int) -> list[range]:
     """The pixel frames of each latent frame: the first alone, then runs of ``compression``."""
     if compression <= 1:
@@ -98,7 +119,7 @@ def frame_groups(num_frames: int, compression: int) -> list[range]:
 
 @dataclass
 class DinoFeatures:
-    """A `tuner.types.ClipFeatures`: per latent frame, the teacher's patch features ``(frames, patches, dim)``."""
+    """A `tuner.types.ClipFeatures`: the teacher's unit patch features ``(latent frames, rows, columns, dim)``."""
 
     section: CrepaSection
     info: TeacherInfo
@@ -143,9 +164,11 @@ class DinoFeatures:
         import torch
         import torch.nn.functional as F
 
+        from tuner_crepa.alignment import unit_patches
+
         model = self._teacher(pixels.device)
-        size = self.section.crepa_encoder_image_size
-        patches = (size // self.info.patch_size) ** 2
+        patch = self.info.patch_size
+        rows, columns = teacher_grid(pixels.shape[-2], pixels.shape[-1], self.section.crepa_encoder_image_size, patch)
         mean = torch.tensor(_MEAN, device=pixels.device).view(1, 3, 1, 1)
         std = torch.tensor(_STD, device=pixels.device).view(1, 3, 1, 1)
         dtype = next(model.parameters()).dtype
@@ -153,13 +176,14 @@ class DinoFeatures:
         for clip in pixels:  # (F, C, H, W) in [-1, 1]
             per_frame = []
             for chunk in clip.split(_FRAMES_PER_PASS):
-                x = F.interpolate((chunk.float() + 1) / 2, size=(size, size), mode="bilinear", antialias=True)
+                x = F.interpolate((chunk.float() + 1) / 2, size=(rows * patch, columns * patch), mode="bilinear", antialias=True)
                 x = ((x - mean) / std).to(dtype)
-                hidden = model(pixel_values=x).last_hidden_state[:, -patches:]  # patch tokens (no CLS, no registers)
+                hidden = model(pixel_values=x).last_hidden_state[:, -rows * columns :]  # patch tokens (no CLS, registers)
                 per_frame.append(hidden.float())
             frames = torch.cat(per_frame)
             groups = frame_groups(frames.shape[0], self.bundle.temporal_compression)
             latent = torch.stack([frames[g.start : g.stop].mean(0) for g in groups])
+            latent = unit_patches(latent).unflatten(1, (rows, columns))
             out.append({FEATURES_KEY: latent.to(torch.float16).cpu()})
         return out
 

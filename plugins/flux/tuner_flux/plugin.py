@@ -4,7 +4,9 @@ This module is the ``tuner.plugins`` entry point. It imports nothing heavy:
 each hook imports what it needs when called. Flux needed no hook Wan did not
 already use: images are one-frame samples (``ModelBundle.max_frames = 1``),
 two text encoders are two entries of ``ModelBundle.encoders``, and the two
-block kinds are two ``block_lists`` routed as one stack.
+block kinds are two ``block_lists`` routed as one stack. Features that read a
+block (CREPA) see the image tokens of the double-stream blocks as one frame
+(``token_grid``, ``block_tokens``).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
     section = config.section("flux")
     parts = load_components(section, config, device)
     transformer = parts["transformer"]
+    width = int(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
     return ModelBundle(
         family=FAMILY,
         denoiser=transformer,
@@ -80,7 +83,21 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         # FLUX.1's full widths: the diffusers layout is the one that loads in both (tuner_flux.export).
         auto_lora_format="diffusers",
         renders_previews=True,  # tuner_flux.validation decodes each previewed step's denoised estimate
+        hidden_size=width,
+        token_grid=_token_grid,
+        block_tokens=_image_tokens,
     )
+
+
+def _token_grid(batch: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """One frame of (H/2) x (W/2) tokens for latents ``(B, C, H, W)`` (`tuner_flux.loss.pack`: 2x2 patches, by rows)."""
+    _, _, height, width = batch["latents"].shape
+    return 1, height // 2, width // 2
+
+
+def _image_tokens(output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The image tokens of a double-stream block's ``(encoder_hidden_states, hidden_states)``: the second."""
+    return output[1]
 
 
 @hookimpl

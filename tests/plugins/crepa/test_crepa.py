@@ -14,9 +14,9 @@ from tuner.errors import ConfigError, PluginError
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.train.checkpoints import read_checkpoint
-from tuner_crepa.alignment import crepa_weight, cross_frame_alignment, make_projector
+from tuner_crepa.alignment import crepa_weight, cross_frame_alignment, make_projector, neighbour_weights, project, unit_patches
 from tuner_crepa.settings import CrepaSection
-from tuner_crepa.teacher import frame_groups
+from tuner_crepa.teacher import frame_groups, teacher_grid
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,12 +52,34 @@ def steps_of(config):
 # -- maths -------------------------------------------------------------------
 
 
+def _align(student, teacher, distance, tau):
+    """cross_frame_alignment as the plugin calls it: unit teacher patches, the weights of the clip's shape."""
+    weights = neighbour_weights(student.shape[1], student.shape[2], distance, tau)
+    return cross_frame_alignment(student, unit_patches(teacher), weights)
+
+
+def _by_definition(student, teacher, distance, tau):
+    """The score as docs/crepa.md defines it, frame by frame and neighbour by neighbour."""
+    cos = torch.nn.functional.cosine_similarity
+    frames = student.shape[1]
+    scores = []
+    for b in range(student.shape[0]):
+        per_frame = []
+        for f in range(frames):
+            near = [g for g in range(frames) if abs(f - g) <= distance]
+            w = [math.exp(-abs(f - g) / tau) for g in near]
+            sims = [cos(student[b, f], teacher[b, g], dim=-1).mean() for g in near]
+            per_frame.append(sum(wi * si for wi, si in zip(w, sims)) / sum(w))
+        scores.append(torch.stack(per_frame).mean())
+    return torch.stack(scores)
+
+
 def test_alignment_is_one_for_identical_features_and_weights_neighbours_by_distance():
     g = torch.Generator().manual_seed(0)
     teacher = torch.randn(2, 4, 6, 8, generator=g)
-    score, same = cross_frame_alignment(teacher * 3.0, teacher, distance=1, tau=1.0)
+    score, same = _align(teacher * 3.0, teacher, distance=1, tau=1.0)
     assert torch.allclose(same, torch.ones(2)) and (score < 1).all()  # neighbours differ from the frame
-    score0, same0 = cross_frame_alignment(teacher, teacher, distance=0, tau=1.0)
+    score0, same0 = _align(teacher, teacher, distance=0, tau=1.0)
     assert torch.allclose(score0, torch.ones(2)) and torch.allclose(same0, torch.ones(2))
     # Two frames, d = 1: frame f scores (sim(f, f) + e^-1 sim(f, other)) / (1 + e^-1), sim = mean patch cosine.
     a, b, c = (torch.randn(1, 1, 5, 8, generator=g) for _ in range(3))
@@ -68,8 +90,28 @@ def test_alignment_is_one_for_identical_features_and_weights_neighbours_by_dista
 
     w = math.exp(-1.0)
     expected = ((1 + w * sim(a, c)) / (1 + w) + (sim(b, c) + w * sim(b, a)) / (1 + w)) / 2
-    score, _ = cross_frame_alignment(student, target, distance=1, tau=1.0)
+    score, _ = _align(student, target, distance=1, tau=1.0)
     assert float(score) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("frames, distance, tau", [(1, 1, 1.0), (5, 0, 1.0), (5, 1, 1.0), (6, 2, 0.5), (3, 4, 2.0)])
+def test_the_batched_score_and_its_gradient_match_the_definition(frames, distance, tau):
+    g = torch.Generator().manual_seed(frames + distance)
+    student = torch.randn(2, frames, 6, 8, generator=g, requires_grad=True)
+    teacher = torch.randn(2, frames, 6, 8, generator=g)
+    score, same = _align(student, teacher, distance, tau)
+    expected = _by_definition(student, teacher, distance, tau)
+    assert torch.allclose(score, expected, atol=1e-6)
+    assert torch.allclose(same, _by_definition(student, teacher, 0, 1.0), atol=1e-6) and not same.requires_grad
+    (grad,) = torch.autograd.grad(score.sum(), student)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), student)
+    assert torch.allclose(grad, expected_grad, atol=1e-6)
+
+
+def test_teacher_frames_keep_their_aspect():
+    assert teacher_grid(256, 256, 224, 14) == (16, 16)
+    rows, columns = teacher_grid(480, 832, 518, 14)  # Wan's 480p: about 37 x 37 patches, shaped like the frame
+    assert (rows, columns) == (28, 49) and abs(rows * columns - 37 * 37) < 37
 
 
 def test_weight_schedule_warms_up_decays_and_cuts_off():
@@ -95,6 +137,11 @@ def test_projector_is_float32_and_its_init_leaves_the_global_rng_alone():
     assert torch.equal(state, torch.get_rng_state())
     assert all(p.dtype == torch.float32 for p in projector.parameters())
     assert isinstance(projector[0], torch.nn.LayerNorm) and projector[1].out_features == 32
+    assert not list(projector[0].parameters())  # its scale and shift would repeat the Linear's
+    # bf16 hidden states (a model in bf16): float32 out, within bf16 rounding of the float32 path.
+    hidden = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(1))
+    low = project(projector, hidden.bfloat16())
+    assert low.dtype == torch.float32 and torch.allclose(low, project(projector, hidden), atol=0.05)
     assert torch.equal(projector[1].weight, make_projector(64, 32, seed=7)[1].weight)
 
 
@@ -117,7 +164,8 @@ def _set_up(make_run, tiny_dino, *extra):
     batch = {
         "latents": torch.randn(2, 16, 5, 8, 8, generator=g),
         "prompt_embeds": torch.randn(2, 16, 32, generator=g),
-        "crepa_features": torch.randn(2, 5, 4, 32, generator=g).half(),  # (batch, latent frames, 2x2 patches, dim)
+        # (batch, latent frames, 2 x 2 patches, dim), unit length as cached
+        "crepa_features": unit_patches(torch.randn(2, 5, 2, 2, 32, generator=g)).half(),
     }
     return host, config, bundle, adapter, batch
 
@@ -272,6 +320,19 @@ def test_resume_is_bit_identical_with_the_projector(make_run, tiny_dino, cli):
     assert all(torch.equal(fa[k], fb[k]) for k in fa) and not [k for k in fa if "crepa" in k]
 
 
+def test_flux_images_get_repa_on_their_image_tokens_and_the_alignment_rises(make_run, tiny_dino, cli):
+    # Flux: one frame of 4 x 4 image tokens per 64 x 64 still (its text tokens left out), a 2 x 2 teacher grid.
+    options = [*crepa(tiny_dino, "crepa_lambda=1.0", "train.learning_rate=0.01"), "plugins=['flux', 'crepa']"]
+    config = make_run(plugin="flux", steps=40, overrides=options)
+    result = cli(["train", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    steps = steps_of(config)
+    aligned = [s["crepa_alignment"] for s in steps]
+    # One frame has no neighbours: the cross-frame score is the same-frame alignment (loss = 1 - alignment).
+    assert all(s["crepa_loss"] == pytest.approx(1 - s["crepa_alignment"], abs=1e-5) for s in steps)
+    assert np.mean(aligned[-8:]) > np.mean(aligned[:8]) + 0.3
+
+
 def test_cached_features_need_no_teacher_weights_and_drop_the_vae_encoder(make_run, tiny_dino, cli, tmp_path):
     import shutil
 
@@ -302,8 +363,8 @@ def test_both_wan_22_experts_train_with_a_projector_each(make_run, tiny_dino, cl
     assert all("crepa_alignment" in s for s in steps_of(config))
     state, _ = read_checkpoint(config.parent / "output" / "checkpoint-6")
     shapes = [tuple(p.shape) for p in state["params"]]
-    # Last come the two projectors (high-noise, then low-noise expert): LayerNorm(32) weight, bias, Linear(32 -> 32).
-    assert shapes[-8:] == [(32,), (32,), (32, 32), (32,)] * 2
+    # Last come the two projectors (high-noise, then low-noise expert): Linear(32 -> 32) weight, bias each.
+    assert shapes[-4:] == [(32, 32), (32,)] * 2
 
 
 @pytest.mark.parametrize("offload", [["blocks_to_swap=1"], ["enable_group_offload=true"]], ids=["block-swap", "group-offload"])

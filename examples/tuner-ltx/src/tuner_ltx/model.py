@@ -73,7 +73,16 @@ def load(config: RunConfig, device: torch.device) -> ModelBundle:
         base_model=section.ltx_model_path,
         block_lists=["transformer_blocks"],
         encoders={"text_encoder": "text", "vae": "latent"},
+        # Features that read a block frame by frame (CREPA): the blocks hold (B, F*H*W, width), frame-major.
+        hidden_size=int(pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim),
+        token_grid=token_grid,
     )
+
+
+def token_grid(batch: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """Patch size 1: one token per latent pixel of latents ``(B, C, F, H, W)``, packed as `velocity_errors` packs."""
+    _, _, frames, height, width = batch["latents"].shape
+    return frames, height, width
 
 
 def encode_clips(bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
