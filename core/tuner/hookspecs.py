@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from tuner.config import RunConfig
+    from tuner.setup.profile import FamilyProfile
     from tuner.types import (
         AdapterWeights,
         AuxiliaryLoss,
@@ -310,6 +311,27 @@ def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, An
         size, as ``{"section.key": value}`` (e.g. the model path). An image
         family includes ``"data.num_frames": 1``: the demo and the test
         fixtures then write synthetic stills instead of clips.
+    """
+
+
+@hookspec(firstresult=True)
+def describe_family() -> FamilyProfile:
+    """Describe the family's models for ``tuner configure``, before any weight is loaded.
+
+    Optional: without it the wizard cannot set up a run of this family. Called
+    when the wizard starts; it may import torch and diffusers (the wizard is a
+    command, not ``tuner --help``) but must not download or load weights.
+
+    :return: a `tuner.setup.profile.FamilyProfile`: the flavours a user picks
+        from (the default first), each with the config entries that select it,
+        where its weights come from, its denoiser's config and sensible
+        resolution, frames and validation settings; the frame rule
+        (``frame_step``: lengths of ``frame_step * k + 1`` frames); and
+        ``shape``, which counts a denoiser's parameters, adapted layers and
+        saved activations from its config for the memory and step-time
+        estimate (`tuner.setup.estimate`). Measure the activation counts with
+        `tuner.setup.measure.saved_activation_bytes` and keep a test that
+        holds them to it.
     """
 
 

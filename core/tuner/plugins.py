@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from tuner.config import RunConfig
+    from tuner.setup.profile import FamilyProfile
     from tuner.types import (
         AdapterWeights,
         AuxiliaryLoss,
@@ -301,6 +302,15 @@ class PluginHost:
         result = self._call_family(family, "write_tiny_model", path=path, seed=seed, variant=variant)
         if result is None:
             raise PluginError(f"model family '{family}' cannot write a tiny model (no write_tiny_model hook)")
+        return result
+
+    def describe_family(self, family: str) -> FamilyProfile:
+        result = self._call_family(family, "describe_family")
+        if result is None:
+            raise PluginError(
+                f"model family '{family}' cannot be set up by tuner configure (its plugin has no describe_family"
+                " hook): write the config by hand (docs/configure.md)"
+            )
         return result
 
     # -- feature hooks -----------------------------------------------------

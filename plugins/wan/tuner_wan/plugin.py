@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
+    from tuner.setup.profile import FamilyProfile
     from tuner.types import AdapterWeights, LossOutput, ModelBundle, ValidationRequest, ValidationResult
 
 FAMILY = "wan"
@@ -159,3 +160,10 @@ def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, An
     from tuner_wan.tiny import write_tiny_wan
 
     return write_tiny_wan(path, seed, variant)
+
+
+@hookimpl
+def describe_family() -> FamilyProfile:
+    from tuner_wan.profile import wan_profile
+
+    return wan_profile()

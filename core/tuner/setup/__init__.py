@@ -1,0 +1,1 @@
+"""Setting up a run: the ``tuner configure`` wizard and ``tuner config import``."""

@@ -1,0 +1,127 @@
+"""The memory and step-time estimate `tuner configure` prints before it asks about memory options.
+
+The formula (docs/configure.md explains each term)::
+
+    peak memory = weights + adapter state + activations + runtime reserve
+      weights        = parameters x bytes per weight (bf16 2, int8/fp8 1, int4 0.5)
+      adapter state  = rank x lora_io x (4 weight + 4 gradient + optimizer bytes per parameter)
+      activations    = blocks x tokens x per-block bytes                      (no checkpointing)
+                     = blocks x tokens x block-input bytes + tokens x per-block bytes   (checkpointing:
+                       each block keeps its input and one block is recomputed at a time)
+                       + tokens x outside bytes
+      per-block bytes = 2 (hidden x d + ffn x f + per_rank x rank) + 4 hidden_fp32 x d + 2 text x d x T / tokens
+    step time = training FLOPs / accelerator throughput
+      training FLOPs = forward x 2 for the frozen linear layers (the backward computes input gradients
+                       only) + attention x 3 + adapter x 3, + one more forward with checkpointing
+      forward        = 2 tokens x linear_macs_per_token x blocks + 4 blocks x hidden x (tokens^2 + tokens x T)
+
+Everything is per sample (``train_batch_size = 1``); memory grows about linearly with the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuner.setup.profile import FamilyProfile, FlavourProfile, ModelShape
+
+__all__ = [
+    "WEIGHT_BYTES",
+    "OPTIMIZER_BYTES",
+    "RESERVE_BYTES",
+    "Workload",
+    "Estimate",
+    "activation_bytes",
+    "training_flops",
+    "estimate",
+    "workload",
+]
+
+GiB = 1024**3
+# Bytes per stored weight of the frozen base, by base_model_precision (no_change: the bf16 the run loads).
+WEIGHT_BYTES = {"no_change": 2.0, "int8-quanto": 1.0, "fp8-quanto": 1.0, "fp8uz-quanto": 1.0, "int4-quanto": 0.5}
+# Optimizer state per trained (float32) parameter.
+OPTIMIZER_BYTES = {"adamw": 8.0, "optimi-adamw": 8.0, "optimi-lion": 4.0, "prodigy": 16.0, "adamw_bf16": 4.0}
+# The CUDA context, the allocator's slack and the cached batch: a fixed allowance.
+RESERVE_BYTES = 1.0 * GiB
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One training sample as the denoiser sees it."""
+
+    tokens: int
+    text_tokens: int
+    rank: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The estimate of one memory option."""
+
+    weights: float
+    adapter: float
+    activations: float
+    flops: float
+    seconds: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.adapter + self.activations + RESERVE_BYTES
+
+    @property
+    def total_gib(self) -> float:
+        return self.total / GiB
+
+
+def workload(
+    profile: FamilyProfile, flavour: FlavourProfile, frames: int, height: int, width: int, rank: int
+) -> Workload:
+    """One sample of ``frames`` x ``height`` x ``width`` pixels of ``flavour``, trained with a rank-``rank`` LoRA."""
+    return Workload(profile.tokens(flavour, frames, height, width), flavour.cross_text_tokens, rank)
+
+
+def activation_bytes(shape: ModelShape, work: Workload, checkpointing: bool) -> float:
+    """Bytes the forward pass keeps for the backward pass (the peak of a training step's activations)."""
+    a, d, n = shape.activations, shape.hidden_size, work.tokens
+    per_block = (
+        2.0 * (a.hidden * d + a.ffn * shape.ffn_size + a.per_rank * work.rank)
+        + 4.0 * a.hidden_fp32 * d
+        + 2.0 * a.text * d * work.text_tokens / max(n, 1)
+    )
+    outside = a.outside_bytes * d * n
+    if checkpointing:
+        return shape.blocks * n * a.between_blocks_bytes * d + n * per_block + outside
+    return shape.blocks * n * per_block + outside
+
+
+def training_flops(shape: ModelShape, work: Workload, checkpointing: bool) -> float:
+    """FLOPs of one training step (forward and backward) on one sample."""
+    n, t, d, blocks = work.tokens, work.text_tokens, shape.hidden_size, shape.blocks
+    linear = 2.0 * n * shape.linear_macs_per_token
+    attention = 4.0 * blocks * d * (n * n + n * t)
+    adapter = 2.0 * n * work.rank * shape.lora_io
+    forward = linear + attention + adapter
+    flops = 2.0 * linear + 3.0 * attention + 3.0 * adapter
+    return flops + (forward if checkpointing else 0.0)
+
+
+def estimate(
+    shape: ModelShape,
+    work: Workload,
+    *,
+    precision: str = "no_change",
+    checkpointing: bool = True,
+    optimizer: str = "adamw",
+    tflops: float = 80.0,
+) -> Estimate:
+    """Peak accelerator memory and step time of one training step, for ``tflops`` sustained TFLOP/s."""
+    weights = shape.parameters * WEIGHT_BYTES.get(precision, 2.0)
+    adapter = work.rank * shape.lora_io * (8.0 + OPTIMIZER_BYTES.get(optimizer, 8.0))
+    flops = training_flops(shape, work, checkpointing)
+    return Estimate(
+        weights=weights,
+        adapter=adapter,
+        activations=activation_bytes(shape, work, checkpointing),
+        flops=flops,
+        seconds=flops / (tflops * 1e12),
+    )
