@@ -30,6 +30,8 @@ __all__ = [
     "RESERVE_BYTES",
     "Workload",
     "Estimate",
+    "block_bytes",
+    "forward_saved_bytes",
     "activation_bytes",
     "training_flops",
     "estimate",
@@ -80,18 +82,26 @@ def workload(
     return Workload(profile.tokens(flavour, frames, height, width), flavour.cross_text_tokens, rank)
 
 
-def activation_bytes(shape: ModelShape, work: Workload, checkpointing: bool) -> float:
-    """Bytes the forward pass keeps for the backward pass (the peak of a training step's activations)."""
+def block_bytes(shape: ModelShape, work: Workload) -> float:
+    """Bytes one block saves for the backward pass, for the whole sample."""
     a, d, n = shape.activations, shape.hidden_size, work.tokens
-    per_block = (
-        2.0 * (a.hidden * d + a.ffn * shape.ffn_size + a.per_rank * work.rank)
-        + 4.0 * a.hidden_fp32 * d
-        + 2.0 * a.text * d * work.text_tokens / max(n, 1)
-    )
+    per_token = 2.0 * (a.hidden * d + a.ffn * shape.ffn_size + a.per_rank * work.rank) + 4.0 * a.hidden_fp32 * d
+    return n * per_token + 2.0 * a.text * d * work.text_tokens
+
+
+def forward_saved_bytes(shape: ModelShape, work: Workload, checkpointing: bool) -> float:
+    """Bytes the forward pass keeps for the backward pass (what the saved-tensor hooks see)."""
+    a, d, n = shape.activations, shape.hidden_size, work.tokens
     outside = a.outside_bytes * d * n
-    if checkpointing:
-        return shape.blocks * n * a.between_blocks_bytes * d + n * per_block + outside
-    return shape.blocks * n * per_block + outside
+    if checkpointing:  # each block keeps only its input
+        return shape.blocks * n * a.between_blocks_bytes * d + outside
+    return shape.blocks * block_bytes(shape, work) + outside
+
+
+def activation_bytes(shape: ModelShape, work: Workload, checkpointing: bool) -> float:
+    """The peak of a training step's activations: with checkpointing, one block is recomputed at a time."""
+    recomputed = block_bytes(shape, work) if checkpointing else 0.0
+    return forward_saved_bytes(shape, work, checkpointing) + recomputed
 
 
 def training_flops(shape: ModelShape, work: Workload, checkpointing: bool) -> float:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
+    from tuner.setup.profile import FamilyProfile
     from tuner.types import AdapterWeights, LossOutput, ModelBundle, ValidationRequest, ValidationResult
 
 FAMILY = "flux"
@@ -152,3 +153,10 @@ def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, An
     from tuner_flux.tiny import write_tiny_flux
 
     return write_tiny_flux(path, seed, variant)
+
+
+@hookimpl
+def describe_family() -> FamilyProfile:
+    from tuner_flux.profile import flux_profile
+
+    return flux_profile()
