@@ -34,6 +34,12 @@ app.add_typer(config_app, name="config")
 plot_app = typer.Typer(help="Draw what a config will do: the LR schedule, the sampled noise levels.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
 
+# Set-up commands live in tuner.setup (the wizard and the importer); only their registration is here.
+from tuner.setup.commands import config_import, configure  # noqa: E402 - light: typer only
+
+app.command("configure")(configure)
+config_app.command("import")(config_import)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 PluginOpt = Annotated[
