@@ -238,6 +238,9 @@ def run_wizard(
         "bf16" if torch.cuda.is_available() else "no", choices=["bf16", "fp16", "no"],
     )
 
+    if asker.answers:  # checked before anything is written
+        raise ConfigError(f"--answer names no question: {', '.join(asker.answers)} (asked: {', '.join(asker.asked)})")
+
     # Write the files.
     written = []
     doc = ConfigDocument(header=[f"Written by `tuner configure` for {folder}.", f"Train with: tuner train --config {out.name}"])
