@@ -141,6 +141,19 @@ def _section_entries(
             doc.set(f"{section}.{key}", value, comment)
 
 
+def _default_paths(doc: ConfigDocument, config: RunConfig, out_dir: Path, source: str) -> None:
+    """Path options left at their default resolve beside the config: keep them where they were."""
+    for section, model in config.sections.items():
+        for key, info in type(model).model_fields.items():
+            value = getattr(model, key)
+            if not isinstance(value, Path) or doc.get(f"{section}.{key}") is not None or key == "data_backend_config":
+                continue
+            shown = _relative(value, out_dir)
+            if info.default is not None and Path(str(info.default)).as_posix() == shown:
+                continue
+            doc.set(f"{section}.{key}", shown, f"the default {str(info.default)!r}, beside {source}: kept where it was")
+
+
 def import_config(
     config_path: Path, backend_path: Path | None, out: Path, backend_out: Path | None = None
 ) -> ImportResult:
@@ -181,6 +194,7 @@ def import_config(
         doc.note("", f"dropped {key} = {json.dumps(raw[key], ensure_ascii=False)}: {reason}")
     nested = _nest_flat_keys(kept, host.sections)
     _section_entries(doc, nested, config, out.parent, {"data_backend_config"}, config_path.name)
+    _default_paths(doc, config, out.parent, config_path.name)
     written_backend = None
     if source is not None and backend_out is not None:
         entries = _backend_entries(config, source, backend_out.parent)
