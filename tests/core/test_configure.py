@@ -116,3 +116,45 @@ def test_memory_options_trade_memory_for_time_on_a_real_model():
     assert ckpt.activations < plain.activations / 5 and ckpt.flops == pytest.approx(plain.flops * 4 / 3, rel=0.1)
     assert int8.weights == pytest.approx(ckpt.weights / 2) and int8.total < ckpt.total
     assert 2.5 < ckpt.weights / 2**30 < 3.0, "1.42e9 bf16 weights"
+
+
+def test_the_default_memory_option_is_the_fastest_that_fits_else_the_smallest():
+    from tuner.setup.wizard import default_memory, memory_options
+
+    profile = PluginHost.build(["wan"]).describe_family("wan")
+    flavour = profile.flavours[0]
+    shape = profile.shape(flavour.transformer_config)
+    work = Workload(tokens=profile.tokens(flavour, 81, 480, 832), text_tokens=512, rank=16)
+    options = memory_options(PluginHost.build(all_installed=True))
+    names = [o.name for o in options]
+    assert names[:3] == ["bf16", "bf16+checkpointing", "int8+checkpointing"] and "int8+checkpointing+offload" in names
+    rows = [(o, estimate(shape, work, precision=o.precision, checkpointing=o.checkpointing, offload=o.offload)) for o in options]
+    assert default_memory(rows, 200.0) == ("bf16", True), "everything fits: no checkpointing is fastest"
+    assert default_memory(rows, 24.0) == ("bf16+checkpointing", True)
+    assert default_memory(rows, 4.0) == ("int8+checkpointing+offload", False), "nothing fits: the smallest"
+    by_name = {o.name: e for o, e in rows}
+    offloaded, resident = by_name["bf16+checkpointing+offload"], by_name["bf16+checkpointing"]
+    assert offloaded.weights < resident.weights / 10 and offloaded.seconds > resident.seconds
+
+
+def test_an_offload_answer_writes_the_plugins_options_and_loads(tmp_path, clips, tiny_sets):
+    out = tmp_path / "config.toml"
+    result = _configure([str(clips), "--yes", "-p", "wan", "--out", str(out), "--memory", "int8+checkpointing+offload", *tiny_sets])
+    assert result.exit_code == 0, result.output
+    config = read_config_file(out)
+    assert config["offload"]["enable_group_offload"] is True and config["quantize"]["base_model_precision"] == "int8-quanto"
+    assert config["train"]["gradient_checkpointing"] is True and {"offload", "quantize"} <= set(config["plugins"])
+
+
+def test_stills_suggest_an_image_family_whose_questions_skip_frames(tmp_path):
+    from tuner.data.synthetic import write_synthetic_image
+
+    for i in range(2):
+        write_synthetic_image(tmp_path / "stills" / f"s{i}.png", 64, 64, index=i)
+    out = tmp_path / "config.toml"
+    result = _configure([str(tmp_path / "stills"), "--yes", "--out", str(out), "--model", "some/flux-model"])
+    assert result.exit_code == 0, result.output
+    assert "frames per sample" not in result.output
+    config = read_config_file(out)
+    assert config["model_family"] == "flux" and config["data"]["num_frames"] == 1
+    assert json.loads((tmp_path / "datasets.json").read_text())[0]["dataset_type"] == "image"

@@ -10,7 +10,8 @@ The formula (docs/configure.md explains each term)::
                        each block keeps its input and one block is recomputed at a time)
                        + tokens x outside bytes
       per-block bytes = 2 (hidden x d + ffn x f + per_rank x rank) + 4 hidden_fp32 x d + 2 text x d x T / tokens
-    step time = training FLOPs / accelerator throughput
+      (group offload: weights outside the blocks + 2 blocks on the accelerator)
+    step time = training FLOPs / accelerator throughput (+ 2 x block weights / 25 GB/s with group offload)
       training FLOPs = forward x 2 for the frozen linear layers (the backward computes input gradients
                        only) + attention x 3 + adapter x 3, + one more forward with checkpointing
       forward        = 2 tokens x linear_macs_per_token x blocks + 4 blocks x hidden x (tokens^2 + tokens x T)
@@ -28,6 +29,7 @@ __all__ = [
     "WEIGHT_BYTES",
     "OPTIMIZER_BYTES",
     "RESERVE_BYTES",
+    "PCIE_BYTES_PER_SECOND",
     "Workload",
     "Estimate",
     "block_bytes",
@@ -45,6 +47,8 @@ WEIGHT_BYTES = {"no_change": 2.0, "int8-quanto": 1.0, "fp8-quanto": 1.0, "fp8uz-
 OPTIMIZER_BYTES = {"adamw": 8.0, "optimi-adamw": 8.0, "optimi-lion": 4.0, "prodigy": 16.0, "adamw_bf16": 4.0}
 # The CUDA context, the allocator's slack and the cached batch: a fixed allowance.
 RESERVE_BYTES = 1.0 * GiB
+# Host-to-accelerator copy rate assumed for group offload (PCIe 4.0 x16 in practice), bytes per second.
+PCIE_BYTES_PER_SECOND = 25e9
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,21 @@ def estimate(
     checkpointing: bool = True,
     optimizer: str = "adamw",
     tflops: float = 80.0,
+    offload: bool = False,
 ) -> Estimate:
-    """Peak accelerator memory and step time of one training step, for ``tflops`` sustained TFLOP/s."""
-    weights = shape.parameters * WEIGHT_BYTES.get(precision, 2.0)
+    """Peak accelerator memory and step time of one training step, for ``tflops`` sustained TFLOP/s.
+
+    With ``offload`` (group offload, one block per group) only the weights outside the blocks and two
+    blocks (the one running, the next arriving) are on the accelerator, and every block's weights
+    cross the bus twice a step (forward, backward), added to the step time (a side stream hides part).
+    """
+    per_weight = WEIGHT_BYTES.get(precision, 2.0)
+    weights = shape.parameters * per_weight
+    transfer = 0.0
+    if offload:
+        per_block = shape.block_parameters / max(shape.blocks, 1)
+        weights = (shape.parameters - shape.block_parameters + 2 * per_block) * per_weight
+        transfer = 2 * shape.block_parameters * per_weight / PCIE_BYTES_PER_SECOND
     adapter = work.rank * shape.lora_io * (8.0 + OPTIMIZER_BYTES.get(optimizer, 8.0))
     flops = training_flops(shape, work, checkpointing)
     return Estimate(
@@ -133,5 +149,5 @@ def estimate(
         adapter=adapter,
         activations=activation_bytes(shape, work, checkpointing),
         flops=flops,
-        seconds=flops / (tflops * 1e12),
+        seconds=flops / (tflops * 1e12) + transfer,
     )

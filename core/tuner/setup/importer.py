@@ -13,14 +13,13 @@ dropped because tuner does not offer it).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import ConfigError
-from tuner.setup.tomlwrite import ConfigDocument
+from tuner.setup.tomlwrite import ConfigDocument, relative_path
 
 if TYPE_CHECKING:
     from tuner.config import RunConfig
@@ -63,18 +62,24 @@ def _plugins_for(raw: Mapping[str, Any]) -> tuple[PluginHost, list[str], dict[st
 
 
 def _split(raw: Mapping[str, Any], host: PluginHost) -> tuple[dict[str, Any], dict[str, str]]:
-    """The keys the active sections take, and the others with the reason each is dropped."""
-    from tuner.config import TOP_LEVEL_KEYS, _unknown_key
+    """The keys the loader takes (each tried through the loader's own nesting), and the others with its reason."""
+    from tuner.config import _nest_flat_keys
 
-    known = {name for model in host.sections.values() for name in model.model_fields}
     kept: dict[str, Any] = {}
     dropped: dict[str, str] = {}
     for key, value in raw.items():
+        try:
+            _nest_flat_keys({key: value}, host.sections)
+            kept[key] = value
+            continue
+        except ConfigError as exc:
+            reason = str(exc)
         name = key[2:] if key.startswith("--") else key  # the guide's literal '--key' spelling
-        if name in TOP_LEVEL_KEYS or name in known or name in host.sections:
+        try:
+            _nest_flat_keys({name: value}, host.sections)
             kept[name] = value
-        else:
-            dropped[key] = _unknown_key(name, sorted(known)).removeprefix(f"config key '{name}' ")
+        except ConfigError:
+            dropped[key] = reason.removeprefix(f"config key '{key}' ")
     return kept, dropped
 
 
@@ -83,14 +88,6 @@ def load_guide_config(raw: Mapping[str, Any], host: PluginHost, config_path: Pat
     from tuner.config import resolve_config
 
     return resolve_config(raw, host, base_dir=config_path.resolve().parent)
-
-
-def _relative(path: Path, folder: Path) -> str:
-    """``path`` as written in a file in ``folder``: relative when it can be, with forward slashes."""
-    try:
-        return Path(os.path.relpath(path, folder)).as_posix()
-    except ValueError:  # another drive on Windows
-        return str(path)
 
 
 def _backend_entries(config: RunConfig, source: Path, out_dir: Path) -> list[dict[str, Any]]:
@@ -104,12 +101,12 @@ def _backend_entries(config: RunConfig, source: Path, out_dir: Path) -> list[dic
         item = entry.model_dump(mode="json", exclude_unset=True)
         for key in _INPUT_KEYS:
             if item.get(key):
-                item[key] = _relative(locate_input(item[key], base), out_dir)
+                item[key] = relative_path(locate_input(item[key], base), out_dir)
         for key in _OUTPUT_KEYS:
             if item.get(key):
-                item[key] = _relative(_output_path(item[key], base), out_dir)
+                item[key] = relative_path(_output_path(item[key], base), out_dir)
         if isinstance(item.get("parquet"), dict) and item["parquet"].get("path"):
-            item["parquet"]["path"] = _relative(locate_input(item["parquet"]["path"], base), out_dir)
+            item["parquet"]["path"] = relative_path(locate_input(item["parquet"]["path"], base), out_dir)
         entries.append(item)
     return entries
 
@@ -127,7 +124,7 @@ def _section_entries(
                 continue
             value = getattr(model, key)
             if isinstance(value, Path):
-                shown = _relative(value, out_dir)
+                shown = relative_path(value, out_dir)
                 comment = None if shown == written else f"{source}: {json.dumps(written)}; here relative to this file"
                 doc.set(f"{section}.{key}", shown, comment)
                 continue
@@ -137,7 +134,8 @@ def _section_entries(
                 doc.note(section, f"{key} = {json.dumps(written)} in {source}: read as unset, left out")
                 continue
             if value != written or isinstance(value, str) != isinstance(written, str):
-                comment = f"{source}: {json.dumps(written, ensure_ascii=False)}, read as {json.dumps(value, ensure_ascii=False)}"
+                was, now = json.dumps(written, ensure_ascii=False), json.dumps(value, ensure_ascii=False)
+                comment = f"{source}: {was}, read as {now}"
             doc.set(f"{section}.{key}", value, comment)
 
 
@@ -148,7 +146,7 @@ def _default_paths(doc: ConfigDocument, config: RunConfig, out_dir: Path, source
             value = getattr(model, key)
             if not isinstance(value, Path) or doc.get(f"{section}.{key}") is not None or key == "data_backend_config":
                 continue
-            shown = _relative(value, out_dir)
+            shown = relative_path(value, out_dir)
             if info.default is not None and Path(str(info.default)).as_posix() == shown:
                 continue
             doc.set(f"{section}.{key}", shown, f"the default {str(info.default)!r}, beside {source}: kept where it was")
@@ -203,7 +201,7 @@ def import_config(
         written_backend = backend_out
         doc.set(
             "data.data_backend_config",
-            _relative(backend_out, out.parent),
+            relative_path(backend_out, out.parent),
             f"{source.name}, with its paths relative to this folder",
         )
     doc.write(out)

@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigDocument"]
+__all__ = ["ConfigDocument", "relative_path"]
+
+
+def relative_path(path: Path, folder: Path) -> str:
+    """``path`` as a file in ``folder`` writes it: relative when it can be, with forward slashes."""
+    import os
+
+    try:
+        return Path(os.path.relpath(path, folder)).as_posix()
+    except ValueError:  # another drive on Windows
+        return str(path)
 
 
 @dataclass

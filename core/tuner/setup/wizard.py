@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import ConfigError, DataError
-from tuner.setup.estimate import GiB, estimate, workload
-from tuner.setup.tomlwrite import ConfigDocument
+from tuner.setup.estimate import Estimate, GiB, estimate, workload
+from tuner.setup.tomlwrite import ConfigDocument, relative_path
 
 if TYPE_CHECKING:
     from tuner.data.scan import FileSample
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from tuner.setup.profile import FamilyProfile, FlavourProfile, ModelShape
     from tuner.setup.questions import Asker
 
-__all__ = ["MemoryOption", "memory_options", "steps_for", "run_wizard"]
+__all__ = ["MemoryOption", "memory_options", "default_memory", "steps_for", "run_wizard"]
 
 DATASET_ID = "clips"
 
@@ -36,15 +36,22 @@ class MemoryOption:
     precision: str
     checkpointing: bool
     settings: dict[str, Any]
+    offload: bool = False
 
 
-def memory_options(host: PluginHost) -> list[MemoryOption]:
-    """Fastest first. A quantized base is offered when an installed plugin has ``base_model_precision``."""
+def _owner(host: PluginHost, option: str) -> str | None:
+    """The section of the installed plugin that offers ``option`` (memory features are plugins)."""
+    return next((s for s, m in host.sections.items() if option in m.model_fields), None)
+
+
+def memory_options(host: PluginHost, accelerator: bool = False) -> list[MemoryOption]:
+    """Fastest first. A quantized base is offered when an installed plugin has ``base_model_precision``,
+    group offload when one has ``enable_group_offload`` (with a side stream on a CUDA ``accelerator``)."""
     options = [
         MemoryOption("bf16", "no_change", False, {"train.gradient_checkpointing": False}),
         MemoryOption("bf16+checkpointing", "no_change", True, {"train.gradient_checkpointing": True}),
     ]
-    owner = next((s for s, m in host.sections.items() if "base_model_precision" in m.model_fields), None)
+    owner = _owner(host, "base_model_precision")
     if owner is not None:
         for precision in ("int8-quanto", "fp8-quanto"):
             options.append(
@@ -55,7 +62,22 @@ def memory_options(host: PluginHost) -> list[MemoryOption]:
                     {"train.gradient_checkpointing": True, f"{owner}.base_model_precision": precision},
                 )
             )
+    offload = _owner(host, "enable_group_offload")
+    if offload is not None:
+        for base in options[1:]:
+            if base.precision in ("no_change", "int8-quanto"):
+                stream = {f"{offload}.group_offload_use_stream": True} if accelerator else {}
+                settings = {**base.settings, f"{offload}.enable_group_offload": True, **stream}
+                options.append(MemoryOption(f"{base.name}+offload", base.precision, True, settings, offload=True))
     return options
+
+
+def default_memory(rows: list[tuple[MemoryOption, Estimate]], limit_gib: float) -> tuple[str, bool]:
+    """The fastest option whose estimate fits ``limit_gib`` (and True), else the smallest (and False)."""
+    fitting = [(o, e) for o, e in rows if e.total_gib <= limit_gib]
+    if fitting:
+        return min(fitting, key=lambda r: r[1].seconds)[0].name, True
+    return min(rows, key=lambda r: r[1].total)[0].name, False
 
 
 def steps_for(samples: int) -> int:
@@ -150,19 +172,23 @@ def run_wizard(
         families = [f for f in families if installed.families[f] == family_plugin] or families
     if not families:
         raise ConfigError("no installed model family can be set up by tuner configure (none has describe_family)")
-    family = asker.ask(
-        "family", "model family", "which kind of model the adapter is for", families[0], choices=families
-    )
-    host = PluginHost.build([installed.families[family]])
-    profile = host.describe_family(family)
-    flavour, source = _ask_model(asker, family, profile)
     out = out.resolve()
-    files = _scan(host, family, folder.resolve(), out.parent / "cache")
+    files = _scan(installed, families[0], folder.resolve(), out.parent / "cache")
     clips = [f for f in files if not f.info.is_image]
     console.print(
         f"{folder}: {len(files)} captioned files ({len(clips)} clips), median"
         f" {statistics.median(f.info.width for f in files):.0f}x{statistics.median(f.info.height for f in files):.0f}"
     )
+    profiles = {f: installed.describe_family(f) for f in families}
+    # Clips suggest a video family (one with a frame rule), stills an image family.
+    suited = [f for f in families if bool(profiles[f].frame_step) == bool(clips)] or families
+    family = asker.ask(
+        "family", "model family", "which kind of model the adapter is for; the data suggests the first",
+        suited[0], choices=families,
+    )
+    host = PluginHost.build([installed.families[family]])
+    profile = profiles[family]
+    flavour, source = _ask_model(asker, family, profile)
 
     adapter = asker.ask(
         "adapter", "adapter", "lora: small and loads everywhere; lycoris (LoKr): more expressive per parameter",
@@ -224,13 +250,15 @@ def run_wizard(
         "tflops", "sustained TFLOP/s", "step time = FLOPs / this; 80 is an RTX 4090 at half its bf16 peak", 80.0,
         kind=float, check=lambda t: None if t > 0 else "a positive number",
     )
-    options = memory_options(installed)
-    rows = [(o, estimate(shape, work, precision=o.precision, checkpointing=o.checkpointing, tflops=tflops)) for o in options]
+    options = memory_options(installed, torch.cuda.is_available())
+    rows = [
+        (o, estimate(shape, work, precision=o.precision, checkpointing=o.checkpointing, offload=o.offload, tflops=tflops))
+        for o in options
+    ]
     _memory_table(console, rows, limit, tflops)
-    fitting = [o for o, e in rows if e.total_gib <= limit]
-    default = (fitting[0] if fitting else min(rows, key=lambda r: r[1].total)[0]).name
+    default, fits = default_memory(rows, limit)
     memory = asker.ask(
-        "memory", "memory option", "the fastest option that fits" if fitting else "nothing fits: the smallest",
+        "memory", "memory option", "the fastest option that fits" if fits else "nothing fits: the smallest",
         default, choices=[o.name for o in options],
     )
     mixed = asker.ask(
@@ -239,17 +267,20 @@ def run_wizard(
     )
 
     if asker.answers:  # checked before anything is written
-        raise ConfigError(f"--answer names no question: {', '.join(asker.answers)} (asked: {', '.join(asker.asked)})")
+        left, asked = ", ".join(asker.answers), ", ".join(asker.asked)
+        raise ConfigError(f"--answer names no question: {left} (asked: {asked})")
 
     # Write the files.
     written = []
-    doc = ConfigDocument(header=[f"Written by `tuner configure` for {folder}.", f"Train with: tuner train --config {out.name}"])
+    doc = ConfigDocument(
+        header=[f"Written by `tuner configure` for {folder}.", f"Train with: tuner train --config {out.name}"]
+    )
     doc.set("model_family", family)
     doc.set("plugins", sorted({installed.families[family], *_plugins_of(installed, options, memory)}))
     for key, value in flavour.settings.items():
         doc.set(key, value, "the model asked for")
     local = Path(source).expanduser()
-    shown = _relative(local.resolve(), out.parent) if local.exists() else source
+    shown = relative_path(local.resolve(), out.parent) if local.exists() else source
     doc.set(flavour.model_key, shown, "where the weights come from (asked)")
     doc.set("train.output_dir", "output", "checkpoints, the adapter and validation media")
     doc.set("train.max_train_steps", steps, f"{steps} steps (asked)")
@@ -260,30 +291,18 @@ def run_wizard(
     for key, value in next(o for o in options if o.name == memory).settings.items():
         doc.set(key, value, f"memory option '{memory}' (asked, from the estimate)")
     if adapter == "lycoris":
-        lycoris = out.parent / "lycoris_config.json"
-        lycoris.write_text(json.dumps({"algo": "lokr", "multiplier": 1.0, "linear_dim": rank, "linear_alpha": rank, "factor": 16}, indent=2) + "\n")
+        options_ = {"algo": "lokr", "multiplier": 1.0, "linear_dim": rank, "linear_alpha": rank, "factor": 16}
+        lycoris = _write_json(out.parent / "lycoris_config.json", options_)
         written.append(lycoris)
         doc.set("train.lora_type", "lycoris", "LyCORIS (asked)")
         doc.set("train.lycoris_config", lycoris.name, "LoKr at the asked rank on the family's default layers")
-    backend = out.parent / "datasets.json"
-    entry: dict[str, Any] = {
-        "id": DATASET_ID, "type": "local", "dataset_type": "video" if profile.frame_step else "image",
-        "instance_data_dir": _relative(folder.resolve(), out.parent), "caption_strategy": "textfile",
-        "resolution": resolution, "resolution_type": "pixel_area", "cache_dir_vae": f"cache/vae/{DATASET_ID}",
-    }
-    if profile.frame_step:
-        entry["video"] = {"num_frames": frames, "bucket_strategy": buckets}
-        if buckets == "resolution_frames":
-            entry["video"]["frame_interval"] = profile.frame_step
-    backend_entries = [entry, {"id": "text-embeds", "type": "local", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"}]
-    backend.write_text(json.dumps(backend_entries, indent=2) + "\n")
+    backend = _write_backend(out.parent, folder, profile, resolution, frames, buckets)
     written.append(backend)
     doc.set("data.data_backend_config", backend.name, "the datasets: this folder's clips, and where caches go")
     doc.set("data.num_frames", frames, "frames per sample (asked)")
     doc.set("data.resolution", resolution, "training resolution (asked)")
     doc.set("data.cache_dir", "cache", "latent and text caches")
-    prompts = out.parent / "prompts.json"
-    prompts.write_text(json.dumps({f"caption_{i}": c for i, c in enumerate(captions[:count])}, indent=2, ensure_ascii=False) + "\n")
+    prompts = _write_json(out.parent / "prompts.json", {f"caption_{i}": c for i, c in enumerate(captions[:count])})
     written.append(prompts)
     doc.set("validation.user_prompt_library", prompts.name, f"{count} of the captions (asked)")
     for key, value in flavour.validation.items():
@@ -301,15 +320,35 @@ def run_wizard(
     return written
 
 
+def _write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _write_backend(
+    out_dir: Path, folder: Path, profile: FamilyProfile, resolution: int, frames: int, buckets: str
+) -> Path:
+    """The backend file: the folder as one dataset (paths relative to ``out_dir``) and the text-embeds cache."""
+    entry: dict[str, Any] = {
+        "id": DATASET_ID,
+        "type": "local",
+        "dataset_type": "video" if profile.frame_step else "image",
+        "instance_data_dir": relative_path(folder.resolve(), out_dir),
+        "caption_strategy": "textfile",
+        "resolution": resolution,
+        "resolution_type": "pixel_area",
+        "cache_dir_vae": f"cache/vae/{DATASET_ID}",
+    }
+    if profile.frame_step:
+        entry["video"] = {"num_frames": frames, "bucket_strategy": buckets}
+        if buckets == "resolution_frames":
+            entry["video"]["frame_interval"] = profile.frame_step
+    text = {"id": "text-embeds", "type": "local", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"}
+    return _write_json(out_dir / "datasets.json", [entry, text])
+
+
 def _plugins_of(host: PluginHost, options: list[MemoryOption], memory: str) -> set[str]:
+    """The plugins whose options the chosen memory option sets."""
     chosen = next(o for o in options if o.name == memory)
-    return {host.section_owner[key.split(".")[0]] for key in chosen.settings if host.section_owner.get(key.split(".")[0]) not in (None, "core")}
-
-
-def _relative(path: Path, folder: Path) -> str:
-    import os
-
-    try:
-        return Path(os.path.relpath(path, folder)).as_posix()
-    except ValueError:
-        return str(path)
+    owners = {host.section_owner.get(key.split(".")[0]) for key in chosen.settings}
+    return {owner for owner in owners if owner not in (None, "core")}

@@ -34,6 +34,7 @@ TRANSFORMERS: dict[str, dict[str, Any]] = {
 WAN_ACTIVATIONS = ActivationCounts(
     hidden=13.2, hidden_fp32=6.0, ffn=2.0, per_rank=8.0, text=6.0, between_blocks_bytes=3.0, outside_bytes=1.0
 )
+_CLIP_TOKENS = 257  # CLIP ViT-H/14 at 224 px: 256 patches + the class token
 # Linear layers that read the text (or image) tokens, not the video tokens: they do not scale with the clip.
 _CONTEXT_LAYERS = ("attn2.to_k", "attn2.to_v", "attn2.add_k_proj", "attn2.add_v_proj")
 
@@ -86,6 +87,7 @@ def wan_profile() -> FamilyProfile:
     flavours = []
     for name in names:
         spec = FLAVOURS[name]
+        config = _transformer_config(spec)
         flavours.append(
             FlavourProfile(
                 name=name,
@@ -93,7 +95,7 @@ def wan_profile() -> FamilyProfile:
                 settings={"wan.model_flavour": name},
                 model_key="wan.pretrained_model_name_or_path",
                 model_source=spec.repo,
-                transformer_config=_transformer_config(spec),
+                transformer_config=config,
                 resolution=480,
                 frames=81 if "14b" in name else 49,
                 needs_first_frame=spec.conditioned or spec.task == "ti2v",
@@ -104,7 +106,8 @@ def wan_profile() -> FamilyProfile:
                 },
                 # The VAE compresses 8x (TI2V's 16x) and the transformer patches 2x2.
                 pixels_per_token=32 if spec.task == "ti2v" else 16,
-                cross_text_tokens=512,
+                # Wan 2.1 image-to-video also cross-attends to the CLIP image tokens (257, two images for FLF2V).
+                cross_text_tokens=512 + (_CLIP_TOKENS * (2 if spec.task == "flf2v" else 1) if "image_dim" in config else 0),
             )
         )
     return FamilyProfile(
