@@ -65,6 +65,8 @@ def test_the_guides_files_import_to_the_same_validated_config(tmp_path, monkeypa
     assert '# config.json: "true", read as true\npush_to_hub = true' in text, "a value read as another type says so"
     assert '# config.json: "config/wan/webhook.json"; here relative to this file' in text
     assert "# dropped validation_preview = true: is not supported" in text
+    again = cli(["config", "import", "config/config.json", "config/wan/multidatabackend.json", "--out", "tuner/run.toml"])
+    assert again.exit_code == 2 and "run.toml exists: pass --force" in again.stderr, "nothing is overwritten silently"
 
 
 @pytest.mark.slow

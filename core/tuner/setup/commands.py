@@ -101,7 +101,7 @@ def config_import(
             raise ConfigError(f"--out {target} is the input file: name another")
         if target.exists() and not force:
             raise ConfigError(f"{target} exists: pass --force to overwrite it, or --out another file")
-        result = import_config(config, backend, target, backend_out)
+        result = import_config(config, backend, target, backend_out, overwrite=force)
         _check_loads(result.config)
     except TunerError as exc:
         raise _fail(str(exc)) from None

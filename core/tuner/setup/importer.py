@@ -153,7 +153,7 @@ def _default_paths(doc: ConfigDocument, config: RunConfig, out_dir: Path, source
 
 
 def import_config(
-    config_path: Path, backend_path: Path | None, out: Path, backend_out: Path | None = None
+    config_path: Path, backend_path: Path | None, out: Path, backend_out: Path | None = None, overwrite: bool = False
 ) -> ImportResult:
     """Write ``out`` (a tuner TOML) and, with a backend file, ``backend_out`` (default: ``datasets.json`` beside it)."""
     from tuner.config import _nest_flat_keys, check_top_level, read_config_file
@@ -176,6 +176,8 @@ def import_config(
         backend_out = (backend_out or out.parent / "datasets.json").resolve()
         if backend_out in (source.resolve(), config_path.resolve()):
             raise ConfigError(f"--backend-out {backend_out} would overwrite an input file: name another")
+        if backend_out.exists() and not overwrite:
+            raise ConfigError(f"{backend_out} exists: pass --force to overwrite it, or --backend-out another file")
     inputs = " and ".join(p.name for p in (config_path, backend_path) if p is not None)
     doc = ConfigDocument(
         header=[
