@@ -10,43 +10,45 @@ from pathlib import Path
 import pytest
 
 from tuner.config import read_config_file, resolve_config
+from tuner.config_paths import path_rule_for
 from tuner.data.layout import load_layout
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.demo import prepare_tiny_model
 from tuner.plugins import PluginHost
 from tuner.setup.importer import _plugins_for, _split
 
-GUIDE = Path(__file__).parent / "guide"  # the quickstart guide's example files, verbatim
+from guide_examples import GUIDE_BACKEND, GUIDE_CONFIG, GUIDE_CONFIG_ADDITIONS, GUIDE_PROMPT_LIBRARY
 
 
-def _guide_folder(root: Path, config: dict | None = None, backend: list | None = None) -> Path:
+def _guide_folder(root: Path, config: dict, backend: list) -> Path:
     """The guide's layout: config/config.json, config/wan/multidatabackend.json and the files they name."""
     (root / "config" / "wan").mkdir(parents=True)
-    (root / "datasets" / "disney-black-and-white").mkdir(parents=True)
+    (root / "datasets" / "disney-black-and-white").mkdir(parents=True, exist_ok=True)
     (root / "config" / "wan" / "lycoris_config.json").write_text(json.dumps({"algo": "lokr", "factor": 16}))
-    (root / "config" / "wan" / "webhook.json").write_text(json.dumps({"webhook_url": "https://example.com/hook", "webhook_type": "raw"}))
-    (root / "config" / "config.json").write_text(json.dumps(config or json.loads((GUIDE / "config.json").read_text())))
-    (root / "config" / "wan" / "multidatabackend.json").write_text(
-        json.dumps(backend or json.loads((GUIDE / "multidatabackend.json").read_text()))
-    )
+    hook = {"webhook_url": "https://example.com/hook", "webhook_type": "raw"}
+    (root / "config" / "wan" / "webhook.json").write_text(json.dumps(hook))
+    (root / "config" / "user_prompt_library.json").write_text(json.dumps(GUIDE_PROMPT_LIBRARY))
+    (root / "config" / "config.json").write_text(json.dumps(config, ensure_ascii=False))
+    (root / "config" / "wan" / "multidatabackend.json").write_text(json.dumps(backend))
     return root
 
 
-def _load(path: Path, extra: dict | None = None):
-    raw = {**read_config_file(path), **(extra or {})}
+def _load(path: Path):
+    """The file as `tuner train` validates it (its path rule included), less the keys tuner drops."""
+    raw = read_config_file(path)
     host, _, _ = _plugins_for(raw)
-    return resolve_config(_split(raw, host)[0], host, base_dir=path.parent)
+    kept = _split(raw, host)[0]
+    return resolve_config(kept, host, rule=path_rule_for(path, kept, host.sections))
 
 
 def test_the_guides_files_import_to_the_same_validated_config(tmp_path, monkeypatch, cli):
-    root = _guide_folder(tmp_path)
+    # wandb is not installed here; "colour" is a key no plugin takes: it is dropped, with a comment.
+    config = {**GUIDE_CONFIG, **GUIDE_CONFIG_ADDITIONS, "report_to": "none", "colour": "red"}
+    root = _guide_folder(tmp_path, config, GUIDE_BACKEND)
     monkeypatch.chdir(root)  # the guide runs from the folder above config/
-    config = json.loads((GUIDE / "config.json").read_text())
-    config.update(report_to="none", validation_preview=True)  # wandb is not installed here; a key tuner drops
-    (root / "config" / "config.json").write_text(json.dumps(config, ensure_ascii=False))
     result = cli(["config", "import", "config/config.json", "config/wan/multidatabackend.json", "--out", "tuner/run.toml"])
     assert result.exit_code == 0, result.output + result.stderr
-    assert "dropped validation_preview" in result.stderr
+    assert "dropped colour" in result.stderr
 
     original = _load(root / "config" / "config.json")
     imported = _load(root / "tuner" / "run.toml")
@@ -62,9 +64,10 @@ def test_the_guides_files_import_to_the_same_validated_config(tmp_path, monkeypa
     assert load_layout(imported).default_text_cache == load_layout(original).default_text_cache
 
     text = (root / "tuner" / "run.toml").read_text()
-    assert '# config.json: "true", read as true\npush_to_hub = true' in text, "a value read as another type says so"
+    assert '# config.json: "True", read as true\npush_to_hub = true' in text, "a value read as another type says so"
     assert '# config.json: "config/wan/webhook.json"; here relative to this file' in text
-    assert "# dropped validation_preview = true: is not supported" in text
+    assert '# dropped colour = "red": unknown config key' in text
+    assert 'user_prompt_library = "../config/user_prompt_library.json"' in text, "the guide's --key, in its section"
     again = cli(["config", "import", "config/config.json", "config/wan/multidatabackend.json", "--out", "tuner/run.toml"])
     assert again.exit_code == 2 and "run.toml exists: pass --force" in again.stderr, "nothing is overwritten silently"
 
@@ -74,7 +77,9 @@ def test_an_imported_guide_config_trains_the_tiny_model(tmp_path, monkeypatch, t
     """The guide's files with only CPU substitutions (tiny model, small clips, no uploads, two steps)."""
     model = tiny_model_dir("wan")
     overrides = prepare_tiny_model(PluginHost.build(["wan"]), "wan", model)
-    config = json.loads((GUIDE / "config.json").read_text())
+    # TREAD's route starts at block 2: the tiny model has two blocks, so it stays out here.
+    config = {**GUIDE_CONFIG, **GUIDE_CONFIG_ADDITIONS}
+    config.pop("tread_config")
     config.update(
         pretrained_model_name_or_path=overrides["wan.pretrained_model_name_or_path"],
         pretrained_t5_model_name_or_path=overrides["wan.pretrained_model_name_or_path"],
@@ -84,7 +89,7 @@ def test_an_imported_guide_config_trains_the_tiny_model(tmp_path, monkeypatch, t
         resolution=64, validation_disable=True,
     )
     config.pop("hub_model_id")
-    backend = json.loads((GUIDE / "multidatabackend.json").read_text())
+    backend = json.loads(json.dumps(GUIDE_BACKEND))
     backend[0].update(resolution=64, minimum_image_size=64, maximum_image_size=64, target_downsample_size=64)
     backend[0]["video"].update(num_frames=17, min_frames=17)
     root = _guide_folder(tmp_path, config, backend)
@@ -96,6 +101,7 @@ def test_an_imported_guide_config_trains_the_tiny_model(tmp_path, monkeypatch, t
     (root / "config" / "wan").mkdir(parents=True)
     shutil.copy("moved-away/wan/webhook.json", "config/wan/webhook.json")
     shutil.copy("moved-away/wan/lycoris_config.json", "config/wan/lycoris_config.json")
+    shutil.copy("moved-away/user_prompt_library.json", "config/user_prompt_library.json")
     trained = cli(["train", "--config", "run/config.toml"])
     assert trained.exit_code == 0, trained.output + trained.stderr
     assert "adapter:" in trained.output

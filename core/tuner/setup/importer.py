@@ -2,7 +2,7 @@
 
 Nothing here maps keys by a table of its own: the config is read and validated by
 the same code ``tuner train`` uses (`tuner.config`), flat keys find their section
-through `tuner.config._nest_flat_keys`, and the backend file is read by
+through `tuner.config_keys.nest_flat_keys`, and the backend file is read by
 `tuner.data.backends.parse_backend_file`. What the importer adds is the writing:
 the values as they were validated, every path rewritten so that it resolves from
 the new file's folder to the same place, and a comment wherever the TOML says
@@ -44,7 +44,7 @@ class ImportResult:
 
 def _plugins_for(raw: Mapping[str, Any]) -> tuple[PluginHost, list[str], dict[str, str]]:
     """The host ``tuner train`` would build for ``raw``: its plugins, those its keys imply, the family's."""
-    from tuner.config import implied_plugins
+    from tuner.config_keys import implied_plugins
     from tuner.plugins import PluginHost
 
     names = list(raw.get("plugins", []))
@@ -63,20 +63,20 @@ def _plugins_for(raw: Mapping[str, Any]) -> tuple[PluginHost, list[str], dict[st
 
 def _split(raw: Mapping[str, Any], host: PluginHost) -> tuple[dict[str, Any], dict[str, str]]:
     """The keys the loader takes (each tried through the loader's own nesting), and the others with its reason."""
-    from tuner.config import _nest_flat_keys
+    from tuner.config_keys import nest_flat_keys
 
     kept: dict[str, Any] = {}
     dropped: dict[str, str] = {}
     for key, value in raw.items():
         try:
-            _nest_flat_keys({key: value}, host.sections)
+            nest_flat_keys({key: value}, host.sections)
             kept[key] = value
             continue
         except ConfigError as exc:
             reason = str(exc)
         name = key[2:] if key.startswith("--") else key  # the guide's literal '--key' spelling
         try:
-            _nest_flat_keys({name: value}, host.sections)
+            nest_flat_keys({name: value}, host.sections)
             kept[name] = value
         except ConfigError:
             dropped[key] = reason.removeprefix(f"config key '{key}' ")
@@ -84,10 +84,11 @@ def _split(raw: Mapping[str, Any], host: PluginHost) -> tuple[dict[str, Any], di
 
 
 def load_guide_config(raw: Mapping[str, Any], host: PluginHost, config_path: Path) -> RunConfig:
-    """Validate ``raw`` exactly as ``tuner train --config config_path`` does."""
+    """Validate ``raw`` exactly as ``tuner train --config config_path`` does, under the same path rule."""
     from tuner.config import resolve_config
+    from tuner.config_paths import path_rule_for
 
-    return resolve_config(raw, host, base_dir=config_path.resolve().parent)
+    return resolve_config(raw, host, rule=path_rule_for(config_path, raw, host.sections))
 
 
 def _backend_entries(config: RunConfig, source: Path, out_dir: Path) -> list[dict[str, Any]]:
@@ -95,7 +96,7 @@ def _backend_entries(config: RunConfig, source: Path, out_dir: Path) -> list[dic
     from tuner.data.backends import parse_backend_file
     from tuner.data.layout import _output_path, locate_input
 
-    base = config.base_dir
+    base = config  # the run's path rule decides where the file's relative paths point
     entries = []
     for _, entry in parse_backend_file(source):
         item = entry.model_dump(mode="json", exclude_unset=True)
@@ -129,6 +130,12 @@ def _section_entries(
                 doc.set(f"{section}.{key}", shown, comment)
                 continue
             value = dumped[key]
+            if isinstance(value, str) and key.endswith(("_path", "name_or_path")):
+                local = config.resolve_path(value)
+                if local != value:  # a local model folder or file: kept pointing at it
+                    note = f"{source}: {json.dumps(written)}; here relative to this file"
+                    doc.set(f"{section}.{key}", relative_path(Path(local), out_dir), note)
+                    continue
             comment = None
             if value is None:
                 doc.note(section, f"{key} = {json.dumps(written)} in {source}: read as unset, left out")
@@ -156,7 +163,8 @@ def import_config(
     config_path: Path, backend_path: Path | None, out: Path, backend_out: Path | None = None, overwrite: bool = False
 ) -> ImportResult:
     """Write ``out`` (a tuner TOML) and, with a backend file, ``backend_out`` (default: ``datasets.json`` beside it)."""
-    from tuner.config import _nest_flat_keys, check_top_level, read_config_file
+    from tuner.config import check_top_level, read_config_file
+    from tuner.config_keys import nest_flat_keys
 
     out = out.resolve()
     raw = read_config_file(config_path)
@@ -172,7 +180,7 @@ def import_config(
     if source is not None:
         from tuner.data.layout import locate_input
 
-        source = locate_input(source, config.base_dir)
+        source = locate_input(source, config)
         backend_out = (backend_out or out.parent / "datasets.json").resolve()
         if backend_out in (source.resolve(), config_path.resolve()):
             raise ConfigError(f"--backend-out {backend_out} would overwrite an input file: name another")
@@ -192,7 +200,7 @@ def import_config(
     doc.set("plugins", plugins, f"switched on by the config's keys ({why})" if why else None)
     for key, reason in dropped.items():
         doc.note("", f"dropped {key} = {json.dumps(raw[key], ensure_ascii=False)}: {reason}")
-    nested = _nest_flat_keys(kept, host.sections)
+    nested = nest_flat_keys(kept, host.sections)
     _section_entries(doc, nested, config, out.parent, {"data_backend_config"}, config_path.name)
     _default_paths(doc, config, out.parent, config_path.name)
     written_backend = None
