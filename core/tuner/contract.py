@@ -190,8 +190,9 @@ class FamilyContract:
         for path in bundle.block_lists:
             blocks = bundle.denoiser.get_submodule(path)
             assert isinstance(blocks, torch.nn.ModuleList) and len(blocks) > 0, f"block_lists '{path}' is no ModuleList"
-        if bundle.supports_token_routing:
-            assert bundle.num_blocks == len(bundle.denoiser.get_submodule(bundle.block_lists[0]))
+        if bundle.supports_token_routing:  # a router plans over every block, in order (Flux: double, then single)
+            depth = sum(len(bundle.denoiser.get_submodule(path)) for path in bundle.block_lists)
+            assert bundle.num_blocks == depth, f"num_blocks is {bundle.num_blocks}; block_lists hold {depth} blocks"
         for key, kind in bundle.encoders.items():
             assert key in bundle.components and kind in _KINDS, f"encoders['{key}'] = '{kind}'"
 
