@@ -27,9 +27,3 @@ class TestFluxContract(FamilyContract):
             generator=torch.Generator().manual_seed(0), output_type="np", max_sequence_length=32,
         ).images[0]
 
-
-@pytest.mark.slow
-class TestFluxSchnellContract(TestFluxContract):
-    """schnell: no guidance embedding, no dynamic shifting."""
-
-    variant = "schnell"
