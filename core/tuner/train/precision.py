@@ -21,7 +21,14 @@ if TYPE_CHECKING:
 
     from tuner.config import RunConfig
 
-__all__ = ["base_weight_dtype", "trainable_dtype", "cast_trainable", "save_dtype", "enable_fp16_on_cpu"]
+__all__ = [
+    "base_weight_dtype",
+    "trainable_dtype",
+    "cast_trainable",
+    "save_dtype",
+    "enable_fp16_on_cpu",
+    "forward_autocast",
+]
 
 _NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "no": "float32"}
 
@@ -56,6 +63,19 @@ def save_dtype(config: RunConfig) -> torch.dtype:
     import torch
 
     return getattr(torch, _NAMES[config.train.save_dtype])
+
+
+def forward_autocast(config: RunConfig, device_type: str) -> Any:
+    """The autocast accelerate opens around a trained network's own forward, as a context to open elsewhere.
+
+    accelerate wraps the network's ``forward`` under ``mixed_precision``; a family's
+    forward that calls the blocks itself (a routed forward) bypasses that wrapper
+    and opens this instead, so both run in the same precision.
+    """
+    import torch
+
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
+    return torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None)
 
 
 def enable_fp16_on_cpu(accelerator: Any) -> None:

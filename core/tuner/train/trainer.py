@@ -127,7 +127,7 @@ class Trainer:
             # Gradients add up across micro-batches; DDP syncs only on the last one.
             sync = micro == ga - 1
             with contextlib.nullcontext() if sync else acc.no_sync(model):
-                acc.backward(total / ga)
+                acc.backward(total / ga if ga > 1 else total)  # no division (and its backward) for one
             losses.append(out.loss.detach())  # the family's objective: comparable with and without features
             logs.update(out.logs)
         self._sync_extras()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
+from tuner.train.precision import forward_autocast
 from tuner.train.timesteps import add_noise, draw_noise, training_sigmas, velocity_errors
 from tuner.types import LossOutput
 
@@ -24,6 +26,30 @@ def pack(latents: torch.Tensor) -> torch.Tensor:
     return FluxPipeline._pack_latents(latents, b, c, h, w)
 
 
+@functools.lru_cache(maxsize=32)
+def _ids(rows: int, cols: int, text: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image ids, text ids) for a ``rows`` x ``cols`` grid of packed tokens and ``text`` text tokens.
+
+    Built once per shape (a run sees a few buckets) rather than every step: the
+    transformer only reads them.
+    """
+    import torch
+    from diffusers import FluxPipeline
+
+    return (
+        FluxPipeline._prepare_latent_image_ids(1, rows, cols, device, dtype),
+        torch.zeros(text, 3, device=device, dtype=dtype),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _guidance(batch_size: int, value: float, device: torch.device) -> torch.Tensor:
+    """The guidance value for each sample, float32 as FluxPipeline passes it; built once per batch size."""
+    import torch
+
+    return torch.full((batch_size,), value, device=device, dtype=torch.float32)
+
+
 def transformer_inputs(
     bundle: ModelBundle, batch: dict[str, torch.Tensor], noisy: torch.Tensor, sigmas: torch.Tensor
 ) -> dict[str, torch.Tensor | None]:
@@ -34,24 +60,24 @@ def transformer_inputs(
     2x2 patch, guidance only for models with a guidance embedding.
     """
     import torch
-    from diffusers import FluxPipeline
 
-    transformer = bundle.denoiser
     dtype = bundle.components["dtype"]
-    latents = batch["latents"]
-    b, _, h, w = latents.shape
-    device = latents.device
-    embeds = batch["prompt_embeds"].to(dtype)
+    b, _, h, w = batch["latents"].shape
+    device = noisy.device
+    embeds = batch["prompt_embeds"]
+    # Tensors made under inference mode cannot enter a graph later: build those afresh, uncached.
+    fresh = torch.is_inference_mode_enabled()
+    img_ids, txt_ids = (_ids.__wrapped__ if fresh else _ids)(h // 2, w // 2, embeds.shape[1], device, dtype)
     guidance = None
-    if transformer.config.guidance_embeds:
-        guidance = torch.full((b,), bundle.components["guidance_value"], device=device, dtype=torch.float32)
+    if bundle.denoiser.config.guidance_embeds:
+        guidance = (_guidance.__wrapped__ if fresh else _guidance)(b, bundle.components["guidance_value"], device)
     return {
         "hidden_states": noisy.to(dtype),
-        "encoder_hidden_states": embeds,
+        "encoder_hidden_states": embeds.to(dtype),
         "pooled_projections": batch["pooled_prompt_embeds"].to(dtype),
         "timestep": sigmas.to(device),
-        "img_ids": FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype),
-        "txt_ids": torch.zeros(embeds.shape[1], 3, device=device, dtype=dtype),
+        "img_ids": img_ids,
+        "txt_ids": txt_ids,
         "guidance": guidance,
     }
 
@@ -60,40 +86,37 @@ def flow_matching_loss(
     bundle: ModelBundle, batch: dict[str, torch.Tensor], generator: torch.Generator, config: RunConfig
 ) -> LossOutput:
     """noisy = (1 - s) x0 + s noise on packed latents; the transformer predicts the velocity noise - x0."""
-    import torch
-
-    x0 = batch["latents"].float()
+    latents = batch["latents"]
     # Pixels per image: the core's auto shift is diffusers' calculate_shift on (H/16) x (W/16) packed tokens.
-    pixel_area = x0.shape[-1] * x0.shape[-2] * bundle.components["vae_scale_factor"] ** 2
-    sigmas = training_sigmas(config, x0.shape[0], generator, pixel_area, x0.device)
-    noise = draw_noise(x0, generator)
-    x0, noise = pack(x0), pack(noise)
+    pixel_area = latents.shape[-1] * latents.shape[-2] * bundle.components["vae_scale_factor"] ** 2
+    sigmas = training_sigmas(config, latents.shape[0], generator, pixel_area, latents.device)
+    # Read before the forward is queued: on an accelerator, reading after it would wait for the forward.
+    logs = {"sigma_mean": float(sigmas.mean())}
+    x0 = pack(latents.float())
+    noise = draw_noise(x0, generator)  # drawn packed: i.i.d. either way, and one copy fewer than packing it
     inputs = transformer_inputs(bundle, batch, add_noise(x0, noise, sigmas), sigmas)
     transformer = bundle.denoiser
     router = bundle.router
     if router is not None and transformer.training:
         from tuner_flux.routing import routed_forward
 
-        # accelerate runs the model's own forward under autocast when mixed precision is on; the routed
-        # forward calls the blocks directly, so it opens the same autocast. The router draws after the
-        # noise, so routing changes neither the noise nor the timesteps.
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
-        with torch.autocast(x0.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        # The routed forward calls the blocks directly, past accelerate's autocast: it opens the same one.
+        # The router draws after the noise, so routing changes neither the noise nor the timesteps.
+        with forward_autocast(config, x0.device.type):
             pred = routed_forward(transformer, **inputs, router=router, generator=generator)
     else:
         pred = transformer(**inputs, return_dict=False)[0]
     loss = velocity_errors(pred, x0, noise).mean()
-    return LossOutput(loss=loss, logs={"sigma_mean": float(sigmas.mean())}, sigmas=sigmas)
+    return LossOutput(loss=loss, logs=logs, sigmas=sigmas)
 
 
 def eval_errors(
     bundle: ModelBundle, batch: dict[str, torch.Tensor], sigmas: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """Per-sample velocity MSE at ``sigmas``, as `flow_matching_loss` computes it."""
-    x0 = batch["latents"].float()
+    x0 = pack(batch["latents"].float())
     sigmas = sigmas.to(x0.device)
     noise = draw_noise(x0, generator)
-    x0, noise = pack(x0), pack(noise)
     inputs = transformer_inputs(bundle, batch, add_noise(x0, noise, sigmas), sigmas)
     pred = bundle.denoiser(**inputs, return_dict=False)[0]
     return velocity_errors(pred, x0, noise)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tuner.train.precision import forward_autocast
 from tuner.train.timesteps import add_noise, draw_noise, training_sigmas, velocity_errors
 from tuner.types import LossOutput
 
@@ -31,6 +32,8 @@ def flow_matching_loss(
     pixel_area = x0.shape[-1] * x0.shape[-2] * vae.scale_factor_spatial**2
     # Only the noise levels of the experts being trained (all of them for a single transformer).
     sigmas = training_sigmas(config, x0.shape[0], generator, pixel_area, x0.device, bundle.sigma_range())
+    # Read before the forward is queued: on an accelerator, reading after it would wait for the forward.
+    logs = {"sigma_mean": float(sigmas.mean())}
     noise = draw_noise(x0, generator)
     noisy = add_noise(x0, noise, sigmas)
     # Image conditioning (I2V, TI2V) lives in tuner_wan.conditioning: the transformer's inputs, and
@@ -45,15 +48,13 @@ def flow_matching_loss(
         if router is not None and transformer.training:
             from tuner_wan.routing import routed_forward
 
-            # accelerate runs the model's own forward under autocast when mixed precision is on; the
-            # routed forward calls the blocks directly, so it opens the same autocast here. The router
-            # draws after the noise, so routing changes neither the noise nor the timesteps.
-            amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
-            with torch.autocast(x0.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            # The routed forward calls the blocks directly, past accelerate's autocast: it opens the same
+            # one. The router draws after the noise, so routing changes neither the noise nor the timesteps.
+            with forward_autocast(config, x0.device.type):
                 return routed_forward(transformer, **part, router=router, generator=generator, force_keep=force_keep)
         return transformer(**part, return_dict=False)[0]
 
     kwargs = inputs.kwargs if inputs.force_keep is None else {**inputs.kwargs, "force_keep": inputs.force_keep}
     pred = run_experts(bundle, sigmas, kwargs, forward)
     loss = velocity_errors(pred, x0, noise, inputs.loss_mask).mean()
-    return LossOutput(loss=loss, logs={"sigma_mean": float(sigmas.mean())}, sigmas=sigmas)
+    return LossOutput(loss=loss, logs=logs, sigmas=sigmas)

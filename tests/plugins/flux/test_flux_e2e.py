@@ -137,9 +137,8 @@ def test_eval_loss_is_the_training_objective_at_given_noise_levels(make_run, cli
     with torch.no_grad():
         got = host.eval_loss(bundle, batch, sigmas, torch.Generator().manual_seed(5), run_config)
         again = host.eval_loss(bundle, batch, sigmas, torch.Generator().manual_seed(5), run_config)
-        x0 = batch["latents"]
+        x0 = pack(batch["latents"])
         noise = draw_noise(x0, torch.Generator().manual_seed(5))
-        x0, noise = pack(x0), pack(noise)
         inputs = transformer_inputs(bundle, batch, add_noise(x0, noise, sigmas), sigmas)
         expected = velocity_errors(bundle.denoiser(**inputs, return_dict=False)[0], x0, noise)
     assert got.shape == (2,) and torch.equal(got, again)
