@@ -14,9 +14,16 @@ alternating in rounds so machine noise hits both alike:
 * tiny: the demo model (2 blocks, dim 32, 80 tokens, LoRA r8), where framework
   overhead weighs most (target ratio <= 1.05).
 
-Printed per size: median step times, their ratio, the time per step tuner spends
-outside forward/backward/optimizer (tuner's median minus the bare loop's, whose
-step is nothing else), and voluntary context switches per step of each loop
+Then, with ``--flux`` / ``--only-flux``, a mid-size Flux-shaped model (2 double +
+2 single blocks, dim 256, 256 packed image tokens, guidance embedding, LoRA r16 on
+the plugin's targets) against a bare diffusers + peft Flux loop (target <= 1.02).
+
+Each loop runs one warm-up step, then the counted ones (as many in both). Printed
+per size: median step times, their ratio in wall time and in CPU time (this
+process's, all threads: on a machine other jobs share, wall time also counts the
+moments they held the cores, so read the CPU ratio there), the time per step tuner
+spends outside forward/backward/optimizer (tuner's median minus the bare loop's,
+whose step is nothing else), and voluntary context switches per step of each loop
 (``getrusage().ru_nvcsw``): a helper thread that starts torch work next to the
 training thread shows up there first (ten times more switches, DESIGN.md). Then
 the tiny demo through the CLI: median s/step (target <= 0.01), launch -> first
@@ -36,6 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -107,17 +115,16 @@ def write_mid_model(folder: Path) -> Path:
     return write_model(folder, SIZES[0])
 
 
-def tuner_steps(model: Path, folder: Path, size: Size, steps: int) -> Loop:
-    """Wall time between consecutive steps of a real tuner run (everything the loop does)."""
+def timed_run(plugin: str, raw: dict, steps: int) -> Loop:
+    """Wall time between consecutive steps of a real tuner run of ``raw`` (everything the loop does).
+
+    Runs ``steps + 1`` steps and drops the first (warm-up), so it yields ``steps``
+    step times, as many as `timed_loop` does for the bare loop.
+    """
     from tuner.config import resolve_config
-    from tuner.data.synthetic import write_synthetic_clips
     from tuner.hookspecs import hookimpl
     from tuner.plugins import PluginHost
     from tuner.train.run import train
-
-    clips = folder.parent / "clips"
-    if not clips.is_dir():
-        write_synthetic_clips(clips, count=2, num_frames=size.frames, width=size.pixels, height=size.pixels)
 
     class Clock:
         def __init__(self) -> None:
@@ -132,31 +139,54 @@ def tuner_steps(model: Path, folder: Path, size: Size, steps: int) -> Loop:
             self.marks.append((time.perf_counter(), *usage()))
 
     clock = Clock()
-    host = PluginHost.build(["wan"], extra={"clock": clock})
-    config = resolve_config(
-        {
-            "train": {"output_dir": str(folder / "out"), "max_train_steps": steps, "lora_rank": size.rank, "learning_rate": 1e-4},
-            "data": {
-                "instance_data_dir": str(clips),
-                "num_frames": size.frames,
-                "resolution": size.pixels,
-                "cache_dir": str(folder.parent / "cache"),
-            },
-            "validation": {"validation_prompt": None},
-            "console": {"log_format": "quiet"},
-            "wan": {
-                "pretrained_model_name_or_path": str(model),
-                "max_sequence_length": 32,
-                **({"model_flavour": size.flavour} if size.flavour else {}),
-            },
-        },
-        host,
-    )
-    train(config, host)
-    marks = clock.marks[1:]  # drop the first (warm-up) step
-    n = len(marks) - 1
+    host = PluginHost.build([plugin], extra={"clock": clock})
+    raw = {
+        **raw,
+        "train": {**raw["train"], "max_train_steps": steps + 1},
+        "validation": {"validation_prompt": None},
+        "console": {"log_format": "quiet"},
+    }
+    train(resolve_config(raw, host), host)
+    marks = clock.marks[1:]  # from the end of the first (warm-up) step
     times = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
-    return Loop(times, (marks[-1][1] - marks[0][1]) / n, (marks[-1][2] - marks[0][2]) / n)
+    return Loop(times, (marks[-1][1] - marks[0][1]) / steps, (marks[-1][2] - marks[0][2]) / steps)
+
+
+def timed_loop(step: Callable[[], None], steps: int) -> Loop:
+    """``steps + 1`` calls of a bare loop's ``step``, the first (warm-up) not counted."""
+    times = []
+    for i in range(steps + 1):
+        if i == 1:
+            first = usage()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    last = usage()
+    return Loop(times[1:], (last[0] - first[0]) / steps, (last[1] - first[1]) / steps)
+
+
+def tuner_steps(model: Path, folder: Path, size: Size, steps: int) -> Loop:
+    """A real tuner run on ``size``'s clips."""
+    from tuner.data.synthetic import write_synthetic_clips
+
+    clips = folder.parent / "clips"
+    if not clips.is_dir():
+        write_synthetic_clips(clips, count=2, num_frames=size.frames, width=size.pixels, height=size.pixels)
+    raw = {
+        "train": {"output_dir": str(folder / "out"), "lora_rank": size.rank, "learning_rate": 1e-4},
+        "data": {
+            "instance_data_dir": str(clips),
+            "num_frames": size.frames,
+            "resolution": size.pixels,
+            "cache_dir": str(folder.parent / "cache"),
+        },
+        "wan": {
+            "pretrained_model_name_or_path": str(model),
+            "max_sequence_length": 32,
+            **({"model_flavour": size.flavour} if size.flavour else {}),
+        },
+    }
+    return timed_run("wan", raw, steps)
 
 
 def bare_steps(model: Path, size: Size, steps: int) -> Loop:
@@ -180,11 +210,8 @@ def bare_steps(model: Path, size: Size, steps: int) -> Loop:
         condition[:, :4, 0] = 1  # the first frame is given
         extra["encoder_hidden_states_image"] = torch.randn(1, 5, 32)
     generator = torch.Generator().manual_seed(0)
-    times = []
-    for i in range(steps + 1):
-        if i == 1:
-            first = usage()
-        start = time.perf_counter()
+
+    def step() -> None:
         sigma = torch.sigmoid(torch.randn(1, generator=generator))
         noise = torch.randn(latents.shape, generator=generator)
         noisy = (1 - sigma) * latents + sigma * noise
@@ -199,9 +226,28 @@ def bare_steps(model: Path, size: Size, steps: int) -> Loop:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         float(loss.detach())  # a real loop reads its loss
-        times.append(time.perf_counter() - start)
-    last = usage()
-    return Loop(times[1:], (last[0] - first[0]) / steps, (last[1] - first[1]) / steps)
+
+    return timed_loop(step, steps)
+
+
+def report(title: str, bare: list[Loop], tuner: list[Loop], target: float) -> float:
+    """Print one row (median wall step, CPU per step, switches, the ratios); return the wall ratio."""
+    print(f"\n{title}")
+    wall, cpu = {}, {}
+    for name, loops in (("bare loop", bare), ("tuner", tuner)):
+        times = [t for loop in loops for t in loop.times]
+        wall[name] = statistics.median(times)
+        cpu[name] = statistics.median(loop.cpu for loop in loops)
+        switches = statistics.mean(loop.switches for loop in loops)
+        print(
+            f"  {name:10s}  median step {wall[name] * 1000:7.2f} ms  CPU {cpu[name] * 1000:7.2f} ms/step"
+            f"  {switches:5.1f} voluntary context switches/step  ({len(times)} steps)"
+        )
+    t, b = wall["tuner"], wall["bare loop"]
+    ratio_cpu = cpu["tuner"] / cpu["bare loop"]
+    print(f"  ratio tuner / bare      {t / b:.3f} wall, {ratio_cpu:.3f} CPU   (target <= {target}; busy machine: read CPU)")
+    print(f"  outside fwd/bwd/opt     {(t - b) * 1000:.2f} ms per step")
+    return t / b
 
 
 def compare(folder: Path, size: Size, steps: int, rounds: int) -> None:
@@ -211,20 +257,7 @@ def compare(folder: Path, size: Size, steps: int, rounds: int) -> None:
     for r in range(rounds):  # alternate so noise falls on both
         bare.append(bare_steps(model, size, steps))
         tuner.append(tuner_steps(model, folder / f"run{r}", size, steps))
-    print(f"\n{size.name}")
-    medians = {}
-    for name, loops in (("bare loop", bare), ("tuner", tuner)):
-        times = [t for loop in loops for t in loop.times]
-        medians[name] = statistics.median(times)
-        cpu = statistics.median(loop.cpu for loop in loops)
-        switches = statistics.mean(loop.switches for loop in loops)
-        print(
-            f"  {name:10s}  median step {medians[name] * 1000:7.2f} ms  CPU {cpu * 1000:7.2f} ms/step"
-            f"  {switches:5.1f} voluntary context switches/step  ({len(times)} steps)"
-        )
-    t, b = medians["tuner"], medians["bare loop"]
-    print(f"  ratio tuner / bare      {t / b:.3f}   (target <= {size.target})")
-    print(f"  outside fwd/bwd/opt     {(t - b) * 1000:.2f} ms per step")
+    report(size.name, bare, tuner, size.target)
 
 
 def tiny_demo_figures(folder: Path, steps: int) -> dict[str, float]:
@@ -263,22 +296,21 @@ def tiny_demo_figures(folder: Path, steps: int) -> dict[str, float]:
 FLUX_MID = dict(num_layers=2, num_single_layers=2, num_attention_heads=4, attention_head_dim=64, axes_dims_rope=(16, 24, 24))
 
 
-def flux_overhead(folder: Path, steps: int, rounds: int) -> tuple[float, float]:
-    """Median step of tuner against a bare accelerate + diffusers + peft loop, on a mid-size Flux-shaped model.
+def flux_overhead(folder: Path, steps: int, rounds: int) -> float:
+    """tuner against a bare accelerate + diffusers + peft loop on a mid-size Flux-shaped model; the wall ratio.
 
-    The tiny Flux with a 4-block, dim-256 transformer; 256x256 stills -> 256 packed image tokens, 32 T5 tokens.
-    Returns (tuner, bare) median seconds per step.
+    The tiny Flux with a 4-block, dim-256 transformer; 256x256 stills -> 256
+    packed image tokens, 32 T5 tokens. Both loops: the same transformer with
+    the guidance embedding (given 1.0), LoRA r16 on the plugin's targets,
+    AdamW, gradient clipping, the loss read every step, float32.
     """
     from accelerate import Accelerator
     from diffusers import FluxPipeline, FluxTransformer2DModel
     from peft import LoraConfig
 
-    from tuner.config import resolve_config
     from tuner.data.synthetic import write_synthetic_image
     from tuner.demo import prepare_tiny_model
-    from tuner.hookspecs import hookimpl
     from tuner.plugins import PluginHost
-    from tuner.train.run import train
     from tuner.train.timesteps import velocity_errors
     from tuner_flux.plugin import LORA_TARGETS
     from tuner_flux.tiny import TINY_TRANSFORMER
@@ -293,33 +325,15 @@ def flux_overhead(folder: Path, steps: int, rounds: int) -> tuple[float, float]:
     for i in range(2):
         write_synthetic_image(stills / f"still_{i}.png", 256, 256, index=i)
 
-    def tuner_times(run: Path) -> list[float]:
-        class Clock:
-            marks: list[float] = []
+    def tuner_loop(run: Path) -> Loop:
+        raw = {
+            "train": {"output_dir": str(run / "out"), "lora_rank": 16, "learning_rate": 1e-4},
+            "data": {"instance_data_dir": str(stills), "num_frames": 1, "resolution": 256, "cache_dir": str(folder / "flux-cache")},
+            "flux": {"flux_pretrained_model_name_or_path": str(model), "flux_t5_max_length": 32, "flux_guidance_value": 1.0},
+        }
+        return timed_run("flux", raw, steps)
 
-            @hookimpl
-            def on_run_start(self, run):  # type: ignore[no-untyped-def]
-                self.marks.append(time.perf_counter())
-
-            @hookimpl
-            def on_step_end(self, run, step, logs):  # type: ignore[no-untyped-def]
-                self.marks.append(time.perf_counter())
-
-        clock = Clock()
-        clock.marks = []
-        host = PluginHost.build(["flux"], extra={"clock": clock})
-        config = resolve_config(
-            {
-                "train": {"output_dir": str(run / "out"), "max_train_steps": steps, "lora_rank": 16, "learning_rate": 1e-4},
-                "data": {"instance_data_dir": str(stills), "num_frames": 1, "resolution": 256, "cache_dir": str(run / "cache")},
-                "flux": {"flux_pretrained_model_name_or_path": str(model), "flux_t5_max_length": 32},
-            },
-            host,
-        )
-        train(config, host)
-        return [b - a for a, b in zip(clock.marks[1:], clock.marks[2:])]
-
-    def bare_times() -> list[float]:
+    def bare_loop() -> Loop:
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         transformer = FluxTransformer2DModel.from_pretrained(str(model), subfolder="transformer").requires_grad_(False)
         transformer.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=LORA_TARGETS))
@@ -335,31 +349,32 @@ def flux_overhead(folder: Path, steps: int, rounds: int) -> tuple[float, float]:
             "guidance": torch.ones(1),
         }
         generator = torch.Generator().manual_seed(0)
-        times = []
-        for _ in range(steps + 1):
-            start = time.perf_counter()
+
+        def step() -> None:
             sigma = torch.sigmoid(torch.randn(1, generator=generator))
             noise = torch.randn(latents.shape, generator=generator)
             noisy = (1 - sigma) * latents + sigma * noise
             pred = transformer(hidden_states=noisy, timestep=sigma, **extra, return_dict=False)[0]
-            accelerator.backward(velocity_errors(pred, latents, noise).mean())
+            loss = velocity_errors(pred, latents, noise).mean()
+            accelerator.backward(loss)
             accelerator.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - start)
-        return times[1:]
+            float(loss.detach())  # a real loop reads its loss
 
-    tuner: list[float] = []
-    bare: list[float] = []
-    for r in range(rounds):  # alternate so noise falls on both
-        bare += bare_times()
-        tuner += tuner_times(folder / f"flux-run{r}")
-    t, b = statistics.median(tuner), statistics.median(bare)
-    print("\nmid-size Flux-shaped model (2 double + 2 single blocks, dim 256, 256 image tokens, LoRA r16)")
-    print(f"  bare loop   median step {b:.4f} s  ({len(bare)} steps)")
-    print(f"  tuner       median step {t:.4f} s  ({len(tuner)} steps)")
-    print(f"  ratio tuner / bare      {t / b:.3f}   (target <= 1.02)")
-    return t, b
+        return timed_loop(step, steps)
+
+    tuner: list[Loop] = []
+    bare: list[Loop] = []
+    for r in range(rounds):  # alternate, the order too, so noise (and a cold first run) falls on both
+        if r % 2:
+            tuner.append(tuner_loop(folder / f"flux-run{r}"))
+            bare.append(bare_loop())
+        else:
+            bare.append(bare_loop())
+            tuner.append(tuner_loop(folder / f"flux-run{r}"))
+    title = "mid-size Flux-shaped model (2 double + 2 single blocks, dim 256, 256 image tokens, LoRA r16)"
+    return report(title, bare, tuner, 1.02)
 
 
 def main() -> None:
@@ -372,7 +387,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
     print(f"load average (1 min): {load:.2f} on {os.cpu_count()} CPUs" + ("  -- busy machine: figures are indicative" if load > 0.5 else ""))
-    flux_steps = 4 if args.quick else 8
+    flux_steps = 8 if args.quick else 16  # ~0.1 s each: enough steps that the median is not one noisy step
     if args.only_flux:
         with tempfile.TemporaryDirectory() as tmp:
             flux_overhead(Path(tmp), flux_steps, rounds)
