@@ -43,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -189,38 +189,33 @@ def tuner_steps(model: Path, folder: Path, size: Size, steps: int) -> Loop:
     return timed_run("wan", raw, steps)
 
 
-def bare_steps(model: Path, size: Size, steps: int) -> Loop:
-    """The same work with no tuner code: accelerate + diffusers + peft, one cached batch (I2V: with its conditioning)."""
-    import torch.nn.functional as F
+def bare_loop(
+    model_class: Any, model: Path, rank: int, targets: list[str], latents: torch.Tensor, forward: Callable[..., Any], steps: int
+) -> Loop:
+    """A training loop with no tuner code: accelerate + diffusers + peft on one cached batch.
+
+    ``forward(transformer, noisy, sigma)`` calls the family's transformer; the
+    rest (noise, velocity MSE, backward, clipping, AdamW, reading the loss) is
+    what any flow-matching loop does.
+    """
     from accelerate import Accelerator
-    from diffusers import WanTransformer3DModel
     from peft import LoraConfig
 
+    from tuner.train.timesteps import velocity_errors
+
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    transformer = WanTransformer3DModel.from_pretrained(str(model), subfolder="transformer").requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=size.rank, lora_alpha=size.rank, target_modules=TARGETS))
+    transformer = model_class.from_pretrained(str(model), subfolder="transformer").requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
-    latents = torch.randn(1, *size.latent_shape)
-    text = torch.randn(1, 32, 32)
-    extra: dict[str, torch.Tensor] = {}
-    if size.flavour:
-        condition = torch.cat([torch.zeros(1, 4, *size.latent_shape[1:]), torch.randn(1, *size.latent_shape)], dim=1)
-        condition[:, :4, 0] = 1  # the first frame is given
-        extra["encoder_hidden_states_image"] = torch.randn(1, 5, 32)
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
         sigma = torch.sigmoid(torch.randn(1, generator=generator))
         noise = torch.randn(latents.shape, generator=generator)
         noisy = (1 - sigma) * latents + sigma * noise
-        if size.flavour:
-            noisy = torch.cat([noisy, condition], dim=1)
-        pred = transformer(
-            hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False, **extra
-        )[0]
-        loss = F.mse_loss(pred.float(), noise - latents)
+        loss = velocity_errors(forward(transformer, noisy, sigma), latents, noise).mean()
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -228,6 +223,42 @@ def bare_steps(model: Path, size: Size, steps: int) -> Loop:
         float(loss.detach())  # a real loop reads its loss
 
     return timed_loop(step, steps)
+
+
+def bare_steps(model: Path, size: Size, steps: int) -> Loop:
+    """The bare loop on ``size``'s Wan (I2V: with its conditioning)."""
+    from diffusers import WanTransformer3DModel
+
+    latents = torch.randn(1, *size.latent_shape)
+    text = torch.randn(1, 32, 32)
+    extra: dict[str, torch.Tensor] = {}
+    if size.flavour:
+        condition = torch.cat([torch.zeros(1, 4, *size.latent_shape[1:]), torch.randn(1, *size.latent_shape)], dim=1)
+        condition[:, :4, 0] = 1  # the first frame is given
+        extra["encoder_hidden_states_image"] = torch.randn(1, 5, 32)
+
+    def forward(transformer: Any, noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if size.flavour:
+            noisy = torch.cat([noisy, condition], dim=1)
+        return transformer(
+            hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False, **extra
+        )[0]
+
+    return bare_loop(WanTransformer3DModel, model, size.rank, TARGETS, latents, forward, steps)
+
+
+def alternate(bare: Callable[[], Loop], tuner: Callable[[int], Loop], rounds: int) -> tuple[list[Loop], list[Loop]]:
+    """``rounds`` runs of each loop, interleaved, the order swapping every round: noise (a busy moment, the
+    process's cold first run) falls on both alike. Returns (bare runs, tuner runs)."""
+    runs: tuple[list[Loop], list[Loop]] = ([], [])
+    for r in range(rounds):
+        if r % 2:
+            runs[1].append(tuner(r))
+            runs[0].append(bare())
+        else:
+            runs[0].append(bare())
+            runs[1].append(tuner(r))
+    return runs
 
 
 def report(title: str, bare: list[Loop], tuner: list[Loop], target: float) -> float:
@@ -252,11 +283,9 @@ def report(title: str, bare: list[Loop], tuner: list[Loop], target: float) -> fl
 
 def compare(folder: Path, size: Size, steps: int, rounds: int) -> None:
     model = write_model(folder, size)
-    tuner: list[Loop] = []
-    bare: list[Loop] = []
-    for r in range(rounds):  # alternate so noise falls on both
-        bare.append(bare_steps(model, size, steps))
-        tuner.append(tuner_steps(model, folder / f"run{r}", size, steps))
+    bare, tuner = alternate(
+        lambda: bare_steps(model, size, steps), lambda r: tuner_steps(model, folder / f"run{r}", size, steps), rounds
+    )
     report(size.name, bare, tuner, size.target)
 
 
@@ -304,14 +333,11 @@ def flux_overhead(folder: Path, steps: int, rounds: int) -> float:
     the guidance embedding (given 1.0), LoRA r16 on the plugin's targets,
     AdamW, gradient clipping, the loss read every step, float32.
     """
-    from accelerate import Accelerator
     from diffusers import FluxPipeline, FluxTransformer2DModel
-    from peft import LoraConfig
 
     from tuner.data.synthetic import write_synthetic_image
     from tuner.demo import prepare_tiny_model
     from tuner.plugins import PluginHost
-    from tuner.train.timesteps import velocity_errors
     from tuner_flux.plugin import LORA_TARGETS
     from tuner_flux.tiny import TINY_TRANSFORMER
 
@@ -333,46 +359,21 @@ def flux_overhead(folder: Path, steps: int, rounds: int) -> float:
         }
         return timed_run("flux", raw, steps)
 
-    def bare_loop() -> Loop:
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        transformer = FluxTransformer2DModel.from_pretrained(str(model), subfolder="transformer").requires_grad_(False)
-        transformer.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=LORA_TARGETS))
-        params = [p for p in transformer.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-        transformer, optimizer = accelerator.prepare(transformer, optimizer)
-        latents = torch.randn(1, 256, 16)
-        extra = {
-            "encoder_hidden_states": torch.randn(1, 32, 32),
-            "pooled_projections": torch.randn(1, 32),
-            "img_ids": FluxPipeline._prepare_latent_image_ids(1, 16, 16, "cpu", torch.float32),
-            "txt_ids": torch.zeros(32, 3),
-            "guidance": torch.ones(1),
-        }
-        generator = torch.Generator().manual_seed(0)
+    extra = {
+        "encoder_hidden_states": torch.randn(1, 32, 32),
+        "pooled_projections": torch.randn(1, 32),
+        "img_ids": FluxPipeline._prepare_latent_image_ids(1, 16, 16, "cpu", torch.float32),
+        "txt_ids": torch.zeros(32, 3),
+        "guidance": torch.ones(1),
+    }
 
-        def step() -> None:
-            sigma = torch.sigmoid(torch.randn(1, generator=generator))
-            noise = torch.randn(latents.shape, generator=generator)
-            noisy = (1 - sigma) * latents + sigma * noise
-            pred = transformer(hidden_states=noisy, timestep=sigma, **extra, return_dict=False)[0]
-            loss = velocity_errors(pred, latents, noise).mean()
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            float(loss.detach())  # a real loop reads its loss
+    def forward(transformer: Any, noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return transformer(hidden_states=noisy, timestep=sigma, **extra, return_dict=False)[0]
 
-        return timed_loop(step, steps)
+    def bare_run() -> Loop:
+        return bare_loop(FluxTransformer2DModel, model, 16, LORA_TARGETS, torch.randn(1, 256, 16), forward, steps)
 
-    tuner: list[Loop] = []
-    bare: list[Loop] = []
-    for r in range(rounds):  # alternate, the order too, so noise (and a cold first run) falls on both
-        if r % 2:
-            tuner.append(tuner_loop(folder / f"flux-run{r}"))
-            bare.append(bare_loop())
-        else:
-            bare.append(bare_loop())
-            tuner.append(tuner_loop(folder / f"flux-run{r}"))
+    bare, tuner = alternate(bare_run, lambda r: tuner_loop(folder / f"flux-run{r}"), rounds)
     title = "mid-size Flux-shaped model (2 double + 2 single blocks, dim 256, 256 image tokens, LoRA r16)"
     return report(title, bare, tuner, 1.02)
 

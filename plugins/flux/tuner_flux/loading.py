@@ -7,12 +7,10 @@ key names: Flux-derived checkpoints usually ship that way).
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import ConfigError
+from tuner.loading import fingerprint, load_denoiser, subfolder_or_none
 from tuner.train.precision import base_weight_dtype
 
 from tuner_flux.settings import FLAVOURS
@@ -24,7 +22,7 @@ if TYPE_CHECKING:
 
     from tuner_flux.settings import FluxSection
 
-__all__ = ["load_components", "load_transformer", "t5_max_length"]
+__all__ = ["load_components", "t5_max_length"]
 
 # FluxPipeline's own T5 lengths: dev was trained with 512 tokens, schnell with 256.
 _T5_LENGTHS = {"dev": 512, "schnell": 256}
@@ -34,51 +32,13 @@ def t5_max_length(section: FluxSection) -> int:
     return section.flux_t5_max_length or _T5_LENGTHS[section.flux_model_flavour]
 
 
-def _subfolder(value: str | None) -> str | None:
-    return None if value in (None, "", "none", "None") else value
-
-
-def load_transformer(source: str, base: str, subfolder: str | None, dtype: torch.dtype, revision: str | None) -> Any:
-    """A ``FluxTransformer2DModel`` from a folder/hub id, or from one ``.safetensors`` file built on the base's config."""
-    from diffusers import FluxTransformer2DModel
-
-    if not source.endswith(".safetensors"):
-        return FluxTransformer2DModel.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype, revision=revision)
-    path = Path(source)
-    if not path.is_file():
-        raise ConfigError(f"flux_pretrained_transformer_model_name_or_path: no such file {path}")
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        diffusers_names = any(k.startswith(("transformer_blocks.0.", "x_embedder.")) for k in f.keys())
-    if not diffusers_names:
-        # Original (BFL / ComfyUI) key names: diffusers converts them.
-        return FluxTransformer2DModel.from_single_file(str(path), config=base, subfolder="transformer", torch_dtype=dtype)
-    from safetensors.torch import load_file
-
-    config = FluxTransformer2DModel.load_config(base, subfolder="transformer", revision=revision)
-    model = FluxTransformer2DModel.from_config(config)
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-    if missing or unexpected:
-        raise ConfigError(
-            f"{path} does not match the base transformer config: "
-            f"{len(missing)} missing, {len(unexpected)} unexpected keys (e.g. {(missing or unexpected)[0]})"
-        )
-    return model.to(dtype)
-
-
-def _fingerprint(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 def load_components(section: FluxSection, config: RunConfig, device: torch.device) -> dict[str, Any]:
     """Every Flux part, frozen; the encoders on ``device``, the transformer on the CPU until the core places it.
 
     The VAE stays in float32 for clean latents.
     """
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
     dtype = base_weight_dtype(config)
@@ -86,8 +46,11 @@ def load_components(section: FluxSection, config: RunConfig, device: torch.devic
     transformer_src = config.resolve_path(section.flux_pretrained_transformer_model_name_or_path or base)
     revision = section.flux_revision
     try:
-        transformer = load_transformer(
-            transformer_src, base, _subfolder(section.flux_pretrained_transformer_subfolder), dtype, revision
+        transformer = load_denoiser(
+            FluxTransformer2DModel, transformer_src, base=base, dtype=dtype, revision=revision,
+            subfolder=subfolder_or_none(section.flux_pretrained_transformer_subfolder),
+            option="flux_pretrained_transformer_model_name_or_path",
+            diffusers_prefixes=("transformer_blocks.0.", "x_embedder."),
         )
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=torch.float32, revision=revision)
         clip = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", torch_dtype=dtype, revision=revision)
@@ -112,7 +75,7 @@ def load_components(section: FluxSection, config: RunConfig, device: torch.devic
     )
     pipeline.set_progress_bar_config(disable=True)
     max_length = t5_max_length(section)
-    cache_id = _fingerprint("flux-1", dict(vae.config), clip.config.to_dict(), t5.config.to_dict(), base, max_length)
+    cache_id = fingerprint("flux-1", dict(vae.config), clip.config.to_dict(), t5.config.to_dict(), base, max_length)
     return {
         "transformer": transformer,
         "vae": vae,

@@ -7,14 +7,12 @@ diffusers or original key names), the VAE and the UMT5 text encoder.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import ConfigError
+from tuner.loading import fingerprint, load_denoiser, subfolder_or_none
 from tuner.train.precision import base_weight_dtype
 
 from tuner_wan.experts import boundary_ratio, loaded_experts, make_experts, trained_experts, validation_transformers
@@ -27,53 +25,7 @@ if TYPE_CHECKING:
 
     from tuner_wan.settings import WanSection
 
-__all__ = ["load_components", "load_transformer", "load_conditioning_parts"]
-
-
-def _subfolder(value: str | None) -> str | None:
-    return None if value in (None, "", "none", "None") else value
-
-
-def load_transformer(
-    source: str,
-    base: str,
-    subfolder: str | None,
-    dtype: torch.dtype,
-    revision: str | None,
-    component: str = "transformer",
-) -> Any:
-    """A ``WanTransformer3DModel`` from a folder/hub id, or from one ``.safetensors`` file.
-
-    A single file is built from the config of the base's ``component`` folder.
-    """
-    from diffusers import WanTransformer3DModel
-
-    if source.endswith(".safetensors"):
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"wan.pretrained_transformer_model_name_or_path: no such file {path}")
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            diffusers_names = any(k.startswith(("blocks.0.attn1.", "condition_embedder.")) for k in f.keys())
-        if diffusers_names:
-            # Diffusers key names: build from the base's config, then load the tensors.
-            from safetensors.torch import load_file
-
-            config = WanTransformer3DModel.load_config(base, subfolder=component, revision=revision)
-            model = WanTransformer3DModel.from_config(config)
-            missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-            if missing or unexpected:
-                raise ConfigError(
-                    f"{path} does not match the base transformer config: "
-                    f"{len(missing)} missing, {len(unexpected)} unexpected keys (e.g. {(missing or unexpected)[0]})"
-                )
-            return model.to(dtype)
-        # Original (ComfyUI / Wan repo) key names: diffusers converts them.
-        return WanTransformer3DModel.from_single_file(
-            str(path), config=base, subfolder=component, torch_dtype=dtype
-        )
-    return WanTransformer3DModel.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype, revision=revision)
+__all__ = ["load_components", "load_conditioning_parts"]
 
 
 @contextmanager
@@ -93,11 +45,6 @@ def _quiet_library_bars() -> Iterator[None]:
                 lib.enable_progress_bar()
 
 
-def _fingerprint(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 def _transformer_sources(section: WanSection, base: str, transformer_src: str) -> dict[str, tuple[str, str | None, str]]:
     """What to load for each transformer: key -> (source, subfolder, component of the base).
 
@@ -106,7 +53,7 @@ def _transformer_sources(section: WanSection, base: str, transformer_src: str) -
     expert's weights; a frozen other stage always comes from the base.
     """
     flavour = FLAVOURS[section.model_flavour]
-    subfolder = _subfolder(section.pretrained_transformer_subfolder)
+    subfolder = subfolder_or_none(section.pretrained_transformer_subfolder)
     if flavour.expert is None:
         return {"single": (transformer_src, subfolder, "transformer")}
     explicit_subfolder = "pretrained_transformer_subfolder" in section.model_fields_set
@@ -125,14 +72,18 @@ def _load_parts(
 ) -> tuple[dict[str, Any], Any, Any, Any, Any]:
     import diffusers
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from safetensors import SafetensorError
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     revision = section.revision
     try:
         transformers = {
-            key: load_transformer(source, base, subfolder, dtype, revision, component)
+            key: load_denoiser(
+                WanTransformer3DModel, source, base=base, subfolder=subfolder, dtype=dtype, revision=revision,
+                option="wan.pretrained_transformer_model_name_or_path", component=component,
+                diffusers_prefixes=("blocks.0.attn1.", "condition_embedder."),
+            )
             for key, (source, subfolder, component) in _transformer_sources(section, base, transformer_src).items()
         }
         vae = AutoencoderKLWan.from_pretrained(vae_src, subfolder="vae", torch_dtype=torch.float32, revision=revision)
@@ -230,7 +181,7 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
     pipeline.set_progress_bar_config(disable=True)
     # Image-to-video parts (CLIP encoder, the I2V pipeline, how the transformer is conditioned).
     conditioned = load_conditioning_parts(section, base, pipeline, device)
-    cache_id = _fingerprint(
+    cache_id = fingerprint(
         "wan-2.1",
         dict(vae.config),
         dict(text_encoder.config.to_dict()),
