@@ -59,18 +59,15 @@ def transformer_inputs(
     multiplies by 1000), text ids all zero, image ids the (row, column) of each
     2x2 patch, guidance only for models with a guidance embedding.
     """
-    import torch
-
     dtype = bundle.components["dtype"]
     b, _, h, w = batch["latents"].shape
     device = noisy.device
     embeds = batch["prompt_embeds"]
-    # Tensors made under inference mode cannot enter a graph later: build those afresh, uncached.
-    fresh = torch.is_inference_mode_enabled()
-    img_ids, txt_ids = (_ids.__wrapped__ if fresh else _ids)(h // 2, w // 2, embeds.shape[1], device, dtype)
+    # Shared across steps (and with inference-mode callers: no op saves them for backward or writes them).
+    img_ids, txt_ids = _ids(h // 2, w // 2, embeds.shape[1], device, dtype)
     guidance = None
     if bundle.denoiser.config.guidance_embeds:
-        guidance = (_guidance.__wrapped__ if fresh else _guidance)(b, bundle.components["guidance_value"], device)
+        guidance = _guidance(b, bundle.components["guidance_value"], device)
     return {
         "hidden_states": noisy.to(dtype),
         "encoder_hidden_states": embeds.to(dtype),

@@ -102,3 +102,32 @@ def test_guidance_value_reaches_the_guidance_embedding_of_dev_only(host, tiny_mo
         assert loss(1.0) != loss(4.0)
     else:
         assert loss(1.0) == loss(4.0)  # schnell has no guidance embedding
+
+
+def test_ids_and_guidance_made_once_per_shape_serve_inference_and_training_alike(host, tiny_model_dir):
+    """The loss reuses its image/text ids and guidance tensor per shape, also when first made under inference
+    mode (evaluation): a later training step's graph takes them as they are."""
+    from tuner_flux.loss import transformer_inputs
+
+    config = _config(host, tiny_model_dir("flux"))
+    bundle = host.load_model(config, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "latents": torch.randn(1, 4, 8, 8, generator=g),
+        "prompt_embeds": torch.randn(1, 32, 32, generator=g),
+        "pooled_prompt_embeds": torch.randn(1, 32, generator=g),
+    }
+    noisy, sigmas = torch.randn(1, 16, 16), torch.tensor([0.5])
+    with torch.inference_mode():
+        inferred = host.compute_loss(bundle, batch, torch.Generator().manual_seed(1), config).loss
+    first, again = (transformer_inputs(bundle, batch, noisy, sigmas) for _ in range(2))
+    assert all(first[k] is again[k] for k in ("img_ids", "txt_ids", "guidance"))  # built once
+    assert first["img_ids"].shape == (16, 3) and first["img_ids"][-1].tolist() == [0, 3, 3]
+    bundle.denoiser.requires_grad_(True)  # every weight trains: every op records the graph
+    try:
+        loss = host.compute_loss(bundle, batch, torch.Generator().manual_seed(1), config).loss
+        loss.backward()
+    finally:
+        bundle.denoiser.requires_grad_(False)
+    assert torch.allclose(loss.detach(), inferred)
+    assert torch.isfinite(bundle.denoiser.x_embedder.weight.grad).all()
