@@ -22,6 +22,16 @@ def _config(host, model, **flux):
     )
 
 
+def _batch() -> dict[str, torch.Tensor]:
+    """A cached batch of one 64x64 image (4 x 8 x 8 latents) and its tiny T5 / CLIP embeddings."""
+    g = torch.Generator().manual_seed(0)
+    return {
+        "latents": torch.randn(1, 4, 8, 8, generator=g),
+        "prompt_embeds": torch.randn(1, 32, 32, generator=g),
+        "pooled_prompt_embeds": torch.randn(1, 32, generator=g),
+    }
+
+
 def test_transformer_from_a_single_safetensors_file(host, tiny_model_dir, tmp_path):
     from diffusers import FluxTransformer2DModel
 
@@ -89,14 +99,8 @@ def test_guidance_value_reaches_the_guidance_embedding_of_dev_only(host, tiny_mo
     def loss(value: float) -> float:
         config = _config(host, tiny_model_dir("flux", variant), flux_guidance_value=value)
         bundle = host.load_model(config, torch.device("cpu"))
-        g = torch.Generator().manual_seed(0)
-        batch = {
-            "latents": torch.randn(1, 4, 8, 8, generator=g),
-            "prompt_embeds": torch.randn(1, 32, 32, generator=g),
-            "pooled_prompt_embeds": torch.randn(1, 32, generator=g),
-        }
         with torch.no_grad():
-            return float(host.compute_loss(bundle, batch, torch.Generator().manual_seed(1), config).loss)
+            return float(host.compute_loss(bundle, _batch(), torch.Generator().manual_seed(1), config).loss)
 
     if variant is None:
         assert loss(1.0) != loss(4.0)
@@ -111,12 +115,7 @@ def test_ids_and_guidance_made_once_per_shape_serve_inference_and_training_alike
 
     config = _config(host, tiny_model_dir("flux"))
     bundle = host.load_model(config, torch.device("cpu"))
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "latents": torch.randn(1, 4, 8, 8, generator=g),
-        "prompt_embeds": torch.randn(1, 32, 32, generator=g),
-        "pooled_prompt_embeds": torch.randn(1, 32, generator=g),
-    }
+    batch = _batch()
     noisy, sigmas = torch.randn(1, 16, 16), torch.tensor([0.5])
     with torch.inference_mode():
         inferred = host.compute_loss(bundle, batch, torch.Generator().manual_seed(1), config).loss
