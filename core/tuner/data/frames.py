@@ -68,7 +68,7 @@ def _decode_image(path: Path, geometry: Geometry) -> np.ndarray:
                 img = img.resize(geometry.resize, Image.Resampling.BICUBIC, reducing_gap=3.0)
             left, top = geometry.crop
             img = img.crop((left, top, left + geometry.width, top + geometry.height))
-            return np.asarray(img, dtype=np.uint8)[None]
+            return np.array(img, dtype=np.uint8)[None]  # writable, as torch.from_numpy wants
     except Exception as exc:  # truncated or corrupt files surface only when the pixels are read
         raise DataError(f"cannot decode: {error_text(exc)}") from None
 
