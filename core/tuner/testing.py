@@ -24,7 +24,7 @@ from tuner.config import merge, parse_overrides
 if TYPE_CHECKING:
     from tuner.plugins import PluginHost
 
-__all__ = ["CliResult", "run_cli", "write_run_folder", "tuner_plugin", "tiny_model_dir", "make_run", "cli"]
+__all__ = ["CliResult", "run_cli", "write_run_folder", "run_output_dir", "step_losses", "tuner_plugin", "tiny_model_dir", "make_run", "cli"]
 
 
 @dataclass
@@ -76,6 +76,20 @@ def write_run_folder(
     path = folder / "config.toml"
     path.write_text(tomli_w.dumps(config))
     return path
+
+
+def run_output_dir(config: Path) -> Path:
+    """The ``output_dir`` a run folder's config names (a relative one read from the config's folder)."""
+    from tuner.config import read_config_file
+
+    return config.parent / read_config_file(config)["train"]["output_dir"]
+
+
+def step_losses(output_dir: Path) -> list[float]:
+    """The loss of every step the run logged into ``output_dir``, in order."""
+    from tuner.report.jsonlog import read_log
+
+    return [r["loss"] for r in read_log(output_dir) if r["event"] == "step"]
 
 
 @pytest.fixture(scope="session")

@@ -133,7 +133,7 @@ def test_a_missing_file_is_named_at_its_real_path_with_the_rule_and_the_file_the
     message = str(err.value)
     assert f"no such file {tmp_path / 'config/wan/webhook.json'}" in message
     assert "config/config/wan" not in message
-    assert f"relative paths are read from the folder tuner was started in" in message
+    assert "relative paths are read from the folder tuner was started in" in message
     # A TOML beside the file reads it from its own folder; the message points at the start folder's file.
     (tmp_path / "config" / "wan" / "prompts.json").write_text(json.dumps({"boat": "a paper boat"}))
     raw = {"user_prompt_library": "config/wan/prompts.json"}

@@ -4,7 +4,6 @@ sideways phone clips, captions longer than the model reads."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

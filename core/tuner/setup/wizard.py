@@ -186,7 +186,6 @@ def run_wizard(
         "family", "model family", "which kind of model the adapter is for; the data suggests the first",
         suited[0], choices=families,
     )
-    host = PluginHost.build([installed.families[family]])
     profile = profiles[family]
     flavour, source = _ask_model(asker, family, profile)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuner.config import read_config_file, resolve_config
+from tuner.config import resolve_config
 from tuner.errors import ConfigError
 from tuner.plugins import PluginHost
-from tuner.report.jsonlog import read_log
+from tuner.testing import run_output_dir, step_losses
 from tuner.types import ModelBundle
 
 PLUGINS = "plugins=['wan','attention']"
@@ -22,11 +22,6 @@ def tiny_wan():
 
     torch.manual_seed(0)
     return WanTransformer3DModel(**TINY_TRANSFORMER).requires_grad_(False)
-
-
-def _losses(config):
-    out = config.parent / read_config_file(config)["train"]["output_dir"]
-    return [r["loss"] for r in read_log(out) if r["event"] == "step"]
 
 
 def test_every_mechanism_is_a_backend_of_diffusers_dispatcher():
@@ -53,7 +48,7 @@ def test_training_with_a_forced_sdpa_kernel_matches_the_default(make_run, cli):
         result = cli(["train", "--config", str(config)])
         assert result.exit_code == 0, result.stderr
         assert (f"attention: {name} in 4 attention layers" in result.stderr) == (name != "diffusers")
-        runs[name] = _losses(config)
+        runs[name] = step_losses(run_output_dir(config))
     assert runs["sdpa-math"] == pytest.approx(runs["diffusers"], rel=1e-5)
     assert runs["sdpa-flash"] == pytest.approx(runs["diffusers"], rel=1e-5)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,19 +9,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tuner.config import read_config_file
 from tuner.data.synthetic import write_synthetic_clips, write_synthetic_image
 from tuner.report.jsonlog import read_log
+from tuner.testing import run_output_dir, step_losses
 
 PROMPT = "a still red square on a black background"
-
-
-def _losses(output_dir: Path) -> list[float]:
-    return [r["loss"] for r in read_log(output_dir) if r["event"] == "step"]
-
-
-def _output_dir(config: Path) -> Path:
-    return config.parent / read_config_file(config)["train"]["output_dir"]
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +39,14 @@ def test_stills_of_two_aspects_and_a_clips_first_frame_train_in_their_buckets(tr
 
 def test_loss_falls_when_overfitting(trained):
     config, _ = trained
-    losses = _losses(_output_dir(config))
+    losses = step_losses(run_output_dir(config))
     assert len(losses) == 60
     assert np.mean(losses[-15:]) < 0.9 * np.mean(losses[:15])
 
 
 def test_validation_writes_an_image_and_a_contact_sheet(trained):
     config, result = trained
-    step = _output_dir(config) / "validation" / "step-60"
+    step = run_output_dir(config) / "validation" / "step-60"
     image = np.asarray(Image.open(step / "main.png"))
     assert image.shape == (64, 64, 3) and image.std() > 0
     assert (step / "contact-sheet.png").is_file()
@@ -66,7 +57,7 @@ def test_exported_lora_has_diffusers_keys_and_changes_flux_pipeline_output(train
     from diffusers import FluxPipeline
 
     config, _ = trained
-    out = _output_dir(config)
+    out = run_output_dir(config)
     keys = list(load_file(out / "pytorch_lora_weights.safetensors"))
     assert "transformer.transformer_blocks.0.attn.to_q.lora_A.weight" in keys
     assert "transformer.single_transformer_blocks.1.proj_mlp.lora_B.weight" in keys
@@ -104,7 +95,7 @@ def test_schnell_has_no_guidance_embedding_and_trains(make_run, cli, tiny_model_
     config = make_run(plugin="flux", variant="schnell", steps=2, overrides=["validation.validation_prompt=''"])
     result = cli(["train", "--config", str(config)])
     assert result.exit_code == 0, result.stderr
-    assert len(_losses(config.parent / "output")) == 2
+    assert len(step_losses(config.parent / "output")) == 2
 
 
 def test_eval_loss_is_the_training_objective_at_given_noise_levels(make_run, cli):
@@ -170,4 +161,4 @@ def test_a_backend_file_of_stills_and_clips_trains_in_aspect_buckets(make_run, c
     text = result.output + result.stderr
     assert "dataset 'clips': model family 'flux' trains on at most 1 frame(s) per sample" in text
     assert "dataset 'stills': 3 samples per epoch in 3 bucket(s)" in text and "dataset 'clips': 1 samples" in text
-    assert len(_losses(root / "output")) == 2
+    assert len(step_losses(root / "output")) == 2

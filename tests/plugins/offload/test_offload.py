@@ -16,10 +16,10 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from safetensors.torch import load_file
 
-from tuner.config import read_config_file, resolve_config
+from tuner.config import resolve_config
 from tuner.errors import ConfigError, PluginError
 from tuner.plugins import PluginHost
-from tuner.report.jsonlog import read_log
+from tuner.testing import run_output_dir, step_losses
 from tuner.types import ModelBundle
 
 PLUGINS = "plugins=['wan','offload']"
@@ -315,14 +315,6 @@ def test_a_plugins_environment_variable_is_not_ignored_silently_when_the_plugin_
 # -- whole runs on the tiny Wan ---------------------------------------------
 
 
-def _output(config):
-    return config.parent / read_config_file(config)["train"]["output_dir"]
-
-
-def _losses(config):
-    return [r["loss"] for r in read_log(_output(config)) if r["event"] == "step"]
-
-
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, tiny_model_dir):
     from tuner.testing import run_cli, write_run_folder
@@ -356,10 +348,10 @@ def test_training_with_the_option_repeats_the_baseline(
     assert result.exit_code == 0, result.stderr
     assert installed in result.stderr
     chunked = "enable_chunked_feed_forward=true" in options
-    want, got = _losses(baseline), _losses(config)
+    want, got = step_losses(run_output_dir(baseline)), step_losses(run_output_dir(config))
     assert got == pytest.approx(want, rel=1e-5 if chunked else 0, abs=0)
-    a = load_file(_output(baseline) / "pytorch_lora_weights.safetensors")
-    b = load_file(_output(config) / "pytorch_lora_weights.safetensors")
+    a = load_file(run_output_dir(baseline) / "pytorch_lora_weights.safetensors")
+    b = load_file(run_output_dir(config) / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4 if chunked else 0, atol=1e-6 if chunked else 0)
@@ -375,7 +367,7 @@ def test_group_offload_validates_through_the_pipeline(make_run, cli, tmp_path, p
         result = cli(["train", "--config", str(config)])
         assert result.exit_code == 0, result.stderr
         assert ("group offload:" in result.stderr) == bool(options)
-        return read_media(next((_output(config) / "validation").rglob("*.mp4")))
+        return read_media(next((run_output_dir(config) / "validation").rglob("*.mp4")))
 
     plain = frames()
     spilled = frames(

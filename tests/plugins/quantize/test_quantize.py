@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuner.config import read_config_file, resolve_config
+from tuner.config import resolve_config
 from tuner.errors import PluginError
 from tuner.plugins import PluginHost
-from tuner.report.jsonlog import read_log
+from tuner.testing import run_output_dir, step_losses
 from tuner.types import ModelBundle
 
 quanto = pytest.importorskip("optimum.quanto")
@@ -23,14 +23,6 @@ NO_VALIDATION = "validation.validation_prompt=''"
 @pytest.fixture(scope="module")
 def host():
     return PluginHost.build(["wan", "quantize"])
-
-
-def _output(config):
-    return config.parent / read_config_file(config)["train"]["output_dir"]
-
-
-def _losses(config):
-    return [r["loss"] for r in read_log(_output(config)) if r["event"] == "step"]
 
 
 def loaded_tiny_wan(host, tiny_model_dir, **options):
@@ -67,10 +59,10 @@ def test_training_on_an_int8_base_stays_close_to_the_full_precision_run(make_run
         assert result.exit_code == 0, result.stderr
         runs[name] = config
     assert "quantized base: 20 layers of the denoiser in int8-quanto" in result.stderr
-    full, int8 = _losses(runs["full"]), _losses(runs["int8"])
+    full, int8 = step_losses(run_output_dir(runs["full"])), step_losses(run_output_dir(runs["int8"]))
     assert full != int8 and int8 == pytest.approx(full, rel=1e-2)
-    a = load_file(_output(runs["full"]) / "pytorch_lora_weights.safetensors")
-    b = load_file(_output(runs["int8"]) / "pytorch_lora_weights.safetensors")
+    a = load_file(run_output_dir(runs["full"]) / "pytorch_lora_weights.safetensors")
+    b = load_file(run_output_dir(runs["int8"]) / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys(), "the exported adapter is the same LoRA, in diffusers' names"
 
 

@@ -5,23 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuner.config import read_config_file
 from tuner.report.jsonlog import read_log
-
-
-def _losses(output_dir: Path) -> list[float]:
-    return [r["loss"] for r in read_log(output_dir) if r["event"] == "step"]
-
-
-def _output_dir(config: Path) -> Path:
-    return config.parent / read_config_file(config)["train"]["output_dir"]
+from tuner.testing import run_output_dir, step_losses
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +29,14 @@ def trained(tmp_path_factory, tiny_model_dir):
 
 def test_loss_falls_when_overfitting_two_clips(trained):
     config, _ = trained
-    losses = _losses(_output_dir(config))
+    losses = step_losses(run_output_dir(config))
     assert len(losses) == 60
     assert np.mean(losses[-15:]) < 0.9 * np.mean(losses[:15])
 
 
 def test_files_land_where_the_readme_says(trained):
     config, result = trained
-    out = _output_dir(config)
+    out = run_output_dir(config)
     adapter = out / "pytorch_lora_weights.safetensors"
     assert adapter.is_file()
     assert (out / "checkpoint-30").is_dir() and (out / "checkpoint-60").is_dir()
@@ -58,7 +49,7 @@ def test_validation_video_decodes_to_the_requested_frames(trained):
     import av
 
     config, _ = trained
-    video = _output_dir(config) / "validation" / "step-60" / "main.mp4"
+    video = run_output_dir(config) / "validation" / "step-60" / "main.mp4"
     with av.open(str(video)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 17 and frames[0].shape == (64, 64, 3)
@@ -68,7 +59,7 @@ def test_hook_export_adapter_writes_comfyui_keys_by_default(trained):
     # The default layout loads in ComfyUI and in diffusers (test_wan_comfyui.py); the checkpoint's copy too.
     config, _ = trained
     for file in ("pytorch_lora_weights.safetensors", "checkpoint-30/pytorch_lora_weights.safetensors"):
-        keys = list(load_file(_output_dir(config) / file))
+        keys = list(load_file(run_output_dir(config) / file))
         assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in keys
         assert "diffusion_model.blocks.1.ffn.2.lora_B.weight" in keys
         assert "diffusion_model.blocks.0.self_attn.q.alpha" in keys
@@ -95,7 +86,7 @@ def test_exported_lora_loads_in_wan_pipeline_and_changes_its_output(trained, tin
         ).frames[0]
 
     before = render()
-    pipe.load_lora_weights(str(_output_dir(config)), weight_name="pytorch_lora_weights.safetensors")
+    pipe.load_lora_weights(str(run_output_dir(config)), weight_name="pytorch_lora_weights.safetensors")
     after = render()
     assert np.abs(after - before).mean() > 1e-4
 
@@ -130,7 +121,7 @@ def test_resume_after_a_kill_continues_at_the_next_step_and_matches_an_uninterru
         [sys.executable, "-c", textwrap.dedent(_KILLER), str(interrupted), "8"], capture_output=True, text=True
     )
     assert killed.returncode == -9, killed.stderr
-    out = _output_dir(interrupted)
+    out = run_output_dir(interrupted)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
     assert not (out / "pytorch_lora_weights.safetensors").exists()
 
@@ -144,8 +135,8 @@ def test_resume_after_a_kill_continues_at_the_next_step_and_matches_an_uninterru
     straight = make_run(name="straight", steps=12, overrides=overrides)
     assert cli(["train", "--config", str(straight)]).exit_code == 0
     a = load_file(out / "pytorch_lora_weights.safetensors")
-    b = load_file(_output_dir(straight) / "pytorch_lora_weights.safetensors")
+    b = load_file(run_output_dir(straight) / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resume is bit-exact on CPU"
-    losses_resumed = _losses(out)
-    assert losses_resumed == _losses(_output_dir(straight))
+    losses_resumed = step_losses(out)
+    assert losses_resumed == step_losses(run_output_dir(straight))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +10,7 @@ import torch
 
 from tuner.config import read_config_file
 from tuner.report.jsonlog import read_log
-
-
-def _output_dir(config: Path) -> Path:
-    return config.parent / read_config_file(config)["train"]["output_dir"]
+from tuner.testing import run_output_dir
 
 
 @pytest.mark.parametrize("flavour", ["i2v-14b-2.1", "ti2v-5b-2.2"])
@@ -28,7 +24,7 @@ def test_image_to_video_trains_validates_and_its_lora_changes_the_diffusers_pipe
     config = make_run(steps=4, variant=flavour, overrides=overrides)
     result = cli(["train", "--config", str(config)])
     assert result.exit_code == 0, result.stderr
-    out = _output_dir(config)
+    out = run_output_dir(config)
     steps = [r for r in read_log(out) if r["event"] == "step"]
     assert len(steps) == 4 and np.isfinite([r["loss"] for r in steps]).all()
     evaluated = [r["eval_loss"] for r in steps if "eval_loss" in r]
@@ -67,7 +63,7 @@ def test_image_to_video_without_first_frames_stops_at_start_up_naming_both_optio
     assert result.exit_code != 0
     message = result.stderr.strip().splitlines()[-1]
     assert "validation_image" in message and "validation_using_datasets" in message and "eval_dataset_id" in message
-    assert not (_output_dir(config) / "checkpoint-1").exists()
+    assert not (run_output_dir(config) / "checkpoint-1").exists()
 
 
 def test_validation_first_frames_from_a_dataset_and_the_prompt_library(make_run, cli, tmp_path):
@@ -98,7 +94,7 @@ def test_validation_first_frames_from_a_dataset_and_the_prompt_library(make_run,
         "--set", "validation.user_prompt_library=library.json",
     ])  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    step = _output_dir(config) / "validation" / "step-1"
+    step = run_output_dir(config) / "validation" / "step-1"
     assert sorted(p.name for p in step.glob("*.mp4")) == ["main.mp4", "other.mp4", "own.mp4"]
 
 
@@ -116,7 +112,7 @@ def test_a_t2v_lora_loads_into_the_low_noise_expert_of_wan_2_2_i2v(make_run, cli
     with torch.no_grad():
         before = pipe.transformer_2(**inputs)[0]
         high = pipe.transformer(**inputs)[0]
-    pipe.load_lora_weights(str(_output_dir(config)), weight_name="pytorch_lora_weights.safetensors", load_into_transformer_2=True)
+    pipe.load_lora_weights(str(run_output_dir(config)), weight_name="pytorch_lora_weights.safetensors", load_into_transformer_2=True)
     with torch.no_grad():
         assert (pipe.transformer_2(**inputs)[0] - before).abs().max() > 1e-6
         assert torch.equal(pipe.transformer(**inputs)[0], high), "the high-noise expert is untouched"
