@@ -57,7 +57,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def friendly_errors(fn: F) -> F:
-    """Turn a `TunerError` into one 'error: ...' line and exit code 2."""
+    """Turn a `TunerError`, or a full disk wherever it is met, into one 'error: ...' line and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -65,6 +65,12 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except TunerError as exc:
             raise _fail(str(exc)) from None
+        except OSError as exc:
+            from tuner.durable import disk_full_line, is_disk_full
+
+            if not is_disk_full(exc):
+                raise
+            raise _fail(disk_full_line(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 

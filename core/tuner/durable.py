@@ -56,14 +56,28 @@ def human_size(n: float) -> str:
 
 def disk_full_message(what: str, folder: Path, needed: int, option: str) -> str:
     """One line: what could not be written, where, how much it needs, how much is free, which option moves it."""
+    return (
+        f"disk full: writing {what} into {folder} needs about {human_size(needed)} and {_free_space(folder)};"
+        f" free some space there or point {option} at another disk"
+    )
+
+
+def disk_full_line(exc: OSError) -> str:
+    """One line for a full disk met by a write that does not name its own option (reports, media, cards)."""
+    if not exc.filename:
+        return "disk full: no space left on device; free some space, or point output_dir / cache_dir at another disk"
+    target = Path(exc.filename)
+    return (
+        f"disk full: writing {target.name} into {target.parent}: {_free_space(target.parent)};"
+        " free some space there, or point the option that names that folder at another disk"
+    )
+
+
+def _free_space(folder: Path) -> str:
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
-        free = f"{human_size(shutil.disk_usage(probe).free)} is free"
+        return f"{human_size(shutil.disk_usage(probe).free)} is free"
     except OSError:
-        free = "the free space is unknown"
-    return (
-        f"disk full: writing {what} into {folder} needs about {human_size(needed)} and {free};"
-        f" free some space there or point {option} at another disk"
-    )
+        return "the free space is unknown"

@@ -597,3 +597,37 @@ def test_sigkill_at_every_rename_of_a_checkpoint_write_then_resume_matches_an_un
         assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-4"], where
         a, b = read_checkpoint(out / "checkpoint-4")[0], read_checkpoint(straight / "checkpoint-4")[0]
         assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"])), where
+
+
+def _full_disk(path: Path) -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+@pytest.mark.parametrize("victim", ["data report", "validation video"])
+def test_a_full_disk_met_by_any_other_write_ends_in_one_line_naming_the_file(make_run, cli, monkeypatch, victim):
+    """Writes without an option of their own (data report, media, cards) end in one line, not a traceback."""
+    import tuner.validate.media as media
+
+    config = make_run(steps=1)  # its clips are written before the disk fills
+    if victim == "data report":
+        real = Path.write_text
+
+        def write_text(self, *args, **kwargs):
+            if self.name.startswith(".data_report.json"):
+                raise _full_disk(self)
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+        name = ".data_report.json"
+    else:
+
+        def encode(frames, path, fps):
+            raise _full_disk(path)
+
+        monkeypatch.setattr(media, "_encode_h264", encode)
+        name = ".main.mp4.partial"
+    result = cli(["train", "--config", str(config)])
+    assert result.exit_code == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: disk full: writing {name}") and "is free; free some space there" in last
+    assert "Traceback" not in result.stderr
