@@ -40,6 +40,10 @@ from tuner.setup.commands import config_import, configure  # noqa: E402 - light:
 app.command("configure")(configure)
 config_app.command("import")(config_import)
 
+from tuner.serve.command import serve  # noqa: E402 - light: typer only; the web server loads when it runs
+
+app.command("serve")(serve)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 PluginOpt = Annotated[

@@ -59,7 +59,19 @@ class EventLog:
     def on_run_start(self, run: Any) -> None:
         self._scrub = run_scrubber(run.config)
         self._file = self._open(run)
-        self._write({"event": "start", "start_step": run.start_step, "max_train_steps": run.max_train_steps})
+        # The family and the resolved config ride on the start record so a run folder describes itself
+        # (`tuner serve` shows them for runs copied from elsewhere); secrets are scrubbed by `_write`.
+        config = run.config.to_dict() if hasattr(run.config, "to_dict") else None
+        self._write(
+            {
+                "event": "start",
+                "start_step": run.start_step,
+                "max_train_steps": run.max_train_steps,
+                "family": run.family,
+                "base_model": run.base_model,
+                "config": config,
+            }
+        )
 
     @hookimpl
     def on_step_end(self, run: Any, step: int, logs: dict[str, float]) -> None:
