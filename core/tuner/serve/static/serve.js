@@ -76,6 +76,7 @@ class LineChart {
   update(xs, series) {  // series: [{label, values, color, width, dash, band}]
     const key = series.map((s) => s.label).join("|");
     const data = [xs, ...series.map((s) => s.values)];
+    this.box.dataset.points = xs.length;  // what the page shows, for a reader (and the browser tests)
     if (this.plot && key === this.key) { this.plot.setData(data); return; }
     if (this.plot) this.plot.destroy();
     this.key = key;
