@@ -41,3 +41,6 @@ def test_wheel_install_finds_the_plugins(tmp_path):
     wan = {i["name"]: i for i in json.loads(listed.stdout)}["wan"]
     assert wan["source"] == "tuner_wan.plugin" and "load_model" in wan["hooks"]
     assert (target / "tuner" / "py.typed").is_file() and (target / "tuner_wan" / "py.typed").is_file()
+    # tuner serve works offline: its script, chart library (with its licence) and style ship in the wheel.
+    static = target / "tuner" / "serve" / "static"
+    assert all((static / name).is_file() for name in ("serve.js", "serve.css", "uPlot.iife.min.js", "uPlot.LICENSE"))

@@ -59,6 +59,7 @@ def serve(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(128)  # connections made as soon as the URL is printed wait for uvicorn instead of failing
     except OSError as exc:
         typer.echo(f"error: cannot listen on {host}:{port} ({exc.strerror}): pick another with --port", err=True)
         raise typer.Exit(code=2) from None
@@ -70,6 +71,8 @@ def serve(
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then hands Ctrl-C back: that is the normal way out
+        pass
     finally:
         for job in app.app.state.jobs.all():
             if job.process.poll() is None:

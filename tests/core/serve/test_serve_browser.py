@@ -100,6 +100,7 @@ def test_watch_start_stop_and_compare_runs(page, make_run, tmp_path, monkeypatch
             # Runs: the background run shows up while it trains.
             page.goto(base + "/")
             page.wait_for_selector('tr[data-run="watched"] .badge.running')
+            page.wait_for_function("!document.querySelector('tr[data-run=\"watched\"] td.step').textContent.startsWith('0 ')")
             _shoot(page, shots, "runs")
 
             # A run: the step counter and the loss chart move; a validation clip appears and plays.
@@ -126,7 +127,7 @@ def test_watch_start_stop_and_compare_runs(page, make_run, tmp_path, monkeypatch
             assert "KeyboardInterrupt" in page.locator(".runhead .error").inner_text()
             _shoot(page, shots, "run-stopped")
             page.goto(base + "/start")
-            page.wait_for_selector("#jobs td >> text=exited")
+            page.wait_for_selector("#jobs td >> text=stopped (exit")
             _shoot(page, shots, "start")
 
             # Compare: both runs' curves on one chart and their clips for the same prompt side by side.
@@ -136,6 +137,12 @@ def test_watch_start_stop_and_compare_runs(page, make_run, tmp_path, monkeypatch
             legend = page.locator('[data-chart="loss (smoothed)"] .u-legend').inner_text()
             assert "watched" in legend and "started" in legend
             _shoot(page, shots, "compare")
+    except Exception:
+        # Say where it stood: the page as it was, and what both trainings printed.
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        for printed in [tmp_path / "a.log", *sorted((runs / ".tuner-serve").glob("*.log"))]:
+            print(f"--- {printed}\n{printed.read_text(errors='replace')[-3000:]}")
+        raise
     finally:
         if watched.poll() is None:
             os.killpg(watched.pid, signal.SIGINT)

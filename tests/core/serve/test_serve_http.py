@@ -217,3 +217,22 @@ def test_importing_the_cli_loads_no_web_server():
 
     code = "import sys, tuner.cli; print(sorted(m for m in ('torch', 'starlette', 'uvicorn', 'numpy') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_the_command_prints_its_url_and_serves(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    write_log(tmp_path / "run", [start(2), *steps(1)])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "serve", str(tmp_path), "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = server.stdout.readline()
+        assert line.startswith(f"serving {tmp_path.resolve()} at http://127.0.0.1:"), line
+        address = line.split("http://")[1].strip().rstrip("/")
+        assert [r["id"] for r in get_json(address, "/api/runs")["runs"]] == ["run"]
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(30) == 0

@@ -321,7 +321,8 @@ function startPage() {
     const d = await getJSON("/api/jobs");
     list.replaceChildren(d.jobs.length ? el("table", {}, d.jobs.map((j) => el("tr", { "data-job": j.id },
       el("td", { text: j.id }), el("td", {}, el("a", { href: runURL(j.run_id), text: j.run_id })), el("td", { text: j.config }),
-      el("td", { text: j.running ? (j.stop_requested ? "stopping" : "running") : `exited ${j.exit_code}` }),
+      el("td", { text: j.running ? (j.stop_requested ? "stopping" : "running")
+        : j.stop_requested && [130, -2].includes(j.exit_code) ? `stopped (exit ${j.exit_code})` : `exited ${j.exit_code}` }),
       el("td", {}, j.running ? el("button", { onclick: (e) => { e.target.disabled = true; postJSON(`/api/jobs/${j.id}/stop`); } }, "Stop") : null))))
       : el("p", { class: "muted", text: "none yet" }));
   });
