@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
-from conftest import get_json, request, start, steps, write_log
+from serve_helpers import get_json, request, start, steps, write_log
 
 from tuner.testing import run_cli
 
