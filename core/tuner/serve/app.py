@@ -44,7 +44,8 @@ def _page(kind: str, data: dict[str, Any], status: int = 200) -> HTMLResponse:
         for k, t in _TITLES.items()
         if k != "run"
     )
-    payload = html.escape(json.dumps(data), quote=False).replace("</", "<\\/")
+    # A <script> holds raw text (entities are not decoded): escape the characters that could end it as JSON does.
+    payload = json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuner · {_TITLES.get(kind, "")}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -235,3 +235,28 @@ def test_the_command_prints_its_url_and_serves(tmp_path):
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(30) == 0
+
+
+def test_a_run_named_like_markup_reaches_the_page_intact(tmp_path, served):
+    name = "a&b <script>alert(1)</script>"
+    write_log(tmp_path / name, [start(2), *steps(1)])
+    address, _ = served(tmp_path)
+    from urllib.parse import quote
+
+    status, _, body = request(address, "/run?id=" + quote(name))
+    page = body.decode()
+    assert status == 200 and "<script>alert" not in page
+    data = page.split('<script id="page-data" type="application/json">')[1].split("</script>")[0]
+    assert json.loads(data)["id"] == name
+
+
+def test_the_folder_itself_can_be_the_run(tmp_path, served):
+    write_log(tmp_path, [start(2), *steps(2)])
+    sheet = tmp_path / "validation" / "step-2" / "contact-sheet.png"
+    sheet.parent.mkdir(parents=True)
+    sheet.write_bytes(b"png")
+    address, _ = served(tmp_path)
+    assert [r["id"] for r in get_json(address, "/api/runs")["runs"]] == ["."]
+    data = get_json(address, "/api/run?id=.")
+    assert data["summary"]["step"] == 2 and data["rounds"][0]["contact_sheet"] == "validation/step-2/contact-sheet.png"
+    assert request(address, "/files/validation/step-2/contact-sheet.png")[2] == b"png"

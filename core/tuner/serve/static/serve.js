@@ -158,7 +158,7 @@ function runsPage() {
     const rows = d.runs.map((r) => el("tr", { "data-run": r.id },
       el("td", {}, el("input", { type: "checkbox", checked: picked.has(r.id), onchange: (e) => {
         e.target.checked ? picked.add(r.id) : picked.delete(r.id); compare.disabled = picked.size < 2; } })),
-      el("td", {}, el("a", { href: runURL(r.id), text: r.id })),
+      el("td", {}, el("a", { href: runURL(r.id), text: r.id === "." ? "(this folder)" : r.id })),
       el("td", { text: [r.family, r.flavour].filter(Boolean).join(" / ") || "–" }),
       el("td", {}, badge(r.state)),
       el("td", { class: "step", text: `${r.step}${r.total ? " / " + r.total : ""}` }),
