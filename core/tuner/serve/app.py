@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,26 @@ def build_app(root: Path, token: str | None = None, loopback_only: bool = True) 
             page = 1
         return JSONResponse(await run_in_threadpool(runs_json, request.query_params.get("q", ""), page))
 
+    rounds_cache: dict[str, tuple[tuple[float, ...], list[dict[str, Any]]]] = {}
+
+    def rounds_key(run_dir: Path, rounds: list[dict[str, Any]]) -> tuple[float, ...]:
+        """What changes when a round starts or ends (validation/), or a round still rendering writes a file."""
+        folder = run_dir / "validation"
+        try:
+            entries = float(len(os.listdir(folder)))  # a coarse clock may not tell two changes apart; a count does
+        except OSError:
+            entries = -1.0
+        return (entries, _mtime(folder), *(_mtime(folder / f"step-{r['step']}") for r in rounds if not r["complete"]))
+
+    def rounds_of(run_id: str, run_dir: Path) -> tuple[tuple[float, ...], list[dict[str, Any]]]:
+        """The run's rounds, read again only when `rounds_key` changed (a live page asks every second)."""
+        cached = rounds_cache.get(run_id)
+        if cached is not None and rounds_key(run_dir, cached[1]) == cached[0]:
+            return cached
+        rounds = validation_rounds(run_dir, run_id)
+        rounds_cache[run_id] = (rounds_key(run_dir, rounds), rounds)
+        return rounds_cache[run_id]
+
     def run_json(run_id: str, points: int, seen: str | None) -> dict[str, Any] | None:
         run_dir = folder.resolve(run_id)
         job = jobs.for_run(run_id)
@@ -136,15 +157,10 @@ def build_app(root: Path, token: str | None = None, loopback_only: bool = True) 
         if run_dir is None or (log is None and job is None):
             return None
         console = job.console() if job is not None else ""
+        seen_rounds, rounds = rounds_of(run_id, run_dir)
         version = "-".join(
             str(x)
-            for x in (
-                log.offset if log else -1,
-                _mtime(run_dir),
-                _mtime(run_dir / "validation"),
-                len(console),
-                job.process.poll() if job else "",
-            )
+            for x in (log.offset if log else -1, _mtime(run_dir), *seen_rounds, len(console), job.process.poll() if job else "")
         )
         if seen == version:
             return {"unchanged": True, "version": version}
@@ -155,7 +171,7 @@ def build_app(root: Path, token: str | None = None, loopback_only: bool = True) 
                 "version": version,
                 "summary": summary(run_id) if log else {"id": run_id, "state": "starting", "step": 0},
                 "curves": curves(log, points) if log else None,
-                "rounds": validation_rounds(run_dir, run_id),
+                "rounds": rounds,
                 "files": written_files(run_dir, run_id),
                 "config": config,
                 "config_source": config_source,

@@ -260,3 +260,21 @@ def test_the_folder_itself_can_be_the_run(tmp_path, served):
     data = get_json(address, "/api/run?id=.")
     assert data["summary"]["step"] == 2 and data["rounds"][0]["contact_sheet"] == "validation/step-2/contact-sheet.png"
     assert request(address, "/files/validation/step-2/contact-sheet.png")[2] == b"png"
+
+
+def test_a_round_shows_as_it_starts_and_as_it_lands(tmp_path, served):
+    run = tmp_path / "run"
+    write_log(run, [start(20), *steps(10)])
+    address, _ = served(tmp_path)
+    version = _run(address, "run")["version"]
+    folder = run / "validation" / "step-10"
+    folder.mkdir(parents=True)  # the round starts
+    data = _run(address, "run", v=version)
+    assert [(r["step"], r["complete"], r["clips"]) for r in data["rounds"]] == [(10, False, [])]
+    (folder / "main.mp4").write_bytes(b"x")  # its first clip
+    data = _run(address, "run", v=data["version"])
+    assert data["rounds"][0]["clips"][0]["variants"] == {"trained": "run/validation/step-10/main.mp4"}
+    (run / "validation" / ".step-10.json").write_text(json.dumps({"step": 10, "media": {"main": "main.mp4"}}))
+    data = _run(address, "run", v=data["version"])
+    assert data["rounds"][0]["complete"] is True
+    assert _run(address, "run", v=data["version"]) == {"unchanged": True, "version": data["version"]}
