@@ -114,9 +114,10 @@ function video(url, label) {
     el("figcaption", { text: label }));
 }
 
-function roundView(round) {
-  const box = el("section", { class: "round", "data-step": round.step },
-    el("h3", { text: `step ${round.step}` + (round.complete ? "" : " (rendering…)") }));
+function roundView(round, live) {
+  // A round without its record is still rendering while the run runs; after that it was cut short.
+  const note = round.complete ? "" : live ? " (rendering…)" : " (cut short: the run ended during it)";
+  const box = el("section", { class: "round", "data-step": round.step }, el("h3", { text: `step ${round.step}${note}` }));
   for (const clip of round.clips) {
     const variants = Object.entries(clip.variants);
     box.append(el("div", { class: "clip-row" }, el("div", { class: "key", text: clip.key }),
@@ -192,7 +193,8 @@ function runPage() {
     if (d.unchanged) return;
     version = d.version;
     const s = d.summary, job = d.job;
-    const stop = job && job.running ? el("button", { class: "stop", onclick: async (e) => {
+    const ended = ["stopped", "finished", "failed"].includes(s.state);  // its end record is written; the process is exiting
+    const stop = job && job.running && !ended ? el("button", { class: "stop", onclick: async (e) => {
       e.target.disabled = true; await postJSON(`/api/jobs/${job.id}/stop`); } }, job.stop_requested ? "stopping…" : "Stop (Ctrl-C)") : null;
     if (stop && job.stop_requested) stop.disabled = true;
     fill(head, el("h1", { text: id }), badge(s.state),
@@ -224,10 +226,11 @@ function runPage() {
     }
     // Rounds: add new ones, replace one only when it changed, so clips that play keep playing.
     for (const r of d.rounds) {
-      const sig = JSON.stringify(r);
+      const live = ["running", "starting"].includes(s.state);
+      const sig = JSON.stringify([r, live]);
       const old = shown.get(r.step);
       if (old && old.sig === sig) continue;
-      const node = roundView(r);
+      const node = roundView(r, live);
       if (old) old.node.replaceWith(node);
       else {
         const after = [...shown.entries()].filter(([st]) => st < r.step).sort((a, b) => b[0] - a[0])[0];
@@ -279,7 +282,8 @@ async function comparePage() {
       " step ", el("select", { onchange: (e) => { step = e.target.value; showClips(); } },
       ["latest", ...steps.map(String)].map((s) => el("option", { value: s, selected: s === step, text: s }))));
     clips.replaceChildren(...d.runs.map((r) => {
-      const round = (r.rounds || []).find((x) => step === "latest" || String(x.step) === step);
+      // The newest round holding this prompt's clip: a round cut short by a stop holds none.
+      const round = (r.rounds || []).find((x) => (step === "latest" || String(x.step) === step) && x.clips.some((c) => c.key === prompt));
       const clip = round && round.clips.find((c) => c.key === prompt);
       const url = clip && (clip.variants.trained || Object.values(clip.variants)[0]);
       return el("div", { class: "compare-col", "data-run": r.id }, el("h3", {}, el("a", { href: runURL(r.id), text: r.id })),
