@@ -76,6 +76,10 @@ class ModelBundle:
         for no limit. Image families set 1: a clip then trains as its first
         frame (a still), so video datasets serve them too.
     :ivar spatial_multiple: height and width must be multiples of this.
+    :ivar frame_rate: the frames per second the model is trained and sampled
+        at (Wan 2.1: 16), or ``None`` for a family that does not say (an image
+        family). Clips are resampled to it from their frames' timestamps, so a
+        30 fps clip teaches motion at the speed it was filmed, not twice as fast.
     :ivar cache_id: a string that changes whenever the encoders change, so
         cached latents and embeddings made by other encoders are not reused.
     :ivar supports_token_routing: the family's training forward honours `router`.
@@ -159,6 +163,7 @@ class ModelBundle:
     temporal_compression: int = 1
     max_frames: int | None = None
     spatial_multiple: int = 1
+    frame_rate: float | None = None
     cache_id: str = ""
     supports_token_routing: bool = False
     num_blocks: int = 0

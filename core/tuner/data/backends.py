@@ -35,14 +35,49 @@ class VideoOptions(BaseModel):
 
     model_config = _FORBID
 
-    num_frames: int | None = Field(None, ge=1, description="Frames trained per clip, from its start.")
+    num_frames: int | None = Field(
+        None, ge=1, description="Frames trained per clip (per window: see frame_extraction), at the training frame rate."
+    )
     min_frames: int | None = Field(None, ge=1, description="Shorter clips are skipped; defaults to num_frames.")
-    max_frames: int | None = Field(None, ge=1, description="Longer clips are skipped.")
+    max_frames: int | None = Field(
+        None,
+        ge=1,
+        description="Longer clips are skipped; with frame_extraction 'full', the most frames the one window takes"
+        " instead (counted at the training frame rate).",
+    )
     bucket_strategy: Literal["aspect_ratio", "resolution_frames"] = Field(
         "aspect_ratio", description="aspect_ratio: group by rounded aspect; resolution_frames: by WxH@frames."
     )
     frame_interval: int | None = Field(
         None, ge=1, description="With resolution_frames: frame counts are rounded down to a multiple of this."
+    )
+    frame_extraction: Literal["head", "chunk", "slide", "uniform", "full", "random"] = Field(
+        "head",
+        description="Which parts of a clip train: head (its start), chunk (back-to-back windows), slide (a window every"
+        " frame_stride frames), uniform (frame_sample windows spread over it), full (all of it, up to max_frames),"
+        " random (a fresh window each epoch, drawn from the run's seed).",
+    )
+    target_frames: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="Window lengths in frames (each must fit the family's frame rule, e.g. Wan's 4k+1); each"
+        " length forms its own frame buckets. Replaces num_frames.",
+    )
+    frame_stride: int = Field(1, ge=1, description="frame_extraction 'slide': frames between window starts.")
+    frame_sample: int = Field(1, ge=1, description="frame_extraction 'uniform': windows per clip.")
+    source_fps: float | None = Field(
+        None,
+        gt=0,
+        description="Time the frames at this rate instead of by the file's timestamps (for clips whose timestamps are"
+        " wrong, or a slow-motion clip to train at the rate it was filmed at).",
+    )
+    target_fps: float | None = Field(
+        None, gt=0, description="Resample clips to this rate instead of the rate the model family states."
+    )
+    resample_fps: bool = Field(
+        True,
+        description="Resample clips to the model's frame rate (nearest frame by timestamp). false: every frame is"
+        " used at the file's own rate.",
     )
 
     @model_validator(mode="after")
@@ -51,6 +86,12 @@ class VideoOptions(BaseModel):
             raise ValueError(f"min_frames {self.min_frames} is above max_frames {self.max_frames}")
         if self.num_frames and self.max_frames and self.num_frames > self.max_frames:
             raise ValueError(f"num_frames {self.num_frames} is above max_frames {self.max_frames}: no clip could fit")
+        if self.target_frames and min(self.target_frames) < 1:
+            raise ValueError(f"target_frames must be positive frame counts (got {self.target_frames})")
+        if self.frame_stride != 1 and self.frame_extraction != "slide":
+            raise ValueError("frame_stride applies to frame_extraction 'slide' only: set frame_extraction = 'slide'")
+        if self.frame_sample != 1 and self.frame_extraction != "uniform":
+            raise ValueError("frame_sample applies to frame_extraction 'uniform' only: set frame_extraction = 'uniform'")
         return self
 
 

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 
 from tuner.cache.store import entry_key, entry_path
 from tuner.data.sizing import Geometry, fit, frames_for, valid_frames
+from tuner.data.windows import ClipClock, clock_summary, file_windows
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
     from tuner.config import RunConfig
+    from tuner.data.layout import DatasetSpec
     from tuner.data.report import DataReport
-    from tuner.data.scan import DataScan
+    from tuner.data.scan import DataScan, FileSample
     from tuner.types import ModelBundle
 
 __all__ = [
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 # Part of every latent key: bump it when decoding or resizing changes, so old latents are not reused.
-PIXELS_VERSION = 2  # 2: clips with a display matrix (phone clips) decode upright
+PIXELS_VERSION = 3  # 2: clips with a display matrix (phone clips) decode upright; 3: on the model's clock
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,13 @@ def _frame_notices(scan: DataScan, bundle: ModelBundle, report: DataReport) -> N
                 f" frame(s) per sample: clips give their first {bundle.max_frames}"
             )
             continue
+        off = [n for n in spec.target_frames if valid_frames(n, t) != n]
+        if off and bundle.max_frames is None:
+            fits = ", ".join(f"{valid_frames(n, t)} or {valid_frames(n, t) + t}" for n in off)
+            raise DataError(
+                f"dataset '{spec.id}' video.target_frames {list(spec.target_frames)}: {', '.join(map(str, off))} do(es)"
+                f" not fit the {bundle.family} VAE, which needs {t}k+1 frames: use {fits}"
+            )
         if spec.num_frames is not None and valid_frames(spec.num_frames, t) != spec.num_frames:
             used = valid_frames(spec.num_frames, t)
             report.notice(
@@ -118,48 +127,93 @@ def plan_samples(scan: DataScan, bundle: ModelBundle, config: RunConfig) -> list
     _frame_notices(scan, bundle, report)
     rounding = config.data.aspect_bucket_rounding
     planned: list[PlannedSample] = []
+    clocks: dict[str, list[tuple[FileSample, ClipClock, list[tuple[int, int]]]]] = {}
     for ds in scan.datasets:
+        clocks[ds.spec.id] = []
         spec = ds.spec
         limit = bundle.max_frames
         # A model that takes at most `limit` frames: a clip needs only that many (an image family takes any clip).
         lengths = spec if limit is None else replace(
-            spec, num_frames=spec.num_frames and min(spec.num_frames, limit), min_frames=min(spec.min_frames, limit)
+            spec,
+            num_frames=spec.num_frames and min(spec.num_frames, limit),
+            min_frames=min(spec.min_frames, limit),
+            target_frames=tuple(sorted({min(n, limit) for n in spec.target_frames})),
+            max_frames=min(spec.max_frames or limit, limit) if spec.frame_extraction == "full" else spec.max_frames,
         )
         for f in ds.files:
-            frames = frames_for(lengths, f.info, bundle.temporal_compression)
-            if limit is not None and isinstance(frames, int):
-                frames = min(frames, limit)
-            geometry = (
-                frames
-                if isinstance(frames, str)
-                else fit(spec, f.info, frames, bundle.spatial_multiple, rounding, int(f.digest[:15], 16))
-            )
-            if isinstance(geometry, str):
-                report.skip(spec.id, f.path, geometry)
-                continue
-            g = geometry
-            key = entry_key(
-                kind="latents",
-                file=f.digest,
-                encoder=bundle.cache_id,
-                frames=g.frames,
-                size=[g.width, g.height],
-                resize=list(g.resize),
-                crop=list(g.crop),
-                pixels=PIXELS_VERSION,
-            )
-            text_key = entry_key(kind="text", caption=f.caption, encoder=bundle.cache_id)
-            planned.append(
-                PlannedSample(
-                    spec.id,
-                    f.path,
-                    f.caption,
-                    g,
-                    entry_path(spec.vae_cache, key),
-                    entry_path(spec.text_cache, text_key),
+            for g in _file_geometries(lengths, f, bundle, rounding, config.train.seed, clocks[spec.id]):
+                if isinstance(g, str):
+                    report.skip(spec.id, f.path, g)
+                    continue
+                key = entry_key(
+                    kind="latents",
+                    file=f.digest,
+                    encoder=bundle.cache_id,
+                    frames=g.frames,
+                    size=[g.width, g.height],
+                    resize=list(g.resize),
+                    crop=list(g.crop),
+                    take=list(g.take),
+                    by_index=g.by_index,
+                    pixels=PIXELS_VERSION,
                 )
-            )
+                text_key = entry_key(kind="text", caption=f.caption, encoder=bundle.cache_id)
+                planned.append(
+                    PlannedSample(
+                        spec.id,
+                        f.path,
+                        f.caption,
+                        g,
+                        entry_path(spec.vae_cache, key),
+                        entry_path(spec.text_cache, text_key),
+                    )
+                )
+    _report_clocks(scan, clocks, report)
     return planned
+
+
+def _file_geometries(
+    spec: DatasetSpec,
+    f: FileSample,
+    bundle: ModelBundle,
+    rounding: int,
+    seed: int,
+    clocks: list[tuple[FileSample, ClipClock, list[tuple[int, int]]]],
+) -> list[Geometry | str]:
+    """The geometry of each window the file trains (one for an image), or why it is skipped."""
+    t = bundle.temporal_compression
+    origin = int(f.digest[:15], 16)  # random crops and aspects: one per file, whatever the window
+    if f.info.is_image or spec.kind == "image":
+        frames = frames_for(spec, f.info, t)
+        if isinstance(frames, str):
+            return [frames]
+        return [fit(spec, f.info, frames, bundle.spatial_multiple, rounding, origin)]
+    planned = file_windows(
+        spec, f.info, f.digest, model_fps=bundle.frame_rate, stride=t, seed=seed, limit=bundle.max_frames
+    )
+    if isinstance(planned, str):
+        return [planned]
+    clock, windows = planned
+    clocks.append((f, clock, windows))
+    out: list[Geometry | str] = []
+    for start, length in windows:
+        g = fit(spec, f.info, length, bundle.spatial_multiple, rounding, origin)
+        out.append(g if isinstance(g, str) else replace(g, take=clock.take(start, length), by_index=clock.by_index))
+    return out[:1] if isinstance(out[0], str) else out
+
+
+def _report_clocks(
+    scan: DataScan, clocks: dict[str, list[tuple[FileSample, ClipClock, list[tuple[int, int]]]]], report: DataReport
+) -> None:
+    """Per dataset: the rates found, what was done, and the windows taken (a notice where frames repeat)."""
+    for ds in scan.datasets:
+        found = clocks.get(ds.spec.id)
+        if not found:
+            continue
+        lines = clock_summary(ds.spec.id, ds.spec.frame_extraction, [(c, w) for _, c, w in found])
+        report.clips.extend(lines)
+        if any(c.action == "repeated" for _, c, _ in found):
+            report.notice(lines[0])
 
 
 def make_buckets(samples: list[PlannedSample], scan: DataScan) -> list[Bucket]:

@@ -24,37 +24,68 @@ if TYPE_CHECKING:
 __all__ = ["decode_sample", "to_pixels"]
 
 
+def _wanted(geometry: Geometry) -> tuple[dict[int, list[int]], bool]:
+    """Output positions of each frame to take (keyed by pts, or by position), and whether keys are pts."""
+    wanted: dict[int, list[int]] = {}
+    for slot, key in enumerate(geometry.take or range(geometry.frames)):
+        wanted.setdefault(key, []).append(slot)
+    return wanted, bool(geometry.take) and not geometry.by_index
+
+
 def _decode_video(path: Path, geometry: Geometry) -> np.ndarray:
     import av
 
     rw, rh = geometry.resize
     left, top = geometry.crop
     out = np.empty((geometry.frames, geometry.height, geometry.width, 3), dtype=np.uint8)
-    count = 0
+    wanted, timed = _wanted(geometry)
+    filled: set[int] = set()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                turn = display_rotation(frame) // 90  # quarter turns counter-clockwise to stand upright
-                # The geometry is upright: a sideways frame is resized to the turned size, then turned.
-                sw, sh = (rh, rw) if turn % 2 else (rw, rh)
-                if (frame.width, frame.height) == (sw, sh):
-                    rgb = frame.to_ndarray(format="rgb24")
-                else:
-                    rgb = frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation="BICUBIC")
-                if turn:
-                    rgb = np.rot90(rgb, turn)
-                out[count] = rgb[top : top + geometry.height, left : left + geometry.width]
-                count += 1
-                if count == geometry.frames:
+            first, last = min(wanted), max(wanted)
+            # Seek to the key frame before the window: the cost is the window's, not the clip's length.
+            # A container that seeks imprecisely is read again from its start below.
+            starts: list[int | None] = [first] if timed and first > 0 else []
+            for start in [*starts, None]:
+                if start is not None:
+                    container.seek(start, stream=stream, backward=True)
+                elif starts:
+                    container.seek(0)
+                position = -1
+                for frame in container.decode(stream):
+                    position += 1
+                    key = frame.pts if timed else position
+                    if key is None or key > last:
+                        if key is not None:
+                            break
+                        continue
+                    if key not in wanted or key in filled:
+                        continue
+                    turn = display_rotation(frame) // 90  # quarter turns counter-clockwise to stand upright
+                    # The geometry is upright: a sideways frame is resized to the turned size, then turned.
+                    sw, sh = (rh, rw) if turn % 2 else (rw, rh)
+                    if (frame.width, frame.height) == (sw, sh):
+                        rgb = frame.to_ndarray(format="rgb24")
+                    else:
+                        rgb = frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation="BICUBIC")
+                    if turn:
+                        rgb = np.rot90(rgb, turn)
+                    for slot in wanted[key]:
+                        out[slot] = rgb[top : top + geometry.height, left : left + geometry.width]
+                    filled.add(key)
+                    if len(filled) == len(wanted):
+                        break
+                if len(filled) == len(wanted):
                     break
     except DataError:
         raise
     except Exception as exc:  # PyAV raises many types for broken files
         raise DataError(f"cannot decode: {error_text(exc)}") from None
-    if count < geometry.frames:
-        raise DataError(f"truncated: decoded {count} of the {geometry.frames} frames needed")
+    if len(filled) < len(wanted):
+        got = sum(len(wanted[k]) for k in filled)
+        raise DataError(f"truncated: decoded {got} of the {geometry.frames} frames needed")
     return out
 
 

@@ -59,6 +59,13 @@ class DatasetSpec:
     max_frames: int | None
     bucket_strategy: str
     frame_interval: int | None
+    frame_extraction: str = "head"
+    target_frames: tuple[int, ...] = ()
+    frame_stride: int = 1
+    frame_sample: int = 1
+    source_fps: float | None = None
+    target_fps: float | None = None
+    resample_fps: bool = True
     # How messages name this dataset's frame count: "data.num_frames" or "dataset 'x' video.num_frames".
     frames_key: str = "data.num_frames"
     where: str = ""
@@ -99,10 +106,17 @@ def _frames(entry: MediaDatasetEntry, data: DataSection) -> dict[str, Any]:
         num = video.num_frames or data.num_frames
     return dict(
         num_frames=num,
-        min_frames=video.min_frames or num or 1,
+        min_frames=video.min_frames or (min(video.target_frames) if video.target_frames else num) or 1,
         max_frames=video.max_frames,
         bucket_strategy=video.bucket_strategy,
         frame_interval=video.frame_interval,
+        frame_extraction=video.frame_extraction,
+        target_frames=tuple(video.target_frames or ()),
+        frame_stride=video.frame_stride,
+        frame_sample=video.frame_sample,
+        source_fps=video.source_fps,
+        target_fps=video.target_fps,
+        resample_fps=video.resample_fps,
         frames_key=f"dataset '{entry.id}' video.num_frames" if video.num_frames else "data.num_frames",
     )
 

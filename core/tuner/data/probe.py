@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.data.timing import ClipTiming, read_timing
+
 __all__ = [
     "VIDEO_EXTENSIONS",
     "IMAGE_EXTENSIONS",
@@ -35,17 +37,29 @@ __all__ = [
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-_INDEX_VERSION = 2  # 2: a rotated clip's size is its upright size
+_INDEX_VERSION = 3  # 2: a rotated clip's size is its upright size; 3: clips keep their frame timestamps
 
 
 @dataclass(frozen=True)
 class MediaInfo:
-    """A file's upright picture size (after EXIF rotation or a clip's display matrix) and frame count (1 for images)."""
+    """A file's upright picture size (after EXIF rotation or a clip's display matrix) and frame count (1 for images).
+
+    ``timing``: a clip's frame timestamps (``None`` for images).
+    """
 
     width: int
     height: int
     frames: int
     is_image: bool
+    timing: ClipTiming | None = None
+
+    def to_json(self) -> list[Any]:
+        return [self.width, self.height, self.frames, self.is_image, self.timing and self.timing.to_json()]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> MediaInfo:
+        timing = ClipTiming.from_json(data[4]) if len(data) > 4 and data[4] else None
+        return cls(int(data[0]), int(data[1]), int(data[2]), bool(data[3]), timing)
 
 
 class ProbeError(Exception):
@@ -117,17 +131,17 @@ def _probe_video(path: Path) -> MediaInfo:
             raise ProbeError("no video stream")
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
-        frames = stream.frames
-        if frames <= 0:  # some containers (webm, mkv) do not store it: count the packets
-            frames = sum(1 for packet in container.demux(stream) if packet.size)
-            container.seek(0)
+        timing = read_timing(container, stream)  # also the frame count: some containers (webm, mkv) store none
+        frames = len(timing.pts)
+        if 0 < frames < stream.frames:
+            raise ProbeError(f"truncated: its header lists {stream.frames} frames, {frames} are in the file")
         if _first_frame_rotation(container, stream) in (90, 270):
             width, height = height, width
     if width <= 0 or height <= 0:
         raise ProbeError("the video stream has no picture size")
     if frames <= 0:
         raise ProbeError("no frames")
-    return MediaInfo(width, height, frames, False)
+    return MediaInfo(width, height, frames, False, timing)
 
 
 def probe_media(path: Path) -> MediaInfo:
@@ -227,7 +241,7 @@ def probe_files(
         elif record.get("error"):
             results[path] = Probed(path, None, None, record["error"])
         else:
-            results[path] = Probed(path, MediaInfo(*record["info"]), record["digest"], None)
+            results[path] = Probed(path, MediaInfo.from_json(record["info"]), record["digest"], None)
     if todo:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             for (path, st), (info, digest, error) in zip(todo, pool.map(_probe_one, [p for p, _ in todo]), strict=True):
@@ -235,7 +249,7 @@ def probe_files(
                     index.put(path, st, error=error)
                 else:
                     assert info is not None
-                    index.put(path, st, digest=digest, info=[info.width, info.height, info.frames, info.is_image])
+                    index.put(path, st, digest=digest, info=info.to_json())
                 results[path] = Probed(path, info, digest, error)
                 if on_done:
                     on_done(1)

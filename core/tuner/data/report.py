@@ -34,6 +34,7 @@ class DataReport:
     skipped: list[Skip] = field(default_factory=list)
     quarantined: list[tuple[Path, Path]] = field(default_factory=list)
     buckets: list[str] = field(default_factory=list)
+    clips: list[str] = field(default_factory=list)  # per video dataset: frame rates found, what was done, windows
     pruned: list[str] = field(default_factory=list)
     caption_notes: list[tuple[Path, str]] = field(default_factory=list)
     _printed: int = 0
@@ -102,7 +103,7 @@ class DataReport:
 
         con = console()
         if log_format() == "auto":  # information only: quiet and json runs leave it out
-            for line in self.buckets:
+            for line in self.clips + self.buckets:
                 con.print(line, highlight=False, soft_wrap=True)
         for line in self.pruned:
             con.print(f"[yellow]pruned:[/] {line}", highlight=False, soft_wrap=True)
@@ -113,6 +114,7 @@ class DataReport:
             "notices": self.notices,
             "skipped": [{**asdict(s), "path": str(s.path)} for s in self.skipped],
             "quarantined": [{"file": str(a), "moved_to": str(b)} for a, b in self.quarantined],
+            "clips": self.clips,
             "buckets": self.buckets,
             "pruned": self.pruned,
         }

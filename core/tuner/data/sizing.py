@@ -20,7 +20,13 @@ __all__ = ["Geometry", "valid_frames", "frames_for", "measure", "target_size", "
 
 @dataclass(frozen=True)
 class Geometry:
-    """Take the first ``frames`` frames, resize them to ``resize`` (w, h), crop ``width`` x ``height`` at ``crop``."""
+    """Take ``frames`` frames, resize them to ``resize`` (w, h), crop ``width`` x ``height`` at ``crop``.
+
+    Which frames: ``take`` lists them in training order (a frame may come twice
+    when a clip is slower than the model's rate), by presentation timestamp, or
+    by position in presentation order when ``by_index`` (a clip whose timestamps
+    cannot be trusted); empty ``take``: the first ``frames`` frames.
+    """
 
     frames: int
     width: int
@@ -28,6 +34,8 @@ class Geometry:
     resize: tuple[int, int]
     crop: tuple[int, int]
     aspect: float
+    take: tuple[int, ...] = ()
+    by_index: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -34,6 +34,8 @@ class Flavour:
     :ivar expert: for the two-expert Wan 2.2 A14B models, the expert the run
         trains by default (``high`` or ``low``); ``None`` for one-transformer models.
     :ivar summary: one line for the docs.
+    :ivar fps: the frame rate the model is trained and sampled at (its model card): 16 for
+        Wan 2.1 and the 2.2 A14B models, 24 for Wan 2.2 TI2V-5B.
     """
 
     repo: str
@@ -41,6 +43,7 @@ class Flavour:
     version: str
     expert: Expert | None = None
     summary: str = ""
+    fps: float = 16.0
 
     @property
     def conditioned(self) -> bool:
@@ -110,6 +113,7 @@ FLAVOURS: dict[str, Flavour] = {
         "ti2v",
         "2.2",
         summary="Wan 2.2 TI2V 5B: text- or image-to-video, 48-channel VAE, per-token timesteps",
+        fps=24.0,
     ),
 }
 

@@ -69,6 +69,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         components=parts,
         temporal_compression=int(vae.config.scale_factor_temporal),
         spatial_multiple=int(vae.config.scale_factor_spatial) * int(parts["transformer"].config.patch_size[1]),
+        frame_rate=FLAVOURS[section.model_flavour].fps,
         cache_id=parts["cache_id"],
         supports_token_routing=True,  # flow_matching_loss carries a router's plan out (tuner_wan.routing)
         num_blocks=len(parts["transformer"].blocks),

@@ -67,6 +67,7 @@ def load(config: RunConfig, device: torch.device) -> ModelBundle:
         },
         temporal_compression=temporal,
         spatial_multiple=spatial,
+        frame_rate=section.ltx_frame_rate,  # clips are resampled to the rate the model is told
         cache_id=hashlib.sha256(json.dumps(encoders, sort_keys=True, default=str).encode()).hexdigest()[:16],
         supports_token_routing=True,  # velocity_errors carries a router's plan out (tuner.routing.routed_blocks)
         num_blocks=len(pipe.transformer.transformer_blocks),
