@@ -25,6 +25,7 @@ class ToySection(BaseModel):
     toy_hidden: int = Field(32, ge=4, description="Width of the toy denoiser.")
     toy_pool: int = Field(4, ge=1, description="Pixels pooled into one latent pixel.")
     toy_experts: int = Field(1, ge=1, le=2, description="2: two denoisers split the noise range at 0.5, both trained.")
+    toy_fps: float | None = Field(None, gt=0, description="The frame rate the toy model states (none by default).")
 
 
 class ToyDenoiser(nn.Module):
@@ -91,6 +92,7 @@ class ToyFamily:
             lora_target_modules=["inp", "mid", "out"],
             components={"pool": section.toy_pool},
             cache_id=f"toy-{section.toy_pool}",
+            frame_rate=section.toy_fps,
             supports_token_routing=self.supports_routing,
         )
 

@@ -19,6 +19,8 @@ __all__ = [
     "write_synthetic_image",
     "write_broken_files",
     "write_sideways_clip",
+    "write_timed_clip",
+    "read_clock",
 ]
 
 _COLORS = {"red": (220, 40, 40), "green": (40, 200, 70), "blue": (40, 80, 230), "yellow": (235, 215, 40)}
@@ -180,3 +182,48 @@ def write_sideways_clip(frames: np.ndarray, path: Path, degrees: int, fps: int =
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+_CLOCK_BIT = 8  # pixels per side of one bit of the clock code
+
+
+def write_timed_clip(path: Path, times: np.ndarray, width: int = 160, height: int = 32, fps: float = 30) -> Path:
+    """Write frames shown at ``times`` (seconds, increasing; a variable rate is fine), each carrying its time.
+
+    The top band holds the frame's time in milliseconds as white 8x8 blocks (bit k at
+    x = 8k, `read_clock` reads it back through any codec); below, a bar moves right
+    at 40 pixels a second, the same motion at any rate. ``fps`` is the rate the header states.
+    """
+    import av
+    from fractions import Fraction
+
+    tb = Fraction(1, 90000)
+    bits = width // _CLOCK_BIT
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = tb
+        for t in times:
+            frame = np.zeros((height, width, 3), dtype=np.uint8)
+            ms = int(round(float(t) * 1000))
+            for k in range(bits):
+                if ms >> k & 1:
+                    frame[:_CLOCK_BIT, k * _CLOCK_BIT : (k + 1) * _CLOCK_BIT] = 255
+            x = int(round(float(t) * 40)) % width
+            frame[_CLOCK_BIT + 2 :, max(0, x - 2) : x + 2] = (255, 200, 0)
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts, picture.time_base = int(round(float(t) / tb)), tb
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def read_clock(frame: np.ndarray) -> float:
+    """The time in seconds a `write_timed_clip` frame (``(H, W, 3)``, decoded at its own size) carries."""
+    band = frame[: _CLOCK_BIT, :, :].astype(np.float32).mean(axis=(0, 2))
+    bits = frame.shape[1] // _CLOCK_BIT
+    ms = sum(1 << k for k in range(bits) if band[k * _CLOCK_BIT + 2 : (k + 1) * _CLOCK_BIT - 2].mean() > 128)
+    return ms / 1000
