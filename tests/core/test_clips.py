@@ -253,3 +253,54 @@ def test_bad_window_options_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match=r"target_frames \[1, 32\]: 32 do\(es\) not fit the wan VAE, which needs 4k\+1"
                                         r" frames: use 29 or 33"):
         planned(configure(tmp_path, [video("c", target_frames=[1, 32])]))
+
+
+# -- random windows: one per epoch, from the run's seed ------------------------------------------------
+
+
+def test_random_draws_a_fresh_window_each_epoch_from_the_seed_and_caches_them_all_up_front(tmp_path):
+    long_clip(tmp_path, 4.0)
+    config = configure(tmp_path, [video("long", num_frames=9, frame_extraction="random")], {"toy_fps": GRID})
+    data, family = prepared(config)
+    (sample,) = data.samples
+    assert data.epoch_length == 1 and len(sample.epochs) == 40, "max_train_steps 40: one window per epoch"
+    starts = [w.geometry.take[0] for w in sample.epochs]
+    assert len(set(starts)) > 20, "windows move from epoch to epoch"
+    encoded = family.calls["encode_batch"]
+    assert encoded == len({w.latents for w in sample.epochs}), "every distinct window encoded once, before training"
+    again, family = prepared(config)
+    assert family.calls.get("encode_batch", 0) == 0
+    assert [w.latents for w in again.samples[0].epochs] == [w.latents for w in sample.epochs], "a function of the seed"
+    first = data.load_micro_batch(0)[0]["latents"]
+    second = data.load_micro_batch(1)[0]["latents"]
+    assert not torch.equal(first, second), "epoch 1 trains another window"
+    raw = toy_config(tmp_path)
+    raw["toy"], raw["train"]["seed"] = {"toy_fps": GRID}, 7
+    raw["data"] = {"data_backend_config": "backend.json", "cache_dir": "cache", "resolution": 32}
+    other = resolve_config(raw, PluginHost.build([], extra={"toy": ToyFamily()}), tmp_path)
+    _, (drawn,) = planned(other)
+    assert drawn.redraw is not None and drawn.redraw(5).geometry.take != sample.epochs[5].geometry.take
+
+
+def test_a_run_of_random_windows_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from tuner.train.run import train
+
+    long_clip(tmp_path, 3.0)
+    (tmp_path / "backend.json").write_text(json.dumps([video("long", num_frames=5, frame_extraction="random")]))
+
+    def go(name: str, **options):
+        raw = toy_config(tmp_path, **options)
+        raw["toy"] = {"toy_fps": GRID}
+        raw["train"]["output_dir"] = str(tmp_path / name)
+        raw["validation"]["validation_prompt"] = None
+        raw["data"] = {"data_backend_config": "backend.json", "cache_dir": "cache", "resolution": 32}
+        host = PluginHost.build([], extra={"toy": ToyFamily()})
+        return train(resolve_config(raw, host, tmp_path), host)
+
+    straight = go("straight", max_train_steps=6, checkpoint_step_interval=3)
+    go("resumed", max_train_steps=3, checkpoint_step_interval=3)
+    resumed = go("resumed", max_train_steps=6, checkpoint_step_interval=3, resume_from_checkpoint="latest")
+    a, b = load_file(straight["adapter"]), load_file(resumed["adapter"])
+    assert all(torch.equal(a[k], b[k]) for k in a)

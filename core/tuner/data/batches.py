@@ -252,7 +252,8 @@ class TrainingData:
     def _read_files(self, index: int) -> _RawBatch:
         """The bytes of micro-batch ``index``'s entries. Runs on the prefetch thread: no torch op here."""
         indices = self.batch_indices(index)
-        picked = [self.samples[i] for i in indices]
+        epoch = index // self.epoch_length
+        picked = [self.samples[i].at(epoch) for i in indices]  # a random window is drawn per epoch
         # each sample: its latent entry, then its features' entries (merged on the training thread)
         latents = [[(_read_bytes(p, s.source), p, s.source) for p in (s.latents, *s.features)] for s in picked]
         prompts = []

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from functools import partial
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PIXELS_VERSION",
     "PlannedSample",
+    "with_epochs",
     "Bucket",
     "plan_samples",
     "make_buckets",
@@ -48,6 +51,10 @@ class PlannedSample:
 
     ``features`` are the entries of the features' per-clip tensors
     (`tuner.types.ClipFeatures`), in the order of the run's features.
+    ``epochs``: for a ``random`` window, the sample as it trains in each epoch
+    (its own window, geometry and entries; cycled past the last), filled by
+    `with_epochs`; empty: the same window every epoch. ``redraw`` draws epoch
+    ``e``'s window.
     """
 
     dataset: str
@@ -57,6 +64,21 @@ class PlannedSample:
     latents: Path
     text: Path
     features: tuple[Path, ...] = ()
+    epochs: tuple[PlannedSample, ...] = ()
+    redraw: Callable[[int], PlannedSample] | None = field(default=None, compare=False, repr=False)
+
+    def at(self, epoch: int) -> PlannedSample:
+        """The sample as it trains in ``epoch`` (itself, unless its window is drawn per epoch)."""
+        return self.epochs[epoch % len(self.epochs)] if self.epochs else self
+
+    def windows(self) -> tuple[PlannedSample, ...]:
+        """Every window the sample trains, each once: what the cache must hold."""
+        return self.epochs or (self,)
+
+
+def with_epochs(samples: list[PlannedSample], epochs: int) -> list[PlannedSample]:
+    """``samples`` with each ``random`` sample's window drawn for epochs ``0 .. epochs - 1``."""
+    return [s if s.redraw is None else replace(s, epochs=tuple(s.redraw(e) for e in range(epochs))) for s in samples]
 
 
 @dataclass
@@ -145,29 +167,10 @@ def plan_samples(scan: DataScan, bundle: ModelBundle, config: RunConfig) -> list
                 if isinstance(g, str):
                     report.skip(spec.id, f.path, g)
                     continue
-                key = entry_key(
-                    kind="latents",
-                    file=f.digest,
-                    encoder=bundle.cache_id,
-                    frames=g.frames,
-                    size=[g.width, g.height],
-                    resize=list(g.resize),
-                    crop=list(g.crop),
-                    take=list(g.take),
-                    by_index=g.by_index,
-                    pixels=PIXELS_VERSION,
-                )
-                text_key = entry_key(kind="text", caption=f.caption, encoder=bundle.cache_id)
-                planned.append(
-                    PlannedSample(
-                        spec.id,
-                        f.path,
-                        f.caption,
-                        g,
-                        entry_path(spec.vae_cache, key),
-                        entry_path(spec.text_cache, text_key),
-                    )
-                )
+                sample = _sample(spec, f, g, bundle)
+                if spec.frame_extraction == "random":
+                    sample = replace(sample, redraw=partial(_redraw, lengths, f, bundle, rounding, config.train.seed, g))
+                planned.append(sample)
     _report_clocks(scan, clocks, report)
     return planned
 
@@ -200,6 +203,39 @@ def _file_geometries(
         g = fit(spec, f.info, length, bundle.spatial_multiple, rounding, origin)
         out.append(g if isinstance(g, str) else replace(g, take=clock.take(start, length), by_index=clock.by_index))
     return out[:1] if isinstance(out[0], str) else out
+
+
+def _sample(spec: DatasetSpec, f: FileSample, g: Geometry, bundle: ModelBundle) -> PlannedSample:
+    key = entry_key(
+        kind="latents",
+        file=f.digest,
+        encoder=bundle.cache_id,
+        frames=g.frames,
+        size=[g.width, g.height],
+        resize=list(g.resize),
+        crop=list(g.crop),
+        take=list(g.take),
+        by_index=g.by_index,
+        pixels=PIXELS_VERSION,
+    )
+    text_key = entry_key(kind="text", caption=f.caption, encoder=bundle.cache_id)
+    return PlannedSample(
+        spec.id, f.path, f.caption, g, entry_path(spec.vae_cache, key), entry_path(spec.text_cache, text_key)
+    )
+
+
+def _redraw(
+    spec: DatasetSpec, f: FileSample, bundle: ModelBundle, rounding: int, seed: int, first: Geometry, epoch: int
+) -> PlannedSample:
+    """The ``random`` sample of ``f`` with window length ``first.frames``, as drawn for ``epoch``."""
+    drawn = file_windows(
+        spec, f.info, f.digest, model_fps=bundle.frame_rate, stride=bundle.temporal_compression, seed=seed,
+        epoch=epoch, limit=bundle.max_frames,
+    )
+    assert not isinstance(drawn, str)  # the same clip and settings as epoch 0's, which fitted
+    clock, windows = drawn
+    start, length = next(w for w in windows if w[1] == first.frames)
+    return _sample(spec, f, replace(first, take=clock.take(start, length)), bundle)
 
 
 def _report_clocks(

@@ -65,7 +65,9 @@ def with_feature_entries(samples: list[PlannedSample], features: Sequence[ClipFe
             for f in features
         )
 
-    return [replace(s, features=paths(s)) for s in samples]
+    return [
+        replace(s, features=paths(s), epochs=tuple(replace(e, features=paths(e)) for e in s.epochs)) for s in samples
+    ]
 
 
 def _encode_missing_latents(
@@ -87,8 +89,8 @@ def _encode_missing_latents(
     from tuner.data.scan import decode_workers
 
     todo: dict[str, LatentJob] = {}
-    for s in samples:
-        if str(s.latents) in todo:  # two datasets may share one entry
+    for s in (w for sample in samples for w in sample.windows()):
+        if str(s.latents) in todo:  # two datasets (or two epochs' random windows) may share one entry
             continue
         missing = tuple((k, path) for k, path in enumerate(s.features) if not _sound(path))
         latents = not _sound(s.latents)
@@ -100,7 +102,7 @@ def _encode_missing_latents(
         return set()
     world.barrier()  # every process has its list before any entry is written
     failures: list[tuple[str, str]] = []
-    by_entry = {str(s.latents): s for s in samples}
+    by_entry = {str(w.latents): s for s in samples for w in s.windows()}
 
     def on_failure(job: LatentJob, reason: str) -> None:
         failures.append((str(job.entry), reason))
@@ -130,7 +132,7 @@ def _encode_missing_latents(
 
     world.main_first(forget)  # the main process quarantines; the others find the files gone
     failed = {entry for entry, _ in failures}
-    return {i for i, s in enumerate(samples) if str(s.latents) in failed}
+    return {i for i, s in enumerate(samples) if any(str(w.latents) in failed for w in s.windows())}
 
 
 def _say_shares(world: World, written: int, unit: str) -> None:
@@ -213,6 +215,30 @@ def _hold_out_eval_dataset(
     return [s for s in samples if s.dataset != eval_id], [s for s in samples if s.dataset == eval_id]
 
 
+def _draw_random_windows(
+    samples: list[PlannedSample], buckets: list[Bucket], config: RunConfig, scan: DataScan, world: World
+) -> list[PlannedSample]:
+    """Each ``random`` sample's window for every epoch the run trains (all cached before training starts)."""
+    from tuner.data.batches import epoch_length
+    from tuner.data.buckets import with_epochs
+    from tuner.train.run import total_steps
+
+    tc = config.train
+    per_epoch = epoch_length(buckets, tc.train_batch_size, not config.data.disable_bucket_pruning)
+    micro_batches = total_steps(config, per_epoch, world.size) * tc.gradient_accumulation_steps * world.size
+    epochs = max(1, -(-micro_batches // max(1, per_epoch)))
+    drawn = with_epochs(samples, epochs)
+    for ds in scan.datasets:
+        if ds.spec.frame_extraction == "random":
+            mine = [s for s in drawn if s.dataset == ds.spec.id]
+            windows = len({w.latents for s in mine for w in s.windows()})
+            scan.report.clips.append(
+                f"dataset '{ds.spec.id}': frame_extraction random: a fresh window each of the run's {epochs}"
+                f" epoch(s), {windows} window(s) in all (cached before training)"
+            )
+    return drawn
+
+
 def prepare_samples(
     host: PluginHost,
     bundle: ModelBundle,
@@ -250,6 +276,8 @@ def prepare_samples(
     check_datasets(scan, samples, buckets, config)
     training = {i for b in buckets for i in b.members}
     samples = [s for i, s in enumerate(samples) if i in training]
+    if any(s.redraw is not None for s in samples):
+        samples = _draw_random_windows(samples, buckets, config, scan, world)
     features = host.clip_features(bundle, config)
     samples, held_out = with_feature_entries(samples, features), with_feature_entries(held_out, features)
     try:
