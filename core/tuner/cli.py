@@ -44,6 +44,14 @@ from tuner.serve.command import serve  # noqa: E402 - light: typer only; the web
 
 app.command("serve")(serve)
 
+# Data commands live in tuner.data.commands: see the frames that will train, build the caches alone.
+from tuner.data.commands import cache, data_preview  # noqa: E402 - light: typer only
+
+data_app = typer.Typer(help="See the training data as it will be encoded.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.command("preview")(data_preview)
+app.command("cache")(cache)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 PluginOpt = Annotated[

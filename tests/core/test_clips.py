@@ -51,7 +51,6 @@ def video(folder: str, id_: str = "v", **options) -> dict:
 
 
 def timed(folder: Path, name: str, times: np.ndarray, fps: float) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     return write_timed_clip(folder / name, times, width=128, height=16, fps=fps)
 
 

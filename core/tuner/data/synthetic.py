@@ -199,6 +199,7 @@ def write_timed_clip(path: Path, times: np.ndarray, width: int = 160, height: in
 
     tb = Fraction(1, 90000)
     bits = width // _CLOCK_BIT
+    path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = width, height

@@ -90,6 +90,9 @@ class FlavourProfile:
     :ivar cross_text_tokens: text tokens every block cross-attends to (0 when the text joins
         the sequence instead).
     :ivar joint_text_tokens: text tokens that join the image tokens in the sequence.
+    :ivar frame_rate: the frames per second the model is trained and sampled at (what its
+        `ModelBundle.frame_rate` will say); ``None`` for an image model. ``tuner data preview``
+        resamples clips with it without loading the weights.
     """
 
     name: str
@@ -105,6 +108,7 @@ class FlavourProfile:
     pixels_per_token: int = 16
     cross_text_tokens: int = 0
     joint_text_tokens: int = 0
+    frame_rate: float | None = None
 
 
 @dataclass(frozen=True)

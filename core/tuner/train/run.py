@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from tuner.plugins import PluginHost
     from tuner.types import ModelBundle
 
-__all__ = ["TrainingDiverged", "train", "micro_seed", "total_steps"]
+__all__ = ["TrainingDiverged", "train", "micro_seed", "total_steps", "make_accelerator"]
 
 
 def total_steps(config: RunConfig, micro_batches_per_epoch: int, processes: int = 1) -> int:
@@ -93,7 +93,7 @@ def _claim_output_dir(config: RunConfig, output_dir: Path) -> None:
     (output_dir / LOG_NAME).unlink(missing_ok=True)
 
 
-def _accelerator(config: RunConfig):  # type: ignore[no-untyped-def]
+def make_accelerator(config: RunConfig):  # type: ignore[no-untyped-def]
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -172,7 +172,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     set_log_format(config.section("console").log_format)
     # Every process, before the scan and the model: a bad output_dir costs seconds, not minutes.
     check_output_dir("train.output_dir", Path(tc.output_dir))
-    accelerator = _accelerator(config)
+    accelerator = make_accelerator(config)
     world = World.of(accelerator, tc.gradient_accumulation_steps)
     # The main process scans first (it writes the file index and quarantines); the others then read it.
     samples = world.main_first(scan_samples, config)

@@ -106,6 +106,7 @@ def wan_profile() -> FamilyProfile:
                 },
                 # The VAE compresses 8x (TI2V's 16x) and the transformer patches 2x2.
                 pixels_per_token=32 if spec.task == "ti2v" else 16,
+                frame_rate=spec.fps,
                 # Wan 2.1 image-to-video also cross-attends to the CLIP image tokens (257, two images for FLF2V).
                 cross_text_tokens=512 + (_CLIP_TOKENS * (2 if spec.task == "flf2v" else 1) if "image_dim" in config else 0),
             )
