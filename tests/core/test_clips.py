@@ -177,6 +177,24 @@ def test_each_window_is_cached_once_and_a_new_extraction_encodes_only_new_window
     assert run(frame_extraction="slide", frame_stride=4) == (14, 12), "all but the windows at 0 and 36 are new"
 
 
+def test_stills_train_beside_clips_as_one_frame_samples_and_the_report_says_how_they_mix(tmp_path):
+    from tuner.data.synthetic import write_synthetic_image
+
+    long_clip(tmp_path, 2.0)
+    for i in range(2):
+        write_synthetic_image(tmp_path / "stills" / f"still_{i}.png", 32, 32, index=i)
+    stills = {"id": "stills", "dataset_type": "image", "instance_data_dir": "stills", "probability": 0.5, "repeats": 1}
+    data, _ = prepared(configure(tmp_path, [video("long", num_frames=9, frame_extraction="chunk"), stills],
+                                 {"toy_fps": GRID}))
+    assert {s.geometry.frames for s in data.samples if s.dataset == "stills"} == {1}
+    assert "dataset 'stills': 4 samples per epoch in 1 bucket(s): 32x32@1 x4" in data.report.buckets
+    assert data.report.buckets[-1] == (
+        "mix: a batch holds one dataset's samples; each next batch's dataset is drawn with chance proportional to its"
+        " probability among those with batches left in the epoch: 'v' probability 1 (3 batches), 'stills' probability"
+        " 0.5 (4 batches)"
+    )
+
+
 # -- bad input ---------------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuner.cache.store import entry_key, entry_path
+from tuner.data.batches import epoch_length
 from tuner.data.sizing import Geometry, fit, frames_for, valid_frames
 from tuner.data.windows import ClipClock, clock_summary, file_windows
 from tuner.errors import DataError
@@ -292,6 +293,14 @@ def prune_buckets(buckets: list[Bucket], config: RunConfig, report: DataReport) 
         + ", ".join(f"{b.label} x{b.size}" for b in bs)
         for d, bs in by_dataset.items()
     ]
+    if len(by_dataset) > 1:
+        prune = not config.data.disable_bucket_pruning
+        counts = {d: epoch_length(bs, tc.train_batch_size, prune) for d, bs in by_dataset.items()}
+        report.buckets.append(
+            "mix: a batch holds one dataset's samples; each next batch's dataset is drawn with chance proportional to"
+            " its probability among those with batches left in the epoch: "
+            + ", ".join(f"'{d}' probability {bs[0].probability:g} ({counts[d]} batches)" for d, bs in by_dataset.items())
+        )
     return kept
 
 

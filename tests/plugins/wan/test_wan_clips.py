@@ -71,3 +71,4 @@ def test_cache_builds_everything_so_training_encodes_nothing(make_run, cli):
     assert "encoding clips" not in result.stderr and "encoding captions" not in result.stderr
     assert sorted(p.name for p in (config.parent / "cache").rglob("*.safetensors")) == entries
     assert read_config_file(config)["train"]["max_train_steps"] == 1
+
