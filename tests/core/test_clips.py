@@ -321,3 +321,27 @@ def test_a_run_of_random_windows_resumes_exactly(tmp_path):
     resumed = go("resumed", max_train_steps=6, checkpoint_step_interval=3, resume_from_checkpoint="latest")
     a, b = load_file(straight["adapter"]), load_file(resumed["adapter"])
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_first_frames_from_a_dataset_clip_follow_its_first_window(tmp_path):
+    from tuner.validate.first_frames import first_windows, load_first_frames, prompt_images
+
+    long_clip(tmp_path, 4.0)
+    raw = toy_config(tmp_path)
+    (tmp_path / "backend.json").write_text(json.dumps([
+        video("long", "firsts", num_frames=17, frame_extraction="random"), video("clips", num_frames=3)
+    ]))
+    timed(tmp_path / "clips", "other.mp4", np.arange(8) / 16, 16)
+    raw["data"] = {"data_backend_config": "backend.json", "cache_dir": "cache", "resolution": 32}
+    raw["validation"]["validation_using_datasets"] = True
+    config = resolve_config({**raw, "eval_dataset_id": "firsts"}, PluginHost.build([], extra={"toy": ToyFamily()}),
+                            tmp_path)
+    images = prompt_images(config)
+    windows = first_windows(config, wan_like(), images)
+    first, last = load_first_frames(images["main"], 128, 16, windows)
+    _, samples = planned(config)
+    (planned_window,) = [s for s in samples if s.dataset == "firsts"]
+    start = planned_window.geometry.take[0] / 90000  # write_timed_clip's time base
+    assert start > 0.5, "a window drawn inside the clip, not at its start"
+    assert read_clock(first) == pytest.approx(start, abs=1e-3), "the clip starts where the training window does"
+    assert read_clock(last) == pytest.approx(start + 16 / GRID, abs=1 / 60 + 1e-3), "and ends 16 frames later at 16 fps"

@@ -5,8 +5,9 @@ Three sources, for a model whose bundle says ``image_conditioned``:
 * ``validation_image``: the image the main prompt (``validation_prompt``) starts from;
 * a prompt library entry written as ``{"prompt": ..., "image": ..., "last_image"?: ...}``;
 * ``validation_using_datasets`` + ``eval_dataset_id``: the files of that dataset
-  (images, or clips: their first and last frames), sorted by path; the round's
-  prompts without an image of their own take them in turn.
+  (images, or clips: the first and last frames of the clip's first window as the
+  run plans it, on the model's clock: `first_windows`), sorted by path; the
+  round's prompts without an image of their own take them in turn.
 
 A prompt left without an image stops the run at start-up (`missing_images`).
 """
@@ -24,8 +25,12 @@ if TYPE_CHECKING:
     import numpy as np
 
     from tuner.config import RunConfig
+    from tuner.types import ModelBundle
 
-__all__ = ["prompt_images", "check_first_frames", "load_first_frames"]
+__all__ = ["prompt_images", "check_first_frames", "load_first_frames", "first_windows"]
+
+# A clip's frames to take, as `tuner.data.sizing.Geometry.take` and ``by_index`` say.
+Window = tuple[tuple[int, ...], bool]
 
 NO_IMAGES = (
     "{what}: this image-to-video model starts each validation clip from a first frame; give one with"
@@ -90,12 +95,43 @@ def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + width, top + height)), dtype=np.uint8)
 
 
-def _first_last(path: Path) -> list[np.ndarray]:
-    """An image's pixels, or a clip's first and last frames: ``(H, W, 3)`` uint8 each."""
+def first_windows(config: RunConfig, bundle: ModelBundle, images: dict[str, list[Path]]) -> dict[Path, Window]:
+    """With ``validation_using_datasets``: each clip's first window, as the run trains it (its frame rate and
+    ``frame_extraction``), so the validation clip starts where a training sample does."""
+    from tuner.data.layout import load_layout
+    from tuner.data.probe import ProbeError, file_digest, probe_media
+    from tuner.data.windows import file_windows
+
+    if not config.validation.validation_using_datasets:
+        return {}
+    dataset = config.section("evaluation").eval_dataset_id
+    spec = next(s for s in load_layout(config).datasets if s.id == dataset)
+    out: dict[Path, Window] = {}
+    for path in {p for files in images.values() for p in files}:
+        try:
+            info = probe_media(path)
+            if info.is_image or not path.is_relative_to(spec.root):
+                continue
+            planned = file_windows(
+                spec, info, file_digest(path), model_fps=bundle.frame_rate, stride=bundle.temporal_compression,
+                seed=config.train.seed, limit=bundle.max_frames,
+            )
+        except (ProbeError, OSError):
+            continue  # decoding it says what is wrong
+        if not isinstance(planned, str):
+            clock, windows = planned
+            out[path] = (clock.take(*windows[0]), clock.by_index)
+    return out
+
+
+def _first_last(path: Path, window: Window | None = None) -> list[np.ndarray]:
+    """An image's pixels, or a clip's first and last frames (of ``window``): ``(H, W, 3)`` uint8 each."""
     import numpy as np
 
     from tuner.data.probe import IMAGE_EXTENSIONS, error_text
 
+    if window is not None:
+        return _window_ends(path, window)
     try:
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             from PIL import Image, ImageOps
@@ -116,13 +152,34 @@ def _first_last(path: Path) -> list[np.ndarray]:
     return [first, last]
 
 
-def load_first_frames(files: list[Path], width: int, height: int) -> np.ndarray:
+def _window_ends(path: Path, window: Window) -> list[np.ndarray]:
+    """The first and last frames of a clip's window, at the clip's own (upright) size, decoded by seeking."""
+    from tuner.data.frames import decode_sample
+    from tuner.data.probe import probe_media
+    from tuner.data.sizing import Geometry
+
+    take, by_index = window
+    info = probe_media(path)
+    size = (info.width, info.height)
+    ends = Geometry(2, info.width, info.height, size, (0, 0), info.width / info.height, (take[0], take[-1]), by_index)
+    try:
+        first, last = decode_sample(path, ends)
+    except DataError as exc:
+        raise DataError(f"validation first frame {path}: {exc}") from None
+    return [first, last]
+
+
+def load_first_frames(
+    files: list[Path], width: int, height: int, windows: dict[Path, Window] | None = None
+) -> np.ndarray:
     """``(n, height, width, 3)`` uint8: the first frame, then the last when there is one.
 
-    ``files`` is ``[image]``, ``[image, last_image]`` or ``[clip]`` (its first and last frames).
+    ``files`` is ``[image]``, ``[image, last_image]`` or ``[clip]`` (its first and last frames, or
+    those of its window in ``windows``: `first_windows`).
     """
     import numpy as np
 
-    frames = [f for path in files for f in _first_last(path)]
+    windows = windows or {}
+    frames = [f for path in files for f in _first_last(path, windows.get(path))]
     frames = frames[:1] + frames[-1:] if len(frames) > 1 else frames
     return np.stack([_fit(f, width, height) for f in frames])

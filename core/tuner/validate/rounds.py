@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tuner.errors import ConfigError, PluginError
 from tuner.types import SkipLayerGuidance, ValidationRequest, ValidationResult
-from tuner.validate.first_frames import load_first_frames
+from tuner.validate.first_frames import first_windows, load_first_frames
 from tuner.validate.inference import inference_state
 from tuner.validate.media import contact_sheet, read_media, thumbnails, write_media
 from tuner.validate.previews import keep_previews, notice_unsupported, preview_row, request_steps
@@ -163,6 +163,7 @@ def run_validation(
     stems = file_stems([f"{k}-{suffix}" if suffix else k for k in keys for suffix, _ in variants])
     owner = host.families[config.model_family]
     images = _prompt_images(bundle, config)
+    windows = first_windows(config, bundle, images)  # a dataset clip starts where its first training window does
     out = ValidationResult(step=step)
     rows: list[tuple[str, list[np.ndarray]]] = []
     with inference_state(bundle), task_progress(
@@ -176,7 +177,7 @@ def run_validation(
                 shown, preview_rows = [], []
                 if nickname in images:
                     # Image-to-video: the frame(s) the clip starts from, shown first in its row.
-                    request.conditioning_frames[key] = load_first_frames(images[nickname], *size)
+                    request.conditioning_frames[key] = load_first_frames(images[nickname], *size, windows)
                     shown.append(thumbnails(request.conditioning_frames[key]))
                 for suffix, swap in variants:
                     with swap() if swap is not None else contextlib.nullcontext():
