@@ -142,12 +142,10 @@ def train(
 ) -> None:
     """Train an adapter as the config says."""
     if num_processes > 1:
-        from tuner.train.launch import launch
+        from tuner.train.launch import command_arguments, launch
 
         _, cfg = load_run_config(config, plugin, set_)  # a bad config fails here once, not in every process
-        args = ["train", "--config", str(config)]
-        args += [f"--plugin={p}" for p in plugin or []] + [f"--set={s}" for s in set_ or []]
-        launch(num_processes, args, cfg.train.mixed_precision)
+        launch(num_processes, command_arguments("train", str(config), plugin, set_), cfg.train.mixed_precision)
         return
     host, cfg = load_run_config(config, plugin, set_)
     from tuner.train.run import train as run_training

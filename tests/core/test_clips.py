@@ -17,12 +17,13 @@ import av
 import numpy as np
 import pytest
 import torch
+from test_data import prepared
 from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.buckets import plan_samples
 from tuner.data.frames import decode_sample
-from tuner.data.prepare import prepare_samples, scan_samples
+from tuner.data.prepare import scan_samples
 from tuner.data.synthetic import read_clock, write_timed_clip
 from tuner.errors import DataError
 from tuner.plugins import PluginHost
@@ -155,14 +156,6 @@ def test_full_takes_the_whole_clip_up_to_max_frames_and_target_frames_make_frame
     lengths = [s.geometry.frames for s in samples]
     assert lengths.count(1) == 48 and lengths.count(21) == 2
     assert {s.geometry.shape[0] for s in samples} == {1, 21}, "one frame bucket per length"
-
-
-def prepared(config):
-    family = ToyFamily()
-    host = PluginHost.build([], extra={"toy": family})
-    scan = scan_samples(config)
-    bundle = host.load_model(config, torch.device("cpu"))
-    return prepare_samples(host, bundle, config, scan, torch.device("cpu")), family
 
 
 def test_each_window_is_cached_once_and_a_new_extraction_encodes_only_new_windows(tmp_path):

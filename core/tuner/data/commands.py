@@ -65,12 +65,10 @@ def cache(
 
     def run() -> None:
         if num_processes > 1:
-            from tuner.train.launch import launch
+            from tuner.train.launch import command_arguments, launch
 
             _, cfg = load_run_config(config, plugin, set_)  # a bad config fails here once, not in every process
-            args = ["cache", "--config", str(config)]
-            args += [f"--plugin={p}" for p in plugin or []] + [f"--set={s}" for s in set_ or []]
-            launch(num_processes, args, cfg.train.mixed_precision)
+            launch(num_processes, command_arguments("cache", str(config), plugin, set_), cfg.train.mixed_precision)
             return
         from tuner.cache.offline import build_caches
         from tuner.train.distributed import on_main_process

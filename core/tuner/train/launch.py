@@ -15,7 +15,7 @@ import sys
 
 from tuner.errors import TunerError
 
-__all__ = ["launch_arguments", "launch"]
+__all__ = ["launch_arguments", "launch", "command_arguments"]
 
 
 def _free_port() -> int:
@@ -49,6 +49,11 @@ def launch_arguments(
         "tuner",
         *tuner_args,
     ]
+
+
+def command_arguments(command: str, config: str, plugins: list[str] | None, sets: list[str] | None) -> list[str]:
+    """The arguments each launched process runs: ``COMMAND --config FILE`` with the same plugins and overrides."""
+    return [command, "--config", config, *(f"--plugin={p}" for p in plugins or []), *(f"--set={s}" for s in sets or [])]
 
 
 def launch(num_processes: int, tuner_args: list[str], mixed_precision: str = "no") -> None:
