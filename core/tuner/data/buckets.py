@@ -170,7 +170,7 @@ def plan_samples(scan: DataScan, bundle: ModelBundle, config: RunConfig) -> list
                     continue
                 sample = _sample(spec, f, g, bundle)
                 if spec.frame_extraction == "random":
-                    sample = replace(sample, redraw=partial(_redraw, lengths, f, bundle, rounding, config.train.seed, g))
+                    sample = replace(sample, redraw=partial(_redraw, lengths, f, bundle, config.train.seed, g))
                 planned.append(sample)
     _report_clocks(scan, clocks, report)
     return planned
@@ -226,7 +226,7 @@ def _sample(spec: DatasetSpec, f: FileSample, g: Geometry, bundle: ModelBundle) 
 
 
 def _redraw(
-    spec: DatasetSpec, f: FileSample, bundle: ModelBundle, rounding: int, seed: int, first: Geometry, epoch: int
+    spec: DatasetSpec, f: FileSample, bundle: ModelBundle, seed: int, first: Geometry, epoch: int
 ) -> PlannedSample:
     """The ``random`` sample of ``f`` with window length ``first.frames``, as drawn for ``epoch``."""
     drawn = file_windows(

@@ -27,7 +27,16 @@ if TYPE_CHECKING:
     from tuner.data.layout import DatasetSpec
     from tuner.data.probe import MediaInfo
 
-__all__ = ["FrameExtraction", "ClipClock", "clip_clock", "plan_windows", "random_start", "file_windows", "clock_summary", "EXTRACTIONS"]
+__all__ = [
+    "FrameExtraction",
+    "ClipClock",
+    "clip_clock",
+    "plan_windows",
+    "random_start",
+    "file_windows",
+    "clock_summary",
+    "EXTRACTIONS",
+]
 
 FrameExtraction = Literal["head", "chunk", "slide", "uniform", "full", "random"]
 EXTRACTIONS: tuple[str, ...] = ("head", "chunk", "slide", "uniform", "full", "random")
@@ -199,8 +208,8 @@ def clock_summary(dataset: str, extraction: str, clips: Sequence[tuple[ClipClock
     words = {
         "resampled": "resampled to {to} fps",
         "kept": "kept (already {to} fps)",
-        "repeated": "below {to} fps: resampled to {to} fps by showing frames twice (set video.target_fps or"
-        " resample_fps = false to keep its own frames)",
+        "repeated": "below {to} fps: resampled to {to} fps by showing frames twice (video.resample_fps = false"
+        " keeps its own frames, at its own rate)",
         "raw": "every frame used at the file's own rate",
     }
     parts = [
@@ -212,11 +221,11 @@ def clock_summary(dataset: str, extraction: str, clips: Sequence[tuple[ClipClock
     timed = [c for c, _ in clips if c.fps]
     if timed:
         total = sum(len(c) / c.fps for c in timed if c.fps)
-        covered = sum(
-            len({i for s, n in w for i in range(s, s + n)}) / c.fps for c, w in clips if c.fps
-        )
+        covered = sum(len({i for s, n in w for i in range(s, s + n)}) / c.fps for c, w in clips if c.fps)
         span = f", covering {covered:.1f} s of {total:.1f} s of footage"
     else:
         span = ""
-    lines.append(f"dataset '{dataset}': frame_extraction {extraction}: {windows} window(s) from {len(clips)} clip(s){span}")
+    lines.append(
+        f"dataset '{dataset}': frame_extraction {extraction}: {windows} window(s) from {len(clips)} clip(s){span}"
+    )
     return lines
