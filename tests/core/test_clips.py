@@ -239,6 +239,47 @@ def test_bad_timing_gets_one_clear_line_each(tmp_path):
     assert (np.diff(levels) > 10).all(), "the frames in the order they were written"
 
 
+def avi_with_header_rate(folder: Path, name: str, rate: int) -> Path:
+    """A 16 fps MJPEG AVI of 20 frames whose header is then made to state ``rate`` fps (0: no rate at all).
+
+    AVI has no per-frame timestamps: players time its frames by the header, as FFmpeg does (falling back to
+    25 fps when the header states none).
+    """
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=16)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "yuvj420p"
+        for i in range(20):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((16, 32, 3), 10 * i, np.uint8), "rgb24")))
+        container.mux(stream.encode())
+    data = bytearray(path.read_bytes())
+    strh, avih = data.find(b"strh"), data.find(b"avih")
+    data[strh + 32 : strh + 36] = struct.pack("<I", rate)  # the stream header's dwRate (its dwScale is 1)
+    if rate == 0:
+        data[avih + 8 : avih + 12] = struct.pack("<I", 0)  # and the main header's microseconds per frame
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_header_stating_0_or_1000_fps_gets_one_clear_line(tmp_path):
+    avi_with_header_rate(tmp_path / "c", "no_rate.avi", 0)
+    avi_with_header_rate(tmp_path / "c", "thousand.avi", 1000)
+    scan, _ = planned(configure(tmp_path, [video("c", num_frames=5)]))
+    (skip,) = scan.report.skipped
+    assert (skip.path.name, skip.reason) == (
+        "thousand.avi",
+        "its timestamps say 1000 fps (its header 1000 fps), not a rate footage is filmed at: set video.source_fps to"
+        " the rate it was filmed at",
+    )
+    assert "1 clip(s) at 25 fps resampled to 16 fps" in scan.report.clips[0], "no rate: FFmpeg's 25 fps, said aloud"
+    scan, samples = planned(configure(tmp_path, [video("c", num_frames=5, source_fps=16)]))
+    assert not scan.report.skipped and len(samples) == 2
+    assert scan.report.clips[0] == "dataset 'v': 2 clip(s) at 16 fps kept (already 16 fps)"
+
+
 def test_a_window_longer_than_the_clip_says_so(tmp_path):
     timed(tmp_path / "c", "one_second.mp4", np.arange(30) / 30, 30)
     reasons = skips(configure(tmp_path, [video("c", frame_extraction="chunk", target_frames=[33])]))
