@@ -21,7 +21,7 @@ __all__ = ["RunFolder", "MAX_DEPTH"]
 
 MAX_DEPTH = 4  # FOLDER/group/sub/run is as deep as anyone files runs; deeper is a dataset, not runs
 _MAX_DIRS = 200_000  # stop walking a folder that is a whole disk
-_RESCAN_SECONDS = 2.0  # the run list is walked at most this often, however many pages poll it
+_RESCAN_SECONDS = 2.0  # the run list is walked at most this often (less for huge folders), however many pages poll
 _SKIP = {"node_modules", "__pycache__", ".git"}
 
 
@@ -33,6 +33,7 @@ class RunFolder:
         self._lock = threading.Lock()
         self._runs: list[str] = []
         self._scanned = 0.0
+        self._rescan_after = _RESCAN_SECONDS
         self._logs: dict[str, RunLog] = {}
 
     # -- paths -----------------------------------------------------------------
@@ -58,9 +59,12 @@ class RunFolder:
     def run_ids(self) -> list[str]:
         """Every run's path relative to the folder ("." for the folder itself), newest log first."""
         with self._lock:
-            if time.monotonic() - self._scanned > _RESCAN_SECONDS:
+            if time.monotonic() - self._scanned > self._rescan_after:
+                began = time.monotonic()
                 self._runs = self._scan()
                 self._scanned = time.monotonic()
+                # A huge folder is walked less often: never more than a tenth of the time goes to walking.
+                self._rescan_after = max(_RESCAN_SECONDS, 10 * (self._scanned - began))
                 for gone in set(self._logs) - set(self._runs):
                     del self._logs[gone]
             return list(self._runs)
@@ -77,9 +81,9 @@ class RunFolder:
             except OSError:  # deleted or unreadable while walking: not a run
                 continue
             log = next((e for e in entries if e.name == LOG_NAME), None)
-            if log is not None and self._inside(Path(log.path)):
+            if log is not None and self._entry_inside(log):
                 try:
-                    found.append((log.stat().st_mtime, self.rel(folder)))
+                    found.append((log.stat().st_mtime, folder.relative_to(self.root).as_posix()))  # lexical: no resolve
                 except OSError:
                     pass
                 continue  # a run's checkpoints and media hold no runs
@@ -89,12 +93,16 @@ class RunFolder:
                 if entry.name.startswith(".") or entry.name in _SKIP:
                     continue
                 try:
-                    if entry.is_dir() and self._inside(Path(entry.path)):
+                    if entry.is_dir() and self._entry_inside(entry):
                         stack.append((Path(entry.path), depth + 1))
                 except OSError:
                     continue
         found.sort(key=lambda item: (-item[0], item[1]))
         return [rel for _, rel in found]
+
+    def _entry_inside(self, entry: os.DirEntry[str]) -> bool:
+        """An entry of a folder known to be inside is inside too, unless it is a link: only links are resolved."""
+        return not entry.is_symlink() or self._inside(Path(entry.path))
 
     def _inside(self, path: Path) -> bool:
         try:
