@@ -29,6 +29,7 @@ from tuner.serve.curves import DEFAULT_POINTS, curves
 from tuner.serve.folder import RunFolder
 from tuner.serve.guard import Guard
 from tuner.serve.jobs import JobError, Jobs
+from tuner.serve.runlog import RunLog
 from tuner.serve.rundir import card_family, flavour, run_config, validation_rounds, written_files
 
 __all__ = ["build_app"]
@@ -83,6 +84,10 @@ def build_app(root: Path, token: str | None = None, loopback_only: bool = True) 
     folder = RunFolder(root)
     jobs = Jobs(folder)
 
+    def locked_curves(log: RunLog, points: int) -> dict[str, Any]:
+        with log.lock:  # numpy views of the log's arrays: no refresh may grow them meanwhile
+            return curves(log, points)
+
     def not_found(what: str) -> HTTPException:
         return HTTPException(404, what)
 
@@ -90,7 +95,8 @@ def build_app(root: Path, token: str | None = None, loopback_only: bool = True) 
         log = folder.log(run_id)
         if log is None:
             return None
-        row = log.summary()
+        with log.lock:
+            row = log.summary()
         run_dir = folder.root / run_id
         if row["family"] is None:
             row["family"] = card_family(run_dir)
@@ -170,7 +176,7 @@ def build_app(root: Path, token: str | None = None, loopback_only: bool = True) 
             {
                 "version": version,
                 "summary": summary(run_id) if log else {"id": run_id, "state": "starting", "step": 0},
-                "curves": curves(log, points) if log else None,
+                "curves": locked_curves(log, points) if log else None,
                 "rounds": rounds,
                 "files": written_files(run_dir, run_id),
                 "config": config,
@@ -202,7 +208,7 @@ def build_app(root: Path, token: str | None = None, loopback_only: bool = True) 
             if log is None or run_dir is None:
                 out.append({"id": run_id, "missing": True})
                 continue
-            c = curves(log, points)
+            c = locked_curves(log, points)
             keep = {k: c["series"][k] for k in ("loss", "loss_smooth", "eval_loss") if k in c["series"]}
             out.append({"id": run_id, "summary": summary(run_id), "steps": c["steps"], "series": keep,
                         "rounds": validation_rounds(run_dir, run_id)[:20]})

@@ -123,9 +123,11 @@ class RunFolder:
             log = self._logs.get(run_id)
             if log is None:
                 log = self._logs[run_id] = RunLog(path)
+        with log.lock:  # one log at a time; a long first read of one run holds up no other run's page
             try:
                 log.refresh()
             except OSError:  # the run was deleted (or its log moved) while shown
-                self._logs.pop(run_id, None)
+                with self._lock:
+                    self._logs.pop(run_id, None)
                 return None
-            return log
+        return log

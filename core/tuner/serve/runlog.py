@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from array import array
 from bisect import bisect_left
@@ -33,6 +34,7 @@ class RunLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = threading.Lock()  # held while refreshing: requests run in a thread pool
         self._reset(None)
 
     def _reset(self, ident: tuple[int, int] | None) -> None:

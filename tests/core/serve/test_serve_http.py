@@ -278,3 +278,32 @@ def test_a_round_shows_as_it_starts_and_as_it_lands(tmp_path, served):
     data = _run(address, "run", v=data["version"])
     assert data["rounds"][0]["complete"] is True
     assert _run(address, "run", v=data["version"]) == {"unchanged": True, "version": data["version"]}
+
+
+def test_pages_polling_one_growing_run_at_once_all_get_answers(tmp_path, served):
+    """Curves are read from numpy views of the log's arrays: a refresh growing them meanwhile must wait."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    log = write_log(tmp_path / "run", [start(50_000), *steps(30_000)])
+    address, _ = served(tmp_path)
+    training = threading.Event()
+    training.set()
+
+    def poll(_: int) -> list[int]:
+        statuses = []
+        while training.is_set():
+            statuses.append(request(address, "/api/run?id=run")[0])
+        return statuses
+
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(poll, i) for i in range(4)]
+        for block in range(60):  # the run keeps training while four pages poll it
+            with log.open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in steps(50, start=30_001 + block * 50))
+            time.sleep(0.03)
+        training.clear()
+        statuses = [s for p in pending for s in p.result()]
+    assert len(statuses) > 8 and set(statuses) == {200}
+    assert _run(address, "run")["curves"]["records"] == 33_000
