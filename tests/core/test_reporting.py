@@ -303,6 +303,8 @@ def test_json_log_mode_prints_the_events_as_json_lines(clips, capsys):
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["event"] for e in events] == ["start", "step", "step", "checkpoint", "validation", "end"]
     assert "step 2/2" not in err and "encoding" not in err, "no progress lines"
+    # The start record describes the run (tuner serve shows it for runs copied from elsewhere).
+    assert events[0]["family"] == "toy" and events[0]["config"]["train"]["max_train_steps"] == 2
 
 
 def test_quiet_log_mode_prints_no_progress(clips, capsys):
