@@ -64,7 +64,9 @@ SetOpt = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    from tuner.errors import printable
+
+    typer.echo(f"error: {printable(message)}", err=True)  # one line, whatever file name it quotes
     return typer.Exit(code=2)
 
 
@@ -77,7 +79,7 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except TunerError as exc:
             raise _fail(str(exc)) from None
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a writer's own type (safetensors' SafetensorError)
             from tuner.durable import disk_full_line, is_disk_full
 
             if not is_disk_full(exc):

@@ -8,14 +8,32 @@ both follow that order.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["fsync_file", "fsync_dir", "is_disk_full", "disk_full_message", "human_size"]
+__all__ = [
+    "fsync_file",
+    "fsync_dir",
+    "is_disk_full",
+    "full_disk_error",
+    "disk_full_message",
+    "disk_full_line",
+    "human_size",
+    "replacing",
+    "append_whole",
+]
 
-_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# No space, over the quota, or over a file-size limit (``ulimit -f``: CPython ignores SIGXFSZ, so the write
+# fails with EFBIG): each leaves the file cut short, and each is the same one line to the user.
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+# safetensors (Rust) reports a failed write as its own SafetensorError whose text ends "(os error 28)".
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 def fsync_file(path: Path) -> None:
@@ -41,9 +59,46 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def full_disk_error(exc: BaseException | None) -> OSError | None:
+    """The full-disk `OSError` behind ``exc``, or ``None``.
+
+    ``exc`` itself, or what it was raised from (``raise ... from exc``), is an ``OSError``
+    with ENOSPC, EDQUOT or EFBIG, or a writer's own error type whose text carries that
+    errno (safetensors' ``SafetensorError``: "I/O error: No space left on device (os error 28)").
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            if exc.errno in _FULL:
+                return exc
+        else:
+            match = _RUST_OS_ERROR.search(str(exc))
+            if match and int(match.group(1)) in _FULL:
+                code = int(match.group(1))
+                return OSError(code, os.strerror(code))
+        exc = exc.__cause__
+    return None
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """The error is "no space left on device" (or over the disk quota)."""
-    return isinstance(exc, OSError) and exc.errno in _FULL
+    """The error is "no space left on device", over the disk quota or over the file-size limit."""
+    return full_disk_error(exc) is not None
+
+
+@contextlib.contextmanager
+def replacing(path: Path, tmp: Path | None = None) -> Iterator[Path]:
+    """Write ``path`` whole or not at all: yield a temporary name beside it, renamed over ``path`` when the
+    block ends; removed when it fails (a full disk, a crash of the writer), so no partial file stays behind.
+    """
+    tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def human_size(n: float) -> str:
@@ -54,17 +109,47 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover - the loop returns
 
 
-def disk_full_message(what: str, folder: Path, needed: int, option: str) -> str:
-    """One line: what could not be written, where, how much it needs, how much is free, which option moves it."""
+def append_whole(file: BinaryIO, data: bytes) -> None:
+    """Append ``data`` to ``file`` (opened ``"ab"``, unbuffered); a write that fails part-way (a full disk)
+    is cut back off, so a log of lines never ends in half a line."""
+    start = os.fstat(file.fileno()).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[file.write(view) or 0 :]
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(file.fileno(), start)
+        raise
+
+
+def disk_full_message(what: str, folder: Path, needed: int, option: str, cause: BaseException | None = None) -> str:
+    """One line: what could not be written, where, how much it needs, how much is free, which option moves it.
+
+    :param cause: the error met; a file-size limit (EFBIG) is named as such, since free space does not help.
+    """
+    cause = full_disk_error(cause)
+    limit = (
+        " (the write went over this process's file-size limit, ulimit -f: raise it)"
+        if cause is not None and cause.errno == errno.EFBIG
+        else ""
+    )
     return (
-        f"disk full: writing {what} into {folder} needs about {human_size(needed)} and {_free_space(folder)};"
+        f"disk full: writing {what} into {folder} needs about {human_size(needed)} and {_free_space(folder)}{limit};"
         f" free some space there or point {option} at another disk"
     )
 
 
-def disk_full_line(exc: OSError) -> str:
+def disk_full_line(exc: BaseException) -> str:
     """One line for a full disk met by a write that does not name its own option (reports, media, cards)."""
-    if not exc.filename:
+    exc = full_disk_error(exc) or exc
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        where = f" {Path(exc.filename).name} in {Path(exc.filename).parent}" if exc.filename else ""
+        return (
+            f"disk full: writing{where} went over the file-size limit of this process (ulimit -f):"
+            " raise the limit, or point output_dir / cache_dir at a file system without one"
+        )
+    if not isinstance(exc, OSError) or not exc.filename:
         return "disk full: no space left on device; free some space, or point output_dir / cache_dir at another disk"
     target = Path(exc.filename)
     return (

@@ -8,9 +8,19 @@ keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
-__all__ = ["TunerError", "ConfigError", "PluginError", "DataError", "CheckpointError", "did_you_mean"]
+__all__ = ["TunerError", "ConfigError", "PluginError", "DataError", "CheckpointError", "did_you_mean", "printable"]
+
+# Control characters, line separators and bidirectional overrides: a file name holding one could start a
+# line of its own in a log, move the cursor, or show other text than it holds.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as its escape (``\\n``, ``\\x1b``): one line, shown as is."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

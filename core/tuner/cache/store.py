@@ -97,7 +97,7 @@ def write_entry(
             raise
         what = f"the cache entry {target.name}"
         where = "cache_dir (or the dataset's cache_dir_vae / cache_dir)"
-        raise DataError(disk_full_message(what, target.parent.parent, len(blob), where)) from None
+        raise DataError(disk_full_message(what, target.parent.parent, len(blob), where, exc)) from None
     os.replace(tmp, target)
     return target
 

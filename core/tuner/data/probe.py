@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.data.timing import ClipTiming, read_timing
+from tuner.durable import replacing
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -196,9 +197,8 @@ class FileIndex:
         if not self.dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps({"version": _INDEX_VERSION, "files": self.records}))
-        os.replace(tmp, self.path)
+        with replacing(self.path) as tmp:
+            tmp.write_text(json.dumps({"version": _INDEX_VERSION, "files": self.records}))
         self.dirty = False
 
 

@@ -8,10 +8,11 @@ files is also written to ``<cache_dir>/data_report.json``.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from tuner.durable import replacing
 
 __all__ = ["Skip", "DataReport"]
 
@@ -60,7 +61,7 @@ class DataReport:
 
     def print_new_skips(self, title: str, quarantining: bool = False) -> None:
         """List the files skipped since the last call, per dataset."""
-        from tuner.report.progress import console
+        from tuner.report.progress import console, shown
 
         new = self.skipped[self._printed :]
         self._printed = len(self.skipped)
@@ -70,7 +71,7 @@ class DataReport:
             example = notes[0]
             con.print(
                 f"[yellow]notice:[/] {len(notes)} caption file(s) are not UTF-8 and were decoded as Windows-1252/"
-                f"Latin-1 (e.g. {example[0].name}: {example[1]})",
+                f"Latin-1 (e.g. {shown(example[0].name)}: {shown(example[1])})",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -79,9 +80,9 @@ class DataReport:
         for s in new:
             by_dataset[s.dataset].append(s)
         for dataset, skips in by_dataset.items():
-            con.print(f"[yellow]{title}:[/] {len(skips)} file(s) of dataset '{dataset}' skipped", highlight=False)
+            con.print(f"[yellow]{title}:[/] {len(skips)} file(s) of dataset '{shown(dataset)}' skipped", highlight=False)
             for s in skips[:_SHOWN]:
-                con.print(f"  {s.path}: {s.reason}", highlight=False, soft_wrap=True)
+                con.print(f"  {shown(s.path)}: {shown(s.reason)}", highlight=False, soft_wrap=True)
             if len(skips) > _SHOWN:
                 con.print(f"  ... and {len(skips) - _SHOWN} more (all listed in data_report.json)", highlight=False)
             broken = sum(s.broken for s in skips)
@@ -93,20 +94,20 @@ class DataReport:
                 )
 
     def moved(self, src: Path, dest: Path) -> None:
-        from tuner.report.progress import console
+        from tuner.report.progress import console, shown
 
         self.quarantined.append((src, dest))
-        console().print(f"[yellow]quarantined:[/] {src} -> {dest}", highlight=False, soft_wrap=True)
+        console().print(f"[yellow]quarantined:[/] {shown(src)} -> {shown(dest)}", highlight=False, soft_wrap=True)
 
     def print_buckets(self) -> None:
-        from tuner.report.progress import console, log_format
+        from tuner.report.progress import console, log_format, shown
 
         con = console()
         if log_format() == "auto":  # information only: quiet and json runs leave it out
             for line in self.clips + self.buckets:
-                con.print(line, highlight=False, soft_wrap=True)
+                con.print(shown(line), highlight=False, soft_wrap=True)
         for line in self.pruned:
-            con.print(f"[yellow]pruned:[/] {line}", highlight=False, soft_wrap=True)
+            con.print(f"[yellow]pruned:[/] {shown(line)}", highlight=False, soft_wrap=True)
 
     def write(self, path: Path) -> None:
         """The full report as JSON (atomically)."""
@@ -119,6 +120,5 @@ class DataReport:
             "pruned": self.pruned,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1))

@@ -32,13 +32,13 @@ class EventLog:
     """Turns every lifecycle event of a run into one JSON line; subclasses say where it goes."""
 
     def __init__(self) -> None:
-        self._file: IO[str] | None = None
+        self._file: IO[Any] | None = None
         self._scrub = Scrubber()
 
-    def _open(self, run: Any) -> IO[str] | None:
+    def _open(self, run: Any) -> IO[Any] | None:
         raise NotImplementedError
 
-    def _close(self, file: IO[str]) -> None:
+    def _close(self, file: IO[Any]) -> None:
         file.close()
 
     def _clean(self, value: Any) -> Any:
@@ -51,9 +51,13 @@ class EventLog:
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            line = json.dumps(self._clean({"time": round(time.time(), 3), **record}), default=str)
-            self._file.write(line + "\n")
-            self._file.flush()
+            # JSON escapes every control character: a file name cannot start a line of its own.
+            self._emit(json.dumps(self._clean({"time": round(time.time(), 3), **record}), default=str))
+
+    def _emit(self, line: str) -> None:
+        assert self._file is not None
+        self._file.write(line + "\n")
+        self._file.flush()
 
     @hookimpl
     def on_run_start(self, run: Any) -> None:
@@ -92,7 +96,13 @@ class EventLog:
 
     @hookimpl
     def on_run_end(self, run: Any, outputs: dict[str, Path], error: BaseException | None) -> None:
-        self._write({"event": "end", "outputs": {k: str(v) for k, v in outputs.items()}, "error": repr(error) if error else None})
+        try:
+            self._write({"event": "end", "outputs": {k: str(v) for k, v in outputs.items()}, "error": repr(error) if error else None})
+        except Exception as exc:
+            from tuner.durable import is_disk_full
+
+            if error is None or not is_disk_full(exc):
+                raise  # a run that failed (often on this same full disk) keeps its own error
         if self._file is not None:
             self._close(self._file)
             self._file = None
@@ -101,6 +111,12 @@ class EventLog:
 class JsonLog(EventLog):
     """Appends every lifecycle event of a run to ``output_dir/train_log.jsonl``."""
 
-    def _open(self, run: Any) -> IO[str]:
+    def _open(self, run: Any) -> IO[bytes]:
         run.output_dir.mkdir(parents=True, exist_ok=True)
-        return (run.output_dir / LOG_NAME).open("a", encoding="utf-8")
+        return (run.output_dir / LOG_NAME).open("ab", buffering=0)
+
+    def _emit(self, line: str) -> None:
+        from tuner.durable import append_whole
+
+        assert self._file is not None
+        append_whole(self._file, (line + "\n").encode("utf-8"))

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuner.durable import replacing
+
 if TYPE_CHECKING:
     from tuner.types import RunInfo, ValidationResult
 
@@ -88,10 +90,9 @@ def write_model_card(
     run: RunInfo, outputs: dict[str, Path], validation: ValidationResult | None, repo_id: str | None = None
 ) -> Path:
     path = Path(run.output_dir) / CARD_NAME
-    tmp = path.with_name(f".{CARD_NAME}.partial")
     from tuner.report.secrets import run_scrubber
 
     # A prompt or setting may quote a webhook URL or token; the card is published.
-    tmp.write_text(run_scrubber(run.config)(model_card(run, outputs, validation, repo_id)), encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path, path.with_name(f".{CARD_NAME}.partial")) as tmp:
+        tmp.write_text(run_scrubber(run.config)(model_card(run, outputs, validation, repo_id)), encoding="utf-8")
     return path

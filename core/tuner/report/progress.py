@@ -14,7 +14,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Literal
 
+from tuner.errors import printable
+
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -29,6 +32,7 @@ __all__ = [
     "LogFormat",
     "console",
     "say",
+    "shown",
     "notice",
     "set_log_format",
     "log_format",
@@ -62,17 +66,26 @@ def console() -> Console:
     return Console(stderr=True, quiet=_MUTED)
 
 
+def shown(value: object) -> str:
+    """``value`` as text safe inside a console line: control characters escaped, rich markup (``[/]``) inert.
+
+    File names come from the user's data: a name holding a newline, an escape sequence or
+    square brackets must print as itself, on its line, and never break the console.
+    """
+    return escape(printable(str(value)))
+
+
 def say(message: str) -> None:
     """One informational line (what was set up, how): shown in the ``auto`` log format only."""
     if log_format() == "auto":
-        console().print(message, highlight=False, soft_wrap=True)
+        console().print(shown(message), highlight=False, soft_wrap=True)
 
 
 def notice(message: str) -> None:
     """One line about something the user should know (an option ignored, a fallback taken): always shown."""
     if _MUTED:
         return
-    console().print(f"[yellow]notice:[/] {message}", highlight=False, soft_wrap=True)
+    console().print(f"[yellow]notice:[/] {shown(message)}", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -161,4 +174,4 @@ class TrainProgress:
 
     def note(self, message: str) -> None:
         if not self.silent:
-            self.console.print(message)
+            self.console.print(shown(message), highlight=False, soft_wrap=True)

@@ -194,17 +194,17 @@ def write_checkpoint(
         (partial / _STATE_JSON).write_text(json.dumps({"step": step, **info}, indent=2), encoding="utf-8")
         _write_manifest(partial)
         fsync_dir(partial)
-    except (OSError, CheckpointError) as exc:
-        # The adapter export reports a full disk as a CheckpointError of its own; either way, say it once here.
-        if not is_disk_full(exc if isinstance(exc, OSError) else exc.__cause__ or exc):
+    except Exception as exc:
+        # A full disk comes as OSError, as safetensors' own SafetensorError, or as the CheckpointError the
+        # adapter export raises from either: say it once here, with nothing half-written left behind.
+        if not is_disk_full(exc):
             raise
         written = _folder_bytes(partial)
         shutil.rmtree(partial, ignore_errors=True)
         newest = list_checkpoints(output_dir)
         needed = max(_folder_bytes(newest[-1][1]) if newest else 0, state_nbytes(training_state) * 2, written)
-        raise CheckpointError(
-            disk_full_message(f"checkpoint-{step}", output_dir, needed, "output_dir") + "; the last checkpoint is intact"
-        ) from None
+        message = disk_full_message(f"checkpoint-{step}", output_dir, needed, "output_dir", exc)
+        raise CheckpointError(message + "; the last checkpoint is intact") from None
     if final.exists():
         # The good copy stays whole until the new one is complete; a crash here is undone by clean_partials.
         aside = output_dir / f".checkpoint-{step}.old"

@@ -28,7 +28,10 @@ def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
+    from tuner.durable import replacing
+
+    with replacing(path, path.with_name(f".{path.stem}.partial{path.suffix}")) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return path
 

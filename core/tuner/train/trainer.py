@@ -222,12 +222,13 @@ class Trainer:
             try:
                 if self.host.export_adapter(self.bundle, weights, tmp, lora_format) is None:
                     save_file({k: v.contiguous() for k, v in weights.native().items()}, str(tmp))
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
+            except BaseException as exc:
+                tmp.unlink(missing_ok=True)  # whatever stopped the write (safetensors' own error on a full disk too)
                 if not is_disk_full(exc):
                     raise
                 needed = sum(p.numel() * p.element_size() for p in self.params)
-                raise CheckpointError(disk_full_message(target.name, target.parent, needed, "output_dir")) from exc
+                message = disk_full_message(target.name, target.parent, needed, "output_dir", exc)
+                raise CheckpointError(message) from exc
             os.replace(tmp, target)
             written[expert.label or expert.name if several else ""] = target
         return written

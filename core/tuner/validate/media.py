@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
+
+from tuner.durable import replacing
 
 __all__ = [
     "to_uint8",
@@ -50,9 +51,8 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 16) -> Path:
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    _encode_h264(frames, tmp, fps)
-    os.replace(tmp, path)
+    with replacing(path, path.with_name(f".{path.name}.partial")) as tmp:
+        _encode_h264(frames, tmp, fps)
     return path
 
 
@@ -86,9 +86,8 @@ def write_image(frame: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    Image.fromarray(to_uint8(np.asarray(frame))).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with replacing(path, path.with_name(f".{path.name}.partial")) as tmp:
+        Image.fromarray(to_uint8(np.asarray(frame))).save(tmp, format="PNG")
     return path
 
 
@@ -161,7 +160,6 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], path: Path) -> Path:
             x += SHEET_PAD + SHEET_GAP
         y += max(v.shape[1] for v in variants) + SHEET_PAD
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with replacing(path, path.with_name(f".{path.name}.partial")) as tmp:
+        sheet.save(tmp, format="PNG")
     return path

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tuner.durable import replacing
 from tuner.errors import ConfigError, PluginError
 from tuner.types import SkipLayerGuidance, ValidationRequest, ValidationResult
 from tuner.validate.first_frames import first_windows, load_first_frames
@@ -231,9 +232,8 @@ def _mark_complete(folder: Path, result: ValidationResult) -> None:
         },
     }
     done = _record(folder)
-    tmp = done.with_name(f"{done.name}.partial")
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, done)
+    with replacing(done, done.with_name(f"{done.name}.partial")) as tmp:
+        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
 def round_complete(config: RunConfig, step: int) -> bool:

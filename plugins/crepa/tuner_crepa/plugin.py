@@ -202,7 +202,10 @@ class CrepaPlugin:
                 for i, projector in enumerate(self.projectors)
                 for key, value in projector.state_dict().items()
             }
-            save_file(tensors, str(Path(run.output_dir) / PROJECTOR_FILE))
+            from tuner.durable import replacing
+
+            with replacing(Path(run.output_dir) / PROJECTOR_FILE) as tmp:  # a full disk leaves no half file
+                save_file(tensors, str(tmp))
         if self.capture is not None:
             self.capture.remove()
             self.capture = None
