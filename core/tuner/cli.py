@@ -63,20 +63,26 @@ SetOpt = Annotated[
 ]
 
 
-def _fail(message: str) -> typer.Exit:
+def _fail(message: str, code: int = 2) -> typer.Exit:
     from tuner.errors import printable
 
     typer.echo(f"error: {printable(message)}", err=True)  # one line, whatever file name it quotes
-    return typer.Exit(code=2)
+    return typer.Exit(code=code)
 
 
 def friendly_errors(fn: F) -> F:
-    """Turn a `TunerError`, or a full disk wherever it is met, into one 'error: ...' line and exit code 2."""
+    """Turn a `TunerError`, a full disk wherever it is met, or a stop by a signal into one 'error: ...' line.
+
+    The exit status is 2, or 128 + the signal's number for SIGTERM and Ctrl-C (143, 130), as a shell reports them.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            code = getattr(exc, "exit_code", 130)  # tuner.train.stop.Interrupted says which signal
+            raise _fail(str(exc) or "interrupted", code) from None
         except TunerError as exc:
             raise _fail(str(exc)) from None
         except Exception as exc:  # OSError, or a writer's own type (safetensors' SafetensorError)

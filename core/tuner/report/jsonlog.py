@@ -112,7 +112,10 @@ class JsonLog(EventLog):
     """Appends every lifecycle event of a run to ``output_dir/train_log.jsonl``."""
 
     def _open(self, run: Any) -> IO[bytes]:
+        from tuner.train.outputs import claim
+
         run.output_dir.mkdir(parents=True, exist_ok=True)
+        claim(run.output_dir / LOG_NAME)
         return (run.output_dir / LOG_NAME).open("ab", buffering=0)
 
     def _emit(self, line: str) -> None:

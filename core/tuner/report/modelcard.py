@@ -91,6 +91,9 @@ def write_model_card(
 ) -> Path:
     path = Path(run.output_dir) / CARD_NAME
     from tuner.report.secrets import run_scrubber
+    from tuner.train.outputs import claim
+
+    claim(path)  # never over the user's own README.md (output_dir = ".")
 
     # A prompt or setting may quote a webhook URL or token; the card is published.
     with replacing(path, path.with_name(f".{CARD_NAME}.partial")) as tmp:

@@ -23,7 +23,6 @@ A single process is a world of one, and every call is then free.
 from __future__ import annotations
 
 import contextlib
-import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -81,13 +80,15 @@ class World:
     # Where micro-batch numbering restarts after a resume: (step, global micro-batches before it).
     origin: tuple[int, int] = field(default=(0, 0))
     gradient_accumulation_steps: int = 1
+    # A stop signal (`tuner.train.stop`): asked here; agreed by all when any process's flag reached the others.
+    stop_asked: bool = False
+    stop_agreed: bool = False
 
     @classmethod
     def of(cls, accelerator: Any, gradient_accumulation_steps: int = 1) -> World:
         world = cls(accelerator.process_index, accelerator.num_processes, accelerator)
         world.gradient_accumulation_steps = gradient_accumulation_steps
         if world.size > 1:
-            world._take_over_sigterm()
             from tuner.report.progress import mute
 
             if not world.is_main:
@@ -138,11 +139,21 @@ class World:
             return list(gather_object(items))
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """The mean of ``value`` over the processes."""
+        """The mean of ``value`` over the processes; this process's stop flag travels with it (`should_stop`)."""
         if self.size == 1:
             return value
+        import torch
+
+        both = torch.stack([value.detach().float().reshape(()), value.new_tensor(float(self.stop_asked)).float()])
         with self.collective("averaging the loss"):
-            return self.accelerator.reduce(value.detach().float().clone(), reduction="mean")
+            loss, asked = self.accelerator.reduce(both, reduction="mean")
+        self.stop_agreed = self.stop_agreed or bool(asked > 0)
+        return loss
+
+    def should_stop(self) -> bool:
+        """Whether the run stops after this step: a signal here, or, with several processes, in any of them
+        before the step's last collective (so all stop after the same step)."""
+        return self.stop_asked if self.size == 1 else self.stop_agreed
 
     def all_finite(self, value: torch.Tensor) -> bool:
         """Whether ``value`` is finite on every process (so that all skip a step together, or none)."""
@@ -197,18 +208,6 @@ class World:
             f"process {self.rank} of {self.size} stopped while {what}: another process died, hung or timed out"
             f" ({first[:200]}); the last complete checkpoint in output_dir is intact: resume from it"
         )
-
-    def _take_over_sigterm(self) -> None:
-        # accelerate's launcher (torch elastic) ends the other processes with SIGTERM when one fails:
-        # say so in one line instead of vanishing without a word.
-        def stop(signum: int, frame: Any) -> None:
-            raise ProcessGroupError(
-                f"process {self.rank} of {self.size} stopped by the launcher: another process of the run failed"
-                " (its message is above); the last complete checkpoint in output_dir is intact: resume from it"
-            )
-
-        with contextlib.suppress(ValueError):  # not the main thread (embedded use): keep the default
-            signal.signal(signal.SIGTERM, stop)
 
 
 def process_group_kwargs(config: RunConfig) -> list[Any]:

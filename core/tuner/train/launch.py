@@ -10,6 +10,7 @@ launch asks for ``--multi_gpu`` with ``ACCELERATE_USE_CPU`` set instead.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 
@@ -72,6 +73,11 @@ def launch(num_processes: int, tuner_args: list[str], mixed_precision: str = "no
     try:
         launch_command(args)
     except Exception as exc:  # torch elastic's ChildFailedError: the processes printed their own lines above
+        signum = getattr(exc, "sigval", None)  # SignalException: this launcher was sent SIGTERM (or Ctrl-C)
+        if signum is not None:
+            print(f"error: stopped by {signal.Signals(signum).name}: passed on to the {num_processes} processes,"
+                  " which saved the step reached (see above)", file=sys.stderr)
+            raise SystemExit(128 + int(signum)) from None
         print(f"error: the run failed in one of its {num_processes} processes (see above): {type(exc).__name__}",
               file=sys.stderr)
         raise SystemExit(1) from None

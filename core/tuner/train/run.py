@@ -7,12 +7,14 @@ happen only inside hooks; the step itself lives in `tuner.train.trainer`.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tuner.errors import CheckpointError, ConfigError, PluginError
 from tuner.train.checkpoints import ADAPTER_FILE
+from tuner.train.stop import Interrupted, StopSignals
 from tuner.train.trainer import EMA_ADAPTER_FILE, Trainer, TrainingDiverged, micro_seed
 
 if TYPE_CHECKING:
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.data.layout import DataLayout
     from tuner.plugins import PluginHost
+    from tuner.train.distributed import World
     from tuner.types import ModelBundle
 
 __all__ = ["TrainingDiverged", "train", "micro_seed", "total_steps", "make_accelerator"]
@@ -78,6 +81,9 @@ def _claim_output_dir(config: RunConfig, output_dir: Path) -> None:
     from tuner.report.progress import notice
     from tuner.train.checkpoints import holds_checkpoints, list_checkpoints
 
+    from tuner.train.outputs import check_own_names
+
+    check_own_names(output_dir)  # the user's README.md in output_dir = ".": refused before any work
     tc = config.train
     if tc.resume_from_checkpoint or not holds_checkpoints(output_dir):
         return
@@ -150,15 +156,56 @@ def _adapter_outputs(name: str, files: dict[str, Path]) -> dict[str, Path]:
 
 def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     """Run training as configured; return the files produced (``adapter``, ``checkpoint``, ...)."""
+    from tuner.data.layout import load_layout
+    from tuner.paths import check_output_dir
+    from tuner.report.progress import set_log_format
+    from tuner.train.distributed import World
+    from tuner.train.outputs import check_apart, hold_output_dir
+
+    tc = config.train
+    set_log_format(config.section("console").log_format)
+    # Every process, before the scan and the model: a bad output_dir costs seconds, not minutes.
+    check_apart(config, load_layout(config))  # outputs and caches never inside the data or the model
+    check_output_dir("train.output_dir", Path(tc.output_dir))
+    accelerator = make_accelerator(config)
+    world = World.of(accelerator, tc.gradient_accumulation_steps)
+    output_dir = Path(tc.output_dir)
+    # One run per output folder, for as long as it lives (the main process holds it for all).
+    lock = world.main(hold_output_dir)(output_dir)
+    try:
+        with StopSignals(world) as stop:  # SIGTERM and Ctrl-C save the step reached (tuner.train.stop)
+            return _train(config, host, accelerator, world, stop)
+    except Interrupted as exc:
+        raise Interrupted(exc.signum, _stopped_line(exc, world, output_dir), whole=exc.whole) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _stopped_line(exc: Interrupted, world: World, output_dir: Path) -> str:
+    """What a stop by a signal left behind, in one line."""
+    from tuner.train.checkpoints import latest_checkpoint
+
+    who = f"process {world.rank} of {world.size} " if world.size > 1 else ""
+    line = f"{who}stopped by {exc.name}"
+    if exc.signum == signal.SIGTERM and world.size > 1:
+        line += " (from the scheduler, or from accelerate's launcher when another process of the run failed)"
+    if not world.is_main:
+        return line + "; the main process saves the step reached"
+    last = latest_checkpoint(output_dir) if output_dir.is_dir() else None
+    if last is None:
+        return line + "; no checkpoint was written yet: the next run starts from step 0"
+    return line + f"; {last} holds the last step saved: resume with resume_from_checkpoint = 'latest'"
+
+
+def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, stop: StopSignals) -> dict[str, Path]:
     import torch
 
     from tuner.data.prepare import prepare_samples, scan_samples
-    from tuner.paths import check_output_dir
-    from tuner.report.progress import TrainProgress, notice, say, set_log_format
+    from tuner.report.progress import TrainProgress, notice, say
     from tuner.train.adapters import attach_adapters, export_format
     from tuner.train.checkpoints import clean_partials
     from tuner.train.data_parallel import prepare_training
-    from tuner.train.distributed import World
     from tuner.train.ema import EMA
     from tuner.train.optimizers import build_optimizer, check_optimizer
     from tuner.train.precision import cast_trainable, trainable_dtype
@@ -169,14 +216,9 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     from tuner.validate.schedule import eval_due, validation_due
 
     tc = config.train
-    set_log_format(config.section("console").log_format)
-    # Every process, before the scan and the model: a bad output_dir costs seconds, not minutes.
-    check_output_dir("train.output_dir", Path(tc.output_dir))
-    accelerator = make_accelerator(config)
-    world = World.of(accelerator, tc.gradient_accumulation_steps)
+    output_dir = Path(tc.output_dir)
     # The main process scans first (it writes the file index and quarantines); the others then read it.
     samples = world.main_first(scan_samples, config)
-    output_dir = Path(tc.output_dir)
     say(_where_outputs_go(config, samples.layout))
 
     def make_output_dir() -> None:
@@ -272,20 +314,23 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
                     writer.validate(run.start_step)  # a crash cut this round short after its checkpoint
                     world.barrier()
             for step in range(run.start_step, steps):
-                logs = trainer.step(step)
-                done = step + 1
+                with stop.step():  # a signal during the step takes effect after it, in every process alike
+                    logs = trainer.step(step)
+                    done = step + 1
                 if evaluate is not None and eval_due(ec, done, steps):
                     eval_loss = world.main(evaluate)()  # held-out samples: the same on every process
                     if eval_loss is not None:
                         logs["eval_loss"] = eval_loss
                 bar.update(done, logs)
                 reports.on_step_end(run, done, logs)
+                stop.after_step()  # a signal during the step: stop here, the step counted, saved below
                 if tc.checkpoint_step_interval and done % tc.checkpoint_step_interval == 0:
                     outputs["checkpoint"] = output_dir / f"checkpoint-{done}"
                     writer.save_checkpoint(done)
                 if done < steps and validation_due(config.validation, done, steps):
                     writer.validate(done)  # the last step's round comes after the export, below
                     world.barrier()
+        stop.check()  # a signal that came in the last step's closing lines
         if trainer.overflow_steps:
             world.main(notice)(
                 f"mixed_precision fp16: {trainer.overflow_steps} of {done} updates were skipped because"
@@ -305,9 +350,12 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
         error = exc
         # Between steps the state is consistent: keep the work done so far.
         trainer.optimizer.zero_grad(set_to_none=True)
-        if done > run.start_step and not (output_dir / f"checkpoint-{done}").exists():
+        whole = not isinstance(exc, Interrupted) or exc.whole
+        if whole and done > run.start_step and not (output_dir / f"checkpoint-{done}").exists():
             outputs["checkpoint"] = output_dir / f"checkpoint-{done}"
             writer.save_checkpoint(done)
+        if isinstance(exc, Interrupted) and exc.agreed:
+            world.barrier()  # every process stopped after this step: the others wait for the main one's save
         raise
     except BaseException as exc:
         error = exc

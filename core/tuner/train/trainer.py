@@ -218,6 +218,10 @@ class Trainer:
             # Scalars (LyCORIS's alphas) keep their exact value: bf16 would turn an alpha of 10000 into 9984.
             weights.tensors = {k: v.to(dtype) if v.is_floating_point() and v.ndim else v for k, v in weights.tensors.items()}
             target = adapter_file(path, expert, several)
+            if target.parent == Path(self.config.train.output_dir):  # the run's own adapter, not a checkpoint's
+                from tuner.train.outputs import claim
+
+                claim(target)
             tmp = target.with_name(f".{target.stem}.partial{target.suffix}")
             try:
                 if self.host.export_adapter(self.bundle, weights, tmp, lora_format) is None:

@@ -154,6 +154,9 @@ def run_validation(
     sizes = v.sizes()
     variants = round_variants(config, use_ema)
     folder = _round_folder(config, step)
+    from tuner.train.outputs import claim
+
+    claim(folder.parent)  # output_dir/validation: tuner's own folder, never one of the user's
     _record(folder).unlink(missing_ok=True)  # a round rendered again is incomplete until it ends
     folder.mkdir(parents=True, exist_ok=True)
 

@@ -203,7 +203,9 @@ class CrepaPlugin:
                 for key, value in projector.state_dict().items()
             }
             from tuner.durable import replacing
+            from tuner.train.outputs import claim
 
+            claim(Path(run.output_dir) / PROJECTOR_FILE)
             with replacing(Path(run.output_dir) / PROJECTOR_FILE) as tmp:  # a full disk leaves no half file
                 save_file(tensors, str(tmp))
         if self.capture is not None:

@@ -1,0 +1,173 @@
+"""The output folder belongs to one run at a time, and to tuner only where tuner wrote.
+
+- **One run per folder.** A run holds an exclusive ``flock`` on ``output_dir/.tuner-lock`` for
+  its lifetime (the main process of a multi-process run). The kernel drops the lock when the
+  process ends, however it ends, so a crash never leaves the folder held. A second run stops
+  in one line naming the first: its process id, host and start time, read from the lock file.
+- **Never over a file tuner did not write.** ``output_dir/.tuner-outputs.json`` lists the
+  top-level names tuner created there (the model card, the adapters, the log, ``validation``).
+  A file at one of those names that the record does not list is the user's (their project's
+  ``README.md`` with ``output_dir = "."``): the run refuses at its start, and every write at
+  such a name checks again (`claim`).
+- **Outputs apart from inputs.** ``output_dir`` and the cache folders may not be, or lie
+  inside, a dataset folder or a local model folder: the next scan would train on the run's own
+  validation media, and the model card would replace the model's ``README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import ConfigError, printable
+
+if TYPE_CHECKING:
+    from tuner.config import RunConfig
+
+__all__ = ["LOCK_NAME", "RECORD_NAME", "OutputLock", "hold_output_dir", "claim", "check_own_names", "check_apart"]
+
+LOCK_NAME = ".tuner-lock"
+RECORD_NAME = ".tuner-outputs.json"
+# Top-level names every run writes into output_dir; plugins' own names are checked when written (`claim`).
+CORE_NAMES = ("README.md", "train_log.jsonl", "validation")
+_ADAPTER_GLOB = "pytorch_lora_weights*.safetensors"
+
+
+@dataclass
+class OutputLock:
+    """The open lock file; the lock lasts while it is open (and dies with the process)."""
+
+    fd: int
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def hold_output_dir(output_dir: Path) -> OutputLock | None:
+    """Lock ``output_dir`` for this run; a `ConfigError` naming the run that holds it. ``None`` without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; runs are not guarded there
+        return None
+    path = output_dir / LOCK_NAME
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise ConfigError(
+            f"train.output_dir: cannot open the lock file {printable(str(path))} ({exc.strerror or exc}): remove it"
+            " if it is a link or a folder, or pick another output_dir"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise ConfigError(
+            f"train.output_dir {output_dir} is in use by another tuner run ({holder}): wait for it to end, stop it,"
+            " or pick another output_dir"
+        ) from None
+    facts = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(facts).encode(), 0)
+    return OutputLock(fd)
+
+
+def _holder(fd: int) -> str:
+    try:
+        facts = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"process {int(facts['pid'])} on {printable(str(facts['host']))}, started {printable(str(facts['started']))}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "it has not said which yet"  # the other run holds the lock but has not written its facts
+
+
+def _record(output_dir: Path) -> set[str]:
+    try:
+        names = json.loads((output_dir / RECORD_NAME).read_text(encoding="utf-8"))["written"]
+        return {n for n in names if isinstance(n, str)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _refusal(output_dir: Path, name: str) -> ConfigError:
+    return ConfigError(
+        f"train.output_dir {output_dir} holds {printable(name)}, which tuner did not write: tuner never replaces a"
+        " file it did not write; move it, or pick another (new or empty) output_dir"
+    )
+
+
+def check_own_names(output_dir: Path, names: Iterable[str] = ()) -> None:
+    """Refuse, before any work, an ``output_dir`` holding the user's file at a name a run writes."""
+    if not output_dir.is_dir():
+        return
+    written = _record(output_dir)
+    wanted = {*CORE_NAMES, *names, *(p.name for p in output_dir.glob(_ADAPTER_GLOB))}
+    for name in sorted(wanted):
+        if name not in written and os.path.lexists(output_dir / name):
+            raise _refusal(output_dir, name)
+
+
+def claim(path: Path) -> None:
+    """Before writing ``path`` (a top-level name in the output folder): refuse if it is the user's, else record it."""
+    output_dir, name = path.parent, path.name
+    written = _record(output_dir)
+    if name in written:
+        return
+    if os.path.lexists(path):
+        raise _refusal(output_dir, name)
+    from tuner.durable import replacing
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with replacing(output_dir / RECORD_NAME) as tmp:
+        tmp.write_text(json.dumps({"written": sorted(written | {name})}, indent=1), encoding="utf-8")
+
+
+def _inputs(config: RunConfig, layout: Any) -> list[tuple[str, Path]]:
+    """(what, folder) for every dataset folder and every local model folder the config names."""
+    found = [(f"the dataset '{spec.id}' ({spec.where})", Path(spec.root)) for spec in layout.datasets]
+    core = {"train", "data", "validation"}
+    for section_name, section in config.sections.items():
+        if section_name in core:
+            continue
+        # The Hugging Face convention: an option that names a model, as a hub id or a local folder.
+        for option, value in section.model_dump().items():
+            if option.endswith("_name_or_path") and isinstance(value, str) and value:
+                local = Path(config.resolve_path(value))
+                if local.is_dir():
+                    found.append((f"the model folder {section_name}.{option}", local))
+    return found
+
+
+def _outputs(config: RunConfig, layout: Any) -> list[tuple[str, Path]]:
+    found = [("train.output_dir", Path(config.train.output_dir)), ("data.cache_dir", config.paths.resolve(config.data.cache_dir))]
+    caches = {Path(layout.default_text_cache)}
+    for spec in layout.datasets:
+        caches |= {Path(spec.vae_cache), Path(spec.text_cache)}
+    found += [("the cache folder", path) for path in sorted(caches)]  # a backend file's own cache folders
+    return found
+
+
+def check_apart(config: RunConfig, layout: Any) -> None:
+    """Refuse an output or cache folder that is, or lies inside, a dataset folder or a local model folder."""
+    for what_in, folder in _inputs(config, layout):
+        inside = folder.resolve()
+        for what_out, out in _outputs(config, layout):
+            where = out.resolve()
+            if where == inside or where.is_relative_to(inside):
+                effect = (
+                    "the next scan would train on this run's own files"
+                    if "dataset" in what_in
+                    else "its files would be mixed with the model's (the model card would replace its README.md)"
+                )
+                raise ConfigError(
+                    f"{what_out} {printable(str(out))} lies inside {what_in}, {printable(str(folder))}: {effect}; point"
+                    f" {'output_dir' if what_out == 'train.output_dir' else 'cache_dir'} at a folder outside it"
+                )
