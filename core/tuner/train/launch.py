@@ -72,12 +72,13 @@ def launch(num_processes: int, tuner_args: list[str], mixed_precision: str = "no
     args = launch_command_parser().parse_args(launch_arguments(num_processes, tuner_args, mixed_precision=mixed_precision))
     try:
         launch_command(args)
-    except Exception as exc:  # torch elastic's ChildFailedError: the processes printed their own lines above
-        signum = getattr(exc, "sigval", None)  # SignalException: this launcher was sent SIGTERM (or Ctrl-C)
-        if signum is not None:
-            print(f"error: stopped by {signal.Signals(signum).name}: passed on to the {num_processes} processes,"
+    except SystemExit as exc:  # accelerate exits 128 + N when this launcher was sent signal N (SIGTERM, Ctrl-C)
+        code = exc.code if isinstance(exc.code, int) else 1
+        if 128 < code < 128 + signal.NSIG:
+            print(f"error: stopped by {signal.Signals(code - 128).name}: passed on to the {num_processes} processes,"
                   " which saved the step reached (see above)", file=sys.stderr)
-            raise SystemExit(128 + int(signum)) from None
+        raise
+    except Exception as exc:  # torch elastic's ChildFailedError: the processes printed their own lines above
         print(f"error: the run failed in one of its {num_processes} processes (see above): {type(exc).__name__}",
               file=sys.stderr)
         raise SystemExit(1) from None
