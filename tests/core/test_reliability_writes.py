@@ -112,6 +112,8 @@ for writer in [checkpoint, checkpoint_adapter, cache_entry, log, video, image, d
             friendly_errors(writer)()
         except typer.Exit as exc:
             code = exc.exit_code
+        except Exception as exc:  # what the CLI would end in: a traceback
+            code, err = f"traceback: {type(exc).__name__}", io.StringIO(str(exc))
     results[writer.__name__] = {"code": code, "stderr": err.getvalue()}
 left = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if "partial" in p.name)
 print(json.dumps({"results": results, "partial": left}))
