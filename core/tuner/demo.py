@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.config import tomllib
+from tuner.durable import replacing
 
 if TYPE_CHECKING:
     from tuner.plugins import PluginHost
@@ -35,7 +36,8 @@ def prepare_tiny_model(
         overrides = host.write_tiny_model(family, model_dir, seed, variant)
         paths = [k for k, v in overrides.items() if isinstance(v, str) and Path(v).resolve().is_relative_to(model_dir)]
         stored = {k: (str(Path(v).resolve().relative_to(model_dir)) if k in paths else v) for k, v in overrides.items()}
-        marker.write_text(tomli_w.dumps({"overrides": stored, "paths": paths}))
+        with replacing(marker) as tmp:  # the marker says the model is whole: never half of one
+            tmp.write_text(tomli_w.dumps({"overrides": stored, "paths": paths}))
     data = tomllib.loads(marker.read_text())
     return {k: (str(model_dir / v) if k in data["paths"] else v) for k, v in data["overrides"].items()}
 
@@ -109,5 +111,6 @@ def write_demo(
     prompt = clips[0].with_suffix(".txt").read_text().strip()
     config = demo_config(family, host.families[family], prompt, overrides, steps)
     path = folder / "config.toml"
-    path.write_text(tomli_w.dumps(config))
+    with replacing(path) as tmp:
+        tmp.write_text(tomli_w.dumps(config))
     return path

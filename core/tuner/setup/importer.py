@@ -207,7 +207,10 @@ def import_config(
     if source is not None and backend_out is not None:
         entries = _backend_entries(config, source, backend_out.parent)
         backend_out.parent.mkdir(parents=True, exist_ok=True)
-        backend_out.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        from tuner.durable import replacing
+
+        with replacing(backend_out) as tmp:  # a full disk leaves no half-written backend file
+            tmp.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         written_backend = backend_out
         doc.set(
             "data.data_backend_config",

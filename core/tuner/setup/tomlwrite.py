@@ -80,8 +80,11 @@ class ConfigDocument:
 
     def write(self, path: Path) -> Path:
         """Write the file (its folder is created) and return its path."""
+        from tuner.durable import replacing
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.dumps(), encoding="utf-8")
+        with replacing(path) as tmp:  # a full disk leaves the old file, never half a config
+            tmp.write_text(self.dumps(), encoding="utf-8")
         return path
 
 

@@ -133,14 +133,17 @@ def _first_frame(sample: FileSample, path: Path) -> Path:
     """The first frame of ``sample`` as a PNG: an image-to-video model's validation needs one."""
     from PIL import Image
 
-    if sample.info.is_image:
-        Image.open(sample.path).convert("RGB").save(path)
-        return path
-    import av
+    from tuner.durable import replacing
 
-    with av.open(str(sample.path)) as container:
-        frame = next(container.decode(video=0))
-        frame.to_image().convert("RGB").save(path)
+    with replacing(path) as tmp:  # whole or absent, whatever stops the write
+        if sample.info.is_image:
+            Image.open(sample.path).convert("RGB").save(tmp, format="PNG")
+            return path
+        import av
+
+        with av.open(str(sample.path)) as container:
+            frame = next(container.decode(video=0))
+            frame.to_image().convert("RGB").save(tmp, format="PNG")
     return path
 
 
@@ -320,7 +323,10 @@ def run_wizard(
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from tuner.durable import replacing
+
+    with replacing(path) as tmp:  # a full disk leaves the old file, never half of one
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
 

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -47,6 +48,8 @@ class OutputLock:
 
     def release(self) -> None:
         if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)  # a folder no run holds says nothing about one (and a failed run changes nothing)
             os.close(self.fd)
             self.fd = -1
 
@@ -141,9 +144,18 @@ def _inputs(config: RunConfig, layout: Any) -> list[tuple[str, Path]]:
         for option, value in section.model_dump().items():
             if option.endswith("_name_or_path") and isinstance(value, str) and value:
                 local = Path(config.resolve_path(value))
-                if local.is_dir():
+                if _resolved(local) is not None and local.is_dir():
                     found.append((f"the model folder {section_name}.{option}", local))
     return found
+
+
+def _resolved(path: Path) -> Path | None:
+    """``path`` made absolute, links followed; ``None`` for a name no file system takes (said elsewhere, by option)."""
+    try:
+        path.is_dir()
+        return path.resolve()
+    except (OSError, ValueError):
+        return None
 
 
 def _outputs(config: RunConfig, layout: Any) -> list[tuple[str, Path]]:
@@ -158,9 +170,11 @@ def _outputs(config: RunConfig, layout: Any) -> list[tuple[str, Path]]:
 def check_apart(config: RunConfig, layout: Any) -> None:
     """Refuse an output or cache folder that is, or lies inside, a dataset folder or a local model folder."""
     for what_in, folder in _inputs(config, layout):
-        inside = folder.resolve()
+        inside = _resolved(folder)
         for what_out, out in _outputs(config, layout):
-            where = out.resolve()
+            where = _resolved(out)
+            if inside is None or where is None or (where.exists() and not where.is_dir()):
+                continue  # a path that cannot be a folder: `tuner.paths.check_output_dir` says so, naming the option
             if where == inside or where.is_relative_to(inside):
                 effect = (
                     "the next scan would train on this run's own files"

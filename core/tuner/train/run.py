@@ -184,7 +184,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
 
 def _stopped_line(exc: Interrupted, world: World, output_dir: Path) -> str:
     """What a stop by a signal left behind, in one line."""
-    from tuner.train.checkpoints import latest_checkpoint
+    from tuner.train.checkpoints import checkpoint_problem, list_checkpoints
 
     who = f"process {world.rank} of {world.size} " if world.size > 1 else ""
     line = f"{who}stopped by {exc.name}"
@@ -192,7 +192,9 @@ def _stopped_line(exc: Interrupted, world: World, output_dir: Path) -> str:
         line += " (from the scheduler, or from accelerate's launcher when another process of the run failed)"
     if not world.is_main:
         return line + "; the main process saves the step reached"
-    last = latest_checkpoint(output_dir) if output_dir.is_dir() else None
+    # Sizes only: a scheduler's grace period is seconds, and the checksums are checked when it is resumed.
+    intact = [path for _, path in list_checkpoints(output_dir) if checkpoint_problem(path, checksums=False) is None]
+    last = intact[-1] if intact else None
     if last is None:
         return line + "; no checkpoint was written yet: the next run starts from step 0"
     return line + f"; {last} holds the last step saved: resume with resume_from_checkpoint = 'latest'"
