@@ -80,7 +80,6 @@ def _claim_output_dir(config: RunConfig, output_dir: Path) -> None:
     from tuner.report.jsonlog import LOG_NAME
     from tuner.report.progress import notice
     from tuner.train.checkpoints import holds_checkpoints, list_checkpoints
-
     from tuner.train.outputs import check_own_names
 
     check_own_names(output_dir)  # the user's README.md in output_dir = ".": refused before any work
