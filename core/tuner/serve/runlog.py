@@ -132,7 +132,8 @@ class RunLog:
         error = str(end.get("error") or "")
         if not error:
             return "finished"
-        return "stopped" if error.startswith("KeyboardInterrupt") else "failed"
+        # Ctrl-C, or SIGTERM/SIGINT during a run (`tuner.train.stop.Interrupted`, a KeyboardInterrupt)
+        return "stopped" if error.startswith(("KeyboardInterrupt", "Interrupted")) else "failed"
 
     def summary(self) -> dict[str, Any]:
         """The Runs table's row: state, step/total, ETA, last loss, start and end times."""

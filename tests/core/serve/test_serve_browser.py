@@ -124,7 +124,7 @@ def test_watch_start_stop_and_compare_runs(page, make_run, tmp_path, monkeypatch
             stopped_at = _step(page)
             page.wait_for_selector(f"text=checkpoint-{stopped_at}")
             assert (runs / "started" / f"checkpoint-{stopped_at}" / "manifest.json").is_file()
-            assert "KeyboardInterrupt" in page.locator(".runhead .error").inner_text()
+            assert "stopped by SIGINT" in page.locator(".runhead .error").inner_text()
             _shoot(page, shots, "run-stopped")
             page.goto(base + "/start")
             page.wait_for_selector("#jobs td >> text=stopped (exit")
