@@ -111,6 +111,10 @@ def test_a_run_never_replaces_a_file_it_did_not_write(folder):
     for _ in range(2):
         config, host = _toy_run(folder, max_train_steps=1, output_dir=str(out), overwrite_output_dir=True)
         train(config, host)
+    # A folder of a version that kept no record: its own train_log.jsonl vouches for the names it wrote.
+    (out / ".tuner-outputs.json").unlink()
+    train(*_toy_run(folder, max_train_steps=1, output_dir=str(out), overwrite_output_dir=True))
+    assert (out / "README.md").is_file(), "its own card, written again each run"
     (out / "pytorch_lora_weights_ema.safetensors").write_bytes(b"someone else's adapter")
     with pytest.raises(ConfigError, match="holds pytorch_lora_weights_ema.safetensors, which tuner did not write"):
         train(*_toy_run(folder, max_train_steps=1, output_dir=str(out), overwrite_output_dir=True))

@@ -96,8 +96,25 @@ def _record(output_dir: Path) -> set[str]:
     try:
         names = json.loads((output_dir / RECORD_NAME).read_text(encoding="utf-8"))["written"]
         return {n for n in names if isinstance(n, str)}
+    except FileNotFoundError:
+        return _written_before_records(output_dir)
     except (OSError, ValueError, KeyError, TypeError):
         return set()
+
+
+def _written_before_records(output_dir: Path) -> set[str]:
+    """A run folder of a tuner version that kept no record: its own log says so, and the names it wrote are its.
+
+    (That version wrote its model card over any README.md already, so taking them as tuner's loses nothing.)
+    """
+    try:
+        with (output_dir / "train_log.jsonl").open("rb") as log:
+            first = json.loads(log.readline(65536))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(first, dict) or first.get("event") != "start":
+        return set()
+    return {*CORE_NAMES, *(p.name for p in output_dir.glob(_ADAPTER_GLOB))}
 
 
 def _refusal(output_dir: Path, name: str) -> ConfigError:

@@ -8,7 +8,8 @@ with exit status 128 + the signal's number (143, 130).
 
 A signal that arrives during an optimizer step takes effect once the step is counted and logged: a step cut
 in the middle (the update applied, the step not yet counted) would save a state that no step
-number describes. With several processes the stop must also come at the same step in all of
+number describes. Asked again during the same step, seconds later, the run stops at once and keeps nothing
+of that step. With several processes the stop must also come at the same step in all of
 them, or the others would wait for it in their next collective: each process's flag travels
 with the loss it already averages at the end of every step (`World.mean`), and all stop
 after the step in which any of them was signalled. Outside a step (loading, caching,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 from collections.abc import Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["Interrupted", "StopSignals"]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A signal again within this many seconds is the same request arriving twice (SLURM signals the launcher and
+# every process, and the launcher passes it on; a terminal's Ctrl-C reaches both too); later, it insists.
+_AGAIN_AFTER = 2.0
 
 
 class Interrupted(KeyboardInterrupt):
@@ -61,6 +66,7 @@ class StopSignals:
         self._in_step = False
         self._stopping = False
         self._previous: dict[int, Any] = {}
+        self._first = 0.0
 
     def __enter__(self) -> StopSignals:
         for signum in _SIGNALS:
@@ -78,8 +84,13 @@ class StopSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._stopping:
             return  # already saving the step: the same signal again (a launcher passing it on) must not cut that short
+        if self._in_step and self.received is not None and time.monotonic() - self._first > _AGAIN_AFTER:
+            # Asked again during one step (Ctrl-C pressed again, a step that hangs): stop now, keeping
+            # nothing of this step; the last checkpoint stands.
+            self._stopping = True
+            raise Interrupted(signum, whole=False)
         if self.received is None:
-            self.received = signum
+            self.received, self._first = signum, time.monotonic()
         self.world.stop_asked = True
         if not self._in_step:
             self._stopping = True
