@@ -114,7 +114,17 @@ def _written_before_records(output_dir: Path) -> set[str]:
         return set()
     if not isinstance(first, dict) or first.get("event") != "start":
         return set()
-    return {*CORE_NAMES, *(p.name for p in output_dir.glob(_ADAPTER_GLOB))}
+    names = {*CORE_NAMES, *(p.name for p in output_dir.glob(_ADAPTER_GLOB))}
+    _write_record(output_dir, names)  # kept from now on: overwrite_output_dir deletes the log that vouched
+    return names
+
+
+def _write_record(output_dir: Path, names: set[str]) -> None:
+    from tuner.durable import replacing
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with replacing(output_dir / RECORD_NAME) as tmp:
+        tmp.write_text(json.dumps({"written": sorted(names)}, indent=1), encoding="utf-8")
 
 
 def _refusal(output_dir: Path, name: str) -> ConfigError:
@@ -143,11 +153,7 @@ def claim(path: Path) -> None:
         return
     if os.path.lexists(path):
         raise _refusal(output_dir, name)
-    from tuner.durable import replacing
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with replacing(output_dir / RECORD_NAME) as tmp:
-        tmp.write_text(json.dumps({"written": sorted(written | {name})}, indent=1), encoding="utf-8")
+    _write_record(output_dir, written | {name})
 
 
 def _inputs(config: RunConfig, layout: Any) -> list[tuple[str, Path]]:
