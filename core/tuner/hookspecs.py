@@ -271,7 +271,9 @@ def eval_loss(
 
 
 @hookspec(firstresult=True)
-def export_adapter(bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str) -> Path | None:
+def export_adapter(
+    bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str, metadata: dict[str, str]
+) -> Path | None:
     """Write the trained adapter in a format the family's tools load.
 
     Called at each checkpoint and at the end of the run (and once more for the
@@ -285,6 +287,11 @@ def export_adapter(bundle: ModelBundle, weights: AdapterWeights, path: Path, lor
         ``"comfyui"`` (the original model's key names, with alphas). The
         user's ``"auto"`` (the default) arrives resolved to the family's
         `ModelBundle.auto_lora_format`.
+    :param metadata: the file's safetensors metadata (``ss_*``, ``modelspec.*``,
+        diffusers' ``lora_adapter_metadata``, ``tuner.*``; see
+        `tuner.train.adapter_metadata`): pass it to ``save_file(..., metadata=)``.
+        An implementation that does not take this argument still works: the
+        core then adds the metadata to the file it wrote.
     :return: the path written, or ``None`` to let the core write the adapter
         library's own layout (`AdapterWeights.native`), e.g. for a combination
         of adapter kind and format the family has no layout for.

@@ -292,10 +292,16 @@ class PluginHost:
         )
 
     def export_adapter(
-        self, bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str
+        self, bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str, metadata: dict[str, str]
     ) -> Path | None:
         return self._call_family(
-            bundle.family, "export_adapter", bundle=bundle, weights=weights, path=path, lora_format=lora_format
+            bundle.family,
+            "export_adapter",
+            bundle=bundle,
+            weights=weights,
+            path=path,
+            lora_format=lora_format,
+            metadata=metadata,
         )
 
     def write_tiny_model(self, family: str, path: Path, seed: int, variant: str | None = None) -> dict[str, Any]:

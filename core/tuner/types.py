@@ -154,6 +154,17 @@ class ModelBundle:
     :ivar renders_previews: the family's `validate` honours
         `ValidationRequest.preview_steps` (``validation_preview``); for a family
         that does not, the option is ignored with a notice at start-up.
+    :ivar flavour: the family's name for the exact model trained (Wan's
+        ``model_flavour``); exported adapter files and the model card name it.
+    :ivar architecture: a ModelSpec-style id of the base architecture
+        (``"wan2.2-t2v-a14b"``); adapter files carry it as
+        ``modelspec.architecture`` (with ``/lora``) and ``ss_base_model_version``.
+        Empty: the family name.
+    :ivar implementation: ModelSpec's ``implementation`` of the ``comfyui``
+        layout (the original model's code, whose names that layout uses); the
+        ``diffusers`` layout says ``diffusers``. Empty: ``diffusers``.
+    :ivar pipeline_tag: the Hub's task of the model (``"text-to-video"``),
+        written into the model card's metadata.
     """
 
     family: str
@@ -184,6 +195,10 @@ class ModelBundle:
     max_prompt_tokens: int = 0
     auto_lora_format: str = "diffusers"
     renders_previews: bool = False
+    flavour: str = ""
+    architecture: str = ""
+    implementation: str = ""
+    pipeline_tag: str = ""
 
     def latent_tokens(self, block_output: Any) -> torch.Tensor:
         """The latent tokens' hidden states in what a block of the first ``block_lists`` stack returned."""

@@ -21,6 +21,7 @@ __all__ = [
     "attach_adapters",
     "adapter_file",
     "export_format",
+    "final_adapter_files",
     "matching_modules",
     "preset_targets_unmatched",
 ]
@@ -241,6 +242,14 @@ def adapter_file(path: Path, expert: Expert, several: bool) -> Path:
     if not several:
         return path
     return path.with_name(f"{path.stem}_{expert.label or expert.name}{path.suffix}")
+
+
+def final_adapter_files(tc: TrainSection) -> tuple[str, str]:
+    """The names of the run's final adapter file and its EMA twin in ``output_dir`` (``output_name``, else diffusers')."""
+    from tuner.train.checkpoints import ADAPTER_FILE
+
+    stem = tc.output_name or Path(ADAPTER_FILE).stem
+    return f"{stem}.safetensors", f"{stem}_ema.safetensors"
 
 
 def attach_adapters(bundle: ModelBundle, tc: TrainSection, targets: list[str]) -> AdapterSet:

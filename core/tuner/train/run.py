@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import CheckpointError, ConfigError, PluginError
-from tuner.train.checkpoints import ADAPTER_FILE
+from tuner.train.adapters import final_adapter_files
 from tuner.train.stop import Interrupted, StopSignals
-from tuner.train.trainer import EMA_ADAPTER_FILE, Trainer, TrainingDiverged, micro_seed
+from tuner.train.trainer import Trainer, TrainingDiverged, micro_seed
 
 if TYPE_CHECKING:
     import torch
@@ -340,9 +340,11 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
         if outputs.get("checkpoint") != output_dir / f"checkpoint-{done}":
             outputs["checkpoint"] = output_dir / f"checkpoint-{done}"
             writer.save_checkpoint(done)
-        outputs.update(_adapter_outputs("adapter", world.main(trainer.export_adapter)(output_dir / ADAPTER_FILE) or {}))
+        final, ema_final = final_adapter_files(tc)
+        export = world.main(trainer.export_adapter)
+        outputs.update(_adapter_outputs("adapter", export(output_dir / final, step=done) or {}))
         if ema is not None:
-            ema_files = world.main(trainer.export_adapter)(output_dir / EMA_ADAPTER_FILE, ema=True) or {}
+            ema_files = export(output_dir / ema_final, ema=True, step=done) or {}
             outputs.update(_adapter_outputs("ema_adapter", ema_files))
         final = writer.validate(done)
         if final is not None and final.media:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["TrainSection", "OptimizerName", "LRSchedule"]
 
@@ -175,6 +175,36 @@ class TrainSection(BaseModel):
     lora_target_modules: list[str] | None = Field(
         None, description="Module-name suffixes to adapt; unset uses the model family's default."
     )
+    output_name: str | None = Field(
+        None,
+        description="Base name (no folder, no extension) of the exported adapter files in output_dir, as kohya and"
+        " SimpleTuner spell it: 'my-style' writes my-style.safetensors (my-style_ema.safetensors with use_ema,"
+        " my-style_high_noise.safetensors and my-style_low_noise.safetensors when both experts train). Unset keeps"
+        " pytorch_lora_weights.safetensors, the name diffusers' load_lora_weights(folder) looks for. Files inside"
+        " checkpoints keep the default name.",
+    )
+    trigger_words: list[str] = Field(
+        default_factory=list,
+        description="Words that call up what the adapter learned (a token in the captions); written into each adapter"
+        " file's metadata (modelspec.trigger_phrase) and the model card.",
+    )
+    init_lora: Path | None = Field(
+        None,
+        description="Start from an existing adapter file instead of a fresh one, in any layout tuner reads (diffusers,"
+        " ComfyUI/original names, kohya lora_unet_*, musubi, SimpleTuner, LyCORIS): its rank and modules must match"
+        " lora_rank and the targets; a run that resumes from a checkpoint ignores it. With both Wan 2.2 experts"
+        " trained, name the high-noise file; the low-noise one is found beside it by its metadata or name.",
+    )
+
+    @field_validator("output_name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        stem = value[: -len(".safetensors")] if value.endswith(".safetensors") else value
+        if not stem or stem in (".", "..") or "/" in stem or "\\" in stem or stem.startswith("."):
+            raise ValueError(f"'{value}' is not a file name: give a plain name such as 'my-style' (no folder, no leading dot)")
+        return stem
 
     @model_validator(mode="after")
     def _length_and_adapter(self) -> TrainSection:

@@ -195,15 +195,18 @@ class Trainer:
 
     # -- adapters and checkpoints -------------------------------------------
 
-    def export_adapter(self, path: Path, *, ema: bool = False) -> dict[str, Path]:
+    def export_adapter(self, path: Path, *, ema: bool = False, step: int | None = None) -> dict[str, Path]:
         """Write the adapter (or its EMA) atomically, in the configured format: one file per trained expert.
 
         ``path`` names the file of a single adapter; with several experts each
         file carries its expert's label (`tuner.train.adapters.adapter_file`).
-        Returns label -> file (the label is '' for a single adapter).
+        Each file carries its metadata (`tuner.train.adapter_metadata`), with
+        ``step`` as the steps trained. Returns label -> file (the label is ''
+        for a single adapter).
         """
         from safetensors.torch import save_file
 
+        from tuner.train.adapter_metadata import adapter_metadata, ensure_metadata, native_metadata
         from tuner.train.adapters import adapter_file, export_format
         from tuner.train.precision import save_dtype
 
@@ -223,9 +226,14 @@ class Trainer:
 
                 claim(target)
             tmp = target.with_name(f".{target.stem}.partial{target.suffix}")
+            meta = adapter_metadata(
+                self.config, self.bundle, expert, weights, lora_format=lora_format, path=target, step=step
+            )
             try:
-                if self.host.export_adapter(self.bundle, weights, tmp, lora_format) is None:
-                    save_file({k: v.contiguous() for k, v in weights.native().items()}, str(tmp))
+                if self.host.export_adapter(self.bundle, weights, tmp, lora_format, meta) is None:
+                    meta = native_metadata(meta, weights)
+                    save_file({k: v.contiguous() for k, v in weights.native().items()}, str(tmp), metadata=meta)
+                ensure_metadata(tmp, meta)
             except BaseException as exc:
                 tmp.unlink(missing_ok=True)  # whatever stopped the write (safetensors' own error on a full disk too)
                 if not is_disk_full(exc):
@@ -237,12 +245,12 @@ class Trainer:
             written[expert.label or expert.name if several else ""] = target
         return written
 
-    def _write_adapters(self, folder: Path) -> None:
+    def _write_adapters(self, folder: Path, step: int) -> None:
         from tuner.train.checkpoints import ADAPTER_FILE
 
-        self.export_adapter(folder / ADAPTER_FILE)
+        self.export_adapter(folder / ADAPTER_FILE, step=step)
         if self.ema is not None:
-            self.export_adapter(folder / EMA_ADAPTER_FILE, ema=True)
+            self.export_adapter(folder / EMA_ADAPTER_FILE, ema=True, step=step)
 
     def save_checkpoint(self, step: int) -> Path:
         import torch
@@ -262,7 +270,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
         info = {"seed": tc.seed, "num_processes": self.ranks.size, "micro_batches": self.ranks.consumed(step)}
-        path = write_checkpoint(Path(tc.output_dir), step, state, self._write_adapters, info)
+        path = write_checkpoint(Path(tc.output_dir), step, state, lambda folder: self._write_adapters(folder, step), info)
         rotate_checkpoints(Path(tc.output_dir), tc.checkpoints_total_limit, keep=path)
         self.host.on_checkpoint_saved(self.run, step, path)
         return path

@@ -132,21 +132,24 @@ def kohya_tensors(weights: AdapterWeights, hidden_size: int) -> dict[str, torch.
     return out
 
 
-def save_adapter(weights: AdapterWeights, path: Path, lora_format: str, hidden_size: int) -> Path | None:
+def save_adapter(
+    weights: AdapterWeights, path: Path, lora_format: str, hidden_size: int, metadata: dict[str, str]
+) -> Path | None:
     from safetensors.torch import save_file
 
     if weights.kind != "lora":
         if lora_format != "comfyui":
             return None
         idle = {f"lycoris_{module.replace('.', '_')}.alpha" for module in weights.idle_alphas()}
-        save_file({k: v.contiguous() for k, v in weights.native().items() if k not in idle}, str(path))
+        native = {k: v.contiguous() for k, v in weights.native().items() if k not in idle}
+        save_file(native, str(path), metadata={**metadata, "tuner.layout": "lycoris"})
         return path
     if lora_format == "comfyui":
-        save_file({k: v.contiguous() for k, v in kohya_tensors(weights, hidden_size).items()}, str(path))
+        # diffusers' kohya reader splits the fused layers (other shapes than ours): it infers the config itself.
+        kohya = {k: v for k, v in metadata.items() if k != "lora_adapter_metadata"}
+        save_file({k: v.contiguous() for k, v in kohya_tensors(weights, hidden_size).items()}, str(path), metadata=kohya)
         return path
-    from diffusers import FluxPipeline
-
-    FluxPipeline.save_lora_weights(
-        save_directory=str(path.parent), transformer_lora_layers=weights.scale_baked(), weight_name=path.name
-    )
+    # What FluxPipeline.save_lora_weights writes (the "transformer." prefix), with our metadata beside diffusers'.
+    tensors = {f"transformer.{k}": v.contiguous() for k, v in weights.scale_baked().items()}
+    save_file(tensors, str(path), metadata={"format": "pt", **metadata})
     return path

@@ -87,6 +87,10 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         hidden_size=width,
         token_grid=_token_grid,
         block_tokens=_image_tokens,
+        flavour=section.flux_model_flavour,
+        architecture=f"flux-1-{section.flux_model_flavour}",  # ModelSpec's id of FLUX.1 (kohya writes the same)
+        implementation="https://github.com/black-forest-labs/flux",
+        pipeline_tag="text-to-image",
     )
 
 
@@ -141,11 +145,13 @@ def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResul
 
 
 @hookimpl
-def export_adapter(bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str) -> Path | None:
+def export_adapter(
+    bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str, metadata: dict[str, str]
+) -> Path | None:
     from tuner_flux.export import save_adapter
 
     config = bundle.denoiser.config
-    return save_adapter(weights, path, lora_format, config.num_attention_heads * config.attention_head_dim)
+    return save_adapter(weights, path, lora_format, config.num_attention_heads * config.attention_head_dim, metadata)
 
 
 @hookimpl

@@ -103,17 +103,15 @@ def comfyui_tensors(weights: AdapterWeights) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapter(weights: AdapterWeights, path: Path, lora_format: str) -> Path | None:
+def save_adapter(weights: AdapterWeights, path: Path, lora_format: str, metadata: dict[str, str]) -> Path | None:
     from safetensors.torch import save_file
 
     if lora_format == "comfyui":
-        save_file({k: v.contiguous() for k, v in comfyui_tensors(weights).items()}, str(path))
+        save_file({k: v.contiguous() for k, v in comfyui_tensors(weights).items()}, str(path), metadata=metadata)
         return path
     if weights.kind != "lora":
         return None
-    from diffusers import WanPipeline
-
-    WanPipeline.save_lora_weights(
-        save_directory=str(path.parent), transformer_lora_layers=weights.scale_baked(), weight_name=path.name
-    )
+    # What WanPipeline.save_lora_weights writes (the "transformer." prefix), with our metadata beside diffusers'.
+    tensors = {f"transformer.{k}": v.contiguous() for k, v in weights.scale_baked().items()}
+    save_file(tensors, str(path), metadata={"format": "pt", **metadata})
     return path

@@ -51,6 +51,12 @@ class Flavour:
         return self.task in ("i2v", "flf2v")
 
     @property
+    def architecture(self) -> str:
+        """The ModelSpec-style id adapter files name: the repository's name, lower case (``wan2.2-t2v-a14b``)."""
+        name = self.repo.rsplit("/", 1)[-1].lower()
+        return name[: -len("-diffusers")] if name.endswith("-diffusers") else name
+
+    @property
     def two_experts(self) -> bool:
         return self.expert is not None
 

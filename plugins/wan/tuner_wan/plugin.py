@@ -54,6 +54,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
     from tuner_wan.loading import load_components
 
     section = config.section("wan")
+    flavour = FLAVOURS[section.model_flavour]
     parts = load_components(section, config, device)
     parts["validation_sampler"] = section.wan_validation_sampler
     parts["validation_guidance_2"] = section.wan_validation_guidance_2
@@ -90,6 +91,10 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         # The original names load in ComfyUI, and diffusers converts them on load (tuner_wan.export).
         auto_lora_format="comfyui",
         renders_previews=True,  # tuner_wan.sampling hands each step's denoised estimate to decode_preview
+        flavour=section.model_flavour,
+        architecture=flavour.architecture,
+        implementation=f"https://github.com/Wan-Video/Wan{flavour.version}",
+        pipeline_tag="image-to-video" if flavour.conditioned else "text-to-video",
     )
 
 
@@ -150,10 +155,12 @@ def eval_loss(
 
 
 @hookimpl
-def export_adapter(bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str) -> Path | None:
+def export_adapter(
+    bundle: ModelBundle, weights: AdapterWeights, path: Path, lora_format: str, metadata: dict[str, str]
+) -> Path | None:
     from tuner_wan.export import save_adapter
 
-    return save_adapter(weights, path, lora_format)
+    return save_adapter(weights, path, lora_format, metadata)
 
 
 @hookimpl
