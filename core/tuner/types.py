@@ -46,6 +46,11 @@ class Expert:
         expert is loaded only for validation (the full sampler).
     :ivar label: a short word for file names (``"high_noise"``): with several
         trained experts, each adapter file is ``<name>_<label>.safetensors``.
+    :ivar load_kwargs: what the family's diffusers pipeline's ``load_lora_weights``
+        needs to put this expert's adapter into it (Wan 2.2's low-noise expert:
+        ``{"load_into_transformer_2": True}``); empty for the pipeline's default
+        denoiser. Adapter files record it (``tuner.load_kwargs``) and the model
+        card's snippet passes it.
     """
 
     name: str
@@ -53,6 +58,7 @@ class Expert:
     sigma_range: tuple[float, float] = (0.0, 1.0)
     trained: bool = True
     label: str = ""
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def owns(self, sigmas: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the ``sigmas`` this expert denoises."""
@@ -474,6 +480,8 @@ class RunInfo:
     :ivar family: the model family being trained.
     :ivar config: the resolved `tuner.config.RunConfig`.
     :ivar base_model: the bundle's ``base_model`` (hub id or path of the base weights).
+    :ivar pipeline_tag: the bundle's ``pipeline_tag`` (the Hub's task).
+    :ivar flavour: the bundle's ``flavour``.
     """
 
     output_dir: Path
@@ -482,6 +490,8 @@ class RunInfo:
     family: str
     config: Any
     base_model: str = ""
+    pipeline_tag: str = ""
+    flavour: str = ""
 
 
 class TokenRoute(NamedTuple):

@@ -28,25 +28,62 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _card_data(run: RunInfo, validation: ValidationResult | None, on_hub: bool) -> Any:
+    """The card's YAML head as the Hub reads it: base model, task, tags, trigger words, widget examples."""
+    from huggingface_hub import ModelCardData
+
+    from tuner.validate.prompts import round_prompts
+
+    config = run.config
+    tags = ["lora", "tuner", run.family, *([run.flavour] if run.flavour else [])]
+    widget = []
+    if validation is not None:
+        prompts = round_prompts(config.validation)
+        root = Path(run.output_dir)
+        widget = [
+            {"text": prompts.get(name, name), "output": {"url": _rel(Path(media), root)}}
+            for name, media in validation.media.items()
+        ]
+    return ModelCardData(
+        library_name="diffusers",
+        base_model=run.base_model if on_hub else None,
+        pipeline_tag=run.pipeline_tag or None,
+        tags=tags,
+        instance_prompt=", ".join(config.train.trigger_words) or None,
+        widget=widget or None,
+    )
+
+
+def _load_line(source: str, adapter: Path) -> str:
+    """``pipe.load_lora_weights(...)`` for one adapter file, into the denoiser its metadata names."""
+    from tuner.train.adapter_metadata import read_metadata
+
+    import json
+
+    kwargs = json.loads(read_metadata(adapter).get("tuner.load_kwargs", "{}")) if adapter.is_file() else {}
+    extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    return f'pipe.load_lora_weights("{source}", weight_name="{adapter.name}"{extra})'
+
+
 def model_card(
     run: RunInfo, outputs: dict[str, Path], validation: ValidationResult | None, repo_id: str | None = None
 ) -> str:
-    """Markdown with YAML metadata: base model, prompts, training settings, the last validation round."""
+    """Markdown with the Hub's YAML metadata: base model, prompts, training settings, the last validation round."""
+    from huggingface_hub import ModelCard
+
     from tuner.validate.prompts import round_prompts
 
     config = run.config
     base = run.base_model
     on_hub = bool(base) and _HUB_ID.match(base) is not None and not Path(base).exists()
-    meta = ["---", "library_name: diffusers"]
-    if on_hub:
-        meta.append(f"base_model: {base}")
-    meta += ["tags:", "- lora", "- tuner", f"- {run.family}", "---", ""]
     title = repo_id or Path(run.output_dir).name
-    lines = [*meta, f"# {title}", ""]
-    lines.append(
-        f"A LoRA adapter for `{base or 'the base model'}` (model family `{run.family}`), trained with tuner"
-        f" for {run.max_train_steps} steps."
-    )
+    lines = [f"# {title}", ""]
+    what = f"`{base or 'the base model'}` (model family `{run.family}`"
+    what += f", flavour `{run.flavour}`)" if run.flavour else ")"
+    lines.append(f"A LoRA adapter for {what}, trained with tuner for {run.max_train_steps} steps.")
+    triggers = config.train.trigger_words
+    if triggers:
+        lines += ["", "Trigger words: " + ", ".join(f"`{_cell(t)}`" for t in triggers)]
     prompts = round_prompts(config.validation)
     if prompts:
         lines += ["", "## Prompts", "", "The validation prompts, by nickname:", ""]
@@ -67,23 +104,18 @@ def model_card(
     }
     lines += ["", "## Training settings", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| `{k}` | {_cell(v)} |" for k, v in settings.items()]
-    # One adapter, or one per expert ("adapter_high_noise", ...): each loads into its own denoiser.
-    adapters = [p for k, p in outputs.items() if k == "adapter" or k.startswith("adapter_")]
+    # One adapter, or one per expert ("adapter_high_noise", ...): each loads into the denoiser its metadata names.
+    adapters = [Path(p) for k, p in outputs.items() if k == "adapter" or k.startswith("adapter_")]
     if adapters:
         source = repo_id or str(Path(run.output_dir).resolve())
         lines += ["", "## Use it", ""]
         if len(adapters) > 1:
-            lines += [
-                "One adapter file per expert denoiser: the first loads into `transformer`, the second into"
-                " `transformer_2` (diffusers' `load_into_transformer_2=True`).",
-                "",
-            ]
+            lines += ["One adapter file per expert denoiser, each loaded into its own.", ""]
         lines += ["```python", "from diffusers import DiffusionPipeline", "", f'pipe = DiffusionPipeline.from_pretrained("{base}")']
-        for n, adapter in enumerate(adapters):
-            into = ", load_into_transformer_2=True" if n == 1 else ""
-            lines.append(f'pipe.load_lora_weights("{source}", weight_name="{adapter.name}"{into})')
+        lines += [_load_line(source, adapter) for adapter in adapters]
         lines.append("```")
-    return "\n".join(lines) + "\n"
+    card = ModelCard(f"---\n{_card_data(run, validation, on_hub).to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+    return str(card)
 
 
 def write_model_card(

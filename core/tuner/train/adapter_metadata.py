@@ -157,8 +157,8 @@ def adapter_metadata(
         "tuner.target_modules": json.dumps(sorted({_leaf(m) for m in weights.modules()})),
         "tuner.expert": expert.name if bundle.experts else None,
         "tuner.expert_label": expert.label or None,
-        # The pipeline loads into its first denoiser unless told otherwise (diffusers: load_into_transformer_2=True).
-        "tuner.load_into": expert.name if bundle.experts and expert is not bundle.experts[0] else None,
+        # What diffusers' load_lora_weights needs to put it in the right denoiser (load_into_transformer_2=True).
+        "tuner.load_kwargs": json.dumps(expert.load_kwargs, sort_keys=True) if expert.load_kwargs else None,
         "tuner.steps": step,
         "tuner.trigger_words": json.dumps(tc.trigger_words) if tc.trigger_words else None,
     }

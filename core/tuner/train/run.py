@@ -275,7 +275,16 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
     ema = EMA(adapter.params, tc.ema_decay, tc.ema_update_interval) if tc.use_ema else None
     keep_all = tc.experts_on_accelerator == "all"
     forward, optimizer = prepare_training(accelerator, host, bundle, config, adapter, optimizer, keep_all)
-    run = RunInfo(output_dir, steps, 0, bundle.family, config, base_model=bundle.base_model)
+    run = RunInfo(
+        output_dir,
+        steps,
+        0,
+        bundle.family,
+        config,
+        base_model=bundle.base_model,
+        pipeline_tag=bundle.pipeline_tag,
+        flavour=bundle.flavour,
+    )
     trainer = Trainer(
         host,
         config,

@@ -79,6 +79,8 @@ def make_experts(modules: dict[str, torch.nn.Module], trained: list[str], bounda
             sigma_range=ranges[which],
             trained=which in trained,
             label=EXPERT_LABELS[which],
+            # diffusers loads into `transformer` unless told otherwise (FACTS.md).
+            load_kwargs={"load_into_transformer_2": True} if EXPERT_COMPONENTS[which] == "transformer_2" else {},
         )
         for which in ("high", "low")
         if which in modules
