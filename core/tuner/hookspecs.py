@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from tuner.config import RunConfig
+    from tuner.lora.layouts import LoraNaming
     from tuner.setup.profile import FamilyProfile
     from tuner.types import (
         AdapterWeights,
@@ -295,6 +296,22 @@ def export_adapter(
     :return: the path written, or ``None`` to let the core write the adapter
         library's own layout (`AdapterWeights.native`), e.g. for a combination
         of adapter kind and format the family has no layout for.
+    """
+
+
+@hookspec(firstresult=True)
+def lora_naming() -> LoraNaming:
+    """How the family's original model names the modules an adapter changes.
+
+    Optional. With it, ``init_lora``, ``tuner lora info`` and ``tuner lora
+    convert`` read and write the layouts in original names that other tools use
+    (ComfyUI's ``diffusion_model.*``, kohya/musubi's ``lora_unet_*``); without
+    it only the diffusers, peft and LyCORIS layouts are read. Called when one
+    of those starts; it must not load weights.
+
+    :return: a `tuner.lora.layouts.LoraNaming`: the two name maps (the
+        denoiser's diffusers module path <-> the original's), where each layout
+        loads, and optionally the family's own ``comfyui`` writer.
     """
 
 

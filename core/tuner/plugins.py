@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from tuner.config import RunConfig
+    from tuner.lora.layouts import LoraNaming
     from tuner.setup.profile import FamilyProfile
     from tuner.types import (
         AdapterWeights,
@@ -318,6 +319,10 @@ class PluginHost:
                 " hook): write the config by hand (docs/configure.md)"
             )
         return result
+
+    def lora_namings(self) -> dict[str, LoraNaming]:
+        """family -> how its original model names modules, for every active family that says (`lora_naming`)."""
+        return {f: n for f in self.families if self.implements(f, "lora_naming") and (n := self._call_family(f, "lora_naming"))}
 
     # -- feature hooks -----------------------------------------------------
 

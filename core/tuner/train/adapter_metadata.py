@@ -42,6 +42,7 @@ __all__ = [
     "read_metadata",
     "ensure_metadata",
     "native_metadata",
+    "diffusers_metadata",
     "peft_config",
     "base_model_name",
 ]
@@ -163,7 +164,7 @@ def adapter_metadata(
         "tuner.trigger_words": json.dumps(tc.trigger_words) if tc.trigger_words else None,
     }
     if weights.kind == "lora":
-        meta[DIFFUSERS_KEY] = _diffusers_json(peft_config(weights))
+        meta[DIFFUSERS_KEY] = diffusers_metadata(weights)
     return {k: str(v) for k, v in meta.items() if v is not None}
 
 
@@ -185,11 +186,13 @@ def native_metadata(metadata: dict[str, str], weights: AdapterWeights) -> dict[s
     """``metadata`` for a file in the adapter library's own names (nothing folded, no ``.alpha`` tensors)."""
     out = {**metadata, "tuner.layout": "peft" if weights.kind == "lora" else "lycoris"}
     if weights.kind == "lora":
-        out[DIFFUSERS_KEY] = _diffusers_json(peft_config(weights, folded=False))
+        out[DIFFUSERS_KEY] = diffusers_metadata(weights, folded=False)
     return out
 
 
-def _diffusers_json(config: dict[str, Any]) -> str:
+def diffusers_metadata(weights: AdapterWeights, *, folded: bool = True) -> str:
+    """diffusers' ``lora_adapter_metadata`` value: `peft_config` under the denoiser's prefix, as JSON."""
+    config = peft_config(weights, folded=folded)
     return json.dumps({f"{_DIFFUSERS_PREFIX}.{k}": v for k, v in config.items()}, indent=2, sort_keys=True)
 
 

@@ -240,6 +240,12 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
     coverage = adapter.coverage()
     if coverage is not None:
         (notice if coverage[1] else say)(coverage[0])
+    if tc.init_lora is not None:
+        from tuner.train.init_lora import init_from_file
+
+        alpha = tc.lora_alpha if tc.lora_alpha is not None else float(tc.lora_rank)
+        for line in init_from_file(adapter, tc.init_lora, tc.lora_rank, alpha, host.lora_namings()):
+            say(line)
     lora_format = export_format(tc.lora_format, bundle)  # a family naming no layout stops here, not at the export
     cast_trainable(adapter.params, trainable_dtype(config))  # float32 whatever the base's dtype (precision.py)
     if tc.gradient_checkpointing:

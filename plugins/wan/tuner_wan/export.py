@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from tuner.lora.layouts import LoraNaming
     from tuner.types import AdapterWeights
 
-__all__ = ["ORIGINAL_NAMES", "original_name", "comfyui_tensors", "save_adapter"]
+__all__ = ["ORIGINAL_NAMES", "original_name", "diffusers_name", "lora_naming", "comfyui_tensors", "save_adapter"]
 
 # diffusers module names -> the original Wan checkpoint's (ComfyUI's), for the modules an adapter may target.
 ORIGINAL_NAMES: dict[str, str] = {
@@ -81,6 +82,40 @@ def original_name(module: str) -> str:
     if module not in ORIGINAL_NAMES:
         raise ValueError(f"no original Wan name known for module '{prefix}{module}'")
     return prefix + ORIGINAL_NAMES[module]
+
+
+_DIFFUSERS_NAMES = {v: k for k, v in ORIGINAL_NAMES.items()}
+
+
+def diffusers_name(original: str) -> str:
+    """``blocks.3.self_attn.q`` -> ``blocks.3.attn1.to_q`` (the inverse of `original_name`)."""
+    prefix = ""
+    if original.startswith("blocks."):
+        index, _, original = original[len("blocks.") :].partition(".")
+        if not index.isdigit():
+            raise ValueError(f"no Wan module is named 'blocks.{index}.{original}'")
+        prefix = f"blocks.{index}."
+    if original not in _DIFFUSERS_NAMES:
+        raise ValueError(f"no Wan module has the original name '{prefix}{original}'")
+    return prefix + _DIFFUSERS_NAMES[original]
+
+
+def lora_naming() -> LoraNaming:
+    from tuner.lora.layouts import LoraNaming
+
+    return LoraNaming(
+        to_original=original_name,
+        from_original=diffusers_name,
+        loads_in={
+            "comfyui": "ComfyUI (LoRA loader), kijai's WanVideoWrapper, diffusers' Wan pipelines (converted on load)",
+            "kohya": "ComfyUI, musubi-tuner, diffusers' Wan pipelines (when every attention and feed-forward layer of"
+            " every block is adapted)",
+            "diffusers": "diffusers' Wan pipelines; not ComfyUI's native Wan loader (no rule for these names)",
+            "peft": "peft (inject_adapter_in_model + set_peft_model_state_dict); not ComfyUI",
+            "lycoris": "LyCORIS (create_lycoris_from_weights); not diffusers",
+        },
+        comfyui_tensors=comfyui_tensors,
+    )
 
 
 def comfyui_tensors(weights: AdapterWeights) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
+    from tuner.lora.layouts import LoraNaming
     from tuner.setup.profile import FamilyProfile
     from tuner.types import AdapterWeights, LossOutput, ModelBundle, ValidationRequest, ValidationResult
 
@@ -161,6 +162,13 @@ def export_adapter(
     from tuner_wan.export import save_adapter
 
     return save_adapter(weights, path, lora_format, metadata)
+
+
+@hookimpl
+def lora_naming() -> LoraNaming:
+    from tuner_wan.export import lora_naming as naming
+
+    return naming()
 
 
 @hookimpl
