@@ -29,7 +29,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Inspect configs: the resolved values and the JSON Schema.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Configs: show the resolved values, the JSON Schema, the options reference (docs), import a guide-style JSON.",
+    no_args_is_help=True,
+)
 app.add_typer(config_app, name="config")
 plot_app = typer.Typer(help="Draw what a config will do: the LR schedule, the sampled noise levels.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
@@ -51,6 +54,10 @@ data_app = typer.Typer(help="See the training data as it will be encoded.", no_a
 app.add_typer(data_app, name="data")
 data_app.command("preview")(data_preview)
 app.command("cache")(cache)
+
+from tuner.lora.commands import lora_app  # noqa: E402 - light: typer only
+
+app.add_typer(lora_app, name="lora")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -39,3 +39,32 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     command = [line for line in ci.splitlines() if line.strip() and not line.startswith("#") and "set -" not in line]
     assert len(command) == 1 and command[0].strip() in readme
+
+
+def _command_paths() -> list[str]:
+    """Every command of ``tuner``, as typed: ``train``, ``config import``, ``lora info``, ..."""
+    import typer.main
+
+    from tuner.cli import app
+
+    group = typer.main.get_group(app)
+    paths = []
+    for name, command in group.commands.items():
+        subcommands = getattr(command, "commands", None)
+        paths += [f"{name} {sub}" for sub in subcommands] if subcommands else [name]
+    return paths
+
+
+def test_readme_command_table_lists_every_command():
+    readme = (ROOT / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `tuner ")]
+    for path in _command_paths():
+        assert any(f"tuner {path}" in line for line in table), f"README's command table lacks `tuner {path}`"
+
+
+def test_config_help_lists_its_commands():
+    from tuner.testing import run_cli
+
+    result = run_cli(["config", "--help"])
+    for name in ("show", "schema", "docs", "import"):
+        assert name in result.output

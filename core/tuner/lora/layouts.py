@@ -276,8 +276,9 @@ def converted_metadata(source: LoraFile, layout: str) -> dict[str, str]:
     rank = max(weights.ranks.values(), default=0)
     meta.setdefault("ss_network_module", "networks.lora" if weights.kind == "lora" else "lycoris.kohya")
     if rank:
-        meta.setdefault("ss_network_dim", str(rank))
-        meta.setdefault("ss_network_alpha", str(weights.alphas[next(m for m, r in weights.ranks.items() if r == rank)]))
+        # The diffusers layout folds alpha / rank into the weights: what it stores is scale 1.
+        alpha = float(rank) if layout == "diffusers" else weights.alphas[next(m for m, r in weights.ranks.items() if r == rank)]
+        meta.update({"ss_network_dim": str(rank), "ss_network_alpha": str(alpha)})
     meta.setdefault(SPEC_KEY, "1.0.0")
     meta["tuner.layout"] = layout
     if weights.kind == "lora":

@@ -123,7 +123,10 @@ def adapter_metadata(
         # kohya-ss sd-scripts / musubi-tuner
         "ss_network_module": "lycoris.kohya" if weights.kind == "lycoris" else "networks.lora",
         "ss_network_dim": rank if rank is not None else lycoris.get("linear_dim", tc.lora_rank),
-        "ss_network_alpha": alpha if alpha is not None else lycoris.get("linear_alpha", tc.lora_alpha or 1.0),
+        # What a kohya reader should scale by: the diffusers layout has alpha / rank folded in (scale 1).
+        "ss_network_alpha": (float(rank) if lora_format == "diffusers" and rank else alpha)
+        if alpha is not None
+        else lycoris.get("linear_alpha", tc.lora_alpha or 1.0),
         "ss_network_args": json.dumps(lycoris),
         "ss_base_model_version": architecture,
         "ss_sd_model_name": base,
