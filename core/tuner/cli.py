@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from tuner.config_args import HELP as OPTION_FLAGS_HELP
 from tuner.errors import TunerError
 
 if TYPE_CHECKING:
@@ -102,8 +103,10 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | None) -> tuple[PluginHost, RunConfig]:
-    """Read the file, apply ``--set``, activate plugins, validate."""
+def load_run_config(
+    config: Path, plugins: list[str] | None, sets: list[str] | None, environment: bool = True
+) -> tuple[PluginHost, RunConfig]:
+    """Read the file, apply ``--set``, activate plugins, validate (``environment``: this machine's packages too)."""
     from tuner.config import check_top_level, implied_plugins, merge, parse_overrides, read_config_file
     from tuner.config import resolve_config
     from tuner.config_keys import unread_environment
@@ -125,7 +128,7 @@ def load_run_config(config: Path, plugins: list[str] | None, sets: list[str] | N
     from tuner.config_paths import path_rule_for
 
     rule = path_rule_for(config, raw, host.sections)  # a flat config.json reads paths from here, as SimpleTuner does
-    return host, resolve_config(raw, host, overrides=overrides, rule=rule)
+    return host, resolve_config(raw, host, overrides=overrides, rule=rule, environment=environment)
 
 
 def _print_outputs(outputs: dict[str, Path]) -> None:
@@ -139,9 +142,20 @@ def _print_outputs(outputs: dict[str, Path]) -> None:
         typer.echo(f"  {name}: {path}")
 
 
-@app.command()
+# Config options as flags after the config (tuner.config_args): --learning_rate 1e-4, --seed=3.
+_EXTRA_OPTIONS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _with_flags(ctx: typer.Context, sets: list[str] | None) -> list[str]:
+    from tuner.config_args import option_overrides
+
+    return [*(sets or []), *option_overrides(ctx.args)]
+
+
+@app.command(context_settings=_EXTRA_OPTIONS, epilog=OPTION_FLAGS_HELP)
 @friendly_errors
 def train(
+    ctx: typer.Context,
     config: ConfigOpt,
     plugin: PluginOpt = None,
     set_: SetOpt = None,
@@ -156,6 +170,7 @@ def train(
     ] = 1,
 ) -> None:
     """Train an adapter as the config says."""
+    set_ = _with_flags(ctx, set_)
     if num_processes > 1:
         from tuner.train.launch import command_arguments, launch
 
@@ -189,13 +204,13 @@ def plugins(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     Console().print(table)
 
 
-@config_app.command("show")
+@config_app.command("show", context_settings=_EXTRA_OPTIONS, epilog=OPTION_FLAGS_HELP)
 @friendly_errors
-def config_show(config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None) -> None:
+def config_show(ctx: typer.Context, config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved config (defaults filled in, overrides applied) as TOML."""
     import tomli_w
 
-    _, cfg = load_run_config(config, plugin, set_)
+    _, cfg = load_run_config(config, plugin, _with_flags(ctx, set_))
     typer.echo(tomli_w.dumps(cfg.to_dict()))
 
 

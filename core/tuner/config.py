@@ -264,8 +264,13 @@ def resolve_config(
     base_dir: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     rule: PathRule | None = None,
+    environment: bool = True,
 ) -> RunConfig:
     """Validate ``raw`` (and ``overrides`` on top of it) against the sections the active plugins registered.
+
+    ``environment=False`` skips the checks of this machine (an installed package a tracker needs), for
+    ``tuner config import``, which converts a config written for another machine. A section validator
+    reads it as ``info.context["environment"]``.
 
     Each side may write an option flat or in its section: ``--set train.max_train_steps=2`` overrides
     a file's flat ``max_train_steps`` and ``--set max_train_steps=2`` a ``[train]`` entry. Relative
@@ -282,7 +287,7 @@ def resolve_config(
         values = _blank_paths_unset(model, nested.get(name, {}))
         _check_unset(name, model, values)
         try:
-            sections[name] = model.model_validate(values)
+            sections[name] = model.model_validate(values, context={"environment": environment})
         except ValidationError as exc:
             raise ConfigError(_format_error(name, model, exc)) from None
         _resolve_paths(sections[name], name, rule)

@@ -152,10 +152,16 @@ def implied_plugins(raw: Mapping[str, Any], host: PluginHost) -> dict[str, str]:
     active = {name for section, model in host.sections.items() for name in (section, *model.model_fields)}
     keys = [_canonical(key, spellings) for key in raw]
     unknown = [key for key in keys if key not in TOP_LEVEL_KEYS and key not in active]
-    if not unknown:
-        return {}
-    owners = _option_owners()
     implied: dict[str, str] = {}
+    family = raw.get("model_family")
+    if isinstance(family, str) and family and host.family_named(family) is None:
+        every = _every_installed()  # the family plugin that answers to this name switches itself on
+        owner = every.family_named(family) if every is not None else None
+        if every is not None and owner is not None:
+            implied[every.families[owner]] = "model_family"
+    if not unknown:
+        return implied
+    owners = _option_owners()
     for key in unknown:
         if key in owners:
             implied.setdefault(owners[key], key)

@@ -95,11 +95,14 @@ def register_config_sections(register: Callable[[str, type[BaseModel]], None]) -
 
 
 @hookspec
-def register_model_families(register: Callable[[str, str], None]) -> None:
+def register_model_families(register: Callable[..., None]) -> None:
     """Declare the model families this plugin implements.
 
-    :param register: call ``register(name, description)``; ``name`` is what a
-        user writes as ``model_family``. A plugin that registers a family must
+    :param register: call ``register(name, description, aliases=(...))``;
+        ``name`` is what a user writes as ``model_family``, and so is each of the
+        optional ``aliases`` (other trainers' spellings). A config whose
+        ``model_family`` is one of them switches this plugin on by itself, as
+        SimpleTuner's ``"model_family": "wan"`` does. A plugin that registers a family must
         implement `load_model`, `encode_batch`, `encode_prompts` and
         `compute_loss`; `validate`, `export_adapter` and `write_tiny_model` are
         optional (without them there is no validation, the adapter is saved

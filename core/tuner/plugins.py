@@ -96,6 +96,7 @@ class PluginHost:
         self.section_owner: dict[str, str] = {}
         self.families: dict[str, str] = {}  # family -> plugin name
         self.family_descriptions: dict[str, str] = {}
+        self.family_aliases: dict[str, str] = {}  # other model_family spelling -> family
         self.versions: dict[str, str] = {}
         self.sources: dict[str, str] = {}
 
@@ -158,7 +159,9 @@ class PluginHost:
         # its own name, so the registries know who contributed what.
         self._call_own(obj, "register_config_sections", register=lambda s, m: self._add_section(name, s, m))
         self._call_own(
-            obj, "register_model_families", register=lambda f, d="": self._add_family(name, f, d)
+            obj,
+            "register_model_families",
+            register=lambda f, d="", aliases=(): self._add_family(name, f, d, aliases),
         )
 
     def _call_own(self, obj: object, hook: str, **kwargs: Any) -> None:
@@ -187,11 +190,17 @@ class PluginHost:
         self.sections[section] = model
         self.section_owner[section] = plugin
 
-    def _add_family(self, plugin: str, family: str, description: str) -> None:
+    def _add_family(self, plugin: str, family: str, description: str, aliases: Iterable[str] = ()) -> None:
         if family in self.families and self.families[family] != plugin:
             raise PluginError(f"plugins '{self.families[family]}' and '{plugin}' both register model family '{family}'")
         self.families[family] = plugin
         self.family_descriptions[family] = description
+        for alias in aliases:
+            self.family_aliases[alias] = family
+
+    def family_named(self, name: str) -> str | None:
+        """The family ``model_family = name`` means here (its own name or an alias it declared), else None."""
+        return name if name in self.families else self.family_aliases.get(name)
 
     # -- introspection -----------------------------------------------------
 
@@ -226,6 +235,7 @@ class PluginHost:
     def resolve_family(self, requested: str | None) -> str:
         """The model family a run uses: the one named, or the only one active."""
         if requested:
+            requested = self.family_named(requested) or requested
             if requested not in self.families:
                 known = ", ".join(sorted(self.families)) or "none (activate a family plugin, e.g. --plugin wan)"
                 raise PluginError(

@@ -105,3 +105,21 @@ def test_an_imported_guide_config_trains_the_tiny_model(tmp_path, monkeypatch, t
     trained = cli(["train", "--config", "run/config.toml"])
     assert trained.exit_code == 0, trained.output + trained.stderr
     assert "adapter:" in trained.output
+
+
+def test_the_guides_config_imports_without_wandb_installed_and_train_names_the_package(tmp_path, monkeypatch, cli):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    root = _guide_folder(tmp_path, {**GUIDE_CONFIG, **GUIDE_CONFIG_ADDITIONS}, GUIDE_BACKEND)
+    hook = {"webhook_url": "https://example.com/hook", "webhook_type": "raw", "log_level": "info"}  # SimpleTuner's key
+    (root / "config" / "wan" / "webhook.json").write_text(json.dumps(hook))
+    monkeypatch.chdir(root)
+    result = cli(["config", "import", "config/config.json", "config/wan/multidatabackend.json", "--out", "run.toml"])
+    assert result.exit_code == 0, result.output + result.stderr
+    toml = (root / "run.toml").read_text()
+    assert "report_to = \"wandb\"" in toml
+    assert "not installed here: report_to = wandb needs the 'wandb' package: pip install wandb" in toml
+    shown = cli(["config", "show", "--config", "run.toml"])
+    assert shown.exit_code == 2 and shown.stderr.strip().endswith("pip install wandb")

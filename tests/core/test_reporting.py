@@ -311,3 +311,14 @@ def test_quiet_log_mode_prints_no_progress(clips, capsys):
     _run(clips, {"log_format": "quiet"}, max_train_steps=2)
     out, err = capsys.readouterr()
     assert out == "" and "step" not in err and "encoding" not in err
+
+
+def test_webhook_log_level_error_sends_only_a_failed_runs_error(clips):
+    with serving() as server:
+        config = _webhook(clips, webhook_url=server.url, progress_interval=1, log_level="error")
+        _run(clips, {"webhook_config": config}, max_train_steps=2)
+    assert server.requests == [], "a run that finished has no error event"
+    with serving() as server:
+        config = _webhook(clips, webhook_url=server.url, log_level="info")
+        _run(clips, {"webhook_config": config}, max_train_steps=1, output_dir=str(clips / "out-info"))
+    assert [json.loads(r["body"])["event"] for r in server.requests][0] == "start"

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tuner.hookspecs import hookimpl
 from tuner.report.secrets import Scrubber, run_scrubber
@@ -56,23 +56,32 @@ class TrackingSection(BaseModel):
 
     @field_validator("report_to")
     @classmethod
-    def _known(cls, value: str | list[str]) -> str | list[str]:
+    def _known(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
         names = _names(value)
         unknown = [n for n in names if n != "none" and n not in TRACKERS]
         if unknown:
             raise ValueError(f"unknown tracker '{unknown[0]}'; choose from none, {', '.join(TRACKERS)}")
         if "none" in names and len(names) > 1:
             raise ValueError("'none' cannot be combined with a tracker")
-        for name in names:
-            if name == "none":
-                continue
-            modules, package = TRACKERS[name]
-            if not any(importlib.util.find_spec(m) for m in modules):
-                raise ValueError(f"report_to = {name} needs the '{package}' package: pip install {package}")
+        if (info.context or {}).get("environment", True):
+            for name in names:
+                if name != "none" and _missing(name):
+                    raise ValueError(_missing(name))
         return value
 
     def trackers(self) -> list[str]:
         return [n for n in _names(self.report_to) if n != "none"]
+
+    def missing_packages(self) -> list[str]:
+        """A line per configured tracker whose package is not installed here."""
+        return [line for name in self.trackers() if (line := _missing(name))]
+
+
+def _missing(name: str) -> str:
+    modules, package = TRACKERS[name]
+    if any(importlib.util.find_spec(m) for m in modules):
+        return ""
+    return f"report_to = {name} needs the '{package}' package: pip install {package}"
 
 
 def tracker_values(logs: dict[str, float]) -> dict[str, float]:

@@ -34,6 +34,9 @@ __all__ = ["WebhookTarget", "WebhooksSection", "Webhooks", "read_webhook_config"
 # Media bigger than this go by name only (Discord refuses large attachments).
 MAX_MEDIA_BYTES = 8 * 1024 * 1024
 _CONTENT_TYPES = {".png": "image/png", ".mp4": "video/mp4"}
+# log_level: Python's order of severities; each event's.
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_EVENT_LEVELS = {"error": "error"}
 
 
 class WebhookTarget(BaseModel):
@@ -52,6 +55,11 @@ class WebhookTarget(BaseModel):
     timeout: float = Field(5.0, gt=0, le=120, description="Seconds per request attempt.")
     retries: int = Field(2, ge=0, le=10, description="Further attempts after a failed one.")
     flush_timeout: float = Field(10.0, ge=0, le=600, description="Seconds the run's end waits for queued events.")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info",
+        description="SimpleTuner's key: the least severe event sent. A failed or interrupted run's error event is"
+        " 'error'; start, progress, validation and end are 'info'. warning, error or critical: only the error event.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -107,7 +115,7 @@ class WebhooksSection(BaseModel):
     webhook_config: Path | None = Field(
         None,
         description="A JSON file describing one webhook (an object) or several (a list): webhook_type (discord or"
-        " raw), webhook_url, message_prefix, auth_token, progress_interval, send_media, timeout, retries,"
+        " raw), webhook_url, message_prefix, auth_token, progress_interval, send_media, timeout, retries, log_level,"
         " flush_timeout. See docs/reporting.md.",
     )
 
@@ -143,6 +151,8 @@ class _Endpoint:
 
     def send(self, event: str, message: str, data: dict[str, Any], media: Sequence[Path] = ()) -> None:
         t = self.target
+        if _LEVELS[_EVENT_LEVELS.get(event, "info")] < _LEVELS[t.log_level]:
+            return
         text = self.scrub(f"{t.message_prefix} {message}".strip())
         files = [p for p in media if p.is_file()] if t.send_media else []
         if t.webhook_type == "discord":

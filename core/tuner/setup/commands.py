@@ -77,10 +77,10 @@ def configure(
 
 
 def _check_loads(path: Path) -> None:
-    """The written config validates as `tuner train` reads it."""
+    """The written config validates as `tuner train` reads it (a tracker package missing here is only noted)."""
     from tuner.cli import load_run_config
 
-    load_run_config(path, None, None)
+    load_run_config(path, None, None, environment=False)
 
 
 def config_import(

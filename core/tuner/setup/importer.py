@@ -88,7 +88,8 @@ def load_guide_config(raw: Mapping[str, Any], host: PluginHost, config_path: Pat
     from tuner.config import resolve_config
     from tuner.config_paths import path_rule_for
 
-    return resolve_config(raw, host, rule=path_rule_for(config_path, raw, host.sections))
+    # The config may be written for another machine: a tracker's package missing here is noted, not refused.
+    return resolve_config(raw, host, rule=path_rule_for(config_path, raw, host.sections), environment=False)
 
 
 def _backend_entries(config: RunConfig, source: Path, out_dir: Path) -> list[dict[str, Any]]:
@@ -200,6 +201,9 @@ def import_config(
     doc.set("plugins", plugins, f"switched on by the config's keys ({why})" if why else None)
     for key, reason in dropped.items():
         doc.note("", f"dropped {key} = {json.dumps(raw[key], ensure_ascii=False)}: {reason}")
+    if "tracking" in config.sections:
+        for line in config.section("tracking").missing_packages():
+            doc.note("", f"not installed here: {line} before training (or set report_to = 'none')")
     nested = nest_flat_keys(kept, host.sections)
     _section_entries(doc, nested, config, out.parent, {"data_backend_config"}, config_path.name)
     _default_paths(doc, config, out.parent, config_path.name)
