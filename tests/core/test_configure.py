@@ -88,6 +88,7 @@ def test_yes_takes_the_defaults_and_flags_override_them(tmp_path, clips, tiny_se
     assert config["data"]["num_frames"] == 17, "the clips' length, within the family's 4k+1 rule"
     assert config["train"]["max_train_steps"] == steps_for(3) == 500
     assert config["wan"]["model_flavour"] == "t2v-480p-1.3b-2.1", "the family's default flavour"
+    assert config["train"]["mixed_precision"] == "bf16", "what the estimate counts, even when the wizard runs on a CPU"
     assert "# the adapter's capacity (asked)" in out.read_text(), "entries carry their why as a comment"
 
 

@@ -263,9 +263,10 @@ def run_wizard(
         "memory", "memory option", "the fastest option that fits" if fits else "nothing fits: the smallest",
         default, choices=[o.name for o in options],
     )
+    # The config is for the accelerator the estimate describes, wherever the wizard runs: bf16, as counted.
     mixed = asker.ask(
-        "mixed_precision", "mixed precision", "bf16 on an accelerator (what the estimate counts); no on a CPU",
-        "bf16" if torch.cuda.is_available() else "no", choices=["bf16", "fp16", "no"],
+        "mixed_precision", "mixed precision", "bf16, what the estimate counts; 'no' only to train on a CPU",
+        "bf16", choices=["bf16", "fp16", "no"],
     )
 
     if asker.answers:  # checked before anything is written

@@ -133,9 +133,11 @@ def kohya_tensors(weights: AdapterWeights, hidden_size: int) -> dict[str, torch.
 
 
 def save_adapter(
-    weights: AdapterWeights, path: Path, lora_format: str, hidden_size: int, metadata: dict[str, str]
+    weights: AdapterWeights, path: Path, lora_format: str, hidden_size: int, metadata: dict[str, str] | None = None
 ) -> Path | None:
     from safetensors.torch import save_file
+
+    metadata = metadata or {}
 
     if weights.kind != "lora":
         if lora_format != "comfyui":

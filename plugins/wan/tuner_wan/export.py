@@ -138,8 +138,12 @@ def comfyui_tensors(weights: AdapterWeights) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapter(weights: AdapterWeights, path: Path, lora_format: str, metadata: dict[str, str]) -> Path | None:
+def save_adapter(
+    weights: AdapterWeights, path: Path, lora_format: str, metadata: dict[str, str] | None = None
+) -> Path | None:
     from safetensors.torch import save_file
+
+    metadata = metadata or {}
 
     if lora_format == "comfyui":
         save_file({k: v.contiguous() for k, v in comfyui_tensors(weights).items()}, str(path), metadata=metadata)
