@@ -161,6 +161,20 @@ def test_ema_equals_its_closed_form():
     assert param.item() == 6.0
 
 
+def test_ema_updates_every_tensor_in_one_fused_foreach_kernel():
+    from torch.profiler import profile
+
+    params = [torch.nn.Parameter(torch.full((3,), float(i))) for i in range(4)]
+    ema = EMA(params, decay=0.5)
+    for p in params:
+        p.data.add_(2.0)
+    with profile() as prof:
+        ema.update(1)
+    names = [e.name for e in prof.events()]
+    assert names.count("aten::_foreach_lerp_") == 1  # on CPU it loops inside; on CUDA it is one fused kernel
+    assert [s.tolist() for s in ema.shadow] == [[i + 1.0] * 3 for i in range(4)]
+
+
 def test_ema_run_exports_its_own_adapter(toy):
     outputs, _ = toy(use_ema=True, ema_decay=0.5, max_train_steps=3)
     raw, ema = load_file(outputs["adapter"]), load_file(outputs["ema_adapter"])

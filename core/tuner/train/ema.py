@@ -27,9 +27,9 @@ class EMA:
 
         if step % self.interval:
             return
+        # One fused foreach kernel over every tensor (what torch's own EMA helpers use), not a loop of lerps.
         with torch.no_grad():
-            for shadow, param in zip(self.shadow, self.params):
-                shadow.lerp_(param.detach().float(), 1.0 - self.decay)
+            torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.decay)
 
     @contextmanager
     def applied(self) -> Iterator[None]:
@@ -38,14 +38,12 @@ class EMA:
 
         saved = [p.detach().clone() for p in self.params]
         with torch.no_grad():
-            for shadow, param in zip(self.shadow, self.params):
-                param.copy_(shadow.to(param.dtype))
+            torch._foreach_copy_(self.params, [s.to(p.dtype) for s, p in zip(self.shadow, self.params)])
         try:
             yield
         finally:
             with torch.no_grad():
-                for value, param in zip(saved, self.params):
-                    param.copy_(value)
+                torch._foreach_copy_(self.params, saved)
 
     def state_dict(self) -> list[torch.Tensor]:
         return [s.clone() for s in self.shadow]
