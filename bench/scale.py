@@ -38,7 +38,7 @@ def _env() -> dict[str, str]:
 
 
 def write_run(folder: Path) -> Path:
-    import tomli_w
+    import tomlkit
 
     from overhead import write_mid_model
     from tuner.data.synthetic import write_synthetic_clips
@@ -53,7 +53,7 @@ def write_run(folder: Path) -> Path:
         "console": {"log_format": "quiet"},
     }
     path = folder / "config.toml"
-    path.write_text(tomli_w.dumps(config))
+    path.write_text(tomlkit.dumps(config))
     return path
 
 

@@ -208,10 +208,10 @@ def plugins(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
 @friendly_errors
 def config_show(ctx: typer.Context, config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved config (defaults filled in, overrides applied) as TOML."""
-    import tomli_w
+    import tomlkit
 
     _, cfg = load_run_config(config, plugin, _with_flags(ctx, set_))
-    typer.echo(tomli_w.dumps(cfg.to_dict()))
+    typer.echo(tomlkit.dumps(cfg.to_dict()))
 
 
 @config_app.command("schema")

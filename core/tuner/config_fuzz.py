@@ -157,10 +157,10 @@ def config_mutations(base: dict[str, Any], max_mutations: int = 6) -> SearchStra
 def write_config(folder: Path, config: dict[str, Any], as_toml: bool) -> Path:
     """Write ``config`` as a user would: TOML when asked and TOML can hold it, else JSON."""
     if as_toml:
-        import tomli_w
+        import tomlkit
 
         try:
-            text = tomli_w.dumps(config)
+            text = tomlkit.dumps(config)
         except (TypeError, ValueError):  # None, or keys TOML cannot write: a user would have written JSON
             pass
         else:

@@ -28,7 +28,7 @@ def prepare_tiny_model(
     A marker file beside the weights records the overrides, with paths inside
     ``model_dir`` stored relative to it so the folder can move.
     """
-    import tomli_w
+    import tomlkit
 
     model_dir = model_dir.resolve()
     marker = model_dir / MODEL_MARKER
@@ -37,7 +37,7 @@ def prepare_tiny_model(
         paths = [k for k, v in overrides.items() if isinstance(v, str) and Path(v).resolve().is_relative_to(model_dir)]
         stored = {k: (str(Path(v).resolve().relative_to(model_dir)) if k in paths else v) for k, v in overrides.items()}
         with replacing(marker) as tmp:  # the marker says the model is whole: never half of one
-            tmp.write_text(tomli_w.dumps({"overrides": stored, "paths": paths}))
+            tmp.write_text(tomlkit.dumps({"overrides": stored, "paths": paths}))
     data = tomllib.loads(marker.read_text())
     return {k: (str(model_dir / v) if k in data["paths"] else v) for k, v in data["overrides"].items()}
 
@@ -97,7 +97,7 @@ def write_demo(
     host: PluginHost, family: str, folder: Path, *, steps: int = 60, seed: int = 0, variant: str | None = None
 ) -> Path:
     """Write model/ (model-VARIANT/), clips/ and config.toml into ``folder`` (reusing a model already there)."""
-    import tomli_w
+    import tomlkit
 
     folder = folder.resolve()
     model = folder / (f"model-{variant}" if variant else "model")
@@ -112,5 +112,5 @@ def write_demo(
     config = demo_config(family, host.families[family], prompt, overrides, steps)
     path = folder / "config.toml"
     with replacing(path) as tmp:
-        tmp.write_text(tomli_w.dumps(config))
+        tmp.write_text(tomlkit.dumps(config))
     return path

@@ -62,7 +62,7 @@ def write_run_folder(
     (default: a host with the installed plugin ``plugin``; pass one to use a
     plugin registered directly).
     """
-    import tomli_w
+    import tomlkit
 
     from tuner.demo import demo_config, prepare_tiny_model, write_demo_media
     from tuner.plugins import PluginHost
@@ -74,7 +74,7 @@ def write_run_folder(
     config = demo_config(family, plugin, paths[0].with_suffix(".txt").read_text().strip(), model_overrides, steps)
     config = merge(config, parse_overrides(overrides or []))
     path = folder / "config.toml"
-    path.write_text(tomli_w.dumps(config))
+    path.write_text(tomlkit.dumps(config))
     return path
 
 

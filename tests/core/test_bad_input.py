@@ -52,9 +52,9 @@ def finished_run(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def _write_toml(path: Path, data: dict[str, Any]) -> None:
-    import tomli_w
+    import tomlkit
 
-    path.write_text(tomli_w.dumps(data))
+    path.write_text(tomlkit.dumps(data))
 
 
 def _config(run: Path) -> dict[str, Any]:

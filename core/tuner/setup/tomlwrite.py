@@ -1,6 +1,6 @@
 """Writing a tuner TOML config with comments: one writer for ``tuner configure`` and ``tuner config import``.
 
-tomlkit writes the comments (tomli-w, which ``tuner config show`` uses, has none): a header
+tomlkit (the one TOML writer tuner uses; ``tuner config show`` too) writes the comments: a header
 of comment lines, then the top-level keys, then one table per section, each entry with an
 optional comment line above it saying why it is there or how it maps.
 """

@@ -139,7 +139,7 @@ def test_eval_loss_is_the_training_objective_at_given_noise_levels(make_run, cli
 def test_a_backend_file_of_stills_and_clips_trains_in_aspect_buckets(make_run, cli):
     import json
 
-    import tomli_w
+    import tomlkit
 
     from tuner.config import tomllib
 
@@ -155,7 +155,7 @@ def test_a_backend_file_of_stills_and_clips_trains_in_aspect_buckets(make_run, c
     (root / "backend.json").write_text(json.dumps(backend))
     raw = tomllib.loads(config.read_text())
     raw["data"] = {"data_backend_config": "backend.json", "cache_dir": "cache", "resolution": 64}
-    config.write_text(tomli_w.dumps(raw))
+    config.write_text(tomlkit.dumps(raw))
     result = cli(["train", "--config", str(config)])
     assert result.exit_code == 0, result.stderr
     text = result.output + result.stderr

@@ -77,11 +77,11 @@ def test_validation_first_frames_from_a_dataset_and_the_prompt_library(make_run,
         {"id": "firsts", "type": "local", "dataset_type": "video", "instance_data_dir": "firsts"},
     ]  # fmt: skip
     (folder / "backend.json").write_text(json.dumps(backend))
-    import tomli_w
+    import tomlkit
 
     raw = read_config_file(config)
     del raw["data"]["instance_data_dir"]  # the backend file names the clips instead
-    config.write_text(tomli_w.dumps(raw))
+    config.write_text(tomlkit.dumps(raw))
     library = {"own": {"prompt": "a blue circle", "image": "own.png"}, "other": "a green square"}
     from PIL import Image
 
