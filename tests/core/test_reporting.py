@@ -143,6 +143,27 @@ def test_tensorboard_event_files_hold_the_scalars_and_the_contact_sheet(clips):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in events.Scalars("eval/loss")] == [2, 4]
     assert [e.step for e in events.Images("validation/contact_sheet")] == [2, 4]
+    assert [e.step for e in events.Images("validation/main")] == [2, 4], "each validation picture, not only the sheet"
+
+
+def test_validation_videos_reach_tensorboard_as_animated_gifs(tmp_path):
+    pytest.importorskip("tensorboard")
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tuner.report.trackers import gif_summary
+
+    frames = np.stack([np.full((8, 12, 3), 30 * i, np.uint8) for i in range(5)])
+    writer = SummaryWriter(str(tmp_path))
+    writer._get_file_writer().add_summary(gif_summary("validation/main", frames), 3)
+    writer.close()
+    [event] = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload().Images("validation/main")
+    with Image.open(io.BytesIO(event.encoded_image_string)) as gif:
+        assert (event.step, gif.format, gif.n_frames, gif.size) == (3, "GIF", 5, (12, 8))
 
 
 def test_wandb_logs_offline_with_no_network(clips, monkeypatch):

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from tuner.hookspecs import hookimpl
 from tuner.report.secrets import Scrubber, run_scrubber
 
-__all__ = ["TrackingSection", "Trackers", "TRACKERS", "tracker_values", "preview_tag"]
+__all__ = ["TrackingSection", "Trackers", "TRACKERS", "tracker_values", "preview_tag", "gif_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,21 @@ def _missing(name: str) -> str:
 def tracker_values(logs: dict[str, float]) -> dict[str, float]:
     """Step logs under tracker names (``train/loss``, ``eval/loss``, ...)."""
     return {_NAMES.get(k, f"train/{k}"): float(v) for k, v in logs.items()}
+
+
+def gif_summary(tag: str, frames: Any, fps: float = 16.0) -> Any:
+    """A TensorBoard image summary holding ``frames`` ``(F, H, W, 3)`` uint8 as an animated GIF."""
+    import io
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    pictures = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], duration=round(1000 / fps), loop=0)
+    height, width = frames.shape[1:3]
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
 def preview_tag(key: str, step: int) -> str:
@@ -166,7 +181,15 @@ class Trackers:
             if tracker.name == "tensorboard":
                 images = {"validation/contact_sheet": sheet[None]}
                 images.update({tag: read_media(path) for tag, path in previews.items()})
+                stills = {k: Path(p) for k, p in result.media.items() if Path(p).suffix.lower() == ".png"}
+                images.update({f"validation/{key}": read_media(path) for key, path in stills.items()})
                 tracker.log_images(images, step=result.step, dataformats="NHWC")
+                # Videos as animated GIFs, which TensorBoard's image panel plays (what add_video writes,
+                # without the moviepy it needs): encoded by Pillow, written as an image summary.
+                writer = tracker.writer._get_file_writer()
+                for key, path in result.media.items():
+                    if Path(path).suffix.lower() != ".png":
+                        writer.add_summary(gif_summary(f"validation/{key}", read_media(Path(path))), result.step)
                 return
             import wandb
 
