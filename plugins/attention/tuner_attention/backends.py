@@ -98,7 +98,14 @@ def problems(name: str, device: torch.device, mixed_precision: str) -> list[str]
             with attention_backend(backend.diffusers):
                 pass
         except (RuntimeError, ValueError, ImportError) as exc:
-            missing.append(str(exc).splitlines()[0].rstrip("."))
+            line = str(exc).splitlines()[0].rstrip(".")
+            if "sageattention>=2" in line:
+                # diffusers asks for SageAttention 2, which PyPI does not serve (it has 1.0.x): say where it comes from.
+                line += (
+                    " (PyPI serves sageattention 1.0.x only: build 2.x from https://github.com/thu-ml/SageAttention,"
+                    " or use sageattention-hub with the kernels package)"
+                )
+            missing.append(line)
     return missing
 
 

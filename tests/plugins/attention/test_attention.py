@@ -56,7 +56,7 @@ def test_training_with_a_forced_sdpa_kernel_matches_the_default(make_run, cli):
 @pytest.mark.parametrize(
     "mechanism, missing",
     [
-        ("sageattention", ["needs a CUDA device (this run is on cpu)", "sageattention>="]),
+        ("sageattention", ["needs a CUDA device (this run is on cpu)", "sageattention>=", "PyPI serves sageattention 1.0.x only"]),
         ("flash-attn", ["a CUDA device", "bf16 or fp16 activations", "flash-attn>="]),
         ("sdpa-cudnn", ["a CUDA device", "bf16 or fp16"]),
     ],
