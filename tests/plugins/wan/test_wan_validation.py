@@ -207,4 +207,5 @@ def test_a_cli_run_validates_a_baseline_logs_eval_loss_and_writes_a_model_card(m
     assert [r["eval_loss"] > 0 for r in read_log(out) if r["event"] == "step"] == [True, True]
     assert (out / "validation" / "step-0" / "main.mp4").is_file() and (out / "validation" / "step-2" / "contact-sheet.png").is_file()
     card = (out / "README.md").read_text()
-    assert "(model family `wan`)" in card and "validation/step-2/main.mp4" in card
+    assert "(model family `wan`, flavour `t2v-480p-1.3b-2.1`)" in card and "validation/step-2/main.mp4" in card
+    assert "pipeline_tag: text-to-video" in card and "url: validation/step-2/main.mp4" in card  # the Hub's widget
