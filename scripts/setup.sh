@@ -23,13 +23,19 @@ if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ]; then
 else
   if [ ! -x .venv/bin/python ]; then
     shared=""
+    note=""
     if "$PY" -c "import torch" 2>/dev/null; then
       shared="--system-site-packages"  # reuse the torch (and friends) this Python has
+      note=" (it sees the packages of $PY, which has torch)"
+      # ... and its pip, rather than installing another copy into .venv.
+      if "$PY" -c "import pip" 2>/dev/null; then shared="$shared --without-pip"; fi
     fi
-    note=""
-    [ -n "$shared" ] && note=" (it sees the packages of $PY, which has torch)"
     echo "setup: making a virtual environment in .venv$note"
-    "$PY" -m venv $shared .venv
+    if ! "$PY" -m venv $shared .venv; then
+      rm -rf .venv
+      echo "setup: $PY cannot make a virtual environment; on Debian/Ubuntu: sudo apt install python3-venv" >&2
+      exit 1
+    fi
   else
     echo "setup: reusing the virtual environment in .venv"
   fi
