@@ -34,3 +34,27 @@ def test_a_mistyped_flag_or_a_stray_word_is_one_line(tmp_path):
 def test_train_help_says_so():
     out = " ".join(run_cli(["train", "--help"]).output.split())
     assert "--KEY VALUE or --KEY=VALUE" in out and "--learning_rate 1e-4" in out
+
+
+def test_model_family_alone_switches_its_plugin_on(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"model_family": "wan", "learning_rate": 5e-5}')  # SimpleTuner's switch, no plugins list
+    result = run_cli(["config", "show", "--config", str(path)])
+    assert result.exit_code == 0, result.stderr
+    assert "plugin 'wan' switched on" in result.stderr and 'model_family = "wan"' in result.output
+
+
+def test_a_family_answers_to_the_aliases_it_declares():
+    from typing import Any
+
+    from tuner.hookspecs import hookimpl
+    from tuner.plugins import PluginHost
+
+    class Aliased:
+        @hookimpl
+        def register_model_families(self, register: Any) -> None:
+            register("toyvideo", "a toy", aliases=("toy-video", "tv"))
+
+    host = PluginHost.build([], extra={"aliased": Aliased()})
+    assert host.resolve_family("tv") == "toyvideo" and host.family_named("toy-video") == "toyvideo"
+    assert host.family_named("wan") is None
