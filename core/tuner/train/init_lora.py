@@ -99,6 +99,7 @@ def _load(adapter: Adapter, source: LoraFile, rank: int, alpha: float) -> str:
     state = adapter.network.state_dict() if weights.kind == "lycoris" else {}  # type: ignore[attr-defined]
     lora_names = {m: n for n, m in getattr(adapter, "module_names", {}).items()}
     rescaled = set()
+    lycoris_state = {}
     with torch.no_grad():
         for key, value in weights.tensors.items():
             module = weights.module_of(key)
@@ -117,7 +118,12 @@ def _load(adapter: Adapter, source: LoraFile, rank: int, alpha: float) -> str:
                 if factor != 1.0:
                     rescaled.add(f"{factor:g}")
                     value = value.double() * factor
-            target.copy_(value.to(target.dtype))
+            if weights.kind == "lora":
+                target.copy_(value.to(target.dtype))
+            else:  # LyCORIS's state dict is not always its parameters (a LoKr rescales w1): load it its way
+                lycoris_state[f"{lora_names[module]}.{param}"] = value.to(target.dtype)
+        if lycoris_state:
+            adapter.network.load_state_dict(lycoris_state, strict=False)  # type: ignore[attr-defined]
     kind = f"{weights.kind} rank {rank}" if weights.kind == "lora" else weights.kind
     line = (
         f"{WHAT} {name} ({source.layout} layout, {kind}): {len(file_modules)} of the {len(run_modules)} adapted"

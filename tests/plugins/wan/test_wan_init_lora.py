@@ -122,3 +122,30 @@ def test_hook_lora_naming_maps_every_original_name_both_ways():
     with pytest.raises(ValueError):
         naming.from_original("blocks.0.self_attn.nope")
     assert set(naming.loads_in) == {"comfyui", "kohya", "diffusers", "peft", "lycoris"}
+
+
+def test_init_lora_from_a_lycoris_file_starts_at_its_weights(make_run, cli, tiny_model_dir, tmp_path):
+    import json
+
+    from diffusers import WanTransformer3DModel
+
+    from tuner.train.adapters import Lycoris
+
+    options = tmp_path / "lokr.json"
+    options.write_text(json.dumps({"algo": "lokr", "multiplier": 1.0, "linear_dim": 4, "linear_alpha": 2, "factor": 4}))
+    config = make_run(name="lokr", steps=2, clips=1, overrides=[
+        "validation.validation_prompt=''", "train.learning_rate=1e-2", "train.lora_type='lycoris'",
+        f"train.lycoris_config='{options}'", "train.checkpoint_step_interval=0"])
+    assert cli(["train", "--config", str(config)]).exit_code == 0
+    source = config.parent / "output" / "pytorch_lora_weights.safetensors"
+    namings = PluginHost.build(["wan"]).lora_namings()
+    model = WanTransformer3DModel.from_pretrained(str(tiny_model_dir("wan")), subfolder="transformer")
+    tc = TrainSection(lora_type="lycoris", lycoris_config=options, lora_rank=4)
+    adapter = Lycoris(model, tc, ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"])
+    [line] = init_from_file(AdapterSet([(Expert("denoiser", model), adapter)]), source, 4, 4.0, namings)
+    assert "(comfyui layout, lycoris)" in line and "20 of the 20" in line
+    expected = read_adapter(source, namings).weights.tensors
+    got = adapter.weights().tensors
+    assert sorted(k for k in expected if (got[k] - expected[k]).abs().max().item() > 0) == []
+    with pytest.raises(ConfigError, match="is a lycoris adapter and this run trains lora: set lora_type = 'lycoris'"):
+        init_from_file(_fresh(tiny_model_dir), source, 4, 8.0, namings)
