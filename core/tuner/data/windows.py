@@ -28,18 +28,14 @@ if TYPE_CHECKING:
     from tuner.data.probe import MediaInfo
 
 __all__ = [
-    "FrameExtraction",
     "ClipClock",
     "clip_clock",
     "plan_windows",
     "random_start",
     "file_windows",
     "clock_summary",
-    "EXTRACTIONS",
 ]
 
-FrameExtraction = Literal["head", "chunk", "slide", "uniform", "full", "random"]
-EXTRACTIONS: tuple[str, ...] = ("head", "chunk", "slide", "uniform", "full", "random")
 Action = Literal["resampled", "kept", "repeated", "raw"]
 
 
