@@ -237,9 +237,10 @@ def config_docs(plugin: PluginOpt = None) -> None:
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default: in output_dir).")]
 
 
-@plot_app.command("lr")
+@plot_app.command("lr", context_settings=_EXTRA_OPTIONS, epilog=OPTION_FLAGS_HELP)
 @friendly_errors
 def plot_lr(
+    ctx: typer.Context,
     config: ConfigOpt,
     plugin: PluginOpt = None,
     set_: SetOpt = None,
@@ -249,20 +250,22 @@ def plot_lr(
     """Write a PNG of the learning rate over the run."""
     from tuner.train.plots import plot_lr as draw
 
-    _, cfg = load_run_config(config, plugin, set_)
+    _, cfg = load_run_config(config, plugin, _with_flags(ctx, set_))
     total = steps or cfg.train.max_train_steps
     if not total:
         raise _fail("max_train_steps is 0 (the length comes from epochs): pass --steps")
     typer.echo(draw(cfg, total, out or Path(cfg.train.output_dir) / "lr_schedule.png"))
 
 
-@plot_app.command("timesteps")
+@plot_app.command("timesteps", context_settings=_EXTRA_OPTIONS, epilog=OPTION_FLAGS_HELP)
 @friendly_errors
-def plot_timesteps(config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
+def plot_timesteps(
+    ctx: typer.Context, config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None, out: OutOpt = None
+) -> None:
     """Write a PNG histogram of the noise levels (sigmas) training samples."""
     from tuner.train.plots import plot_timesteps as draw
 
-    _, cfg = load_run_config(config, plugin, set_)
+    _, cfg = load_run_config(config, plugin, _with_flags(ctx, set_))
     typer.echo(draw(cfg, out or Path(cfg.train.output_dir) / "timesteps.png"))
 
 

@@ -58,3 +58,10 @@ def test_a_family_answers_to_the_aliases_it_declares():
     host = PluginHost.build([], extra={"aliased": Aliased()})
     assert host.resolve_family("tv") == "toyvideo" and host.family_named("toy-video") == "toyvideo"
     assert host.family_named("wan") is None
+
+
+def test_plot_takes_option_flags_too(tmp_path):
+    out = tmp_path / "lr.png"
+    result = run_cli(["plot", "lr", "--config", _config(tmp_path), "--max_train_steps", "10", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
