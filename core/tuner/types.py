@@ -171,6 +171,9 @@ class ModelBundle:
         ``diffusers`` layout says ``diffusers``. Empty: ``diffusers``.
     :ivar pipeline_tag: the Hub's task of the model (``"text-to-video"``),
         written into the model card's metadata.
+    :ivar license: the base model's license as the Hub names it
+        (``"apache-2.0"``, or ``"other"`` for a custom one); the model card and
+        adapter files (``modelspec.license``) carry it. Empty: not said.
     """
 
     family: str
@@ -205,6 +208,7 @@ class ModelBundle:
     architecture: str = ""
     implementation: str = ""
     pipeline_tag: str = ""
+    license: str = ""
 
     def latent_tokens(self, block_output: Any) -> torch.Tensor:
         """The latent tokens' hidden states in what a block of the first ``block_lists`` stack returned."""
@@ -482,6 +486,7 @@ class RunInfo:
     :ivar base_model: the bundle's ``base_model`` (hub id or path of the base weights).
     :ivar pipeline_tag: the bundle's ``pipeline_tag`` (the Hub's task).
     :ivar flavour: the bundle's ``flavour``.
+    :ivar license: the bundle's ``license``.
     """
 
     output_dir: Path
@@ -492,6 +497,7 @@ class RunInfo:
     base_model: str = ""
     pipeline_tag: str = ""
     flavour: str = ""
+    license: str = ""
 
 
 class TokenRoute(NamedTuple):

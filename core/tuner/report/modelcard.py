@@ -48,6 +48,7 @@ def _card_data(run: RunInfo, validation: ValidationResult | None, on_hub: bool) 
         library_name="diffusers",
         base_model=run.base_model if on_hub else None,
         pipeline_tag=run.pipeline_tag or None,
+        license=run.license or None,
         tags=tags,
         instance_prompt=", ".join(config.train.trigger_words) or None,
         widget=widget or None,

@@ -149,6 +149,7 @@ def adapter_metadata(
         "modelspec.trigger_phrase": triggers or None,
         "modelspec.timestep_range": f"{round(low * 1000)},{round(high * 1000)}" if (low, high) != (0.0, 1.0) else None,
         "modelspec.tags": ", ".join(filter(None, ["lora", bundle.family, bundle.flavour])),
+        "modelspec.license": bundle.license or None,  # the base model's: an adapter of it is bound by it
         # tuner's own
         "tuner.version": __version__,
         "tuner.family": bundle.family,

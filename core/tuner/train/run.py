@@ -290,6 +290,7 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
         base_model=bundle.base_model,
         pipeline_tag=bundle.pipeline_tag,
         flavour=bundle.flavour,
+        license=bundle.license,
     )
     trainer = Trainer(
         host,

@@ -91,6 +91,8 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         architecture=f"flux-1-{section.flux_model_flavour}",  # ModelSpec's id of FLUX.1 (kohya writes the same)
         implementation="https://github.com/black-forest-labs/flux",
         pipeline_tag="text-to-image",
+        # FLUX.1 schnell is Apache-2.0; dev has its own non-commercial licence ("other" on the Hub).
+        license="apache-2.0" if section.flux_model_flavour == "schnell" else "other",
     )
 
 

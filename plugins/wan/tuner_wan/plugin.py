@@ -96,6 +96,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         architecture=flavour.architecture,
         implementation=f"https://github.com/Wan-Video/Wan{flavour.version}",
         pipeline_tag="image-to-video" if flavour.conditioned else "text-to-video",
+        license="apache-2.0",  # every Wan 2.1 / 2.2 release's model card
     )
 
 

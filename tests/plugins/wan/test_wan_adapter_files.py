@@ -56,6 +56,7 @@ def test_metadata_round_trips_names_the_expert_and_peft_and_diffusers_load_the_f
     assert meta["tuner.flavour"] == "t2v-14b-2.2-low" and meta["tuner.expert"] == "transformer_2"
     assert json.loads(meta["tuner.load_kwargs"]) == {"load_into_transformer_2": True}
     assert meta["ss_steps"] == "1" and meta["modelspec.resolution"] == "64x64" and meta["tuner.layout"] == "comfyui"
+    assert meta["modelspec.license"] == "apache-2.0"
     assert meta["modelspec.timestep_range"] == "0,875"  # the tiny T2V A14B's boundary: the low-noise range
     assert "ffn.net.2" in json.loads(meta["tuner.target_modules"])
     assert not any("/tmp" in value or str(tmp_path) in value for value in meta.values()), "no local path leaves the machine"

@@ -209,3 +209,4 @@ def test_a_cli_run_validates_a_baseline_logs_eval_loss_and_writes_a_model_card(m
     card = (out / "README.md").read_text()
     assert "(model family `wan`, flavour `t2v-480p-1.3b-2.1`)" in card and "validation/step-2/main.mp4" in card
     assert "pipeline_tag: text-to-video" in card and "url: validation/step-2/main.mp4" in card  # the Hub's widget
+    assert "license: apache-2.0" in card
