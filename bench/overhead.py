@@ -3,6 +3,7 @@
     python bench/overhead.py            # mid-size and tiny ratios + tiny demo figures
     python bench/overhead.py --quick    # fewer steps
     python bench/overhead.py --flux     # plus the Flux row (`flux_overhead`)
+    python bench/overhead.py --row i2v --rounds 5   # one row, five rounds (ratios' range and IQR)
 
 For two sizes of the Wan transformer (random init) both loops train the same
 model with LoRA on the same modules, AdamW and the same cached batch shape,
@@ -23,7 +24,9 @@ per size: median step times, their ratio in wall time and in CPU time (this
 process's, all threads: on a machine other jobs share, wall time also counts the
 moments they held the cores, so read the CPU ratio there), the time per step tuner
 spends outside forward/backward/optimizer (tuner's median minus the bare loop's,
-whose step is nothing else), and voluntary context switches per step of each loop
+whose step is nothing else), each round's own ratios (tuner's median over the bare
+loop's of the same round) with their range, so one run shows whether a ratio
+above its target is noise, and voluntary context switches per step of each loop
 (``getrusage().ru_nvcsw``): a helper thread that starts torch work next to the
 training thread shows up there first (ten times more switches, DESIGN.md). Then
 the tiny demo through the CLI: median s/step (target <= 0.01), launch -> first
@@ -167,6 +170,11 @@ def timed_loop(step: Callable[[], None], steps: int) -> Loop:
 
 def tuner_steps(model: Path, folder: Path, size: Size, steps: int) -> Loop:
     """A real tuner run on ``size``'s clips."""
+    return timed_run("wan", tuner_config(model, folder, size), steps)
+
+
+def tuner_config(model: Path, folder: Path, size: Size) -> dict[str, Any]:
+    """The raw config of a tuner run on ``size``'s clips (written next to ``folder`` once, cached there)."""
     from tuner.data.synthetic import write_synthetic_clips
 
     clips = folder.parent / "clips"
@@ -186,7 +194,7 @@ def tuner_steps(model: Path, folder: Path, size: Size, steps: int) -> Loop:
             **({"model_flavour": size.flavour} if size.flavour else {}),
         },
     }
-    return timed_run("wan", raw, steps)
+    return raw
 
 
 def bare_loop(
@@ -277,8 +285,31 @@ def report(title: str, bare: list[Loop], tuner: list[Loop], target: float) -> fl
     t, b = wall["tuner"], wall["bare loop"]
     ratio_cpu = cpu["tuner"] / cpu["bare loop"]
     print(f"  ratio tuner / bare      {t / b:.3f} wall, {ratio_cpu:.3f} CPU   (target <= {target}; busy machine: read CPU)")
+    walls, cpus = round_ratios(bare, tuner)
+    print(f"  per-round ratios        wall {spread(walls)}")
+    print(f"                          CPU  {spread(cpus)}")
     print(f"  outside fwd/bwd/opt     {(t - b) * 1000:.2f} ms per step")
     return t / b
+
+
+def round_ratios(bare: list[Loop], tuner: list[Loop]) -> tuple[list[float], list[float]]:
+    """tuner / bare of each round (its two loops ran back to back): (median wall step ratios, CPU ratios)."""
+    walls = [statistics.median(t.times) / statistics.median(b.times) for b, t in zip(bare, tuner, strict=True)]
+    cpus = [t.cpu / b.cpu for b, t in zip(bare, tuner, strict=True)]
+    return walls, cpus
+
+
+def spread(ratios: list[float]) -> str:
+    """The rounds' ratios with their min-max range (and interquartile range from four rounds on).
+
+    One run then shows whether a ratio is noise: a median above the target while
+    the rounds range from below to above it says "measure again on an idle machine".
+    """
+    text = " ".join(f"{r:.3f}" for r in ratios) + f"  (range {min(ratios):.3f}-{max(ratios):.3f}"
+    if len(ratios) >= 4:
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        text += f", IQR {q1:.3f}-{q3:.3f}"
+    return text + ")"
 
 
 def compare(folder: Path, size: Size, steps: int, rounds: int) -> None:
@@ -383,8 +414,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps and rounds")
     parser.add_argument("--flux", action="store_true", help="also measure the Flux row")
     parser.add_argument("--only-flux", action="store_true", help="measure the Flux row alone")
+    parser.add_argument("--rounds", type=int, help="rounds per row (default 3, --quick 2); 4 or more print an IQR")
+    parser.add_argument("--row", choices=["mid", "i2v", "tiny"], action="append", help="only these Wan rows (repeatable)")
     args = parser.parse_args()
-    rounds = 2 if args.quick else 3
+    rounds = args.rounds or (2 if args.quick else 3)
     load = os.getloadavg()[0]
     print(f"threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
     print(f"load average (1 min): {load:.2f} on {os.cpu_count()} CPUs" + ("  -- busy machine: figures are indicative" if load > 0.5 else ""))
@@ -397,8 +430,11 @@ def main() -> None:
         folder = Path(tmp)
         if args.flux:
             flux_overhead(folder, flux_steps, rounds)
-        for size, steps in zip(SIZES, (4, 4, 30) if args.quick else (8, 8, 60)):
-            compare(folder / size.name.split()[0], size, steps, rounds)
+        for key, size, steps in zip(("mid", "i2v", "tiny"), SIZES, (4, 4, 30) if args.quick else (8, 8, 60)):
+            if not args.row or key in args.row:
+                compare(folder / size.name.split()[0], size, steps, rounds)
+        if args.row:
+            return
         figures = tiny_demo_figures(folder, 40)
         print("\ntiny demo through the CLI")
         print(f"  median s/step           {figures['median_s_per_step']:.4f}   (target <= 0.01)")
