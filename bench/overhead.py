@@ -118,7 +118,7 @@ def write_mid_model(folder: Path) -> Path:
     return write_model(folder, SIZES[0])
 
 
-def timed_run(plugin: str, raw: dict, steps: int) -> Loop:
+def timed_run(plugin: str, raw: dict, steps: int, extra: dict[str, Any] | None = None) -> Loop:
     """Wall time between consecutive steps of a real tuner run of ``raw`` (everything the loop does).
 
     Runs ``steps + 1`` steps and drops the first (warm-up), so it yields ``steps``
@@ -142,7 +142,7 @@ def timed_run(plugin: str, raw: dict, steps: int) -> Loop:
             self.marks.append((time.perf_counter(), *usage()))
 
     clock = Clock()
-    host = PluginHost.build([plugin], extra={"clock": clock})
+    host = PluginHost.build([plugin], extra={"clock": clock, **(extra or {})})
     raw = {
         **raw,
         "train": {**raw["train"], "max_train_steps": steps + 1},
@@ -198,30 +198,44 @@ def tuner_config(model: Path, folder: Path, size: Size) -> dict[str, Any]:
 
 
 def bare_loop(
-    model_class: Any, model: Path, rank: int, targets: list[str], latents: torch.Tensor, forward: Callable[..., Any], steps: int
+    model_class: Any,
+    model: Path,
+    rank: int,
+    targets: list[str],
+    latents: torch.Tensor,
+    forward: Callable[..., Any],
+    steps: int,
+    mixed_precision: str = "no",
+    dtype: torch.dtype | None = None,
 ) -> Loop:
     """A training loop with no tuner code: accelerate + diffusers + peft on one cached batch.
 
     ``forward(transformer, noisy, sigma)`` calls the family's transformer; the
     rest (noise, velocity MSE, backward, clipping, AdamW, reading the loss) is
-    what any flow-matching loop does.
+    what any flow-matching loop does. On a CUDA machine it runs there (bench/gpu.py:
+    ``mixed_precision="bf16"`` and a bf16 base, the adapter float32 as tuner keeps it).
     """
     from accelerate import Accelerator
     from peft import LoraConfig
 
     from tuner.train.timesteps import velocity_errors
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    transformer = model_class.from_pretrained(str(model), subfolder="transformer").requires_grad_(False)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
+    loaded = model_class.from_pretrained(str(model), subfolder="transformer", **({"torch_dtype": dtype} if dtype else {}))
+    transformer = loaded.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
     params = [p for p in transformer.parameters() if p.requires_grad]
+    for p in params:  # trainable parameters are float32 (DESIGN.md), whatever the base's dtype
+        p.data = p.data.float()
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
-    generator = torch.Generator().manual_seed(0)
+    device = accelerator.device
+    latents = latents.to(device)
+    generator = torch.Generator(device).manual_seed(0)
 
     def step() -> None:
-        sigma = torch.sigmoid(torch.randn(1, generator=generator))
-        noise = torch.randn(latents.shape, generator=generator)
+        sigma = torch.sigmoid(torch.randn(1, generator=generator, device=device))
+        noise = torch.randn(latents.shape, generator=generator, device=device)
         noisy = (1 - sigma) * latents + sigma * noise
         loss = velocity_errors(forward(transformer, noisy, sigma), latents, noise).mean()
         accelerator.backward(loss)
