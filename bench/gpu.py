@@ -94,6 +94,11 @@ def base_config(folder: Path, key: str) -> dict[str, Any]:
     }
 
 
+def plugins(settings: dict[str, Any]) -> list[str]:
+    """Wan plus the feature plugins whose sections a row sets (``train`` is the core's)."""
+    return ["wan", *(section for section in settings if section not in ("train", "data", "validation"))]
+
+
 def merged(base: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for section, values in settings.items():
@@ -136,7 +141,7 @@ def run_row(row: Row, folder: Path) -> dict[str, Any]:
     else:
         raw = merged(base_config(folder, row.model), row.settings)
         extra = {"compile": CompileBlocks()} if row.compile_blocks else {}
-        loop = overhead.timed_run("wan", raw, row.steps, extra)
+        loop = overhead.timed_run(plugins(row.settings), raw, row.steps, extra)
     return {"times": loop.times, "peak_bytes": torch.cuda.max_memory_allocated()}
 
 

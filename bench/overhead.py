@@ -118,7 +118,7 @@ def write_mid_model(folder: Path) -> Path:
     return write_model(folder, SIZES[0])
 
 
-def timed_run(plugin: str, raw: dict, steps: int, extra: dict[str, Any] | None = None) -> Loop:
+def timed_run(plugin: str | list[str], raw: dict, steps: int, extra: dict[str, Any] | None = None) -> Loop:
     """Wall time between consecutive steps of a real tuner run of ``raw`` (everything the loop does).
 
     Runs ``steps + 1`` steps and drops the first (warm-up), so it yields ``steps``
@@ -142,7 +142,8 @@ def timed_run(plugin: str, raw: dict, steps: int, extra: dict[str, Any] | None =
             self.marks.append((time.perf_counter(), *usage()))
 
     clock = Clock()
-    host = PluginHost.build([plugin], extra={"clock": clock, **(extra or {})})
+    names = [plugin] if isinstance(plugin, str) else plugin
+    host = PluginHost.build(names, extra={"clock": clock, **(extra or {})})
     raw = {
         **raw,
         "train": {**raw["train"], "max_train_steps": steps + 1},
