@@ -402,6 +402,10 @@ class ValidationRequest:
         cheap preview of the clip in `ValidationResult.preview_frames`: the
         denoised estimate at that step, decoded at low cost. Empty: no previews
         (always empty for a bundle whose ``renders_previews`` is false).
+    :ivar on_sampler_step: a family calls it once after each sampler step of
+        each clip (no argument) so that the round's progress moves while a
+        clip renders; ``None``: nobody listens. A family that never calls it
+        still works: the progress then moves a whole clip at a time.
     """
 
     step: int
@@ -418,6 +422,7 @@ class ValidationRequest:
     skip_layer_guidance: SkipLayerGuidance | None = None
     conditioning_frames: dict[str, Any] = field(default_factory=dict)
     preview_steps: tuple[int, ...] = ()
+    on_sampler_step: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)

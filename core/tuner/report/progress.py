@@ -38,6 +38,8 @@ __all__ = [
     "log_format",
     "mute",
     "task_progress",
+    "stage",
+    "eta_text",
     "TrainProgress",
 ]
 
@@ -88,14 +90,56 @@ def notice(message: str) -> None:
     console().print(f"[yellow]notice:[/] {shown(message)}", highlight=False, soft_wrap=True)
 
 
+def eta_text(seconds: float) -> str:
+    """``seconds`` left as a plain log line says it: ``42s``, ``3m05s``, ``1h02m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# Off a terminal a task prints a plain line when it moved 5% and PLAIN_GAP_S passed since the last line,
+# or PLAIN_EVERY_S passed whatever it moved: about twenty lines for a long task, none for a quick one.
+PLAIN_GAP_S = 2.0
+PLAIN_EVERY_S = 10.0
+
+
+@contextmanager
+def stage(description: str) -> Iterator[None]:
+    """One long step without a count (loading a component): ``description ...`` before, the seconds after.
+
+    Shown in the ``auto`` log format, on a terminal and off it alike (plain lines either way).
+    """
+    if log_format() != "auto":
+        yield
+        return
+    con = console()
+    con.print(f"{description} ...", highlight=False, soft_wrap=True)
+    start = time.perf_counter()
+    yield
+    if (seconds := time.perf_counter() - start) >= 1.0:  # a quick stage needs no second line
+        con.print(f"{description}: done in {seconds:.1f}s", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def task_progress(description: str, total: int, unit: str = "items") -> Iterator[Callable[[int], None]]:
-    """A progress bar with a rate; yields ``advance(n)``."""
+    """A progress bar with a rate and the time left; yields ``advance(n)``.
+
+    Off a terminal (a log file, a pipe) the same as plain lines, ``description:
+    done/total unit, rate, ETA`` (when it moved 5% and `PLAIN_GAP_S` passed, or
+    `PLAIN_EVERY_S` passed), then one closing line.
+    """
     if log_format() != "auto":
         yield lambda n: None
         return
     con = console()
     start = time.perf_counter()
+    if not con.is_terminal:
+        with _plain_task(con, description, total, unit, start) as advance:
+            yield advance
+        return
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -114,9 +158,29 @@ def task_progress(description: str, total: int, unit: str = "items") -> Iterator
             progress.update(task, advance=n, rate=f"{rate:.1f} {unit}/s" if rate >= 1 else f"{1 / rate:.1f} s/{unit}")
 
         yield advance
-    if not con.is_terminal:
-        elapsed = time.perf_counter() - start
-        con.print(f"{description}: {done}/{total} {unit} in {elapsed:.1f}s")
+
+
+@contextmanager
+def _plain_task(con: Console, description: str, total: int, unit: str, start: float) -> Iterator[Callable[[int], None]]:
+    done, shown, last = 0, 0, start
+    step = max(1, total // 20)
+
+    def advance(n: int) -> None:
+        nonlocal done, shown, last
+        done += n
+        now = time.perf_counter()
+        due = (done - shown >= step and now - last >= PLAIN_GAP_S) or now - last >= PLAIN_EVERY_S
+        if done >= total or not due:
+            return  # the closing line says the end
+        shown, last = done, now
+        rate = done / max(1e-9, now - start)
+        one = unit[:-1] if unit.endswith("s") else unit
+        speed = f"{rate:.1f} {unit}/s" if rate >= 1 else f"{1 / rate:.1f} s/{one}" if rate > 0 else ""
+        left = f", ETA {eta_text((total - done) / rate)}" if rate > 0 and total else ""
+        con.print(f"{description}: {done}/{total} {unit}, {speed}{left}", highlight=False, soft_wrap=True)
+
+    yield advance
+    con.print(f"{description}: {done}/{total} {unit} in {time.perf_counter() - start:.1f}s", highlight=False)
 
 
 class TrainProgress:
@@ -146,6 +210,7 @@ class TrainProgress:
         )
         self.task = self.progress.add_task("train", total=total, completed=start, stats="")
         self._shown = 0.0  # perf_counter() of the last update shown
+        self._began = time.perf_counter()  # the plain lines' ETA: the average step of this run so far
 
     def __enter__(self) -> TrainProgress:
         self.progress.__enter__()
@@ -170,7 +235,10 @@ class TrainProgress:
             stats += "  update skipped" + (f" (loss scale now {logs['loss_scale']:g})" if "loss_scale" in logs else "")
         self.progress.update(self.task, completed=step, stats=stats)
         if printing:
-            self.console.print(f"step {step}/{self.total}  {stats}")
+            # Off a terminal the line carries what the live bar shows on the right: the time left.
+            done = max(1, step - self.start)
+            left = (now - self._began) / done * (self.total - step)
+            self.console.print(f"step {step}/{self.total}  {stats}  ETA {eta_text(left)}")
 
     def note(self, message: str) -> None:
         if not self.silent:

@@ -170,20 +170,29 @@ def run_validation(
     windows = first_windows(config, bundle, images)  # a dataset clip starts where its first training window does
     out = ValidationResult(step=step)
     rows: list[tuple[str, list[np.ndarray]]] = []
+    per_clip = v.validation_num_inference_steps
     with inference_state(bundle), task_progress(
-        f"validation (step {step})", len(keys) * len(variants), unit="clips"
+        f"validation (step {step}, {len(keys) * len(variants)} clip(s))", len(keys) * len(variants) * per_clip, unit="steps"
     ) as advance:
+        reported = [0]  # sampler steps the family reported for the clip being rendered
+
+        def sampler_step() -> None:
+            reported[0] += 1
+            advance(1)
+
         for size in sizes:
             for nickname, prompt in prompts.items():
                 key = key_of(nickname, size)
                 request = _request(config, step, key, prompt, size, folder)
                 request.preview_steps = request_steps(bundle, config)
+                request.on_sampler_step = sampler_step
                 shown, preview_rows = [], []
                 if nickname in images:
                     # Image-to-video: the frame(s) the clip starts from, shown first in its row.
                     request.conditioning_frames[key] = load_first_frames(images[nickname], *size, windows)
                     shown.append(thumbnails(request.conditioning_frames[key]))
                 for suffix, swap in variants:
+                    reported[0] = 0
                     with swap() if swap is not None else contextlib.nullcontext():
                         rendered = host.validate(bundle, request)
                     name = f"{key}-{suffix}" if suffix else key
@@ -195,7 +204,7 @@ def run_validation(
                     if files:
                         out.previews[name] = files
                         preview_rows.append(preview_row(key, (suffix or "trained") if len(variants) > 1 else "", previews))
-                    advance(1)
+                    advance(max(0, per_clip - reported[0]))  # a family that does not report steps: the whole clip
                 names = [s or "trained" for s, _ in variants]
                 if nickname in images:
                     names.insert(0, "first frame")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from tuner.hookspecs import hookimpl
-from tuner.report.progress import notice, say
+from tuner.report.progress import notice, say, task_progress
 
 from tuner_quantize.settings import QuantizeSection
 
@@ -49,11 +49,17 @@ def prepare_model(
             raise PluginError(
                 f"base_model_precision = '{precision}' is refused for model family '{bundle.family}': {reason}"
             )
-        include = [f"{path}.*" for path in bundle.block_lists] or None
-        layers = sum(
-            quantize_weights(module, precision, include=include, where=where, option="base_model_precision")
+        # Block by block (each visits `where` alone, and a 14B expert's 40 blocks show their progress);
+        # a family that lists no blocks is quantized whole.
+        parts = [
+            [block for path in bundle.block_lists for block in module.get_submodule(path)] or [module]
             for module in bundle.denoisers()  # every expert of a model that has several
-        )
+        ]
+        layers = 0
+        with task_progress(f"quantizing the denoiser to {precision}", sum(map(len, parts)), unit="blocks") as advance:
+            for part in (p for group in parts for p in group):
+                layers += quantize_weights(part, precision, include=None, where=where, option="base_model_precision")
+                advance(1)
         say(f"quantized base: {layers} layers of the denoiser in {precision}, on {where}")
     text = [key for key, kind in bundle.encoders.items() if kind == "text"]
     for n, precision in enumerate((section.text_encoder_1_precision, section.text_encoder_2_precision)):

@@ -30,13 +30,22 @@ __all__ = ["load_components", "load_conditioning_parts"]
 
 @contextmanager
 def _quiet_library_bars() -> Iterator[None]:
-    """Hide the libraries' per-file loading bars for the duration, then restore them."""
+    """Hide the libraries' per-file loading bars for the duration, then restore them.
+
+    The Hub's download bars stay: a first run downloads tens of gigabytes, and its own bars
+    (file, size, rate, time left) are the progress of that wait. transformers'
+    ``disable_progress_bar`` turns those off too, so they are turned back on.
+    """
     import diffusers.utils.logging as dlog
+    import huggingface_hub.utils as hub
     import transformers.utils.logging as tlog
 
+    downloads = not hub.are_progress_bars_disabled()
     states = [(lib, lib.is_progress_bar_enabled()) for lib in (dlog, tlog)]
     for lib, _ in states:
         lib.disable_progress_bar()
+    if downloads:
+        hub.enable_progress_bars()
     try:
         yield
     finally:
@@ -76,20 +85,26 @@ def _load_parts(
     from safetensors import SafetensorError
     from transformers import AutoTokenizer, UMT5EncoderModel
 
+    from tuner.report.progress import stage
+
     revision = section.revision
     try:
-        transformers = {
-            key: load_denoiser(
-                WanTransformer3DModel, source, base=base, subfolder=subfolder, dtype=dtype, revision=revision,
-                option="wan.pretrained_transformer_model_name_or_path", component=component,
-                diffusers_prefixes=("blocks.0.attn1.", "condition_embedder."),
+        transformers = {}
+        for key, (source, subfolder, component) in _transformer_sources(section, base, transformer_src).items():
+            with stage(f"loading {component} from {source}"):  # a 14B expert takes minutes from a slow disk
+                transformers[key] = load_denoiser(
+                    WanTransformer3DModel, source, base=base, subfolder=subfolder, dtype=dtype, revision=revision,
+                    option="wan.pretrained_transformer_model_name_or_path", component=component,
+                    diffusers_prefixes=("blocks.0.attn1.", "condition_embedder."),
+                )
+        with stage(f"loading vae from {vae_src}"):
+            vae = AutoencoderKLWan.from_pretrained(
+                vae_src, subfolder="vae", torch_dtype=torch.float32, revision=revision
             )
-            for key, (source, subfolder, component) in _transformer_sources(section, base, transformer_src).items()
-        }
-        vae = AutoencoderKLWan.from_pretrained(vae_src, subfolder="vae", torch_dtype=torch.float32, revision=revision)
-        text_encoder = UMT5EncoderModel.from_pretrained(
-            t5_src, subfolder="text_encoder", torch_dtype=dtype, revision=revision
-        )
+        with stage(f"loading text_encoder (UMT5) from {t5_src}"):
+            text_encoder = UMT5EncoderModel.from_pretrained(
+                t5_src, subfolder="text_encoder", torch_dtype=dtype, revision=revision
+            )
         tokenizer = AutoTokenizer.from_pretrained(t5_src, subfolder="tokenizer", revision=revision)
         # Any scheduler class reads scheduler_config.json; its _class_name picks the real one (UniPC for Wan).
         scheduler_config = UniPCMultistepScheduler.load_config(base, subfolder="scheduler", revision=revision)

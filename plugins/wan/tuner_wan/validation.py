@@ -31,9 +31,11 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
         start = first_frame_factory(bundle, request, key)
         previews: dict[int, Any] = {}
 
-        def preview(step: int, x0: Any, previews: dict[int, Any] = previews) -> None:
+        def step_end(step: int, x0: Any, previews: dict[int, Any] = previews) -> None:
             if step in request.preview_steps:
                 previews[step] = decode_preview(pipe, x0)
+            if request.on_sampler_step is not None:  # the round's progress, step by step
+                request.on_sampler_step()
 
         result.frames[key] = sample_clip(
             pipe,
@@ -44,7 +46,7 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
             parts.get("validation_guidance_2"),
             enter,
             start,
-            preview if request.preview_steps else None,
+            step_end if request.preview_steps or request.on_sampler_step is not None else None,
         )
         if request.preview_steps:
             result.preview_frames[key] = previews

@@ -210,3 +210,40 @@ def test_a_cli_run_validates_a_baseline_logs_eval_loss_and_writes_a_model_card(m
     assert "(model family `wan`, flavour `t2v-480p-1.3b-2.1`)" in card and "validation/step-2/main.mp4" in card
     assert "pipeline_tag: text-to-video" in card and "url: validation/step-2/main.mp4" in card  # the Hub's widget
     assert "license: apache-2.0" in card
+
+
+def test_each_sampler_step_moves_the_rounds_progress(wan, capsys, monkeypatch):
+    from tuner.report import progress
+    from tuner.types import ValidationRequest
+    from tuner.validate.inference import inference_state
+
+    host, bundle, config, folder = wan
+    steps: list[int] = []
+    request = ValidationRequest(step=0, prompts={"main": SMALL["validation_prompt"]}, negative_prompt="", num_frames=5,
+                                width=32, height=32, num_inference_steps=4, guidance_scale=3.0, seed=42, output_dir=folder,
+                                on_sampler_step=lambda: steps.append(1))
+    with inference_state(bundle):
+        host.validate(bundle, request)
+    assert len(steps) == 4, "one call per sampler step"
+    monkeypatch.setattr(progress, "PLAIN_GAP_S", 0.0)  # a line per 5%: here every step
+    progress.set_log_format("auto")
+    capsys.readouterr()
+    run_validation(host, bundle, config(), 7)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("validation (step 7")]
+    assert [line.split(": ")[1].split(",")[0].split(" in")[0] for line in lines] == ["1/4 steps", "2/4 steps", "3/4 steps",
+                                                                                   "4/4 steps"]
+    assert "ETA" in lines[0]
+
+
+def test_loading_keeps_the_hubs_download_bars():
+    import diffusers.utils.logging as dlog
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as tlog
+
+    from tuner_wan.loading import _quiet_library_bars
+
+    hub.enable_progress_bars()
+    with _quiet_library_bars():
+        assert not dlog.is_progress_bar_enabled() and not tlog.is_progress_bar_enabled(), "per-file loading bars hidden"
+        assert not hub.are_progress_bars_disabled(), "download bars shown"
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
