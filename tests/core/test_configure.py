@@ -128,11 +128,12 @@ def test_the_default_memory_option_is_the_fastest_that_fits_else_the_smallest():
     work = Workload(tokens=profile.tokens(flavour, 81, 480, 832), text_tokens=512, rank=16)
     options = memory_options(PluginHost.build(all_installed=True))
     names = [o.name for o in options]
-    assert names[:3] == ["bf16", "bf16+checkpointing", "int8+checkpointing"] and "int8+checkpointing+offload" in names
+    assert names[:3] == ["bf16", "bf16+checkpointing", "int8+checkpointing"] and "bf16+checkpointing+offload" in names
+    assert "int8+checkpointing+offload" not in names, "offloading refuses a quantized base: never offered"
     rows = [(o, estimate(shape, work, precision=o.precision, checkpointing=o.checkpointing, offload=o.offload)) for o in options]
     assert default_memory(rows, 200.0) == ("bf16", True), "everything fits: no checkpointing is fastest"
     assert default_memory(rows, 24.0) == ("bf16+checkpointing", True)
-    assert default_memory(rows, 4.0) == ("int8+checkpointing+offload", False), "nothing fits: the smallest"
+    assert default_memory(rows, 4.0) == ("bf16+checkpointing+offload", False), "nothing fits: the smallest"
     by_name = {o.name: e for o, e in rows}
     offloaded, resident = by_name["bf16+checkpointing+offload"], by_name["bf16+checkpointing"]
     assert offloaded.weights < resident.weights / 10 and offloaded.seconds > resident.seconds
@@ -140,11 +141,11 @@ def test_the_default_memory_option_is_the_fastest_that_fits_else_the_smallest():
 
 def test_an_offload_answer_writes_the_plugins_options_and_loads(tmp_path, clips, tiny_sets):
     out = tmp_path / "config.toml"
-    result = _configure([str(clips), "--yes", "-p", "wan", "--out", str(out), "--memory", "int8+checkpointing+offload", *tiny_sets])
+    result = _configure([str(clips), "--yes", "-p", "wan", "--out", str(out), "--memory", "bf16+checkpointing+offload", *tiny_sets])
     assert result.exit_code == 0, result.output
     config = read_config_file(out)
-    assert config["offload"]["enable_group_offload"] is True and config["quantize"]["base_model_precision"] == "int8-quanto"
-    assert config["train"]["gradient_checkpointing"] is True and {"offload", "quantize"} <= set(config["plugins"])
+    assert config["offload"]["enable_group_offload"] is True and "quantize" not in config
+    assert config["train"]["gradient_checkpointing"] is True and "offload" in config["plugins"]
 
 
 def test_stills_suggest_an_image_family_whose_questions_skip_frames(tmp_path):

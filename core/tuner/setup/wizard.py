@@ -46,7 +46,8 @@ def _owner(host: PluginHost, option: str) -> str | None:
 
 def memory_options(host: PluginHost, accelerator: bool = False) -> list[MemoryOption]:
     """Fastest first. A quantized base is offered when an installed plugin has ``base_model_precision``,
-    group offload when one has ``enable_group_offload`` (with a side stream on a CUDA ``accelerator``)."""
+    group offload of the bf16 base when one has ``enable_group_offload`` (with a side stream on a CUDA
+    ``accelerator``); never both, which the offload plugin refuses."""
     options = [
         MemoryOption("bf16", "no_change", False, {"train.gradient_checkpointing": False}),
         MemoryOption("bf16+checkpointing", "no_change", True, {"train.gradient_checkpointing": True}),
@@ -65,7 +66,8 @@ def memory_options(host: PluginHost, accelerator: bool = False) -> list[MemoryOp
     offload = _owner(host, "enable_group_offload")
     if offload is not None:
         for base in options[1:]:
-            if base.precision in ("no_change", "int8-quanto"):
+            # bf16 only: offloading cannot move quantized weights (tensor subclasses) and refuses them at start.
+            if base.precision == "no_change":
                 stream = {f"{offload}.group_offload_use_stream": True} if accelerator else {}
                 settings = {**base.settings, f"{offload}.enable_group_offload": True, **stream}
                 options.append(MemoryOption(f"{base.name}+offload", base.precision, True, settings, offload=True))
