@@ -7,6 +7,15 @@ loss computation is the forward of `TrainingForward`, whose submodules are the
 trained networks: accelerate's wrapper sees every training forward, and plugins
 keep seeing the plain networks in ``bundle.denoiser`` and ``bundle.experts``.
 With one process `TrainingForward` is not wrapped at all.
+
+FSDP2 over NCCL (docs/scale.md), assumed and not yet run on GPUs by this project (accelerate on a
+CPU keeps a run MULTI_CPU and ignores the FSDP plugin; tests/plugins/offload/test_gpu_paths.py checks
+the plan on a CPU): accelerate wraps `TrainingForward` and its auto-wrap policy shards each module
+whose class is named in ``fsdp_transformer_layer_cls_to_wrap`` (``WanTransformerBlock``) wherever it
+sits, so a block called directly by token routing or an expert switch is still one FSDP unit; each
+block holds frozen bf16 weights and float32 LoRA parameters together, which FSDP2 (per-parameter
+sharding) allows and FSDP1's flat parameters did not; NCCL needs one CUDA device per process
+(``LOCAL_RANK``), which accelerate's launcher sets.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ Every name maps to a backend of diffusers' attention dispatcher; installing one 
 (the model's own, not the process-wide default: that is restored right after). A kernel without a
 backward pass (SageAttention) serves validation only: a module hook on each attention layer picks
 it when no gradient is being recorded, and PyTorch's SDPA otherwise.
+
+Assumed on CUDA, not run in this project's CI (tests/plugins/offload/test_gpu_paths.py plans them on a
+CPU; bench/gpu.py times the training ones on a card): the SageAttention kernels take bf16/fp16
+query/key/value on a CUDA device in the layout diffusers' dispatcher hands them, and the ``-sm90``
+variant needs a Hopper card; flash-attn needs bf16/fp16 too (`problems` refuses float32 for every
+kernel marked ``half``, at start-up, before any kernel is called).
 """
 
 from __future__ import annotations

@@ -29,6 +29,21 @@ hooks, that sends the block out again.
 
 Hooks are registered under diffusers' own group-offloading name, so diffusers sees the model as
 group offloaded: ``model.device`` is the accelerator and ``model.to(device)`` leaves it alone.
+
+CUDA-only assumptions (this project's CI has no GPU; tests/plugins/offload/test_gpu_paths.py plans
+them on a CPU, bench/gpu.py times them on a card):
+
+* The side stream (``group_offload_use_stream``, block swap on CUDA) copies with
+  ``non_blocking=True``, which overlaps compute only from page-locked memory: diffusers' ModuleGroup
+  pins its CPU copies when it has a stream (``low_cpu_mem_usage=False`` keeps them pinned for the
+  run, so a 14B expert pins 28 GB of host memory; pinning is slow, once, at start).
+* The compute stream never reads a unit still being copied: `Schedule` calls
+  ``stream.synchronize()`` (a host wait) before the first use of a prefetched unit and before
+  sending a unit out. No CUDA event or ``record_stream`` is needed then (``record_stream=False``);
+  the price is a host stall when a copy is late, which shows as a slower step, never as wrong values.
+* At most three units are on the accelerator at once (the one running, the prefetched one, and in
+  backward the one whose gradient just passed), so the peak is ~3 blocks' weights plus whatever
+  stays resident, what `tuner.setup.estimate` counts as 2 blocks.
 """
 
 from __future__ import annotations

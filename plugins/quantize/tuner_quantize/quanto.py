@@ -4,6 +4,14 @@ quanto replaces each ``nn.Linear`` with its ``QLinear`` (still an ``nn.Linear``)
 like any linear layer: the LoRA branch trains in full precision and the base output comes from the
 quantized weights. Only the blocks of the denoiser are quantized; the embeddings and the output
 projection are small and the most sensitive to it.
+
+On CUDA (assumed, not run in this project's CI): with ``quantize_via = "accelerator"`` each block
+visits the card in bf16 while it is quantized and comes back packed, so the start-up peak on the
+card is one bf16 block plus what is already there; quanto's int8 matmuls then run through its own
+CUDA kernels (optimum-quanto builds them on first use: the first step is slower), and the packed
+weights are tensor subclasses that offloading cannot move (the offload plugin refuses the pair).
+fp8 needs a card with fp8 support in torch (compute capability 8.9 or higher) for speed; elsewhere
+quanto falls back to dequantize-then-matmul.
 """
 
 from __future__ import annotations
