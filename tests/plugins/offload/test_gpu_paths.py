@@ -56,7 +56,7 @@ def test_the_cuda_attention_kernels_need_nothing_but_their_package_on_a_bf16_cud
     from tuner_attention.backends import BACKENDS, problems
 
     for name, backend in BACKENDS.items():
-        if not backend.cuda:
+        if not backend.cuda or name.endswith("-hub"):  # a Hub kernel's check downloads it: no network here
             continue
         missing = problems(name, torch.device("cuda"), "bf16")
         assert not any("CUDA device" in m or "mixed_precision" in m for m in missing), (name, missing)
