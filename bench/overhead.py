@@ -15,6 +15,17 @@ alternating in rounds so machine noise hits both alike:
 * tiny: the demo model (2 blocks, dim 32, 80 tokens, LoRA r8), where framework
   overhead weighs most (target ratio <= 1.05).
 
+The image-to-video row's extra time outside forward/backward/optimizer was looked for
+(issue 23: 30.7 ms a step on another machine): torch's profiler over the counted steps
+shows the same operators on the same shapes in both loops (the I2V transformer's own
+image cross-attention makes its forward ~12% dearer than the T2V row's, in both loops),
+and ``bench/step_breakdown.py --row i2v`` on one thread puts tuner's own part at ~6 ms a
+step against ~4 ms for the T2V row, the difference mostly reading a cache entry twice as
+large (the conditioning latents live beside the clip's latents), which also turns on the
+batch read-ahead thread (`READ_AHEAD_ABOVE_S`). Nothing tuner does per step accounts for
+30 ms; each row now prints its rounds' ratios and their range, so a ratio whose rounds
+straddle the target says "noise: measure again on an idle machine".
+
 Then, with ``--flux`` / ``--only-flux``, a mid-size Flux-shaped model (2 double +
 2 single blocks, dim 256, 256 packed image tokens, guidance embedding, LoRA r16 on
 the plugin's targets) against a bare diffusers + peft Flux loop (target <= 1.02).
