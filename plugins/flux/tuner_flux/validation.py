@@ -60,9 +60,11 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
 
 @contextmanager
 def _previews(pipe: Any, request: ValidationRequest, out: dict[int, Any]) -> Iterator[Any]:
-    """A ``callback_on_step_end`` filling ``out`` with ``{step: (1, H, W, 3) frames}``; ``None`` without previews."""
+    """A ``callback_on_step_end`` filling ``out`` with ``{step: (1, H, W, 3) frames}`` and reporting each step
+    (``request.on_sampler_step``); ``None`` when there is neither."""
     if not request.preview_steps:
-        yield None
+        report = request.on_sampler_step
+        yield None if report is None else (lambda *_: report() or {})
         return
     seen: dict[str, Any] = {}
 
@@ -75,6 +77,8 @@ def _previews(pipe: Any, request: ValidationRequest, out: dict[int, Any]) -> Ite
             sigma = float(pipeline.scheduler.sigmas[i])
             x0 = seen["x"].float() - sigma * seen["v"].float()
             out[i + 1] = _decode(pipeline, x0, request.height, request.width)
+        if request.on_sampler_step is not None:
+            request.on_sampler_step()
         return {}
 
     handle = pipe.transformer.register_forward_hook(keep, with_kwargs=True)

@@ -20,11 +20,11 @@ def flux(tiny_model_dir):
     return host, bundle
 
 
-def _render(flux, tmp_path, steps=()):
+def _render(flux, tmp_path, steps=(), on_step=None):
     host, bundle = flux
     request = ValidationRequest(step=0, prompts={"main": "a red square"}, negative_prompt="", num_frames=1, width=32,
                                 height=32, num_inference_steps=4, guidance_scale=3.5, seed=2, output_dir=tmp_path,
-                                preview_steps=steps)
+                                preview_steps=steps, on_sampler_step=on_step)
     with inference_state(bundle):
         return host.validate(bundle, request)
 
@@ -40,3 +40,10 @@ def test_flux_previews_each_requested_step_and_leaves_the_image_unchanged(flux, 
     # Flux's Euler sampler ends at sigma 0: the last step's estimate is the image.
     assert np.abs(previews[4] - plain.frames["main"]).max() < 1e-4
     assert not flux[1].components["pipeline"].transformer._forward_hooks, "the hook is gone afterwards"
+
+
+def test_flux_reports_each_sampler_step_with_and_without_previews(flux, tmp_path):
+    for steps in ((), (2,)):
+        seen: list[int] = []
+        _render(flux, tmp_path, steps, on_step=lambda: seen.append(1))
+        assert len(seen) == 4, steps
