@@ -131,7 +131,8 @@ def run_row(row: Row, folder: Path) -> dict[str, Any]:
 
         model = MODELS[row.model]
         shape = (1, 16, (model.frames - 1) // 4 + 1, model.height // 8, model.width // 8)
-        text = torch.randn(1, TEXT_TOKENS, transformer_config(row.model, 1)["text_dim"], device="cuda")
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only a smoke run of this function
+        text = torch.randn(1, TEXT_TOKENS, transformer_config(row.model, 1)["text_dim"], device=device)
 
         def forward(transformer: Any, noisy: Any, sigma: Any) -> Any:
             return transformer(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
