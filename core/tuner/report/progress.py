@@ -116,6 +116,7 @@ def stage(description: str) -> Iterator[None]:
         yield
         return
     con = console()
+    description = shown(description)  # it may name a user's folder
     con.print(f"{description} ...", highlight=False, soft_wrap=True)
     start = time.perf_counter()
     yield
@@ -162,17 +163,18 @@ def task_progress(description: str, total: int, unit: str = "items") -> Iterator
 
 @contextmanager
 def _plain_task(con: Console, description: str, total: int, unit: str, start: float) -> Iterator[Callable[[int], None]]:
-    done, shown, last = 0, 0, start
+    description = shown(description)  # it may name a user's dataset
+    done, said, last = 0, 0, start
     step = max(1, total // 20)
 
     def advance(n: int) -> None:
-        nonlocal done, shown, last
+        nonlocal done, said, last
         done += n
         now = time.perf_counter()
-        due = (done - shown >= step and now - last >= PLAIN_GAP_S) or now - last >= PLAIN_EVERY_S
+        due = (done - said >= step and now - last >= PLAIN_GAP_S) or now - last >= PLAIN_EVERY_S
         if done >= total or not due:
             return  # the closing line says the end
-        shown, last = done, now
+        said, last = done, now
         rate = done / max(1e-9, now - start)
         one = unit[:-1] if unit.endswith("s") else unit
         speed = f"{rate:.1f} {unit}/s" if rate >= 1 else f"{1 / rate:.1f} s/{one}" if rate > 0 else ""
