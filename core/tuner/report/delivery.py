@@ -5,6 +5,10 @@ non-blocking ``put``: when the queue is full the event is dropped and counted.
 The worker sends in order, with a timeout per request and a few retries with
 backoff; at the end of the run `Delivery.stop` / `join` wait a bounded time for what
 is queued and abandons the rest. Messages never contain the URL or the token.
+
+Redirects are followed (urllib does), but the private headers (the token) go only
+to the origin (scheme, host, port) they were given for: urllib would re-send them
+to whatever host a redirect names.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -22,7 +27,7 @@ from typing import Any
 
 from tuner.report.secrets import Scrubber
 
-__all__ = ["Post", "Delivery", "multipart"]
+__all__ = ["Post", "Delivery", "multipart", "same_origin"]
 
 log = logging.getLogger("tuner.report.webhooks")
 
@@ -36,6 +41,31 @@ class Post:
     json_body: dict[str, Any] | None = None
     fields: dict[str, str] = field(default_factory=dict)
     files: list[tuple[str, Path, str]] = field(default_factory=list)  # (form name, path, content type)
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Both URLs name the same scheme, host and port (the default port spelled or not)."""
+    x, y = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
+    default = {"http": 80, "https": 443}
+    try:
+        ports = (x.port or default.get(x.scheme), y.port or default.get(y.scheme))
+    except ValueError:  # an invalid port in the redirect: not the same origin
+        return False
+    return (x.scheme.lower(), (x.hostname or "").lower(), ports[0]) == (y.scheme.lower(), (y.hostname or "").lower(), ports[1])
+
+
+class _PrivateHeadersStayHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, dropping the given headers when the redirect leaves the origin."""
+
+    def __init__(self, private: set[str]) -> None:
+        self.private = {name.lower() for name in private}
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and not same_origin(req.full_url, new.full_url):
+            for name in [k for k in new.headers if k.lower() in self.private]:
+                new.remove_header(name)
+        return new
 
 
 def multipart(fields: dict[str, str], files: list[tuple[str, Path, str]]) -> tuple[bytes, str]:
@@ -78,6 +108,7 @@ class Delivery:
         self._url = url
         self._headers = dict(headers or {})
         self._scrub = Scrubber([url], self._headers.values())
+        self._opener = urllib.request.build_opener(_PrivateHeadersStayHome(set(self._headers)))
         self.label = label
         self.timeout = timeout
         self.retries = retries
@@ -154,5 +185,5 @@ class Delivery:
         request = urllib.request.Request(
             self._url, data=data, method="POST", headers={"Content-Type": ctype, "User-Agent": "tuner", **self._headers}
         )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with self._opener.open(request, timeout=timeout) as response:
             response.read()
