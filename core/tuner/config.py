@@ -13,6 +13,7 @@ own folder.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -101,25 +102,60 @@ class RunConfig:
         return out
 
 
+# A config is a few kB; TOML's parser is quadratic in the parts of a dotted key (100,000 parts
+# take minutes), so both are bounded before parsing.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_KEY_PARTS = 32
+_STRINGS = re.compile(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'')
+_NOT_KEY = re.compile(r"[^\w.\t -]+")  # what cannot sit inside a dotted key once strings are gone
+
+
+def _long_dotted_key(text: str) -> int | None:
+    """The line of a dotted key of more than `MAX_KEY_PARTS` parts (quoted parts count too), or ``None``.
+
+    Linear in the text: no backtracking regular expression over what a user wrote.
+    """
+    bare = _STRINGS.sub(lambda m: "s" + "\n" * m.group().count("\n"), text)
+    for number, line in enumerate(bare.split("\n"), 1):
+        for piece in _NOT_KEY.split(line):
+            if piece.count(".") >= MAX_KEY_PARTS:
+                run = 0
+                for part in piece.split("."):
+                    word = part.strip(" \t")
+                    run = run + 1 if word and " " not in word and "\t" not in word else (1 if word else 0)
+                    if run > MAX_KEY_PARTS:
+                        return number
+    return None
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Parse a ``.toml`` or ``.json`` config file into a dict."""
-    from tuner.jsonfile import decode_text
+    from tuner.jsonfile import decode_text, loads, regular_file_problem
 
-    if not path.is_file():
+    if path.is_dir() or not path.exists():
         raise ConfigError(f"config file not found: {path}")
     if path.suffix.lower() not in (".json", ".toml"):
         raise ConfigError(f"config file {path} must end in .toml or .json")
+    problem, raw = regular_file_problem(path, limit=MAX_CONFIG_BYTES)
+    if raw is None:
+        raise ConfigError(f"config file {problem}")
     try:
-        text = decode_text(path.read_bytes(), path, error=ConfigError)
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        text = decode_text(raw, path, error=ConfigError)
+        if path.suffix.lower() == ".json":
+            data = loads(text)
+        else:
+            line = _long_dotted_key(text)
+            if line is not None:
+                raise ConfigError(f"{path}: line {line} has a dotted key of more than {MAX_KEY_PARTS} parts")
+            data = tomllib.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a config") from None
+    except ValueError as exc:  # a JSON key twice (TOML refuses that itself)
+        raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a table/object")
     return data

@@ -6,11 +6,18 @@ Each test meets the real failure: a real redirecting server, real symlinks and F
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
+from tuner.config import read_config_file
+from tuner.data.captions import MetadataCaptions, read_caption_file
+from tuner.errors import ConfigError, DataError
 from tuner.report.delivery import Delivery, Post
+from tuner.report.webhooks import read_webhook_config
 
 
 @contextmanager
@@ -58,3 +65,90 @@ def test_a_webhook_token_never_follows_a_redirect_to_another_host():
                 assert seen == [(f"127.0.0.1:{ports['first']}", "Bearer s3cret"), (f"localhost:{ports['other']}", None)]
             else:
                 assert [auth for _, auth in seen] == ["Bearer s3cret"] * 2
+
+
+def _finishes(call, seconds: float = 20.0):
+    """``call()``'s result, or a failure when it has not returned in ``seconds`` (a hang)."""
+    out: list = []
+
+    def work():
+        try:
+            out.append(("ok", call()))
+        except BaseException as exc:  # handed to the test thread
+            out.append(("raised", exc))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert out, f"still running after {seconds} s: it hangs"
+    kind, value = out[0]
+    if kind == "raised":
+        raise value
+    return value
+
+
+def test_a_fifo_as_caption_or_metadata_file_never_hangs_the_scan(tmp_path):
+    fifo = tmp_path / "clip.txt"
+    os.mkfifo(fifo)
+    try:
+        caption, note = _finishes(lambda: read_caption_file(fifo))
+        assert caption is None and "not a regular file" in note
+        os.mkfifo(tmp_path / "rows.jsonl")
+        with pytest.raises(DataError, match="not a regular file"):
+            _finishes(lambda: MetadataCaptions(tmp_path / "rows.jsonl", "file_name", "caption", None, None))
+        os.mkfifo(tmp_path / "config.toml")
+        with pytest.raises(ConfigError, match="not a regular file"):
+            _finishes(lambda: read_config_file(tmp_path / "config.toml"))
+    finally:  # a hung reader (old code) is released
+        for name in ("clip.txt", "rows.jsonl", "config.toml"):
+            if (tmp_path / name).exists():
+                fd = os.open(tmp_path / name, os.O_RDWR)
+                os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a" + ".a" * 100_000 + " = 1\n", "line 1 has a dotted key of more than 32 parts"),
+        ("[train]\n" + "x = 1\n" * 200_000, "larger than 1024 KiB"),
+        ("[train]\n" + "[" * 100_000, "nested too deeply|invalid TOML"),
+    ],
+    ids=["100k-part dotted key", "1.2 MB", "deep arrays"],
+)
+def test_a_pathological_config_is_refused_in_one_line_before_parsing(tmp_path, text, message):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        _finishes(lambda: read_config_file(path))  # today's parser takes minutes on the first
+
+
+def test_a_key_given_twice_in_json_is_refused_not_silently_the_last(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text('{"train": {"learning_rate": 1e-4, "learning_rate": 1.0}}')
+    with pytest.raises(ConfigError, match="'learning_rate' appears twice"):
+        read_config_file(config)
+    webhook = tmp_path / "webhook.json"
+    webhook.write_text('{"webhook_url": "http://127.0.0.1:9/a", "webhook_url": "http://example.com/b"}')
+    with pytest.raises(ValueError, match="'webhook_url' appears twice"):
+        read_webhook_config(webhook)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"file_name": "a.mp4", "caption": "one", "caption": "two"}\n')
+    with pytest.raises(DataError, match="'caption' appears twice"):
+        MetadataCaptions(rows, "file_name", "caption", None, None)
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("rows.json", "[1, 2]", "row 1 is not an object"),
+        ("rows.jsonl", '{"file_name": ["a.mp4"], "caption": "x"}', "row 1: 'file_name' is not a file name"),
+        ("rows.jsonl", '{"file_name": "a.mp4", "caption": {"x": 1}}', "row 1: the caption is not text"),
+        ("rows.jsonl", "[" * 100_000, "nested too deeply"),
+        ("rows.csv", 'file_name,caption\na.mp4,"' + "x" * 200_000 + '"\n', "not readable as CSV"),
+    ],
+    ids=["numbers", "a list as name", "an object as caption", "deep", "huge CSV field"],
+)
+def test_damaged_but_parseable_caption_metadata_is_one_line(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=message):
+        MetadataCaptions(tmp_path / name, "file_name", "caption", None, None)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuner.errors import DataError
+from tuner.jsonfile import loads, read_regular, regular_file_problem
 
 if TYPE_CHECKING:
     from tuner.data.layout import DatasetSpec
@@ -40,14 +41,17 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("\x00", " ").split())
 
 
+# A caption is a sentence or a paragraph; a bigger "caption file" is something else.
+MAX_CAPTION_BYTES = 1024 * 1024
+
+
 def read_caption_file(path: Path) -> tuple[str | None, str | None]:
-    """``(caption, note)``; the caption is ``None`` when the file is missing."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, f"cannot read {path.name}: {exc.strerror or exc}"
+    """``(caption, note)``; the caption is ``None`` when the file is missing (or is no regular file: a FIFO never hangs)."""
+    problem, raw = regular_file_problem(path, limit=MAX_CAPTION_BYTES)
+    if raw is None:
+        if problem.startswith("no such file"):
+            return None, None
+        return None, problem.replace(str(path), path.name)
     text, note = decode_caption(raw)
     return _clean(text), note
 
@@ -72,16 +76,24 @@ class MetadataCaptions:
         rows = self._rows(path)
         self.by_key: dict[str, tuple[str | None, str | None]] = {}
         for number, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: row {number} is not an object with named columns")
             if filename_column not in row:
-                raise DataError(f"{path}: row {number} has no column '{filename_column}' (columns: {', '.join(row)})")
-            key = str(row[filename_column]).replace("\\", "/").strip()
-            self.by_key[key] = (row.get(caption_column), row.get(fallback_column) if fallback_column else None)
+                raise DataError(f"{path}: row {number} has no column '{filename_column}' (columns: {', '.join(map(str, row))})")
+            name = row[filename_column]
+            if not isinstance(name, (str, int)) or isinstance(name, bool):
+                raise DataError(f"{path}: row {number}: '{filename_column}' is not a file name")
+            key = str(name).replace("\\", "/").strip()
+            captions = (row.get(caption_column), row.get(fallback_column) if fallback_column else None)
+            if any(c is not None and not isinstance(c, (str, int, float)) for c in captions):
+                raise DataError(f"{path}: row {number}: the caption is not text")
+            self.by_key[key] = captions
         if rows and caption_column not in rows[0]:
             raise DataError(f"{path}: no caption column '{caption_column}' (columns: {', '.join(rows[0])})")
 
     @staticmethod
     def _rows(path: Path) -> list[dict]:
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"caption metadata file not found: {path}")
         suffix = path.suffix.lower()
         if suffix == ".parquet":
@@ -91,19 +103,33 @@ class MetadataCaptions:
                 raise DataError(
                     f"{path}: reading .parquet needs pyarrow (pip install pyarrow), or use JSONL/CSV"
                 ) from None
-            return pq.read_table(path).to_pylist()
-        text, _ = decode_caption(path.read_bytes())
-        if suffix == ".csv":
-            return list(csv.DictReader(io.StringIO(text)))
-        stripped = text.lstrip()
+            if not path.is_file():
+                raise DataError(f"{path} is not a regular file (a pipe, a socket or a device is never read)")
+            try:
+                return pq.read_table(path).to_pylist()
+            except Exception as exc:  # pyarrow's own errors for a damaged file
+                raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        text, _ = decode_caption(read_regular(path, error=DataError))
         try:
+            if suffix == ".csv":
+                return list(csv.DictReader(io.StringIO(text)))
+            stripped = text.lstrip()
             if stripped.startswith("["):
-                return list(json.loads(stripped))
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+                rows = loads(stripped)
+                if not isinstance(rows, list):
+                    raise DataError(f"{path}: expected a JSON list of rows")
+                return rows
+            return [loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"{path}: invalid JSON at line {exc.lineno}: {exc.msg} (expected JSON lines or CSV)"
             ) from None
+        except csv.Error as exc:
+            raise DataError(f"{path}: not readable as CSV ({exc})") from None
+        except RecursionError:
+            raise DataError(f"{path}: nested too deeply to be caption rows") from None
+        except ValueError as exc:  # a key twice in one row
+            raise DataError(f"{path}: {exc}") from None
 
     def caption(self, path: Path, root: Path) -> str | None:
         rel = path.relative_to(root).as_posix()
