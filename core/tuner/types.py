@@ -161,7 +161,9 @@ class ModelBundle:
         `ValidationRequest.preview_steps` (``validation_preview``); for a family
         that does not, the option is ignored with a notice at start-up.
     :ivar flavour: the family's name for the exact model trained (Wan's
-        ``model_flavour``); exported adapter files and the model card name it.
+        ``model_flavour``); exported adapter files and the model card name it,
+        and checkpoints record it: a resume into another flavour is refused
+        (`tuner.train.identity`).
     :ivar architecture: a ModelSpec-style id of the base architecture
         (``"wan2.2-t2v-a14b"``); adapter files carry it as
         ``modelspec.architecture`` (with ``/lora``) and ``ss_base_model_version``.

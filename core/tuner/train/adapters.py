@@ -85,6 +85,7 @@ class Lycoris(Adapter):
         from lycoris import LycorisNetwork, create_lycoris
 
         options = _read_lycoris_config(tc.lycoris_config)
+        self.options = dict(options)  # as written: checkpoints record it (tuner.train.identity)
         preset = options.pop("apply_preset", None)
         if preset is not None and not isinstance(preset, dict):
             raise ConfigError(f"train.lycoris_config {tc.lycoris_config}: apply_preset must be an object")
@@ -226,6 +227,12 @@ class AdapterSet:
 
     def weights(self) -> list[tuple[Expert, AdapterWeights]]:
         return [(expert, adapter.weights()) for expert, adapter in self.members]
+
+    @property
+    def lycoris_options(self) -> dict[str, Any] | None:
+        """The LyCORIS config file's contents (the same on every expert), or ``None`` for a LoRA."""
+        adapter = self.members[0][1]
+        return adapter.options if isinstance(adapter, Lycoris) else None
 
     def coverage(self) -> tuple[str, bool] | None:
         """What a LyCORIS preset adapts (the same config on every expert: said once), see `Lycoris.coverage`."""

@@ -75,26 +75,29 @@ def _resume_path(config: RunConfig, notice: Callable[[str], None]) -> Path | Non
 
 def _claim_output_dir(config: RunConfig, output_dir: Path) -> None:
     """A fresh run never replaces another run's checkpoints unless told to (overwrite_output_dir)."""
-    import shutil
-
     from tuner.report.jsonlog import LOG_NAME
     from tuner.report.progress import notice
-    from tuner.train.checkpoints import holds_checkpoints, list_checkpoints
+    from tuner.train.checkpoints import holds_checkpoints, list_checkpoints, remove_checkpoint
     from tuner.train.outputs import check_own_names
 
     check_own_names(output_dir)  # the user's README.md in output_dir = ".": refused before any work
     tc = config.train
-    if tc.resume_from_checkpoint or not holds_checkpoints(output_dir):
+    if (tc.resume_from_checkpoint and not tc.resume_weights_only) or not holds_checkpoints(output_dir):
         return
+    if tc.resume_weights_only:
+        raise ConfigError(
+            f"train.output_dir {output_dir} holds another run's checkpoints, and resume_weights_only starts a new run:"
+            " pick another output_dir"
+        )
     if not tc.overwrite_output_dir:
         raise ConfigError(
             f"train.output_dir {output_dir} holds another run's checkpoints: resume it (resume_from_checkpoint ="
             " 'latest'), pick another output_dir, or set overwrite_output_dir = true to delete them and start afresh"
         )
-    found = list_checkpoints(output_dir)
+    found = list_checkpoints(output_dir, links=True)
     notice(f"overwrite_output_dir: deleting {len(found)} checkpoint(s) of an earlier run in {output_dir}")
     for _, path in found:
-        shutil.rmtree(path)
+        remove_checkpoint(path)  # a link goes, never what it points at
     (output_dir / LOG_NAME).unlink(missing_ok=True)
 
 
@@ -208,6 +211,7 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
     from tuner.train.checkpoints import clean_partials
     from tuner.train.data_parallel import prepare_training
     from tuner.train.ema import EMA
+    from tuner.train.identity import run_identity
     from tuner.train.optimizers import build_optimizer, check_optimizer
     from tuner.train.precision import cast_trainable, trainable_dtype
     from tuner.train.schedules import build_schedule, warmup_warning
@@ -306,6 +310,7 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
         extras=extras,
         forward=forward,
         world=world,
+        identity=run_identity(config, bundle, adapter.lycoris_options),
     )
     if resume_from is not None:
         run.start_step = trainer.resume(resume_from)

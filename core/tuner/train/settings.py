@@ -109,6 +109,13 @@ class TrainSection(BaseModel):
         description="'latest' resumes from the newest intact checkpoint in output_dir, skipping damaged ones with a"
         " notice (or starts fresh if there is none); a path resumes from that checkpoint folder.",
     )
+    resume_weights_only: bool = Field(
+        False,
+        description="With resume_from_checkpoint naming a checkpoint folder: take only its adapter (and feature)"
+        " weights and start afresh at step 0 with a new optimizer and schedule, for a run whose alpha or optimizer"
+        " differs from the checkpoint's. A checkpoint of another model (family, flavour, experts) is refused all the"
+        " same. Use a new output_dir.",
+    )
     overwrite_output_dir: bool = Field(
         False,
         description="Start afresh in an output_dir that holds another run's checkpoints, deleting them and its"
@@ -213,6 +220,11 @@ class TrainSection(BaseModel):
         if self.overwrite_output_dir and self.resume_from_checkpoint:
             raise ValueError(
                 "overwrite_output_dir deletes the checkpoints resume_from_checkpoint would resume from: set one of them"
+            )
+        if self.resume_weights_only and self.resume_from_checkpoint in (None, "latest"):
+            raise ValueError(
+                "resume_weights_only starts a new run from a checkpoint's weights: set resume_from_checkpoint to that"
+                " checkpoint's folder (not 'latest')"
             )
         if self.lora_type == "lycoris" and self.lycoris_config is None:
             raise ValueError("lora_type 'lycoris' needs lycoris_config (a JSON file, see docs/training.md)")

@@ -118,9 +118,13 @@ def read_state(folder: Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from tuner.jsonfile import loads
+
     try:
-        data = json.loads((folder / STATE_STRUCTURE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = loads((folder / STATE_STRUCTURE).read_text(encoding="utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{folder / STATE_STRUCTURE} is nested too deeply: the checkpoint is damaged") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"{folder / STATE_STRUCTURE} cannot be read ({exc}): the checkpoint is damaged") from None
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         raise CheckpointError(f"{folder / STATE_STRUCTURE} is not a tuner training state of format {_FORMAT}")
@@ -130,8 +134,8 @@ def read_state(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder / STATE_TENSORS} cannot be read ({exc}): the checkpoint is damaged") from None
     try:
         state = _decode(data["state"], tensors)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{folder / STATE_STRUCTURE} does not match {STATE_TENSORS} ({exc!r})") from None
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{folder / STATE_STRUCTURE} does not match {STATE_TENSORS} ({exc!r})"[:500]) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{folder / STATE_STRUCTURE} holds no training state")
     return state

@@ -73,6 +73,8 @@ class Trainer:
     # by default the plain forward and a process on its own.
     forward: Any = None
     world: World | None = None
+    # What checkpoints record and a resume must match (`tuner.train.identity.run_identity`).
+    identity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ranks(self) -> World:
@@ -269,7 +271,12 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
-        info = {"seed": tc.seed, "num_processes": self.ranks.size, "micro_batches": self.ranks.consumed(step)}
+        info = {
+            "seed": tc.seed,
+            "num_processes": self.ranks.size,
+            "micro_batches": self.ranks.consumed(step),
+            "identity": self.identity,
+        }
         path = write_checkpoint(Path(tc.output_dir), step, state, lambda folder: self._write_adapters(folder, step), info)
         rotate_checkpoints(Path(tc.output_dir), tc.checkpoints_total_limit, keep=path)
         self.host.on_checkpoint_saved(self.run, step, path)
@@ -282,15 +289,24 @@ class Trainer:
 
         state, info = read_checkpoint(path)
         saved_params = state.get("params")
-        if (
-            not isinstance(saved_params, list)
-            or len(saved_params) != len(self.params)
-            or any(not isinstance(a, torch.Tensor) or a.shape != b.shape for a, b in zip(saved_params, self.params))
-        ):
+        fits = (
+            isinstance(saved_params, list)
+            and len(saved_params) == len(self.params)
+            and all(isinstance(a, torch.Tensor) and a.shape == b.shape for a, b in zip(saved_params, self.params))
+        )
+        self._check_identity(path, info, fits)
+        if not fits:
             raise CheckpointError(
                 f"{path} was written for a different adapter (type, rank or targets changed) or other feature"
                 " modules (a feature such as crepa turned on or off)"
             )
+        if self.config.train.resume_weights_only:
+            with torch.no_grad():
+                for saved, param in zip(saved_params, self.params):
+                    param.copy_(saved.to(param.device, param.dtype))
+            if self.ema is not None:  # the average starts from the weights taken over
+                self.ema.load_state_dict([p.detach() for p in self.params])
+            return 0
         if self.ema is not None and state.get("ema") is None:
             raise CheckpointError(f"{path} has no EMA weights; resume with use_ema = false or start afresh")
         try:
@@ -308,7 +324,7 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             if state.get("cuda_rng") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as exc:
             # A state that parses but does not fit: another optimizer, or a hand-edited file.
             why = str(exc).partition("\n")[0]
             raise CheckpointError(
@@ -318,6 +334,30 @@ class Trainer:
         step = int(info["step"])
         self._continue_data(path, step, info)
         return step
+
+    def _check_identity(self, path: Path, info: dict[str, Any], fits: bool) -> None:
+        """Refuse in one line a checkpoint written for another model, adapter or optimizer."""
+        from tuner.report.progress import notice
+        from tuner.train.identity import identity_differences, model_differs
+
+        if "identity" not in info:
+            notice(f"{path.name} records no model or adapter (written by an earlier tuner): its settings are not checked")
+            return
+        differences = identity_differences(info["identity"], self.identity)
+        weights_only = self.config.train.resume_weights_only
+        if not differences or (weights_only and not model_differs(differences)):
+            return
+        facts = "; ".join(differences)
+        if model_differs(differences):
+            fix = "its weights belong to another model: resume it with that model, or start afresh without it"
+        elif fits:
+            fix = (
+                "resume with the settings it was written with, or set train.resume_weights_only = true to start"
+                " afresh from its adapter weights (step 0, a new optimizer and schedule)"
+            )
+        else:
+            fix = "resume with the settings it was written with, or start afresh"
+        raise CheckpointError(f"{path} was written for another run ({facts}): {fix}")
 
     def _continue_data(self, path: Path, step: int, info: dict[str, Any]) -> None:
         """Number micro-batches on from where the checkpoint's processes stopped, whatever their count."""
