@@ -24,12 +24,18 @@ __all__ = ["run_identity", "identity_differences", "model_differs"]
 
 
 def _architecture(bundle: ModelBundle) -> str:
-    """A short digest of each denoiser's public config (diffusers models carry one), or its class name."""
+    """A short digest of each denoiser's public config (diffusers models carry one), else its frozen weights' shapes.
+
+    Shapes only without a config: a quantized base may store its weights packed.
+    """
     parts = []
     for module in bundle.denoisers():
         config = getattr(module, "config", None)
-        public = {k: v for k, v in dict(config).items() if not str(k).startswith("_")} if isinstance(config, dict) else {}
-        parts.append([type(module).__name__, json.dumps(public, sort_keys=True, default=str)])
+        if isinstance(config, dict):
+            shape = json.dumps({k: v for k, v in dict(config).items() if not str(k).startswith("_")}, sort_keys=True, default=str)
+        else:  # the adapter's own parameters (trainable) are left out: they are the adapter's facts
+            shape = json.dumps([[n, list(p.shape)] for n, p in module.named_parameters() if not p.requires_grad])
+        parts.append([type(module).__name__, shape])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
