@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "human_size",
     "replacing",
     "append_whole",
+    "process_alive",
 ]
 
 # No space, over the quota, or over a file-size limit (``ulimit -f``: CPython ignores SIGXFSZ, so the write
@@ -81,6 +83,17 @@ def full_disk_error(exc: BaseException | None) -> OSError | None:
     return None
 
 
+def process_alive(pid: int) -> bool:
+    """A process with this id runs (perhaps another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """The error is "no space left on device", over the disk quota or over the file-size limit."""
     return full_disk_error(exc) is not None
@@ -91,7 +104,14 @@ def replacing(path: Path, tmp: Path | None = None) -> Iterator[Path]:
     """Write ``path`` whole or not at all: yield a temporary name beside it, renamed over ``path`` when the
     block ends; removed when it fails (a full disk, a crash of the writer), so no partial file stays behind.
     """
-    tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fresh = tmp is None
+    if tmp is None:
+        # Created afresh (O_EXCL, a random name ending in this process's id): nothing a crash or anyone
+        # else left beside ``path`` (a .partial file, folder or link of the same process id, which a
+        # container reuses) is written through or stands in the way.
+        # Mode 0o666 less the umask, as a plain open would give (mkstemp's 0o600 would hide a config).
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.{os.getpid()}.partial")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -99,6 +119,23 @@ def replacing(path: Path, tmp: Path | None = None) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    if fresh:
+        _remove_dead_partials(path)
+
+
+def _remove_dead_partials(path: Path) -> None:
+    """Remove the temporary files of ``path`` whose writers died (their process id ends the name)."""
+    for left in path.parent.glob(f".{path.name}.*.partial"):
+        try:
+            pid = int(left.name.rsplit(".", 2)[-2])
+        except ValueError:
+            pid = -1
+        if pid == os.getpid() or pid <= 0 or not process_alive(pid):
+            if left.is_dir() and not left.is_symlink():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    left.unlink()
 
 
 def human_size(n: float) -> str:

@@ -6,16 +6,23 @@ Each test meets the real failure: a real redirecting server, real symlinks and F
 from __future__ import annotations
 
 import http.server
+import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from toy_family import ToyFamily, toy_config
 
-from tuner.config import read_config_file
+from tuner.config import read_config_file, resolve_config
 from tuner.data.captions import MetadataCaptions, read_caption_file
+from tuner.data.prepare import scan_samples
+from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, DataError
+from tuner.plugins import PluginHost
 from tuner.report.delivery import Delivery, Post
 from tuner.report.webhooks import read_webhook_config
 
@@ -152,3 +159,56 @@ def test_damaged_but_parseable_caption_metadata_is_one_line(tmp_path, name, text
     (tmp_path / name).write_text(text)
     with pytest.raises(DataError, match=message):
         MetadataCaptions(tmp_path / name, "file_name", "caption", None, None)
+
+
+def _toy_scan(tmp_path, **data):
+    host = PluginHost.build([], extra={"toy": ToyFamily()})
+    cfg = toy_config(tmp_path)
+    cfg["data"].update(data)
+    return scan_samples(resolve_config(cfg, host))
+
+
+def test_a_dangling_symlink_among_many_clips_is_reported_not_a_traceback(tmp_path, capsys):
+    root = tmp_path / "clips"
+    write_synthetic_clips(root, count=1, num_frames=3, width=16, height=16)
+    clip = next(root.glob("*.mp4"))
+    for n in range(70):  # past the count that shows a progress bar (which stats every file first)
+        (root / f"copy_{n:03d}.mp4").symlink_to(clip)
+        (root / f"copy_{n:03d}.txt").write_text("a toy")
+    (root / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")
+    (root / "gone.txt").write_text("a toy")
+    os.mkfifo(root / "pipe.mp4")
+    (root / "pipe.txt").write_text("a toy")
+    scan = _finishes(lambda: _toy_scan(tmp_path, delete_problematic_images=True))
+    assert len(scan.datasets[0].files) == 71
+    skipped = {s.path.name: s.reason for s in scan.report.skipped}
+    assert skipped == {"gone.mp4": "a symbolic link that leads nowhere", "pipe.mp4": "not a regular file (a pipe, a socket or a device)"}
+    assert (root / "gone.mp4").is_symlink()  # a link to nothing is left alone
+
+
+def test_a_damaged_but_parseable_file_index_is_probed_again(tmp_path):
+    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+    first = _toy_scan(tmp_path)
+    index = first.datasets[0].index.path
+    data = json.loads(index.read_text())
+    names = sorted(data["files"])
+    data["files"][names[0]]["info"] = ["16", -3, None]  # parses, but no picture size
+    data["files"][names[1]] = "not a record"
+    index.write_text(json.dumps(data))
+    again = _toy_scan(tmp_path)
+    assert [(f.path, f.info, f.digest) for f in again.datasets[0].files] == [(f.path, f.info, f.digest) for f in first.datasets[0].files]
+    index.write_text(json.dumps({"version": 2, "files": [1, 2]}))
+    assert len(_toy_scan(tmp_path).datasets[0].files) == 2
+
+
+def test_a_left_over_partial_of_the_data_report_never_stands_in_the_way(tmp_path):
+    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+    cache = tmp_path / "cache"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    # This process's id (a container reuses it) as a folder, and a dead writer's file.
+    (cache / f".data_report.json.{os.getpid()}.partial").mkdir(parents=True)
+    (cache / f".data_report.json.{dead.pid}.partial").write_text("{half")
+    scan = _toy_scan(tmp_path)
+    assert json.loads(scan.report_path.read_text())["skipped"] == []
+    assert sorted(p.name for p in cache.glob(".data_report*")) == []

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.durable import disk_full_message, is_disk_full
+from tuner.durable import disk_full_message, is_disk_full, process_alive
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
@@ -154,18 +154,9 @@ def clean_partials(folder: Path) -> int:
             old = tmp.stat().st_mtime < stale
         except OSError:
             continue
-        if pid != os.getpid() and pid > 0 and _alive(pid) and not old:
+        if pid != os.getpid() and pid > 0 and process_alive(pid) and not old:
             continue
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -147,6 +148,8 @@ def _probe_video(path: Path) -> MediaInfo:
 
 def probe_media(path: Path) -> MediaInfo:
     """Read a file's header; raise `ProbeError` when it is empty, unreadable or not media."""
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or a device would be read forever
+        raise ProbeError("not a regular file (a pipe, a socket or a device)")
     if path.stat().st_size == 0:
         raise ProbeError("empty file (0 bytes)")
     try:
@@ -157,6 +160,30 @@ def probe_media(path: Path) -> MediaInfo:
         raise
     except Exception as exc:  # PyAV and Pillow raise many types for broken files
         raise ProbeError(f"unreadable: {error_text(exc)}") from None
+
+
+def _sound_record(record: dict[str, Any]) -> bool:
+    """A record as `FileIndex.put` writes it: an error text, or a digest and a sensible picture size and length."""
+    if "error" in record:
+        return isinstance(record["error"], str) and bool(record["error"])
+    digest, info = record.get("digest"), record.get("info")
+    if not isinstance(digest, str) or len(digest) != 64 or not isinstance(info, list) or len(info) not in (4, 5):
+        return False
+    sizes, still = info[:3], info[3]
+    if not isinstance(still, bool) or not all(type(n) is int and 0 < n < 1 << 20 for n in sizes):
+        return False
+    timing = info[4] if len(info) == 5 else None
+    if timing:
+        # Bounded before it is expanded: a count of 10**12 would fill the memory.
+        count = timing.get("count") if isinstance(timing, dict) else None
+        pts = timing.get("pts") if isinstance(timing, dict) else None
+        if not (type(count) is int and 0 < count < 1 << 20) and not (isinstance(pts, list) and len(pts) < 1 << 20):
+            return False
+        try:
+            MediaInfo.from_json(info)
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+            return False
+    return True
 
 
 def _signature(st: os.stat_result) -> list[int]:
@@ -172,14 +199,17 @@ class FileIndex:
         self.dirty = False
         try:
             data = json.loads(path.read_text())
-            if data.get("version") == _INDEX_VERSION:
+            if data.get("version") == _INDEX_VERSION and isinstance(data["files"], dict):
                 self.records = data["files"]
-        except (OSError, ValueError, KeyError, AttributeError):
+        except (OSError, ValueError, KeyError, AttributeError, RecursionError):
             pass  # missing or damaged: everything is probed again
 
     def get(self, file: Path, st: os.stat_result) -> dict[str, Any] | None:
+        """The record of ``file`` while its signature holds; a damaged record counts as none (probed again)."""
         record = self.records.get(str(file))
-        return record if record is not None and record.get("sig") == _signature(st) else None
+        if not isinstance(record, dict) or record.get("sig") != _signature(st):
+            return None
+        return record if _sound_record(record) else None
 
     def put(self, file: Path, st: os.stat_result, **record: Any) -> None:
         self.records[str(file)] = {"sig": _signature(st), **record}
@@ -233,7 +263,9 @@ def probe_files(
         try:
             st = path.stat()
         except OSError as exc:
-            results[path] = Probed(path, None, None, f"unreadable: {exc.strerror or exc}")
+            dangling = path.is_symlink() and isinstance(exc, FileNotFoundError)
+            why = "a symbolic link that leads nowhere" if dangling else f"unreadable: {exc.strerror or exc}"
+            results[path] = Probed(path, None, None, why)
             continue
         record = index.get(path, st)
         if record is None:

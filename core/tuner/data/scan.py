@@ -76,6 +76,14 @@ def decode_workers(data: DataSection) -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
+def _unknown(index: FileIndex, file: Path) -> bool:
+    """``file`` must be probed (a link leading nowhere or a vanished file counts too: the probe reports it)."""
+    try:
+        return index.get(file, file.stat()) is None
+    except OSError:
+        return True
+
+
 def _scan_dataset(spec: DatasetSpec, report: DataReport, workers: int, delete_problematic: bool) -> DatasetScan:
     from tuner.report.progress import task_progress
 
@@ -100,7 +108,7 @@ def _scan_dataset(spec: DatasetSpec, report: DataReport, workers: int, delete_pr
         )
     captions = CaptionSource(spec)
     index = FileIndex(spec.vae_cache / f"files-{safe_name(spec.id)}.json")
-    cold = sum(1 for f in files if index.get(f, f.stat()) is None) if len(files) >= _BAR_FROM else 0
+    cold = sum(1 for f in files if _unknown(index, f)) if len(files) >= _BAR_FROM else 0
     if cold >= _BAR_FROM:
         with task_progress(f"scanning '{spec.id}'", cold, unit="files") as advance:
             probed = probe_files(files, index, workers, advance)
