@@ -22,9 +22,11 @@ from tuner.data.captions import MetadataCaptions, read_caption_file
 from tuner.data.prepare import scan_samples
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, DataError
+from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.delivery import Delivery, Post
 from tuner.report.webhooks import read_webhook_config
+from tuner.train.run import train
 
 
 @contextmanager
@@ -212,3 +214,47 @@ def test_a_left_over_partial_of_the_data_report_never_stands_in_the_way(tmp_path
     scan = _toy_scan(tmp_path)
     assert json.loads(scan.report_path.read_text())["skipped"] == []
     assert sorted(p.name for p in cache.glob(".data_report*")) == []
+
+
+class _ReplacesAClip(ToyFamily):
+    """Replaces a clip with other bytes after the scan, before the cache is built (while the model loads)."""
+
+    def __init__(self, clip, replacement):
+        super().__init__()
+        self.clip, self.replacement = clip, replacement
+
+    @hookimpl
+    def load_model(self, config, device):
+        if self.replacement.exists():
+            os.replace(self.replacement, self.clip)
+        return super().load_model(config, device)
+
+
+def _entries_of(cache, clip):
+    from safetensors import safe_open
+
+    found = []
+    for entry in cache.rglob("*.safetensors"):
+        with safe_open(str(entry), "pt") as f:
+            if (f.metadata() or {}).get("source") == str(clip):
+                found.append(entry.name)
+    return found
+
+
+def test_a_clip_replaced_between_scan_and_encoding_is_never_cached_under_the_old_key(tmp_path):
+    clips = write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+    other = write_synthetic_clips(tmp_path / "other", count=3, num_frames=3, width=16, height=16, captions=False)[2]
+    family = _ReplacesAClip(clips[0], other)
+    host = PluginHost.build([], extra={"toy": family})
+    cfg = toy_config(tmp_path, max_train_steps=1)
+    cfg["validation"]["validation_prompt"] = None
+    train(resolve_config(cfg, host), host)
+    report = json.loads((tmp_path / "cache" / "data_report.json").read_text())
+    assert [(s["path"], "changed since the scan" in s["reason"], s["broken"]) for s in report["skipped"]] == [(str(clips[0]), True, False)]
+    assert _entries_of(tmp_path / "cache", clips[0]) == [], "nothing is stored under the earlier bytes' key"
+    assert clips[0].exists(), "a changed clip is not broken: never quarantined"
+
+    host = PluginHost.build([], extra={"toy": family})
+    cfg["train"]["output_dir"] = str(tmp_path / "again")
+    train(resolve_config(cfg, host), host)  # the next run keys it by the bytes it now holds
+    assert len(_entries_of(tmp_path / "cache", clips[0])) == 1

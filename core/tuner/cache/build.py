@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.cache.store import write_entry
 from tuner.data.buckets import PlannedSample as CachedSample
-from tuner.data.frames import decode_sample, to_pixels
+from tuner.data.frames import SourceChanged, decode_sample, to_pixels
 from tuner.errors import DataError
 from tuner.report.progress import task_progress
 
@@ -48,6 +48,7 @@ class LatentJob:
     entry: Path
     latents: bool = True
     features: tuple[tuple[int, Path], ...] = ()
+    digest: str = ""  # the source's SHA-256 the entry is keyed by: decoding checks the bytes it reads against it
 
 
 class EntryWriter:
@@ -127,7 +128,9 @@ def build_latents(
     on_failure: Callable[[LatentJob, str], None],
     features: Sequence[ClipFeatures] = (),
 ) -> int:
-    """Encode ``jobs`` into their entries; broken files go to ``on_failure``. Returns clips encoded.
+    """Encode ``jobs`` into their entries; failed files go to ``on_failure(job, reason, broken)``. Returns clips encoded.
+
+    ``broken`` is false for a file whose bytes changed since the scan (its entry's key names the old bytes).
 
     The family's `encode_batch` runs on the clips that lack latents, each of
     ``features`` on the clips that lack its entry: one decode serves them all.
@@ -140,7 +143,7 @@ def build_latents(
     def decode(job: LatentJob) -> torch.Tensor:
         # uint8 (4x fewer bytes to move). No torch maths here: a torch op in this thread starts a
         # second OpenMP team that competes with the encoder's for the cores.
-        return torch.from_numpy(decode_sample(job.source, job.geometry))
+        return torch.from_numpy(decode_sample(job.source, job.geometry, digest=job.digest or None))
 
     written = 0
     batch: list[tuple[LatentJob, Any]] = []
@@ -171,7 +174,7 @@ def build_latents(
         try:
             for job, pixels in decoded:
                 if isinstance(pixels, DataError):
-                    on_failure(job, str(pixels))
+                    on_failure(job, str(pixels), not isinstance(pixels, SourceChanged))
                     advance(1)
                     continue
                 if batch and batch[0][0].geometry.shape != job.geometry.shape:

@@ -65,6 +65,7 @@ class PlannedSample:
     latents: Path
     text: Path
     features: tuple[Path, ...] = ()
+    digest: str = ""  # SHA-256 of the source's bytes at the scan: ``latents`` is keyed by it
     epochs: tuple[PlannedSample, ...] = ()
     redraw: Callable[[int], PlannedSample] | None = field(default=None, compare=False, repr=False)
 
@@ -221,7 +222,13 @@ def _sample(spec: DatasetSpec, f: FileSample, g: Geometry, bundle: ModelBundle) 
     )
     text_key = entry_key(kind="text", caption=f.caption, encoder=bundle.cache_id)
     return PlannedSample(
-        spec.id, f.path, f.caption, g, entry_path(spec.vae_cache, key), entry_path(spec.text_cache, text_key)
+        spec.id,
+        f.path,
+        f.caption,
+        g,
+        entry_path(spec.vae_cache, key),
+        entry_path(spec.text_cache, text_key),
+        digest=f.digest,  # decoding checks the bytes it reads against it (tuner.data.frames)
     )
 
 

@@ -8,8 +8,12 @@ display matrix (the side data phones write instead of turning the pixels) are ap
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -21,7 +25,7 @@ if TYPE_CHECKING:
 
     from tuner.data.sizing import Geometry
 
-__all__ = ["decode_sample", "to_pixels"]
+__all__ = ["SourceChanged", "decode_sample", "to_pixels"]
 
 
 def _wanted(geometry: Geometry) -> tuple[dict[int, list[int]], bool]:
@@ -32,7 +36,42 @@ def _wanted(geometry: Geometry) -> tuple[dict[int, list[int]], bool]:
     return wanted, bool(geometry.take) and not geometry.by_index
 
 
-def _decode_video(path: Path, geometry: Geometry) -> np.ndarray:
+class SourceChanged(DataError):
+    """The file's bytes are not those the scan hashed (replaced or edited since): not broken, just not these."""
+
+
+_CHANGED = "changed since the scan (its cache key names the earlier bytes): skipped in this run; the next run reads it anew"
+
+
+@contextmanager
+def _checked(path: Path, digest: str | None) -> Iterator[BinaryIO | str]:
+    """The file to decode, open; with ``digest``, only when its bytes hash to it, and unchanged while decoded.
+
+    The bytes hashed and the bytes decoded are those of one open file, so a file
+    replaced after the scan is never cached under the earlier file's key.
+    """
+    if digest is None:
+        yield str(path)
+        return
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror or exc}") from None
+    with f:
+        before = os.fstat(f.fileno())
+        h = hashlib.sha256()
+        while block := f.read(1 << 20):
+            h.update(block)
+        if h.hexdigest() != digest:
+            raise SourceChanged(_CHANGED)
+        f.seek(0)
+        yield f
+        after = os.fstat(f.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise SourceChanged(_CHANGED)  # written to while it was decoded
+
+
+def _decode_video(path: Path | BinaryIO | str, geometry: Geometry) -> np.ndarray:
     import av
 
     rw, rh = geometry.resize
@@ -41,7 +80,7 @@ def _decode_video(path: Path, geometry: Geometry) -> np.ndarray:
     wanted, timed = _wanted(geometry)
     filled: set[int] = set()
     try:
-        with av.open(str(path)) as container:
+        with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             first, last = min(wanted), max(wanted)
@@ -89,7 +128,7 @@ def _decode_video(path: Path, geometry: Geometry) -> np.ndarray:
     return out
 
 
-def _decode_image(path: Path, geometry: Geometry) -> np.ndarray:
+def _decode_image(path: Path | BinaryIO | str, geometry: Geometry) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
@@ -104,11 +143,14 @@ def _decode_image(path: Path, geometry: Geometry) -> np.ndarray:
         raise DataError(f"cannot decode: {error_text(exc)}") from None
 
 
-def decode_sample(path: Path, geometry: Geometry) -> np.ndarray:
-    """The sample's pixels, ``(frames, height, width, 3)`` uint8; raises `DataError` for a broken file."""
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return _decode_image(path, geometry)
-    return _decode_video(path, geometry)
+def decode_sample(path: Path, geometry: Geometry, digest: str | None = None) -> np.ndarray:
+    """The sample's pixels, ``(frames, height, width, 3)`` uint8; raises `DataError` for a broken file.
+
+    :param digest: the SHA-256 the scan found: bytes that differ raise `SourceChanged` (nothing is decoded).
+    """
+    decode = _decode_image if path.suffix.lower() in IMAGE_EXTENSIONS else _decode_video
+    with _checked(path, digest) as source:
+        return decode(source, geometry)
 
 
 def to_pixels(frames: np.ndarray | torch.Tensor) -> torch.Tensor:

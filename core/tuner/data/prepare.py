@@ -95,17 +95,17 @@ def _encode_missing_latents(
         missing = tuple((k, path) for k, path in enumerate(s.features) if not _sound(path))
         latents = not _sound(s.latents)
         if latents or missing:
-            todo[str(s.latents)] = LatentJob(s.source, s.geometry, s.latents, latents, missing)
+            todo[str(s.latents)] = LatentJob(s.source, s.geometry, s.latents, latents, missing, s.digest)
     for feature in features:  # also when nothing is missing: a feature may free an encoder here
         feature.start(sum(job.latents for job in todo.values()))
     if not todo:
         return set()
     world.barrier()  # every process has its list before any entry is written
-    failures: list[tuple[str, str]] = []
+    failures: list[tuple[str, str, bool]] = []
     by_entry = {str(w.latents): s for s in samples for w in s.windows()}
 
-    def on_failure(job: LatentJob, reason: str) -> None:
-        failures.append((str(job.entry), reason))
+    def on_failure(job: LatentJob, reason: str, broken: bool = True) -> None:
+        failures.append((str(job.entry), reason, broken))
 
     data = config.data
     # Shard the shape-sorted list, so that each share holds every shape in turn.
@@ -126,12 +126,15 @@ def _encode_missing_latents(
     failures = world.gather(failures)  # everyone waits for the whole cache, and learns every failure
 
     def forget() -> None:
-        for entry, reason in failures:
+        for entry, reason, broken in failures:
             sample = by_entry[entry]
-            scan.forget_broken(sample.dataset, sample.source, reason)
+            if broken:
+                scan.forget_broken(sample.dataset, sample.source, reason)
+            else:  # changed since the scan: not broken, and the next scan keys it by its new bytes
+                scan.report.skip(sample.dataset, sample.source, reason)
 
     world.main_first(forget)  # the main process quarantines; the others find the files gone
-    failed = {entry for entry, _ in failures}
+    failed = {entry for entry, _, _ in failures}
     return {i for i, s in enumerate(samples) if any(str(w.latents) in failed for w in s.windows())}
 
 
