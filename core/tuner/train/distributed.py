@@ -198,6 +198,19 @@ class World:
         except Exception as exc:
             raise self.lost(what, exc) from None
 
+    @contextlib.contextmanager
+    def guarded(self, what: str) -> Iterator[None]:
+        """Like `collective`, for work that syncs with the others only inside (DDP's gradient all-reduce in a
+        step): a failure of the process group becomes one line, any other error stays what it is."""
+        try:
+            yield
+        except TunerError:
+            raise
+        except Exception as exc:
+            if self.size > 1 and _group_failure(exc):
+                raise self.lost(what, exc) from None
+            raise
+
     def lost(self, what: str, exc: BaseException) -> ProcessGroupError:
         import re
 
@@ -208,6 +221,19 @@ class World:
             f"process {self.rank} of {self.size} stopped while {what}: another process died, hung or timed out"
             f" ({first[:200]}); the last complete checkpoint in output_dir is intact: resume from it"
         )
+
+
+# What gloo and NCCL say when the other end of the process group is gone (a plain RuntimeError from DDP).
+_GROUP_WORDS = ("gloo/", "nccl", "processgroup", "by peer", "c10d", "broken pipe", "connection refused")
+
+
+def _group_failure(exc: BaseException) -> bool:
+    """The error comes from the process group (another process died or the link broke), not from this process."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"DistError", "DistBackendError", "DistNetworkError", "DistStoreError"}:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(word in text for word in _GROUP_WORDS)
 
 
 def process_group_kwargs(config: RunConfig) -> list[Any]:

@@ -284,7 +284,8 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
     schedule = build_schedule(optimizer, tc, steps)
     ema = EMA(adapter.params, tc.ema_decay, tc.ema_update_interval) if tc.use_ema else None
     keep_all = tc.experts_on_accelerator == "all"
-    forward, optimizer = prepare_training(accelerator, host, bundle, config, adapter, optimizer, keep_all)
+    with world.guarded("setting up data-parallel training"):  # DDP broadcasts the weights
+        forward, optimizer = prepare_training(accelerator, host, bundle, config, adapter, optimizer, keep_all)
     run = RunInfo(
         output_dir,
         steps,
@@ -336,7 +337,9 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
                     writer.validate(run.start_step)  # a crash cut this round short after its checkpoint
                     world.barrier()
             for step in range(run.start_step, steps):
-                with stop.step():  # a signal during the step takes effect after it, in every process alike
+                # A signal during the step takes effect after it, in every process alike; DDP syncs
+                # gradients inside the step: a lost process is one line (world.guarded).
+                with stop.step(), world.guarded(f"training step {step + 1}"):
                     logs = trainer.step(step)
                     done = step + 1
                 if evaluate is not None and eval_due(ec, done, steps):
