@@ -327,6 +327,7 @@ def resolve_config(
         except ValidationError as exc:
             raise ConfigError(_format_error(name, model, exc)) from None
         _resolve_paths(sections[name], name, rule)
+        _check_numbers(name, sections[name])
     if "validation" in sections and "evaluation" in sections:
         from tuner.validate.settings import check_held_out_dataset
 
@@ -335,6 +336,36 @@ def resolve_config(
     return RunConfig(
         plugins=host.active, model_family=family, sections=sections, base_dir=rule.base, path_rule=rule
     )
+
+
+# Python's integers have no limit, but torch's seeds, C timers and JSON readers do: beyond 2**53 a
+# number is a typo, and it would pass `config show` to crash deep in training.
+MAX_INT = 2**53
+
+
+def _check_numbers(name: str, section: BaseModel) -> None:
+    """Every whole number of a section (also inside lists) lies within ±`MAX_INT`, every float is finite."""
+    import math
+
+    def check(where: str, value: Any) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise ConfigError(f"{where} = {str(value)[:30]} is out of range: use a number from -2**53 to 2**53")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where} = {value} is not a finite number")
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                check(where, item)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                check(f"{where}.{key}", item)
+        elif isinstance(value, BaseModel):
+            for key in type(value).model_fields:
+                check(f"{where}.{key}", getattr(value, key))
+
+    for key in type(section).model_fields:
+        check(f"{name}.{key}", getattr(section, key))
 
 
 def config_schema(host: PluginHost) -> dict[str, Any]:

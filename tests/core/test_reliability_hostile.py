@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -258,3 +259,30 @@ def test_a_clip_replaced_between_scan_and_encoding_is_never_cached_under_the_old
     cfg["train"]["output_dir"] = str(tmp_path / "again")
     train(resolve_config(cfg, host), host)  # the next run keys it by the bytes it now holds
     assert len(_entries_of(tmp_path / "cache", clips[0])) == 1
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("train", "seed", 2**64, "train.seed = 18446744073709551616 is out of range"),
+        ("validation", "validation_seed", -(2**70), "validation.validation_seed = -1180591620717411303424 is out of range"),
+        ("validation", "validation_resolution", "100000x100000", "at most 16384 pixels"),
+        ("validation", "validation_fps", 10**9, "validation.validation_fps: Input should be less than or equal to 240"),
+        ("data", "resolution", 1e9, "data.resolution: Input should be less than or equal to 16384"),
+        ("distributed", "process_group_timeout", 10**15, "process_group_timeout: Input should be less than or equal to 604800"),
+        ("train", "max_train_steps", 10**20, "max_train_steps: Input should be less than or equal to 1000000000"),
+    ],
+    ids=["seed", "validation seed", "validation size", "fps", "resolution", "timeout", "steps"],
+)
+def test_numbers_that_would_crash_training_are_refused_when_the_config_loads(tmp_path, section, key, value, message):
+    host = PluginHost.build([], extra={"toy": ToyFamily()})
+    cfg = toy_config(tmp_path)
+    cfg.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_config(cfg, host)  # what `tuner config show` runs
+
+
+def test_a_megapixel_resolution_too_large_to_fit_stops_the_scan_in_one_line(tmp_path):
+    write_synthetic_clips(tmp_path / "clips", count=1, num_frames=3, width=16, height=16)
+    with pytest.raises(DataError, match="resolution 5000 is more than 268 megapixels"):
+        _toy_scan(tmp_path, resolution=5000, resolution_type="area")

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuner.data.settings import CaptionStrategy, ResolutionType
+from tuner.data.sizing import MAX_SIDE
 from tuner.errors import DataError, did_you_mean
 
 __all__ = [
@@ -127,7 +128,7 @@ class MediaDatasetEntry(BaseModel):
     crop_style: Literal["center", "centre", "corner", "random"] = "center"
     crop_aspect: Literal["square", "preserve", "closest", "random"] = "square"
     crop_aspect_buckets: list[float] | None = None
-    resolution: float | None = Field(None, gt=0)
+    resolution: float | None = Field(None, gt=0, le=MAX_SIDE)
     resolution_type: ResolutionType | None = None
     minimum_image_size: float | None = Field(None, ge=0)
     maximum_image_size: float | None = Field(None, gt=0)

@@ -21,6 +21,7 @@ from tuner.data.backends import (
     VideoOptions,
     parse_backend_file,
 )
+from tuner.data.sizing import MAX_SIDE
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
@@ -121,6 +122,17 @@ def _frames(entry: MediaDatasetEntry, data: DataSection) -> dict[str, Any]:
     )
 
 
+def _check_resolution(where: str, resolution: float, rtype: str) -> None:
+    """A training size between 8 pixels and `MAX_SIDE` (or its area in megapixels)."""
+    if rtype != "area" and resolution < 8:
+        raise DataError(
+            f"{where}: resolution {resolution} is below 8 pixels: for megapixels set resolution_type 'area'"
+        )
+    if resolution > (MAX_SIDE**2 / 1e6 if rtype == "area" else MAX_SIDE):
+        unit = f"{MAX_SIDE**2 / 1e6:.0f} megapixels (resolution_type 'area')" if rtype == "area" else f"{MAX_SIDE} pixels"
+        raise DataError(f"{where}: resolution {resolution:g} is more than {unit}: a training frame that large cannot fit")
+
+
 def _media_spec(
     entry: MediaDatasetEntry, where: str, data: DataSection, config: RunConfig, text_cache: Path
 ) -> DatasetSpec:
@@ -132,10 +144,7 @@ def _media_spec(
         raise DataError(f"{where}: caption_strategy 'parquet' needs a 'parquet' block naming the metadata file (path)")
     rtype = entry.resolution_type or data.resolution_type
     resolution = entry.resolution if entry.resolution is not None else data.resolution
-    if rtype != "area" and resolution < 8:
-        raise DataError(
-            f"{where}: resolution {resolution} is below 8 pixels: for megapixels set resolution_type 'area'"
-        )
+    _check_resolution(where, resolution, rtype)
     if entry.crop and entry.crop_aspect in ("closest", "random"):
         buckets = tuple(entry.crop_aspect_buckets or DEFAULT_ASPECT_BUCKETS)
     else:
@@ -243,6 +252,7 @@ def _shorthand(config: RunConfig) -> DataLayout:
         hint = config.paths.hint(data.instance_data_dir, root)
         raise DataError(f"data.instance_data_dir does not exist or is not a folder: {root}{hint}")
     cache = _output_path(data.cache_dir, config)
+    _check_resolution("data.resolution", data.resolution, data.resolution_type)
     spec = DatasetSpec(
         id="data",
         kind="video",

@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tuner.data.sizing import MAX_SIDE
+
 __all__ = ["DataSection", "CaptionStrategy", "ResolutionType"]
 
 # allow_inf_nan=False: no option here means anything with inf or nan (a learning rate, a shift, a size).
@@ -51,6 +53,7 @@ class DataSection(BaseModel):
     resolution: float = Field(
         480,
         gt=0,
+        le=MAX_SIDE,
         description="Training size: the short side in pixels (resolution_type pixel), the side of a square of the"
         " same area (pixel_area), or megapixels (area).",
     )

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from tuner.data.layout import DatasetSpec
     from tuner.data.probe import MediaInfo
 
-__all__ = ["Geometry", "valid_frames", "frames_for", "measure", "target_size", "fit"]
+__all__ = ["MAX_SIDE", "Geometry", "valid_frames", "frames_for", "measure", "target_size", "fit"]
+
+MAX_SIDE = 16384  # pixels: one frame this wide already needs gigabytes; a larger size is a typo
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ class DistributedSection(BaseModel):
     process_group_timeout: int = Field(
         1800,
         ge=10,
+        le=7 * 24 * 3600,  # a week; torch keeps it in milliseconds in a C int
         description="Seconds a process waits for the others (a gradient sync, a barrier) before it stops with an"
         " error: bounds the wait when another process dies or hangs. The other processes wait at a barrier while"
         " the main process validates or writes a checkpoint, so keep it longer than the longest validation round."

@@ -64,7 +64,7 @@ class TrainSection(BaseModel):
         1, ge=1, description="Micro-batches whose gradients add up to one optimizer step."
     )
     max_train_steps: int = Field(
-        100, ge=0, description="Optimizer steps to train for; 0 means: as many as num_train_epochs make."
+        100, ge=0, le=10**9, description="Optimizer steps to train for; 0 means: as many as num_train_epochs make."
     )
     num_train_epochs: int = Field(
         0, ge=0, description="Passes over the data; 0 means: no epoch limit (max_train_steps decides)."

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tuner.data.sizing import MAX_SIDE
+
 __all__ = ["ValidationSection", "EvaluationSection", "parse_size", "read_prompt_library", "read_prompt_images"]
 
 # allow_inf_nan=False: no option here means anything with inf or nan (a learning rate, a shift, a size).
@@ -25,6 +27,8 @@ def parse_size(value: str) -> tuple[int, int]:
         raise ValueError(f"expected WIDTHxHEIGHT such as 832x480, got '{value}'") from None
     if w <= 0 or h <= 0:
         raise ValueError(f"width and height must be positive, got '{value}'")
+    if max(w, h) > MAX_SIDE:
+        raise ValueError(f"width and height must be at most {MAX_SIDE} pixels, got '{value}'")
     return w, h
 
 
@@ -129,7 +133,7 @@ class ValidationSection(BaseModel):
     )
     validation_guidance: float = Field(5.0, ge=0, description="Classifier-free guidance scale; 1 or less turns it off.")
     validation_seed: int = Field(42, description="Noise seed: the same noise every round, so rounds compare.")
-    validation_fps: int = Field(16, ge=1, description="Frame rate of the written videos.")
+    validation_fps: int = Field(16, ge=1, le=240, description="Frame rate of the written videos.")
     validation_preview: bool = Field(
         False,
         description="Also render cheap previews of each clip at intermediate sampler steps (the denoised estimate,"
