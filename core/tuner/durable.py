@@ -111,7 +111,8 @@ def replacing(path: Path, tmp: Path | None = None) -> Iterator[Path]:
         # container reuses) is written through or stands in the way.
         # Mode 0o666 less the umask, as a plain open would give (mkstemp's 0o600 would hide a config).
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.{os.getpid()}.partial")
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        with contextlib.suppress(FileNotFoundError):  # no folder: the writer says so itself
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
         os.replace(tmp, path)
