@@ -134,7 +134,9 @@ class PluginHost:
                 choices = sorted(set(installed) | set(extra))
                 listing = ", ".join(choices) if choices else "none"
                 hint = did_you_mean(name, choices) or ": it is not installed (install the package that provides it)"
-                raise PluginError(f"unknown plugin '{name}'{hint}; installed plugins: {listing}")
+                from tuner.config_keys import shown
+
+                raise PluginError(f"unknown plugin '{shown(name)}'{hint}; installed plugins: {listing}")
             host._load_entry_point(installed[name])
         for name, obj in extra.items():
             host._register(name, obj, version="local", source=getattr(obj, "__name__", type(obj).__name__))
@@ -237,9 +239,11 @@ class PluginHost:
         if requested:
             requested = self.family_named(requested) or requested
             if requested not in self.families:
+                from tuner.config_keys import shown
+
                 known = ", ".join(sorted(self.families)) or "none (activate a family plugin, e.g. --plugin wan)"
                 raise PluginError(
-                    f"model_family '{requested}' is not provided by any active plugin"
+                    f"model_family '{shown(requested)}' is not provided by any active plugin"
                     f"{did_you_mean(requested, self.families)}; active families: {known}"
                 )
             return requested
