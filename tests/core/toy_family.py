@@ -26,7 +26,7 @@ class ToySection(BaseModel):
     toy_pool: int = Field(4, ge=1, description="Pixels pooled into one latent pixel.")
     toy_experts: int = Field(1, ge=1, le=2, description="2: two denoisers split the noise range at 0.5, both trained.")
     toy_fps: float | None = Field(None, gt=0, description="The frame rate the toy model states (none by default).")
-    toy_flavour: str = Field("plain", description="A name telling toy models apart (ModelBundle.identity).")
+    toy_flavour: str = Field("plain", description="A name telling toy models apart (ModelBundle.flavour).")
 
 
 class ToyDenoiser(nn.Module):
@@ -95,7 +95,7 @@ class ToyFamily:
             cache_id=f"toy-{section.toy_pool}",
             frame_rate=section.toy_fps,
             supports_token_routing=self.supports_routing,
-            identity={"flavour": section.toy_flavour},
+            flavour=section.toy_flavour,
         )
 
     @hookimpl
