@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from toy_family import ToyFamily, toy_config
@@ -286,3 +287,90 @@ def test_a_megapixel_resolution_too_large_to_fit_stops_the_scan_in_one_line(tmp_
     write_synthetic_clips(tmp_path / "clips", count=1, num_frames=3, width=16, height=16)
     with pytest.raises(DataError, match="resolution 5000 is more than 268 megapixels"):
         _toy_scan(tmp_path, resolution=5000, resolution_type="area")
+
+
+@pytest.mark.parametrize("key", ["tracker_project_name", "tracker_run_name"])
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "a\\b", "..", "x\ny"])
+def test_tracker_names_are_names_never_paths_out_of_output_dir(tmp_path, key, name):
+    host = PluginHost.build([], extra={"toy": ToyFamily()})
+    cfg = toy_config(tmp_path)
+    cfg["tracking"] = {key: name}
+    with pytest.raises(ConfigError, match=f"tracking.{key}: .*a name, not a path"):
+        resolve_config(cfg, host)
+
+
+def _trained_toy(tmp_path, name="out", **options):
+    host = PluginHost.build([], extra={"toy": ToyFamily()})
+    cfg = toy_config(tmp_path, **{"max_train_steps": 1, **options})
+    cfg["train"]["output_dir"] = str(tmp_path / name)
+    cfg["validation"]["validation_prompt"] = None
+    return train(resolve_config(cfg, host), host)
+
+
+def _latent_entries(tmp_path):
+    return sorted((tmp_path / "cache" / "vae").rglob("*.safetensors"))
+
+
+def test_nan_in_a_damaged_cache_entry_is_named_not_blamed_on_the_learning_rate(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+    _trained_toy(tmp_path)
+    for entry in _latent_entries(tmp_path):  # still whole safetensors files: only the values are damaged
+        tensors = load_file(entry)
+        save_file({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in tensors.items()}, entry)
+    with pytest.raises(DataError) as err:
+        _trained_toy(tmp_path, name="again")
+    message = str(err.value)
+    assert "\n" not in message and "not the learning rate" in message and str(_latent_entries(tmp_path)[0].parent) in message
+
+
+def test_a_cache_entry_that_parses_but_lacks_a_tensor_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+    _trained_toy(tmp_path)
+    damaged = _latent_entries(tmp_path)[1]
+    tensors = load_file(damaged)
+    save_file({f"renamed_{k}": v for k, v in tensors.items()}, damaged)
+    with pytest.raises(DataError, match=f"cache entry {re.escape(str(damaged))} .* it is damaged"):
+        _trained_toy(tmp_path, name="again", max_train_steps=4)
+
+
+_OOM = """
+import resource, sys
+from pathlib import Path
+import torch  # the address space measured beside
+from tuner.data.batches import _read_bytes
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
+try:
+    _read_bytes(Path(sys.argv[1]), Path("clip.mp4"))
+except MemoryError:
+    print("MemoryError")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+else:
+    print("read it whole")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS")
+def test_running_out_of_memory_while_reading_the_cache_is_not_called_a_damaged_entry(tmp_path):
+    import gzip
+
+    import torch
+    from safetensors.torch import save
+
+    entry = tmp_path / "ab" / "abcd.safetensors.gz"
+    entry.parent.mkdir()
+    entry.write_bytes(gzip.compress(save({"latents": torch.zeros(64 * 1024 * 1024, dtype=torch.uint8)}), 1))
+    script = tmp_path / "oom.py"
+    script.write_text(_OOM)
+    # The address space the interpreter and torch take, plus far less than the 64 MB the entry unpacks to.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import tuner.data.batches, torch; print(open('/proc/self/status').read().split('VmSize:')[1].split()[0])"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    limit = int(probe.stdout.strip()) * 1024 + 16 * 1024 * 1024
+    result = subprocess.run([sys.executable, str(script), str(entry.with_suffix("")), str(limit)], capture_output=True, text=True)
+    assert result.stdout.strip() == "MemoryError", result.stdout + result.stderr[-2000:]

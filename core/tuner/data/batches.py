@@ -102,7 +102,9 @@ def epoch_batches(
 
 
 def _unreadable(path: Path, source: Path, exc: Exception) -> DataError:
-    # a damaged file on disk: say which and how to recover
+    """A damaged file on disk: say which and how to recover. Running out of memory is not damage: it propagates."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError
+        raise exc
     return DataError(
         f"cache entry {path} (of {source}) cannot be read ({exc}): delete it and start again; it will be encoded anew"
     )
@@ -210,6 +212,7 @@ class TrainingData:
         self._next: tuple[int, Future] | None = None
         self._read_times: deque[float] = deque(maxlen=8)
         self._lock = threading.Lock()
+        self._layout: dict[str, int] | None = None  # keys and ranks of the first entry loaded (_check_layout)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -266,11 +269,28 @@ class TrainingData:
                 prompts.append((_read_bytes(s.text, s.source), s.text, s.source))
         return picked, latents, prompts
 
-    @staticmethod
-    def _to_tensors(raw: _RawBatch) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    def _to_tensors(self, raw: _RawBatch) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Tensors from the bytes, latents stacked: on the training thread."""
         picked, latents, prompts = raw
-        return _stack([_merged(entries) for entries in latents], picked), [_tensors(*entry) for entry in prompts]
+        merged = [_merged(entries) for entries in latents]
+        for entry, entries in zip(merged, latents, strict=True):
+            self._check_layout(entry, entries[0][1], entries[0][2])
+        return _stack(merged, picked), [_tensors(*entry) for entry in prompts]
+
+    def _check_layout(self, entry: dict[str, torch.Tensor], path: Path, source: Path) -> None:
+        """Every sample's entry holds the tensors the first one held, each with as many dimensions.
+
+        A damaged entry that still parses (a key missing or renamed, a tensor of another rank) is
+        named here, not met as a KeyError inside the model family's loss.
+        """
+        layout = {key: tensor.ndim for key, tensor in entry.items()}
+        if self._layout is None:
+            self._layout = layout
+        elif layout != self._layout:
+            raise DataError(
+                f"cache entry {path} (of {source}) holds {sorted(layout.items())}, unlike the other entries"
+                f" ({sorted(self._layout.items())}): it is damaged; delete it and start again; it will be encoded anew"
+            )
 
     def _timed_read(self, index: int) -> tuple[_RawBatch, float]:
         start = time.perf_counter()

@@ -69,6 +69,18 @@ class TrackingSection(BaseModel):
                     raise ValueError(_missing(name))
         return value
 
+    @field_validator("tracker_project_name", "tracker_run_name")
+    @classmethod
+    def _one_name(cls, value: str | None) -> str | None:
+        # TensorBoard makes folders of them under output_dir/logs: '../x' or '/x' would write elsewhere.
+        if value is None:
+            return value
+        if value.strip() in ("", ".", "..") or any(c in value for c in "/\\") or not value.isprintable():
+            raise ValueError("a name, not a path: no '/', '\\', control characters, and not '.' or '..'")
+        if len(value.encode()) > 128:
+            raise ValueError("at most 128 bytes")
+        return value
+
     def trackers(self) -> list[str]:
         return [n for n in _names(self.report_to) if n != "none"]
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.types import ModelBundle
 
-__all__ = ["run_identity", "identity_differences", "model_differs"]
+__all__ = ["run_identity", "identity_differences", "model_differs", "resume_refusal"]
 
 
 def _architecture(bundle: ModelBundle) -> str:
@@ -87,3 +87,24 @@ def identity_differences(saved: Any, now: dict[str, Any]) -> list[str]:
 def model_differs(differences: list[str]) -> bool:
     """Some difference is of the model itself: its weights do not belong on this one."""
     return any(d.startswith("model.") for d in differences)
+
+
+def resume_refusal(saved: Any, now: dict[str, Any], weights_only: bool, fits: bool) -> str | None:
+    """Why a checkpoint with identity ``saved`` cannot resume this run (``now``), or ``None``.
+
+    :param weights_only: ``resume_weights_only``: only the model must match.
+    :param fits: the checkpoint's trainable tensors have this run's shapes.
+    """
+    differences = identity_differences(saved, now)
+    if not differences or (weights_only and not model_differs(differences)):
+        return None
+    if model_differs(differences):
+        fix = "its weights belong to another model: resume it with that model, or start afresh without it"
+    elif fits:
+        fix = (
+            "resume with the settings it was written with, or set train.resume_weights_only = true to start"
+            " afresh from its adapter weights (step 0, a new optimizer and schedule)"
+        )
+    else:
+        fix = "resume with the settings it was written with, or start afresh"
+    return f"was written for another run ({'; '.join(differences)}): {fix}"

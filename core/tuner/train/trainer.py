@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.durable import disk_full_message, is_disk_full
-from tuner.errors import CheckpointError, TunerError
+from tuner.errors import CheckpointError, DataError, TunerError
 
 if TYPE_CHECKING:
     import torch
@@ -125,6 +125,7 @@ class Trainer:
                 if term.loss is not None and term.weight != 0:
                     total = total + term.weight * term.loss
             if not self.ranks.all_finite(total):  # every process skips the step, or none
+                self._check_inputs(step, index, batch)  # a damaged input is not a learning rate to lower
                 return self._bad_loss(step, float(total.detach()), start)
             # Gradients add up across micro-batches; DDP syncs only on the last one.
             sync = micro == ga - 1
@@ -180,6 +181,28 @@ class Trainer:
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+    def _check_inputs(self, step: int, index: int, batch: dict[str, torch.Tensor]) -> None:
+        """Stop in one line naming the cache entries when the loss is not finite because an input is not."""
+        import torch
+
+        rows: set[int] = set()
+        keys = []
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                keys.append(key)
+                rows |= {i for i in range(value.shape[0]) if not torch.isfinite(value[i]).all()}
+        if not keys:
+            return
+        epoch = index // self.data.epoch_length
+        picked = [self.data.samples[i].at(epoch) for i in self.data.batch_indices(index)]
+        # The latent and the caption's entry of each sample with a bad row (which one holds the key is the family's).
+        entries = [str(p) for i in sorted(rows) if i < len(picked) for p in (picked[i].latents, picked[i].text)][:4]
+        raise DataError(
+            f"the loss of step {step + 1} is not finite because its inputs are not ({', '.join(keys)} hold NaN or"
+            f" infinite values): a damaged cache entry, not the learning rate; delete {', '.join(entries) or 'the'}"
+            " cache entries (they are encoded anew) and resume"
+        )
 
     def _bad_loss(self, step: int, loss: float, start: float) -> dict[str, float]:
         tc = self.config.train
@@ -338,26 +361,14 @@ class Trainer:
     def _check_identity(self, path: Path, info: dict[str, Any], fits: bool) -> None:
         """Refuse in one line a checkpoint written for another model, adapter or optimizer."""
         from tuner.report.progress import notice
-        from tuner.train.identity import identity_differences, model_differs
+        from tuner.train.identity import resume_refusal
 
         if "identity" not in info:
             notice(f"{path.name} records no model or adapter (written by an earlier tuner): its settings are not checked")
             return
-        differences = identity_differences(info["identity"], self.identity)
-        weights_only = self.config.train.resume_weights_only
-        if not differences or (weights_only and not model_differs(differences)):
-            return
-        facts = "; ".join(differences)
-        if model_differs(differences):
-            fix = "its weights belong to another model: resume it with that model, or start afresh without it"
-        elif fits:
-            fix = (
-                "resume with the settings it was written with, or set train.resume_weights_only = true to start"
-                " afresh from its adapter weights (step 0, a new optimizer and schedule)"
-            )
-        else:
-            fix = "resume with the settings it was written with, or start afresh"
-        raise CheckpointError(f"{path} was written for another run ({facts}): {fix}")
+        refusal = resume_refusal(info["identity"], self.identity, self.config.train.resume_weights_only, fits)
+        if refusal is not None:
+            raise CheckpointError(f"{path} {refusal}")
 
     def _continue_data(self, path: Path, step: int, info: dict[str, Any]) -> None:
         """Number micro-batches on from where the checkpoint's processes stopped, whatever their count."""
