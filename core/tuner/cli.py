@@ -94,11 +94,13 @@ def friendly_errors(fn: F) -> F:
         except TunerError as exc:
             raise _fail(str(exc)) from None
         except Exception as exc:  # OSError, or a writer's own type (safetensors' SafetensorError)
-            from tuner.durable import disk_full_line, is_disk_full
+            from tuner.durable import disk_full_line, is_disk_full, refused_write_line
 
-            if not is_disk_full(exc):
-                raise
-            raise _fail(disk_full_line(exc)) from None
+            if is_disk_full(exc):
+                raise _fail(disk_full_line(exc)) from None
+            if (line := refused_write_line(exc)) is not None:
+                raise _fail(line) from None
+            raise
 
     return wrapper  # type: ignore[return-value]
 

@@ -29,6 +29,7 @@ __all__ = [
     "replacing",
     "append_whole",
     "process_alive",
+    "refused_write_line",
 ]
 
 # No space, over the quota, or over a file-size limit (``ulimit -f``: CPython ignores SIGXFSZ, so the write
@@ -92,6 +93,27 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_REFUSED = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def refused_write_line(exc: BaseException | None) -> str | None:
+    """One line for a file the system refused (a folder made read-only or unwritable mid-run), or ``None``.
+
+    Only an `OSError` that names its file (``exc`` or what it was raised from) qualifies.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _REFUSED and exc.filename:
+            return (
+                f"{exc.filename}: {exc.strerror}: tuner cannot write there (was the folder made read-only or"
+                " unwritable?); make it writable again, then resume from the last checkpoint"
+                " (resume_from_checkpoint = 'latest')"
+            )
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -374,3 +374,44 @@ def test_running_out_of_memory_while_reading_the_cache_is_not_called_a_damaged_e
     limit = int(probe.stdout.strip()) * 1024 + 16 * 1024 * 1024
     result = subprocess.run([sys.executable, str(script), str(entry.with_suffix("")), str(limit)], capture_output=True, text=True)
     assert result.stdout.strip() == "MemoryError", result.stdout + result.stderr[-2000:]
+
+
+class _ReadOnlyAfter(ToyFamily):
+    """Makes the output folder read-only at the end of a step: a read-only bind mount over it."""
+
+    def __init__(self, folder, step):
+        super().__init__()
+        self.folder, self.step = folder, step
+
+    @hookimpl
+    def on_step_end(self, run, step, logs):
+        if step == self.step:
+            subprocess.run(["mount", "--bind", str(self.folder), str(self.folder)], check=True)
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(self.folder)], check=True)
+
+
+def test_an_output_folder_made_read_only_mid_run_ends_in_one_line(tmp_path, capsys):
+    import typer
+
+    from tuner.cli import friendly_errors
+
+    out = tmp_path / "out"
+    out.mkdir()
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if subprocess.run(["mount", "--bind", str(probe), str(probe)], capture_output=True).returncode:
+        pytest.skip("needs a bind mount (a real read-only file system)")
+    subprocess.run(["umount", str(probe)], check=True)
+    try:
+        write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+        host = PluginHost.build([], extra={"toy": _ReadOnlyAfter(out, 1)})
+        cfg = toy_config(tmp_path, max_train_steps=4, checkpoint_step_interval=2)
+        cfg["validation"]["validation_prompt"] = None
+        with pytest.raises(typer.Exit) as stop:
+            friendly_errors(lambda: train(resolve_config(cfg, host), host))()  # as `tuner train` runs it
+        err = capsys.readouterr().err
+        assert stop.value.exit_code == 2 and "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"error: {out}") and "Read-only file system: tuner cannot write there" in last, last
+    finally:
+        subprocess.run(["umount", "-l", str(out)], capture_output=True)
