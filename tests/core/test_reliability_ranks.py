@@ -57,7 +57,6 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.slow  # two processes importing torch: ~12 s of CPU
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="gloo ranks as plain processes")
 def test_when_one_rank_is_killed_the_other_stops_in_one_line_and_both_exit_non_zero(tmp_path):
     write_synthetic_clips(tmp_path / "clips", count=4, num_frames=3, width=16, height=16)
