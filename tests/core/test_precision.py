@@ -137,3 +137,16 @@ def test_save_dtype_writes_the_files_in_that_dtype_and_changes_nothing_else(run)
         assert [s["loss"] for s in steps] == [s["loss"] for s in reference_steps], "training did not change"
         assert all(torch.equal(adapter[k], v.to(LOW[dtype])) for k, v in reference_adapter.items())
         assert all(torch.equal(ema[k], v.to(LOW[dtype])) for k, v in reference_ema.items())
+
+
+@pytest.mark.parametrize("method", ["norm", "value"])
+@pytest.mark.parametrize("mixed", ["no", "bf16", "fp16"])
+@pytest.mark.parametrize("limit", [0.0, 1e-3])
+def test_every_clip_method_trains_in_every_precision(run, method, mixed, limit):
+    outputs, steps = run(
+        name=f"{method}-{mixed}-{limit}", mixed_precision=mixed, grad_clip_method=method, max_grad_norm=limit,
+        max_train_steps=2,
+    )
+    assert len(steps) == 2 and all(math.isfinite(s["loss"]) and s["grad_norm"] > 0 for s in steps)
+    assert all(torch.isfinite(v).all() for v in load_file(outputs["adapter"]).values())
+

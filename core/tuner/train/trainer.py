@@ -176,7 +176,9 @@ class Trainer:
         grads = [p.grad.detach().float() for p in self.params if p.grad is not None]
         norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
         if tc.max_grad_norm > 0:
-            acc.clip_grad_value_(self.params, tc.max_grad_norm)
+            # torch's own clip: accelerate's clip_grad_value_ unscales again, which the scaler refuses
+            # ("unscale_() has already been called") on the step's second unscale.
+            torch.nn.utils.clip_grad_value_(self.params, tc.max_grad_norm)
         return norm
 
     def _lr(self) -> float:
