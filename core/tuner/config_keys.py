@@ -111,11 +111,9 @@ def _unknown_key(key: str, known: list[str]) -> str:
         options = [name for name, plugin in owners.items() if plugin == named]
         return f"config key '{shown(key)}' is not an option of the '{named}' plugin{did_you_mean(key, options)}"
     hint = did_you_mean(key, known)
-    if not hint and prefix.isidentifier() and not any(k.startswith(prefix + "_") for k in known):
-        return (
-            f"unknown config key '{shown(key)}': no installed plugin offers it; if it is an option of a"
-            f" '{prefix}' plugin, install that plugin and enable it (plugins = [..., \"{prefix}\"])"
-        )
+    if not hint:
+        # A key's first word is no plugin's name ("scheduled_...", "is_..."): name none rather than invent one.
+        return f"unknown config key '{shown(key)}': no installed plugin offers it"
     return f"unknown config key '{shown(key)}'{hint}"
 
 

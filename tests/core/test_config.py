@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import json
 from pathlib import Path
 
@@ -166,8 +167,10 @@ def test_options_of_installed_plugins_switch_them_on_from_the_cli_and_are_named_
         ("flux_model_flavour", "is an option of the 'flux' plugin, which is not enabled"),
         # A misspelt option named after an installed plugin: that plugin's nearest option.
         ("crepa_blok_index", "'crepa_blok_index' is not an option of the 'crepa' plugin (did you mean 'crepa_block_index'?)"),
-        # Named after no installed plugin: install and enable it.
-        ("ltx2_frame_rate", "no installed plugin offers it; if it is an option of a 'ltx2' plugin, install that plugin and enable it"),
+        # Named after no installed plugin: no plugin is invented from the key's first word.
+        ("ltx2_frame_rate", "unknown config key 'ltx2_frame_rate': no installed plugin offers it"),
+        ("scheduled_samplng_sampler", "unknown config key 'scheduled_samplng_sampler': no installed plugin offers it"),
+        ("is_i2vv", "unknown config key 'is_i2vv': no installed plugin offers it"),
         # A plain typo keeps its suggestion, a core option's too.
         ("lerning_rate", "unknown config key 'lerning_rate' (did you mean 'learning_rate'?)"),
         ("train_batch_sise", "unknown config key 'train_batch_sise' (did you mean 'train_batch_size'?)"),
@@ -177,6 +180,8 @@ def test_a_refused_key_names_the_missing_plugin_from_what_is_installed(host, key
     with pytest.raises(ConfigError) as err:
         resolve_config({key: 1}, host)
     assert message in str(err.value)
+    named = re.findall(r"'(\w+)' plugin", str(err.value))
+    assert set(named) <= set(PluginHost.build(all_installed=True).active), "only a real plugin is named"
 
 
 def test_the_guides_literal_spellings_are_accepted(tmp_path, host):
