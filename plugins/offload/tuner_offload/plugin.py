@@ -58,15 +58,20 @@ def _chunk(bundle: ModelBundle, section: OffloadSection, batch_size: int) -> Non
     from tuner_offload.settings import MIN_CHUNK_TOKENS, chunk_meaning
 
     size = section.feed_forward_chunk_size if section.enable_chunked_feed_forward else None
-    if (env := chunk_size_from_environment(bundle.family)) is not None:
-        name, size = env
-        notice(f"{name}={size}: {chunk_meaning(size, batch_size)}")
-    elif size is not None and size < MIN_CHUNK_TOKENS:
-        notice(chunk_meaning(size, batch_size))  # the guide's small size: say what it means here
-    if size is not None:
-        layers = chunk_feed_forward(bundle, size)
-        unit = "tokens" if size >= MIN_CHUNK_TOKENS else "sample(s)"
-        say(f"chunked feed-forward: {layers} layers run over {size} {unit} at a time")
+    env = chunk_size_from_environment(bundle.family)
+    if env is not None:
+        size = env[1]
+    if size is None:
+        return
+    layers = chunk_feed_forward(bundle, size)
+    # One line says what the size means here: a token count, or the guide's samples per chunk.
+    line = f"{chunk_meaning(size, batch_size)} ({layers} layers)"
+    if env is not None:
+        notice(f"{env[0]}={size}: {line}")
+    elif size < MIN_CHUNK_TOKENS:
+        notice(f"chunked feed-forward: {line}")  # the guide's small size: always said
+    else:
+        say(f"chunked feed-forward: {line}")
 
 
 def _blocks_of(bundle: ModelBundle, denoiser: torch.nn.Module) -> list[torch.nn.Module]:

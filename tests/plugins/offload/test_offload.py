@@ -334,7 +334,7 @@ def baseline(tmp_path_factory, tiny_model_dir):
         (["blocks_to_swap=1", "gradient_checkpointing=true"], "block swap: blocks 1-1 of 2 stream"),
         (["enable_model_cpu_offload=true"], "model CPU offload: text_encoder, vae, the denoiser take turns"),
         (["offload_during_startup=true"], "offload during start-up: text_encoder, vae take turns"),
-        (["enable_chunked_feed_forward=true", "feed_forward_chunk_size=32"], "chunked feed-forward: 2 layers"),
+        (["enable_chunked_feed_forward=true", "feed_forward_chunk_size=32"], "chunked feed-forward: feed-forward layers run over 32 tokens at a time (2 layers)"),
     ],
     ids=["group-offload", "block-swap", "model-cpu-offload", "startup-offload", "chunked-ff"],
 )
@@ -374,3 +374,24 @@ def test_group_offload_validates_through_the_pipeline(make_run, cli, tmp_path, p
         "enable_group_offload=true", "gradient_checkpointing=true", f"group_offload_to_disk_path='{tmp_path / 'spill'}'"
     )
     assert np.array_equal(plain, spilled)
+
+
+@pytest.mark.parametrize(("size", "batch", "says"), [
+    (2, 1, "a batch of 1 is not split"),
+    (2, 2, "the batch of 2 runs 1 sample(s) at a time"),
+    (1, 3, "the batch of 3 runs 1 sample(s) at a time"),
+])
+def test_the_chunk_size_is_described_in_one_consistent_line(host, capsys, size, batch, says):
+    model = tiny_adapted_wan()
+    seen = _feed_forward_batches(model)
+    config = resolve_config(
+        {"enable_chunked_feed_forward": True, "feed_forward_chunk_size": size, "train_batch_size": batch}, host
+    )
+    host.prepare_model(ModelBundle("wan", model, []), config, "base", torch.device("cpu"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "feed-forward" in line]
+    assert len(lines) == 1 and says in lines[0], lines
+    assert "run over 2 sample(s)" not in lines[0]
+    with torch.no_grad():
+        model(hidden_states=torch.randn(batch, 16, 3, 8, 8), timestep=torch.tensor([500.0] * batch),
+              encoder_hidden_states=torch.randn(batch, 7, 32), return_dict=False)
+    assert set(seen) == {1}, "what the line says is what runs"
