@@ -160,3 +160,53 @@ def test_stills_suggest_an_image_family_whose_questions_skip_frames(tmp_path):
     config = read_config_file(out)
     assert config["model_family"] == "flux" and config["data"]["num_frames"] == 1
     assert json.loads((tmp_path / "datasets.json").read_text())[0]["dataset_type"] == "image"
+
+
+# Every flavour of each installed family -> the flavour whose tiny model it shares (the tiny model's shape
+# depends on the task, the version and the experts only, not on the real model's size or resolution).
+_TINY_TWIN = {"t2v-480p-14b-2.1": "t2v-480p-1.3b-2.1", "i2v-14b-2.1-720p": "i2v-14b-2.1",
+              "i2v-14b-2.2-low": "i2v-14b-2.2-high", "t2v-14b-2.2-low": "t2v-14b-2.2-high"}
+
+
+def _every_flavour() -> list[tuple[str, str]]:
+    host = PluginHost.build(["wan", "flux"])
+    return [(plugin, f.name) for plugin in ("wan", "flux") for f in host.describe_family(plugin).flavours]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", _every_flavour(), ids=lambda f: f"{f[0]}-{f[1]}")
+def test_the_wizards_config_for_every_flavour_trains_the_tiny_model(tmp_path, tiny_model_dir, cli, flavour):
+    """Image-to-video flavours get a first frame per prompt in the library they write: the config trains."""
+    from tuner.data.synthetic import write_synthetic_image
+
+    plugin, name = flavour
+    twin = _TINY_TWIN.get(name, name)
+    if plugin == "flux":
+        for i in range(2):
+            write_synthetic_image(tmp_path / "data" / f"s{i}.png", 32, 32, index=i)
+    else:
+        write_synthetic_clips(tmp_path / "data", count=2, num_frames=5, width=32, height=32)
+    model = tiny_model_dir(plugin, twin)
+    overrides = prepare_tiny_model(PluginHost.build([plugin]), plugin, model, variant=twin)
+    # The tiny model's own first frame is no part of what a user has: the wizard must give its own.
+    mine = ("validation.validation_image", f"{plugin}.model_flavour", f"{plugin}.flux_model_flavour")
+    sets = [a for k, v in overrides.items() if k not in mine for a in ("--set", f"{k}={json.dumps(v)}")]
+    out = tmp_path / "run" / "config.toml"
+    out.parent.mkdir()
+    args = [str(tmp_path / "data"), "--yes", "-p", plugin, "--flavour", name, "--out", str(out), "--steps", "1",
+            "--resolution", "32", "-a", "prompts=1", *sets, "--set", "validation.validation_num_inference_steps=1"]
+    if plugin == "wan":
+        args += ["--frames", "5"]
+    result = _configure(args)
+    assert result.exit_code == 0, result.output
+    config = read_config_file(out)
+    assert "validation_image" not in config.get("validation", {})
+    library = json.loads((out.parent / "prompts.json").read_text())
+    if name.startswith(("i2v", "flf2v", "ti2v")):
+        entry = library["caption_0"]
+        assert (out.parent / entry["image"]).is_file(), "each prompt carries its clip's first frame"
+    else:
+        assert isinstance(library["caption_0"], str)
+    trained = cli(["train", "--config", str(out)])
+    assert trained.exit_code == 0, trained.output + trained.stderr
+    assert list((out.parent / "output" / "validation").rglob("caption_0.*")), "validation rendered the prompt"

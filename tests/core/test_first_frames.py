@@ -116,3 +116,16 @@ def test_image_conditioned_model_gets_its_frames_and_shows_them_on_the_contact_s
     bundle.image_conditioned = False
     with pytest.raises(ConfigError, match="validation_image gives image-to-video models"):
         check_validation(host, bundle, config)
+
+
+def test_validation_image_serves_every_prompt_that_names_none(tmp_path):
+    """The guide's plain string library beside one validation_image: each prompt starts from that image."""
+    Image.new("RGB", (16, 16)).save(tmp_path / "one.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "own.png")
+    (tmp_path / "lib.json").write_text(json.dumps({"a": "one", "b": "two", "own": {"prompt": "x", "image": "own.png"}}))
+    host = PluginHost.build([], extra={"toy": ToyFamily()})
+    raw = toy_config(tmp_path)
+    raw["validation"].update(user_prompt_library="lib.json", validation_image="one.png", validation_prompt=None)
+    config = resolve_config(raw, host, base_dir=tmp_path)
+    one = tmp_path / "one.png"
+    assert prompt_images(config) == {"a": [one], "b": [one], "own": [tmp_path / "own.png"]}

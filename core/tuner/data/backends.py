@@ -80,9 +80,19 @@ class VideoOptions(BaseModel):
         description="Resample clips to the model's frame rate (nearest frame by timestamp). false: every frame is"
         " used at the file's own rate.",
     )
+    # The guide's (SimpleTuner's) per-dataset image-to-video switch. Here the model flavour decides: an
+    # image-to-video flavour conditions every clip on its first frame, a text-to-video one none.
+    is_i2v: bool | None = Field(
+        None, description="The guide's key, accepted as true only: the model flavour decides image-to-video training."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> VideoOptions:
+        if self.is_i2v is False:
+            raise ValueError(
+                "is_i2v = false is not offered: the model flavour decides (an image-to-video flavour conditions"
+                " every clip on its first frame); remove is_i2v, or train a text-to-video flavour"
+            )
         if self.min_frames and self.max_frames and self.min_frames > self.max_frames:
             raise ValueError(f"min_frames {self.min_frames} is above max_frames {self.max_frames}")
         if self.num_frames and self.max_frames and self.num_frames > self.max_frames:

@@ -131,6 +131,22 @@ def _memory_table(console: Any, rows: list[tuple[MemoryOption, Any]], limit: flo
     console.print(table)
 
 
+def _prompt_library(
+    out_dir: Path, files: list[FileSample], captions: list[str], first_frames: bool
+) -> tuple[dict[str, Any], list[Path]]:
+    """Nickname -> caption; for an image-to-video model, each entry with the first frame of its caption's file."""
+    if not first_frames:
+        return {f"caption_{i}": c for i, c in enumerate(captions)}, []
+    folder = out_dir / "first-frames"
+    folder.mkdir(exist_ok=True)
+    library: dict[str, Any] = {}
+    for i, caption in enumerate(captions):
+        sample = next(f for f in files if f.caption == caption)
+        image = _first_frame(sample, folder / f"caption_{i}.png")
+        library[f"caption_{i}"] = {"prompt": caption, "image": f"{folder.name}/{image.name}"}
+    return library, [folder / f"caption_{i}.png" for i in range(len(captions))]
+
+
 def _first_frame(sample: FileSample, path: Path) -> Path:
     """The first frame of ``sample`` as a PNG: an image-to-video model's validation needs one."""
     from PIL import Image
@@ -307,18 +323,16 @@ def run_wizard(
     doc.set("data.num_frames", frames, "frames per sample (asked)")
     doc.set("data.resolution", resolution, "training resolution (asked)")
     doc.set("data.cache_dir", "cache", "latent and text caches")
-    prompts = _write_json(out.parent / "prompts.json", {f"caption_{i}": c for i, c in enumerate(captions[:count])})
-    written.append(prompts)
-    doc.set("validation.user_prompt_library", prompts.name, f"{count} of the captions (asked)")
+    library, frames_written = _prompt_library(out.parent, files, captions[:count], flavour.needs_first_frame)
+    prompts = _write_json(out.parent / "prompts.json", library)
+    written += [prompts, *frames_written]
+    why = " with their clips' first frames" if frames_written else ""
+    doc.set("validation.user_prompt_library", prompts.name, f"{count} of the captions (asked){why}")
     for key, value in flavour.validation.items():
         doc.set(key, value, "what the model samples well with")
     doc.set("validation.validation_resolution", f"{side}x{side}", "the training size")
     doc.set("validation.validation_num_video_frames", frames, "the training length")
     doc.set("validation.validation_step_interval", max(1, steps // 4), "a validation every quarter of the run")
-    if flavour.needs_first_frame:
-        image = _first_frame(files[0], out.parent / "first-frame.png")
-        written.append(image)
-        doc.set("validation.validation_image", image.name, f"the first frame of {files[0].path.name}")
     for key, value in extra.items():
         doc.set(key, value, "set on the command line")
     written.insert(0, doc.write(out))

@@ -7,7 +7,9 @@ Three sources, for a model whose bundle says ``image_conditioned``:
 * ``validation_using_datasets`` + ``eval_dataset_id``: the files of that dataset
   (images, or clips: the first and last frames of the clip's first window as the
   run plans it, on the model's clock: `first_windows`), sorted by path; the
-  round's prompts without an image of their own take them in turn.
+  round's prompts without an image of their own take them in turn;
+* else ``validation_image`` again: every prompt still without an image (the guide's
+  plain string prompt library beside one ``validation_image``).
 
 A prompt left without an image stops the run at start-up (`missing_images`).
 """
@@ -34,7 +36,7 @@ Window = tuple[tuple[int, ...], bool]
 
 NO_IMAGES = (
     "{what}: this image-to-video model starts each validation clip from a first frame; give one with"
-    " validation_image (for validation_prompt) or an \"image\" in user_prompt_library entries, or set"
+    " validation_image (for every prompt without its own) or an \"image\" in user_prompt_library entries, or set"
     " validation_using_datasets with eval_dataset_id naming an image or video dataset"
 )
 
@@ -66,6 +68,9 @@ def prompt_images(config: RunConfig) -> dict[str, list[Path]]:
         files = _dataset_files(config)
         for i, nickname in enumerate(n for n in prompts if n not in out):
             out[nickname] = [files[i % len(files)]]
+    if v.validation_image is not None:
+        # The guide writes its prompt library as plain strings beside one validation_image: it serves them all.
+        out.update({n: [v.validation_image] for n in prompts if n not in out})
     return out
 
 

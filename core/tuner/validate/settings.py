@@ -101,8 +101,9 @@ class ValidationSection(BaseModel):
     )
     validation_image: Path | None = Field(
         None,
-        description="Image-to-video models: the first frame validation_prompt starts from (an image file). Library"
-        " entries give theirs as {\"prompt\": ..., \"image\": ...}; validation_using_datasets takes them from a dataset.",
+        description="Image-to-video models: the first frame validation_prompt starts from (an image file), and every"
+        " other prompt that gets none from its library entry ({\"prompt\": ..., \"image\": ...}) or from"
+        " validation_using_datasets.",
     )
     validation_using_datasets: bool = Field(
         False,

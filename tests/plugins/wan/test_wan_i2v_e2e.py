@@ -116,3 +116,31 @@ def test_a_t2v_lora_loads_into_the_low_noise_expert_of_wan_2_2_i2v(make_run, cli
     with torch.no_grad():
         assert (pipe.transformer_2(**inputs)[0] - before).abs().max() > 1e-6
         assert torch.equal(pipe.transformer(**inputs)[0], high), "the high-noise expert is untouched"
+
+
+def test_the_guides_plain_prompt_library_and_is_i2v_train_image_to_video_from_one_validation_image(make_run, cli):
+    """The guide's files: a library of plain strings beside validation_image; its dataset's `is_i2v: true`."""
+    import tomli_w
+
+    config = make_run(steps=1, variant="i2v-14b-2.1")  # the tiny model's validation_image is set
+    folder = config.parent
+    video = {"num_frames": 17, "is_i2v": True}
+    backend = [{"id": "clips", "type": "local", "dataset_type": "video", "instance_data_dir": "clips", "video": video}]
+    (folder / "backend.json").write_text(json.dumps(backend))
+    (folder / "library.json").write_text(json.dumps({"boat": "a paper boat", "cat": "a cat jumps"}))
+    raw = read_config_file(config)
+    del raw["data"]["instance_data_dir"]
+    raw["data"]["data_backend_config"] = "backend.json"
+    raw["validation"].update(user_prompt_library="library.json", validation_num_inference_steps=1)
+    del raw["validation"]["validation_prompt"]
+    config.write_text(tomli_w.dumps(raw))
+    result = cli(["train", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    step = run_output_dir(config) / "validation" / "step-1"
+    assert sorted(p.name for p in step.glob("*.mp4")) == ["boat.mp4", "cat.mp4"]
+
+    video["is_i2v"] = False
+    (folder / "backend.json").write_text(json.dumps(backend))
+    result = cli(["train", "--config", str(config)])
+    assert result.exit_code != 0
+    assert "is_i2v = false is not offered: the model flavour decides" in result.stderr.strip().splitlines()[-1]
