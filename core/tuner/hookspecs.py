@@ -500,6 +500,22 @@ def on_validation_done(run: RunInfo, result: ValidationResult) -> None:
 
 
 @hookspec
+def on_validation_preview(run: RunInfo, step: int, key: str, sampler_step: int, path: Path) -> None:
+    """A validation preview was written, while its clip is still being sampled.
+
+    Called as the family renders each preview (``validation_preview``), before
+    the round ends; a family that returns its previews only at the end has them
+    reported then, each in turn, before `on_validation_done`.
+
+    :param step: the training step of the validation round.
+    :param key: the media key of the clip (its nickname, with ``-ema`` or a
+        ``-WxH`` suffix where the round has several variants or sizes).
+    :param sampler_step: the sampler step previewed, counted from 1.
+    :param path: the preview file, complete.
+    """
+
+
+@hookspec
 def on_run_end(run: RunInfo, outputs: dict[str, Path], error: BaseException | None) -> None:
     """The run is over.
 

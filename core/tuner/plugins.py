@@ -376,5 +376,8 @@ class PluginHost:
     def on_validation_done(self, run: RunInfo, result: ValidationResult) -> None:
         self.pm.hook.on_validation_done(run=run, result=result)
 
+    def on_validation_preview(self, run: RunInfo, step: int, key: str, sampler_step: int, path: Path) -> None:
+        self.pm.hook.on_validation_preview(run=run, step=step, key=key, sampler_step=sampler_step, path=path)
+
     def on_run_end(self, run: RunInfo, outputs: dict[str, Path], error: BaseException | None) -> None:
         self.pm.hook.on_run_end(run=run, outputs=outputs, error=error)

@@ -408,6 +408,13 @@ class ValidationRequest:
         each clip (no argument) so that the round's progress moves while a
         clip renders; ``None``: nobody listens. A family that never calls it
         still works: the progress then moves a whole clip at a time.
+    :ivar on_preview: set by the core when previews are asked for: call it
+        ``on_preview(key, step, frames)`` as soon as the preview of sampler step
+        ``step`` is rendered, with the same frames later returned in
+        ``preview_frames``; the core writes the file then and reports it
+        (`on_validation_preview`), so a webhook sees it while the sampler runs.
+        A family that never calls it still works: its previews are written and
+        reported when its ``validate`` returns.
     """
 
     step: int
@@ -425,6 +432,7 @@ class ValidationRequest:
     conditioning_frames: dict[str, Any] = field(default_factory=dict)
     preview_steps: tuple[int, ...] = ()
     on_sampler_step: Callable[[], None] | None = None
+    on_preview: Callable[[str, int, Any], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,11 @@ def _pixels(x: torch.Tensor) -> np.ndarray:
 class PreviewToy(ToyFamily):
     """The toy family with previews: the denoised estimate ``x - sigma * v`` at each requested step."""
 
-    def __init__(self, renders: bool = True, skip: int | None = None) -> None:
+    def __init__(self, renders: bool = True, skip: int | None = None, streams: bool = False) -> None:
         super().__init__()
-        self.renders, self.skip = renders, skip
+        self.renders, self.skip, self.streams = renders, skip, streams
         self.requests: list[Any] = []
+        self.sampling: tuple[str, int] | None = None  # (clip, sampler step) while validate runs
 
     @hookimpl
     def load_model(self, config: Any, device: torch.device) -> ModelBundle:
@@ -52,10 +53,14 @@ class PreviewToy(ToyFamily):
             x = torch.randn(1, 3, request.num_frames, request.height // 4, request.width // 4, generator=g)
             for i, sigma in enumerate(torch.linspace(1.0, 0.0, steps + 1)[:-1]):
                 v = bundle.denoiser(x, sigma.view(1), _prompt_vector(prompt)[None])
+                self.sampling = (key, i + 1)
                 if i + 1 in request.preview_steps and i + 1 != self.skip:
                     result.preview_frames.setdefault(key, {})[i + 1] = _pixels(x - sigma * v)
+                    if self.streams and request.on_preview is not None:
+                        request.on_preview(key, i + 1, result.preview_frames[key][i + 1])
                 x = x - v / steps
             result.frames[key] = _pixels(x)
+        self.sampling = None
         return result
 
 
@@ -192,3 +197,37 @@ def test_tensorboard_logs_each_preview_under_its_own_tag(toy):
     found = [tag for tag in events.Tags()["images"] if "validation_preview" in tag]
     assert found == ["validation_preview/main/step-002", "validation_preview/main/step-004"]
     assert [e.step for e in events.Images("validation_preview/main/step-004")] == [6], "logged at the training step"
+
+
+class PreviewRecorder:
+    """Records each reported preview, with where the family's sampler was when it came."""
+
+    def __init__(self, family: PreviewToy) -> None:
+        self.family = family
+        self.events: list[tuple[Any, ...]] = []
+
+    @hookimpl
+    def on_validation_preview(self, run, step, key, sampler_step, path):  # type: ignore[no-untyped-def]
+        self.events.append(("preview", step, key, sampler_step, path.is_file(), self.family.sampling))
+
+    @hookimpl
+    def on_validation_done(self, run, result):  # type: ignore[no-untyped-def]
+        self.events.append(("done", result.step))
+
+
+@pytest.mark.parametrize("streams", [True, False])
+def test_hook_on_validation_preview_reports_each_file_as_the_sampler_makes_it(toy, streams):
+    from tuner.train.run import train
+
+    family = PreviewToy(streams=streams)
+    recorder = PreviewRecorder(family)
+    host = PluginHost.build([], extra={"toy": family, "rec": recorder})
+    raw = toy_config(toy, max_train_steps=1)
+    raw["validation"].update(validation_num_video_frames=1, validation_preview=True, validation_preview_steps=2)
+    train(resolve_config(raw, host, base_dir=toy), host)
+    # A streaming family's previews arrive while it is still sampling, at the step they show;
+    # one that returns them at the end has them reported after it, each in turn, before the round's end.
+    where = [("main", 2), ("main", 4)] if streams else [None, None]
+    assert recorder.events == [
+        ("preview", 1, "main", 2, True, where[0]), ("preview", 1, "main", 4, True, where[1]), ("done", 1),
+    ]  # fmt: skip

@@ -343,3 +343,26 @@ def test_webhook_log_level_error_sends_only_a_failed_runs_error(clips):
         config = _webhook(clips, webhook_url=server.url, log_level="info")
         _run(clips, {"webhook_config": config}, max_train_steps=1, output_dir=str(clips / "out-info"))
     assert [json.loads(r["body"])["event"] for r in server.requests][0] == "start"
+
+
+def test_webhook_receives_each_validation_preview_while_the_sampler_runs(clips):
+    """validation_preview with a webhook: each preview is posted as made, scrubbed, before the round's event."""
+    from test_previews import PreviewToy
+
+    family = PreviewToy(streams=True)
+    with serving() as server:
+        config = _webhook(clips, webhook_url=f"{server.url}/hook?token={SECRET}", auth_token=SECRET, progress_interval=0)
+        host = PluginHost.build([], extra={"toy": family})
+        raw = toy_config(clips, max_train_steps=1)
+        raw["validation"].update(validation_num_video_frames=1, validation_preview=True, validation_preview_steps=2,
+                                 validation_prompt=f"a toy {SECRET}")
+        raw["webhook_config"] = config
+        train(resolve_config(raw, host, base_dir=clips), host)
+    bodies = [json.loads(r["body"]) for r in server.requests]
+    assert [b["event"] for b in bodies] == ["start", "validation_preview", "validation_preview", "validation", "end"]
+    previews = bodies[1:3]
+    assert [(b["step"], b["key"], b["sampler_step"]) for b in previews] == [(1, "main", 2), (1, "main", 4)]
+    assert [b["media"][0]["name"] for b in previews] == ["main-step-2.png", "main-step-4.png"]
+    assert base64.b64decode(previews[0]["media"][0]["base64"]).startswith(b"\x89PNG")
+    assert previews[0]["message"] == "Validation preview at step 1: main, sampler step 2."
+    assert all(SECRET not in r["body"].decode() for r in server.requests), "the token is scrubbed everywhere"

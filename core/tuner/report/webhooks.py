@@ -237,6 +237,19 @@ class Webhooks:
         )
 
     @hookimpl
+    def on_validation_preview(self, run: Any, step: int, key: str, sampler_step: int, path: Path) -> None:
+        # Sent as the sampler makes it (the guide streams previews): posting only queues it for the
+        # delivery thread, so sampling does not wait on the network.
+        if not self.endpoints:
+            return
+        self._all(
+            "validation_preview",
+            f"Validation preview at step {step}: {key}, sampler step {sampler_step}.",
+            {"step": step, "key": key, "sampler_step": sampler_step},
+            [path],
+        )
+
+    @hookimpl
     def on_run_end(self, run: Any, outputs: dict[str, Path], error: BaseException | None) -> None:
         if not self.endpoints:
             return

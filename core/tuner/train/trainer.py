@@ -392,7 +392,11 @@ class Trainer:
         from tuner.validate.rounds import run_validation
 
         use_ema = self.ema.applied if self.ema is not None else None
-        result = run_validation(self.host, self.bundle, self.config, step, use_ema=use_ema)
+
+        def preview(key: str, sampler_step: int, path: Path) -> None:
+            self.host.on_validation_preview(self.run, step, key, sampler_step, path)
+
+        result = run_validation(self.host, self.bundle, self.config, step, use_ema=use_ema, on_preview=preview)
         if result is not None:
             self.host.on_validation_done(self.run, result)
         return result

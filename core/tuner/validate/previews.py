@@ -8,6 +8,7 @@ contact sheet, in step order, labelled with the steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,19 @@ if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.types import ModelBundle, ValidationResult
 
-__all__ = ["PREVIEW_FOLDER", "PREVIEW_THUMBNAILS", "request_steps", "notice_unsupported", "keep_previews", "preview_row"]
+__all__ = [
+    "PREVIEW_FOLDER",
+    "PREVIEW_THUMBNAILS",
+    "PreviewReport",
+    "request_steps",
+    "notice_unsupported",
+    "PreviewWriter",
+    "keep_previews",
+    "preview_row",
+]
+
+# (media key, sampler step, file): told of each preview file as soon as it is written.
+PreviewReport = Callable[[str, int, Path], None]
 
 PREVIEW_FOLDER = "previews"
 # Frames of each preview shown on the sheet: a preview is a few frames at most, and one row holds every step.
@@ -40,31 +53,49 @@ def notice_unsupported(bundle: ModelBundle, config: RunConfig) -> None:
         notice(f"validation_preview is ignored: the {bundle.family} family does not render sampler previews")
 
 
+class PreviewWriter:
+    """Writes one clip's previews as the family renders them (`ValidationRequest.on_preview`) and reports each.
+
+    ``name`` is the clip's media key (``-ema`` included), ``stem`` its file stem. A preview the family
+    hands over while sampling is written and reported at once, so a webhook sees it before the clip
+    is finished; what it only returns at the end is written and reported by `keep_previews`.
+    """
+
+    def __init__(self, key: str, name: str, folder: Path, stem: str, fps: int, report: PreviewReport | None) -> None:
+        self.key, self.name, self.folder, self.stem, self.fps, self.report = key, name, folder, stem, fps, report
+        self.files: dict[int, Path] = {}
+
+    def __call__(self, key: str, step: int, frames: Any) -> None:
+        if key == self.key and step not in self.files:
+            self.write(step, frames)
+
+    def write(self, step: int, frames: Any) -> Path:
+        import numpy as np
+
+        self.files[step] = write_media(np.asarray(frames), self.folder / PREVIEW_FOLDER, f"{self.stem}-step-{step}", self.fps)
+        if self.report is not None:
+            self.report(self.name, step, self.files[step])
+        return self.files[step]
+
+
 def keep_previews(
-    rendered: ValidationResult | None,
-    key: str,
-    steps: tuple[int, ...],
-    folder: Path,
-    stem: str,
-    fps: int,
-    owner: str,
+    rendered: ValidationResult | None, steps: tuple[int, ...], writer: PreviewWriter, owner: str
 ) -> tuple[dict[int, Path], dict[int, np.ndarray]]:
-    """Write the previews the family rendered for ``key``; return the files and frames by step.
+    """The previews the family rendered for ``writer``'s clip: files (written now unless streamed) and frames by step.
 
     The family must return every requested step: a missing one is the plugin's error, not the user's.
     """
     if not steps:
         return {}, {}
+    key = writer.key
     given: dict[int, Any] = (rendered.preview_frames.get(key, {}) if rendered is not None else {}) or {}
     missing = [s for s in steps if s not in given]
     if missing:
         raise PluginError(f"plugin '{owner}': validate returned no preview of step {missing[0]} for prompt '{key}'")
     import numpy as np
 
-    files, frames = {}, {}
-    for step in steps:
-        frames[step] = np.asarray(given[step])
-        files[step] = write_media(frames[step], folder / PREVIEW_FOLDER, f"{stem}-step-{step}", fps)
+    frames = {step: np.asarray(given[step]) for step in steps}
+    files = {step: writer.files.get(step) or writer.write(step, frames[step]) for step in steps}
     return files, frames
 
 

@@ -19,7 +19,14 @@ from tuner.types import SkipLayerGuidance, ValidationRequest, ValidationResult
 from tuner.validate.first_frames import first_windows, load_first_frames
 from tuner.validate.inference import inference_state
 from tuner.validate.media import contact_sheet, read_media, thumbnails, write_media
-from tuner.validate.previews import keep_previews, notice_unsupported, preview_row, request_steps
+from tuner.validate.previews import (
+    PreviewReport,
+    PreviewWriter,
+    keep_previews,
+    notice_unsupported,
+    preview_row,
+    request_steps,
+)
 from tuner.validate.prompts import CONTACT_SHEET_NAME, file_stems, round_prompts
 
 if TYPE_CHECKING:
@@ -128,6 +135,7 @@ def run_validation(
     step: int,
     *,
     use_ema: EmaSwap | None = None,
+    on_preview: PreviewReport | None = None,
 ) -> ValidationResult | None:
     """Render the round of ``step`` into ``output_dir/validation/step-N``.
 
@@ -137,7 +145,9 @@ def run_validation(
     weights in), ``ema_validation`` picks the EMA weights only, or both, the
     EMA files suffixed ``-ema`` and shown beside the trained ones on the sheet.
     With ``validation_preview`` (and a family that renders previews), each
-    clip's previews go to ``previews/`` and into a row under the clip's row.
+    clip's previews go to ``previews/`` and into a row under the clip's row;
+    ``on_preview`` is told of each preview file as soon as it is written
+    (while the sampler runs, for a family that hands previews over then).
 
     Training state is untouched: the global RNG is forked, token routing is
     off, gradients are off and the denoiser returns to its mode afterwards.
@@ -193,14 +203,14 @@ def run_validation(
                     shown.append(thumbnails(request.conditioning_frames[key]))
                 for suffix, swap in variants:
                     reported[0] = 0
+                    name = f"{key}-{suffix}" if suffix else key
+                    writer = PreviewWriter(key, name, folder, stems[name], v.validation_fps, on_preview)
+                    request.on_preview = writer if request.preview_steps else None
                     with swap() if swap is not None else contextlib.nullcontext():
                         rendered = host.validate(bundle, request)
-                    name = f"{key}-{suffix}" if suffix else key
                     out.media[name], frames = _keep(rendered, key, folder, stems[name], v.validation_fps, owner)
                     shown.append(thumbnails(frames))
-                    files, previews = keep_previews(
-                        rendered, key, request.preview_steps, folder, stems[name], v.validation_fps, owner
-                    )
+                    files, previews = keep_previews(rendered, request.preview_steps, writer, owner)
                     if files:
                         out.previews[name] = files
                         preview_rows.append(preview_row(key, (suffix or "trained") if len(variants) > 1 else "", previews))

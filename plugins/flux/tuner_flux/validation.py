@@ -40,7 +40,7 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
     device = pipe._execution_device  # where the pipeline runs; networks may sit in CPU memory between uses
     for key, prompt in request.prompts.items():
         previews: dict[int, Any] = {}
-        with _previews(pipe, request, previews) as callback:
+        with _previews(pipe, request, key, previews) as callback:
             images = pipe(
                 prompt=prompt,
                 height=request.height,
@@ -59,7 +59,7 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
 
 
 @contextmanager
-def _previews(pipe: Any, request: ValidationRequest, out: dict[int, Any]) -> Iterator[Any]:
+def _previews(pipe: Any, request: ValidationRequest, key: str, out: dict[int, Any]) -> Iterator[Any]:
     """A ``callback_on_step_end`` filling ``out`` with ``{step: (1, H, W, 3) frames}`` and reporting each step
     (``request.on_sampler_step``); ``None`` when there is neither."""
     if not request.preview_steps:
@@ -77,6 +77,8 @@ def _previews(pipe: Any, request: ValidationRequest, out: dict[int, Any]) -> Ite
             sigma = float(pipeline.scheduler.sigmas[i])
             x0 = seen["x"].float() - sigma * seen["v"].float()
             out[i + 1] = _decode(pipeline, x0, request.height, request.width)
+            if request.on_preview is not None:  # written and sent now, while the sampler runs on
+                request.on_preview(key, i + 1, out[i + 1])
         if request.on_sampler_step is not None:
             request.on_sampler_step()
         return {}

@@ -31,9 +31,11 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
         start = first_frame_factory(bundle, request, key)
         previews: dict[int, Any] = {}
 
-        def step_end(step: int, x0: Any, previews: dict[int, Any] = previews) -> None:
+        def step_end(step: int, x0: Any, previews: dict[int, Any] = previews, key: str = key) -> None:
             if step in request.preview_steps:
                 previews[step] = decode_preview(pipe, x0)
+                if request.on_preview is not None:  # written and sent now, while the sampler runs on
+                    request.on_preview(key, step, previews[step])
             if request.on_sampler_step is not None:  # the round's progress, step by step
                 request.on_sampler_step()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -20,11 +22,11 @@ def flux(tiny_model_dir):
     return host, bundle
 
 
-def _render(flux, tmp_path, steps=(), on_step=None):
+def _render(flux, tmp_path, steps=(), on_step=None, on_preview=None):
     host, bundle = flux
     request = ValidationRequest(step=0, prompts={"main": "a red square"}, negative_prompt="", num_frames=1, width=32,
                                 height=32, num_inference_steps=4, guidance_scale=3.5, seed=2, output_dir=tmp_path,
-                                preview_steps=steps, on_sampler_step=on_step)
+                                preview_steps=steps, on_sampler_step=on_step, on_preview=on_preview)
     with inference_state(bundle):
         return host.validate(bundle, request)
 
@@ -32,7 +34,10 @@ def _render(flux, tmp_path, steps=(), on_step=None):
 def test_flux_previews_each_requested_step_and_leaves_the_image_unchanged(flux, tmp_path):
     assert flux[1].renders_previews
     plain = _render(flux, tmp_path)
-    result = _render(flux, tmp_path, steps=(1, 2, 3, 4))
+    handed: list[tuple[str, int, Any]] = []
+    result = _render(flux, tmp_path, steps=(1, 2, 3, 4), on_preview=lambda *a: handed.append(a))
+    assert [(k, s) for k, s, _ in handed] == [("main", s) for s in (1, 2, 3, 4)], "handed over as rendered"
+    assert all(f is result.preview_frames["main"][s] for _, s, f in handed)
     assert np.array_equal(result.frames["main"], plain.frames["main"]), "previews do not change the image"
     previews = result.preview_frames["main"]
     assert sorted(previews) == [1, 2, 3, 4] and all(p.shape == (1, 32, 32, 3) for p in previews.values())

@@ -111,8 +111,14 @@ def test_a_round_with_the_guides_options_writes_previews_and_shows_them_on_the_s
         raw.setdefault(section, {})[name] = value
     config = resolve_config(raw, host, base_dir=tmp_path)
     bundle = host.load_model(config, torch.device("cpu"))
-    result = run_validation(host, bundle, config, 7)
     folder = tmp_path / "out" / "validation" / "step-7"
+    seen: list[tuple[str, int, bool, bool]] = []
+
+    def report(key: str, step: int, path: Path) -> None:  # while sampling: the clip itself is not written yet
+        seen.append((key, step, path.is_file(), any(folder.glob("main.*"))))
+
+    result = run_validation(host, bundle, config, 7, on_preview=report)
+    assert seen == [("main", s, True, False) for s in (5, 10, 15, 20)]
     assert sorted(p.name for p in (folder / "previews").iterdir()) == [
         "main-step-10.mp4", "main-step-15.mp4", "main-step-20.mp4", "main-step-5.mp4"
     ]
