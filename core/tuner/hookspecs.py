@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         ValidationRequest,
         ValidationResult,
     )
+    from tuner.train.noising import InputRewriter
 
 __all__ = ["hookspec", "hookimpl", "PROJECT"]
 
@@ -411,6 +412,26 @@ def route_tokens(bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
     :param bundle: the model, adapter attached; ``bundle.num_blocks`` is the
         depth of the block stack the router plans for.
     :return: a `tuner.types.TokenRouter`, or ``None``.
+    """
+
+
+@hookspec(firstresult=True)
+def rewrite_noisy_input(bundle: ModelBundle, config: RunConfig) -> InputRewriter | None:
+    """Offer to rewrite the training forward's noisy input and objective (e.g. scheduled sampling).
+
+    Called once at set-up, after `route_tokens`. Return ``None`` when your
+    feature is off; one plugin at most may answer. The core refuses the run
+    at start-up, in one line, when the family's ``rewritable_inputs`` is
+    false; else it sets ``bundle.input_rewriter``, and the family's
+    `compute_loss` hands every micro-batch's inputs to it through
+    `tuner.train.noising.noisy_inputs`, with a ``predict`` callable that runs
+    the family's own forward with the batch's conditioning. Why a hook: a
+    method that trains on the model's own rollout needs that forward, which
+    only the family knows, while the family must not know the method.
+
+    :param bundle: the model, adapter attached (``bundle.sigma_range()`` is the
+        noise range the trained experts own).
+    :return: a `tuner.train.noising.InputRewriter`, or ``None``.
     """
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.lora.layouts import LoraNaming
     from tuner.setup.profile import FamilyProfile
+    from tuner.train.noising import InputRewriter
     from tuner.types import (
         AdapterWeights,
         AuxiliaryLoss,
@@ -347,6 +348,17 @@ class PluginHost:
 
     def route_tokens(self, bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
         return self.pm.hook.route_tokens(bundle=bundle, config=config)
+
+    def rewrite_noisy_input(self, bundle: ModelBundle, config: RunConfig) -> InputRewriter | None:
+        """The active feature's input rewriter, refused in one line for a family that cannot take one."""
+        rewriter = self.pm.hook.rewrite_noisy_input(bundle=bundle, config=config)
+        if rewriter is not None and not bundle.rewritable_inputs:
+            raise PluginError(
+                f"model family '{bundle.family}' does not build its training input with"
+                " tuner.train.noising.noisy_inputs (ModelBundle.rewritable_inputs), which scheduled sampling"
+                " and other input rewrites need: turn the feature off for this family"
+            )
+        return rewriter
 
     def clip_features(self, bundle: ModelBundle, config: RunConfig) -> list[ClipFeatures]:
         """Every active feature's per-clip cached tensors, in a stable order (by name)."""

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from tuner.train.noising import InputRewriter
+
 __all__ = [
     "AdapterWeights",
     "AuxiliaryLoss",
@@ -176,6 +178,13 @@ class ModelBundle:
     :ivar license: the base model's license as the Hub names it
         (``"apache-2.0"``, or ``"other"`` for a custom one); the model card and
         adapter files (``modelspec.license``) carry it. Empty: not said.
+    :ivar rewritable_inputs: the family's `compute_loss` builds its forward's
+        input with `tuner.train.noising.noisy_inputs` and scores the prediction
+        with `NoisyInputs.errors`, so a feature may rewrite both (scheduled
+        sampling); the core refuses such a feature at start-up otherwise.
+    :ivar input_rewriter: set by the core when a plugin answers `rewrite_noisy_input`.
+    :ivar training_step: optimizer steps done before the one running; set by the
+        core before each step (a rewriter's schedule reads it).
     """
 
     family: str
@@ -211,6 +220,9 @@ class ModelBundle:
     implementation: str = ""
     pipeline_tag: str = ""
     license: str = ""
+    rewritable_inputs: bool = False
+    input_rewriter: InputRewriter | None = None
+    training_step: int = 0
 
     def latent_tokens(self, block_output: Any) -> torch.Tensor:
         """The latent tokens' hidden states in what a block of the first ``block_lists`` stack returned."""

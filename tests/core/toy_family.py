@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from tuner.hookspecs import hookimpl
+from tuner.train.noising import noisy_inputs
 from tuner.train.precision import base_weight_dtype
 from tuner.train.timesteps import add_noise, sample_sigmas
 from tuner.types import Expert, LossOutput, ModelBundle, ValidationResult
@@ -96,6 +97,7 @@ class ToyFamily:
             frame_rate=section.toy_fps,
             supports_token_routing=self.supports_routing,
             flavour=section.toy_flavour,
+            rewritable_inputs=True,
         )
 
     @hookimpl
@@ -122,14 +124,25 @@ class ToyFamily:
         x0 = batch["latents"]
         sigmas = sample_sigmas(x0.shape[0], generator, sigma_range=bundle.sigma_range(), device=x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        noisy = add_noise(x0, noise, sigmas)
-        pred = torch.zeros_like(x0)
-        for expert in bundle.trained_experts():  # each sample through the expert owning its sigma
-            rows = expert.owns(sigmas)
-            if rows.any():
-                self.expert_samples[expert.name] = self.expert_samples.get(expert.name, 0) + int(rows.sum())
-                pred[rows] = bundle.enter(expert)(noisy[rows], sigmas[rows], batch["text"][rows]).float()
-        return LossOutput(loss=F.mse_loss(pred, noise - x0), logs={"toy": 1.0})
+
+        def forward(noisy: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor, count: bool) -> torch.Tensor:
+            pred = torch.zeros_like(noisy)
+            for expert in bundle.trained_experts():  # each sample through the expert owning its sigma
+                rows = expert.owns(sigmas)
+                if rows.any():
+                    if count:
+                        self.expert_samples[expert.name] = self.expert_samples.get(expert.name, 0) + int(rows.sum())
+                    pred[rows] = bundle.enter(expert)(noisy[rows], sigmas[rows], text[rows]).float()
+            return pred
+
+        def predict(noisy: torch.Tensor, sigmas: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            self._count("predict")
+            return forward(noisy, sigmas, batch["text"][rows], False)
+
+        # The core's noising: plain flow matching, or a feature's rewrite (scheduled sampling) through predict.
+        noised = noisy_inputs(bundle, x0, noise, sigmas, generator, predict)
+        pred = forward(noised.noisy, sigmas, batch["text"], True)
+        return LossOutput(loss=noised.errors(pred).mean(), logs={"toy": 1.0, **noised.logs}, sigmas=sigmas)
 
     @hookimpl
     def eval_loss(self, bundle: ModelBundle, batch: dict[str, torch.Tensor], sigmas: torch.Tensor, generator: torch.Generator, config: Any) -> torch.Tensor:

@@ -261,6 +261,7 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
 
         check_routing(bundle, router)  # fail now, not inside step 1
     bundle.router = router
+    bundle.input_rewriter = host.rewrite_noisy_input(bundle, config)  # refused here for a family without it
 
     data = prepare_samples(host, bundle, config, samples, accelerator.device, world)
     kept, held_out = split_eval_samples(data.samples, config)  # held-out samples never train

@@ -113,6 +113,7 @@ class Trainer:
         ga = tc.gradient_accumulation_steps
         losses: list[torch.Tensor] = []
         logs: dict[str, float] = {}
+        self.bundle.training_step = step  # the clock of a feature's schedule inside compute_loss
         for micro in range(ga):
             index = self.ranks.micro_index(step, micro)  # run-wide: this process's share, its own noise
             batch = self.micro_batch(index)
