@@ -27,6 +27,9 @@ bit-for-bit where an uninterrupted one does; validation and the evaluation
 loss work when you implement them; a token grid, when you describe one, fits
 what a block outputs; a token router's plan is carried out (or,
 if your family sets ``supports_token_routing=False``, refused at start-up);
+scheduled sampling rolls samples out through the ``predict`` your family lends
+`tuner.train.noising.noisy_inputs` (or, with ``rewritable_inputs=False``, is
+refused at start-up);
 group offloading or a quantized base, with an attention backend, chunked
 feed-forward, gradient checkpointing, token routing and the evaluation loss,
 run on it. Image families set ``overrides`` (e.g. ``["data.num_frames=1"]``).
@@ -325,6 +328,30 @@ class FamilyContract:
         assert again == {s: straight[s] for s in again}, "the resumed run's losses differ from the uninterrupted run's"
         a, b = load_file(outputs["adapter"]), load_file(resumed["adapter"])
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume is not bit-exact"
+
+    def test_scheduled_sampling_rolls_out_through_the_family(self, contract_run: Path, contract_bundle: Any) -> None:
+        """tuner's rollout plugin, through `noisy_inputs` and the ``predict`` the family lends it (or refused)."""
+        from tuner.errors import PluginError
+        from tuner.report.jsonlog import read_log
+        from tuner.train.run import train
+
+        _, _, bundle = contract_bundle
+        host = self.host("rollout")
+        settings = [
+            "rollout.scheduled_sampling_max_step_offset=3", "rollout.scheduled_sampling_probability=1.0",
+            "rollout.scheduled_sampling_reflexflow=true", "train.max_train_steps=2", "train.output_dir='rollout'",
+            "validation.validation_prompt=''",
+        ]  # fmt: skip
+        if not bundle.rewritable_inputs:
+            with pytest.raises(PluginError, match="does not build its training input"):
+                train(self.config(contract_run, host, settings), host)
+            return
+        train(self.config(contract_run, host, settings), host)
+        steps = [r for r in read_log(contract_run.parent / "rollout") if r["event"] == "step"]
+        assert len(steps) == 2 and all(math.isfinite(s["loss"]) for s in steps)
+        assert all(s["rollout_samples"] >= 1 and s["rollout_forwards"] > s["rollout_samples"] for s in steps), (
+            "every sample was rolled out by the family's forward (and ReflexFlow's clean prediction)"
+        )
 
     @pytest.mark.parametrize("weights", ["offloaded", "quantized"])
     def test_features_run_on_the_family_without_knowing_it(self, contract_run: Path, contract_bundle: Any, weights: str) -> None:

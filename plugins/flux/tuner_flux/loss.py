@@ -6,6 +6,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from tuner.train.precision import forward_autocast
+from tuner.train.noising import noisy_inputs
 from tuner.train.timesteps import add_noise, draw_noise, training_sigmas, velocity_errors
 from tuner.types import LossOutput
 
@@ -91,8 +92,17 @@ def flow_matching_loss(
     logs = {"sigma_mean": float(sigmas.mean())}
     x0 = pack(latents.float())
     noise = draw_noise(x0, generator)  # drawn packed: i.i.d. either way, and one copy fewer than packing it
-    inputs = transformer_inputs(bundle, batch, add_noise(x0, noise, sigmas), sigmas)
     transformer = bundle.denoiser
+
+    def predict(x: torch.Tensor, levels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        # Lent to a feature that rewrites the input (scheduled sampling): these rows' conditioning, packed.
+        part = {k: v.index_select(0, rows.to(v.device)) for k, v in batch.items()}
+        return transformer(**transformer_inputs(bundle, part, x, levels), return_dict=False)[0]
+
+    # The core's noising: (1 - s) x0 + s noise, or a feature's rewrite of it.
+    noised = noisy_inputs(bundle, x0, noise, sigmas, generator, predict)
+    logs.update(noised.logs)
+    inputs = transformer_inputs(bundle, batch, noised.noisy, sigmas)
     router = bundle.router
     if router is not None and transformer.training:
         from tuner_flux.routing import routed_forward
@@ -103,7 +113,7 @@ def flow_matching_loss(
             pred = routed_forward(transformer, **inputs, router=router, generator=generator)
     else:
         pred = transformer(**inputs, return_dict=False)[0]
-    loss = velocity_errors(pred, x0, noise).mean()
+    loss = noised.errors(pred).mean()
     return LossOutput(loss=loss, logs=logs, sigmas=sigmas)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tuner.train.precision import forward_autocast
-from tuner.train.timesteps import add_noise, draw_noise, training_sigmas, velocity_errors
+from tuner.train.noising import noisy_inputs
+from tuner.train.timesteps import draw_noise, training_sigmas
 from tuner.types import LossOutput
 
 from tuner_wan.experts import run_experts
@@ -35,11 +36,22 @@ def flow_matching_loss(
     # Read before the forward is queued: on an accelerator, reading after it would wait for the forward.
     logs = {"sigma_mean": float(sigmas.mean())}
     noise = draw_noise(x0, generator)
-    noisy = add_noise(x0, noise, sigmas)
     # Image conditioning (I2V, TI2V) lives in tuner_wan.conditioning: the transformer's inputs, and
     # which latents the loss counts (TI2V's clean first frame does not) and the router must keep.
     text_only = text_only_draw(bundle.components["conditioning"], x0.shape[0], generator)
-    inputs = model_inputs(bundle, batch, noisy, sigmas, text_only=text_only)
+
+    def predict(x: torch.Tensor, levels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        # Lent to a feature that rewrites the input (scheduled sampling): these rows' conditioning, each
+        # level run by the expert that owns it, no routing (the core unsets the router meanwhile).
+        part = {k: v.index_select(0, rows.to(v.device)) for k, v in batch.items()}
+        only = None if text_only is None else text_only.index_select(0, rows.to(text_only.device))
+        kwargs = model_inputs(bundle, part, x, levels, text_only=only).kwargs
+        return run_experts(bundle, levels, kwargs, lambda t, p: t(**p, return_dict=False)[0])
+
+    # The core's noising: (1 - s) x0 + s noise, or a feature's rewrite of it.
+    noised = noisy_inputs(bundle, x0, noise, sigmas, generator, predict)
+    logs.update(noised.logs)
+    inputs = model_inputs(bundle, batch, noised.noisy, sigmas, text_only=text_only)
     router = bundle.router
 
     def forward(transformer: torch.nn.Module, part: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -56,5 +68,5 @@ def flow_matching_loss(
 
     kwargs = inputs.kwargs if inputs.force_keep is None else {**inputs.kwargs, "force_keep": inputs.force_keep}
     pred = run_experts(bundle, sigmas, kwargs, forward)
-    loss = velocity_errors(pred, x0, noise, inputs.loss_mask).mean()
+    loss = noised.errors(pred, inputs.loss_mask).mean()
     return LossOutput(loss=loss, logs=logs, sigmas=sigmas)

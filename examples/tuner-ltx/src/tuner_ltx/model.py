@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from tuner.errors import ConfigError, PluginError
 from tuner.routing import routed_blocks
-from tuner.train.timesteps import add_noise
+from tuner.train.noising import noisy_inputs
 from tuner.types import ModelBundle, ValidationResult
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ def load(config: RunConfig, device: torch.device) -> ModelBundle:
         frame_rate=section.ltx_frame_rate,  # clips are resampled to the rate the model is told
         cache_id=hashlib.sha256(json.dumps(encoders, sort_keys=True, default=str).encode()).hexdigest()[:16],
         supports_token_routing=True,  # velocity_errors carries a router's plan out (tuner.routing.routed_blocks)
+        rewritable_inputs=True,  # velocity_errors builds its input with tuner.train.noising.noisy_inputs
         num_blocks=len(pipe.transformer.transformer_blocks),
         base_model=section.ltx_model_path,
         block_lists=["transformer_blocks"],
@@ -123,12 +124,19 @@ def collate_texts(bundle: ModelBundle, items: list[dict[str, torch.Tensor]]) -> 
 
 
 def velocity_errors(
-    bundle: ModelBundle, batch: dict[str, torch.Tensor], sigmas: torch.Tensor, generator: torch.Generator
+    bundle: ModelBundle,
+    batch: dict[str, torch.Tensor],
+    sigmas: torch.Tensor,
+    generator: torch.Generator,
+    logs: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Per-sample MSE of the predicted velocity at ``sigmas``: the training loss and the evaluation loss.
 
     The training forward (the denoiser in train mode) carries out the router's
-    plan, if a feature offered one; evaluation and validation never route.
+    plan, if a feature offered one, and takes its input from
+    `tuner.train.noising.noisy_inputs`, so a feature may rewrite it (scheduled
+    sampling); evaluation and validation never route nor rewrite. ``logs``
+    receives what such a feature logs.
     """
     import torch
 
@@ -142,22 +150,31 @@ def velocity_errors(
     def tokens(x: torch.Tensor) -> torch.Tensor:  # (B, C, F, H, W) -> (B, F*H*W, C), as LTXPipeline packs
         return x.flatten(2).transpose(1, 2)
 
+    def forward(hidden: torch.Tensor, levels: torch.Tensor, part: dict[str, torch.Tensor], routes: list) -> torch.Tensor:
+        with routed_blocks(model.transformer_blocks, routes, per_token=("image_rotary_emb",)):
+            return model(
+                hidden_states=hidden.to(dtype),
+                encoder_hidden_states=part["prompt_embeds"].to(dtype),
+                encoder_attention_mask=part["prompt_attention_mask"],
+                timestep=levels * 1000.0,
+                num_frames=frames,
+                height=height,
+                width=width,
+                rope_interpolation_scale=bundle.components["rope_scale"],
+                return_dict=False,
+            )[0]
+
+    def predict(x: torch.Tensor, levels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return forward(x, levels, {k: v.index_select(0, rows.to(v.device)) for k, v in batch.items()}, [])
+
+    noised = noisy_inputs(bundle, tokens(x0), tokens(noise), sigmas, generator, predict)  # in the token layout
     routes = []
     if bundle.router is not None and model.training:  # drawn after the noise: routing changes no other draw
         routes = bundle.router.plan(bundle.num_blocks, frames * height * width, x0.shape[0], generator)
-    with routed_blocks(model.transformer_blocks, routes, per_token=("image_rotary_emb",)):
-        pred = model(
-            hidden_states=tokens(add_noise(x0, noise, sigmas)).to(dtype),
-            encoder_hidden_states=batch["prompt_embeds"].to(dtype),
-            encoder_attention_mask=batch["prompt_attention_mask"],
-            timestep=sigmas * 1000.0,
-            num_frames=frames,
-            height=height,
-            width=width,
-            rope_interpolation_scale=bundle.components["rope_scale"],
-            return_dict=False,
-        )[0]
-    return (pred.float() - tokens(noise - x0)).pow(2).flatten(1).mean(1)
+    pred = forward(noised.noisy, sigmas, batch, routes)
+    if logs is not None:
+        logs.update(noised.logs)
+    return noised.errors(pred)
 
 
 def render(bundle: ModelBundle, request: ValidationRequest) -> ValidationResult:

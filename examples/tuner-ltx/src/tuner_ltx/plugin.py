@@ -84,8 +84,9 @@ def compute_loss(
     x0 = batch["latents"]
     pixel_area = x0.shape[-1] * x0.shape[-2] * bundle.spatial_multiple**2
     sigmas = training_sigmas(config, x0.shape[0], generator, pixel_area, x0.device)
-    errors = velocity_errors(bundle, batch, sigmas, generator)
-    return LossOutput(loss=errors.mean(), logs={"sigma_mean": float(sigmas.mean())})
+    logs = {"sigma_mean": float(sigmas.mean())}
+    errors = velocity_errors(bundle, batch, sigmas, generator, logs)
+    return LossOutput(loss=errors.mean(), logs=logs, sigmas=sigmas)
 
 
 @hookimpl
