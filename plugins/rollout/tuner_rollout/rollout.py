@@ -32,11 +32,18 @@ class Rollout:
         self.sigma_range = sigma_range
 
     def _ceiling(self) -> float:
-        """The noisiest start allowed: inside the trained experts' range (half-open below 1)."""
-        import math
+        """The noisiest start allowed: inside the trained experts' range (half-open below 1), in float32 (the
+        levels reach the model as float32: a start that rounds onto the boundary would go to the next expert),
+        and no higher than the noisiest training timestep, 999/1000 (UniPC's log-SNR is infinite at 1)."""
+        import torch
 
-        high = self.sigma_range[1]
-        return 1.0 if high >= 1.0 else math.nextafter(high, 0.0)
+        from tuner_rollout.settings import TRAIN_TIMESTEPS
+
+        top = 1.0 - 1.0 / TRAIN_TIMESTEPS
+        high = torch.tensor(min(self.sigma_range[1], top), dtype=torch.float32)
+        if high.item() >= self.sigma_range[1]:  # half-open: the boundary itself belongs to the next expert
+            high = high.nextafter(torch.tensor(0.0))
+        return float(high)
 
     def rewrite(self, plain: NoisyInputs, predict: Predict, generator: torch.Generator, step: int) -> NoisyInputs:
         import torch
