@@ -106,3 +106,35 @@ def test_the_guides_config_json_names_its_files_at_their_real_paths(tmp_path, mo
     assert result.exit_code == 2
     assert f"no such file {root / 'config' / 'wan' / 'webhook.json'}" in result.stderr
     assert "config/config/" not in result.stderr
+
+
+# The scheduled sampling lines the guide's experimental features page adds to config.json (its basic setup).
+GUIDE_ROLLOUT = {
+    "scheduled_sampling_max_step_offset": 10,
+    "scheduled_sampling_probability": 1.0,
+    "scheduled_sampling_sampler": "unipc",
+}
+
+
+@pytest.mark.slow
+def test_the_guides_config_with_scheduled_sampling_trains_from_the_guides_folder(
+    tmp_path, monkeypatch, tiny_model_dir, ten_block_transformer, cli
+):
+    root = tmp_path / "project"
+    write_guide_layout(root)
+    path = root / "config" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **GUIDE_ROLLOUT}, indent=2))
+    monkeypatch.chdir(root)
+    args = ["train", "--config", "config/config.json"]
+    for item in [*cpu_substitutions(tiny_model_dir("wan"), ten_block_transformer), "max_train_steps=1",
+                 "validation_disable=true"]:
+        args += ["--set", item]
+    result = cli(args)
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "plugin 'rollout' switched on: the config sets its option 'scheduled_sampling_max_step_offset'" in said
+    assert "scheduled sampling: each sample with a 100% chance starts 1-10 steps noisier and is denoised by the model (unipc)" in said
+    from tuner.report.jsonlog import read_log
+
+    steps = [r for r in read_log(root / "output" / "wan") if r["event"] == "step"]
+    assert len(steps) == 1 and steps[0]["rollout_samples"] >= 1 and steps[0]["rollout_forwards"] >= steps[0]["rollout_samples"]
