@@ -120,7 +120,7 @@ def test_a_t2v_lora_loads_into_the_low_noise_expert_of_wan_2_2_i2v(make_run, cli
 
 def test_the_guides_plain_prompt_library_and_is_i2v_train_image_to_video_from_one_validation_image(make_run, cli):
     """The guide's files: a library of plain strings beside validation_image; its dataset's `is_i2v: true`."""
-    import tomli_w
+    import tomlkit
 
     config = make_run(steps=1, variant="i2v-14b-2.1")  # the tiny model's validation_image is set
     folder = config.parent
@@ -133,7 +133,7 @@ def test_the_guides_plain_prompt_library_and_is_i2v_train_image_to_video_from_on
     raw["data"]["data_backend_config"] = "backend.json"
     raw["validation"].update(user_prompt_library="library.json", validation_num_inference_steps=1)
     del raw["validation"]["validation_prompt"]
-    config.write_text(tomli_w.dumps(raw))
+    config.write_text(tomlkit.dumps(raw))
     result = cli(["train", "--config", str(config)])
     assert result.exit_code == 0, result.stderr
     step = run_output_dir(config) / "validation" / "step-1"
