@@ -21,9 +21,17 @@ MODEL_MARKER = ".tuner-model.toml"
 
 
 def prepare_tiny_model(
-    host: PluginHost, family: str, model_dir: Path, seed: int = 0, variant: str | None = None
+    host: PluginHost,
+    family: str,
+    model_dir: Path,
+    seed: int = 0,
+    variant: str | None = None,
+    real_width_blocks: int | None = None,
 ) -> dict[str, Any]:
     """Write the family's tiny model into ``model_dir`` unless it is there; return its config overrides.
+
+    ``real_width_blocks`` writes the model at its real layer widths with that many blocks instead
+    (see the `write_tiny_model` hook).
 
     A marker file beside the weights records the overrides, with paths inside
     ``model_dir`` stored relative to it so the folder can move.
@@ -33,7 +41,7 @@ def prepare_tiny_model(
     model_dir = model_dir.resolve()
     marker = model_dir / MODEL_MARKER
     if not marker.is_file():
-        overrides = host.write_tiny_model(family, model_dir, seed, variant)
+        overrides = host.write_tiny_model(family, model_dir, seed, variant, real_width_blocks)
         paths = [k for k, v in overrides.items() if isinstance(v, str) and Path(v).resolve().is_relative_to(model_dir)]
         stored = {k: (str(Path(v).resolve().relative_to(model_dir)) if k in paths else v) for k, v in overrides.items()}
         with replacing(marker) as tmp:  # the marker says the model is whole: never half of one

@@ -320,7 +320,7 @@ def lora_naming() -> LoraNaming:
 
 
 @hookspec(firstresult=True)
-def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, Any]:
+def write_tiny_model(path: Path, seed: int, variant: str | None, real_width_blocks: int | None) -> dict[str, Any]:
     """Write a tiny randomly initialised model of this family to ``path``.
 
     Used by ``tuner demo`` and by the `tuner.testing` fixtures: it must use the
@@ -335,6 +335,14 @@ def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, An
         ``i2v-14b-2.2-high``); ``None`` for the family's default. Raise
         `tuner.errors.ConfigError` for a variant the family does not know.
         An implementation may leave this parameter out if it has one shape.
+    :param real_width_blocks: ``None`` for the tiny shape. A number asks for
+        the denoiser at the variant's *real* layer widths (hidden, feed-forward,
+        heads, text and image widths as the published model has them) with
+        only that many blocks, random weights, in the same layout; the
+        encoders may stay tiny inside but must output the widths the denoiser
+        reads. The true-width tests and GPU benches use it (no download).
+        `tuner.tiny.random_model` builds such a model in seconds. A family
+        that leaves this parameter out cannot write one, and the host says so.
     :return: config overrides that make a run use this model and suit its
         size, as ``{"section.key": value}`` (e.g. the model path). An image
         family includes ``"data.num_frames": 1``: the demo and the test

@@ -267,6 +267,12 @@ class PluginHost:
             raise PluginError(f"plugin '{self.families[family]}' (family '{family}') does not implement {hook}")
         return result
 
+    def _accepts(self, family: str, hook: str, argument: str) -> bool:
+        """Whether the family's implementation of ``hook`` takes ``argument`` (pluggy lets it leave some out)."""
+        owner = self.pm.get_plugin(self.families[family])
+        impls = [impl for impl in getattr(self.pm.hook, hook).get_hookimpls() if impl.plugin is owner]
+        return any(argument in impl.argnames for impl in impls)
+
     def implements(self, family: str, hook: str) -> bool:
         owner = self.pm.get_plugin(self.families[family])
         return any(impl.plugin is owner for impl in getattr(self.pm.hook, hook).get_hookimpls())
@@ -320,8 +326,15 @@ class PluginHost:
             metadata=metadata,
         )
 
-    def write_tiny_model(self, family: str, path: Path, seed: int, variant: str | None = None) -> dict[str, Any]:
-        result = self._call_family(family, "write_tiny_model", path=path, seed=seed, variant=variant)
+    def write_tiny_model(
+        self, family: str, path: Path, seed: int, variant: str | None = None, real_width_blocks: int | None = None
+    ) -> dict[str, Any]:
+        if real_width_blocks is not None and not self._accepts(family, "write_tiny_model", "real_width_blocks"):
+            raise PluginError(f"model family '{family}' cannot write its model at real width (its write_tiny_model hook"
+                              " has no real_width_blocks parameter)")
+        result = self._call_family(
+            family, "write_tiny_model", path=path, seed=seed, variant=variant, real_width_blocks=real_width_blocks
+        )
         if result is None:
             raise PluginError(f"model family '{family}' cannot write a tiny model (no write_tiny_model hook)")
         return result

@@ -106,19 +106,25 @@ def tuner_plugin() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``tiny_model_dir(plugin, variant=None)`` -> a folder with that family's tiny model, written once per session."""
+    """``tiny_model_dir(plugin, variant=None, real_width_blocks=None)`` -> a folder with that family's tiny model.
+
+    Written once per session. ``real_width_blocks=N`` writes the model at its real layer widths with
+    ``N`` blocks instead (the true-width tests; see the `write_tiny_model` hook).
+    """
     from tuner.demo import prepare_tiny_model
     from tuner.plugins import PluginHost
 
-    made: dict[tuple[str, str | None], Path] = {}
+    made: dict[tuple[str, str | None, int | None], Path] = {}
 
-    def get(plugin: str, variant: str | None = None) -> Path:
-        if (plugin, variant) not in made:
+    def get(plugin: str, variant: str | None = None, real_width_blocks: int | None = None) -> Path:
+        key = (plugin, variant, real_width_blocks)
+        if key not in made:
             host = PluginHost.build([plugin])
-            folder = tmp_path_factory.mktemp(f"tiny-{plugin}-{variant or 'default'}") / "model"
-            prepare_tiny_model(host, host.resolve_family(None), folder, variant=variant)
-            made[plugin, variant] = folder
-        return made[plugin, variant]
+            width = f"-wide{real_width_blocks}" if real_width_blocks is not None else ""
+            folder = tmp_path_factory.mktemp(f"tiny-{plugin}-{variant or 'default'}{width}") / "model"
+            prepare_tiny_model(host, host.resolve_family(None), folder, variant=variant, real_width_blocks=real_width_blocks)
+            made[key] = folder
+        return made[key]
 
     return get
 

@@ -8,13 +8,21 @@ ones here from one word list (``CORPUS``: the words of the synthetic captions
 and common validation prompts; other words still tokenize, in pieces), so every
 family whose text encoder is T5 (Wan's UMT5, LTX-Video, Flux) or CLIP (Flux)
 can write one that loads exactly as the real one does.
+
+`random_model` builds a model at its *real* layer widths (a few blocks of
+them) in seconds: torch's default initialisation draws every weight one by
+one, which takes ~15 s for one 14B-width Wan block on two cores; here the
+weights are slices of one shared random pool, scaled as the default
+initialisation scales them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CORPUS", "write_t5_tokenizer", "write_clip_tokenizer", "tiny_t5_config"]
+__all__ = ["CORPUS", "write_t5_tokenizer", "write_clip_tokenizer", "tiny_t5_config", "random_model"]
 
 CORPUS = (
     "a red green blue yellow black white grey square circle triangle moving left right up down on the "
@@ -80,11 +88,15 @@ def write_clip_tokenizer(folder: Path, max_length: int, corpus: str = CORPUS) ->
     tokenizer.save_pretrained(str(folder))
 
 
-def tiny_t5_config(config_class: type, tokenizer: object) -> object:
-    """A 2-layer, width-32 config of a T5-family encoder (``T5Config``, ``UMT5Config``) sized to ``tokenizer``."""
+def tiny_t5_config(config_class: type, tokenizer: object, d_model: int = 32) -> object:
+    """A 2-layer config of a T5-family encoder (``T5Config``, ``UMT5Config``) sized to ``tokenizer``.
+
+    ``d_model`` is the width of its output (what the denoiser's text projection
+    reads: 4096 for the real UMT5-XXL and T5-XXL); everything inside stays tiny.
+    """
     return config_class(
         vocab_size=len(tokenizer),  # type: ignore[arg-type]
-        d_model=32,
+        d_model=d_model,
         d_kv=8,
         d_ff=64,
         num_layers=2,
@@ -93,3 +105,51 @@ def tiny_t5_config(config_class: type, tokenizer: object) -> object:
         pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
         eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
     )
+
+
+_POOL = 1_000_003  # a prime: rows of any width start at different places of the pool
+
+
+def random_model(build: Callable[[], Any], seed: int, dtype: Any) -> Any:
+    """``build()`` run with its parameters on the meta device, then filled with random values in ``dtype``.
+
+    Matrices (and convolution kernels) get normal values scaled by ``1/sqrt(fan_in)``, the
+    spread of torch's default initialisation; 1-D ``weight``s (norms) get 1, ``bias``es 0, and
+    any other parameter (Wan's modulation tables) small normal values. Buffers are built for
+    real (rotary tables), so the model runs as one built normally does.
+    """
+    import torch
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        model = build()
+    pool = torch.randn(_POOL, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    offset = 0
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None or param.device.type != "meta":
+                continue
+            value = torch.empty(param.shape, dtype=dtype)
+            if param.ndim == 1 and name == "weight":
+                value.fill_(1.0)
+            elif param.ndim == 1 and name == "bias":
+                value.zero_()
+            else:
+                offset = _fill_from_pool(value.view(-1), pool, offset)
+                fan_in = value.numel() // value.shape[0]
+                value.mul_(fan_in**-0.5 if name == "weight" and param.ndim >= 2 else 0.02)
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=param.requires_grad)
+    return model
+
+
+def _fill_from_pool(flat: Any, pool: Any, offset: int) -> int:
+    """Copy the pool into ``flat`` cyclically from ``offset``; return where the next tensor starts."""
+    n, size = flat.numel(), pool.numel()
+    head = min(size - offset, n)
+    flat[:head].copy_(pool[offset : offset + head])
+    whole = (n - head) // size
+    if whole:  # one copy for all the full turns of the pool
+        flat[head : head + whole * size].view(whole, size).copy_(pool.expand(whole, size))
+    rest = n - head - whole * size
+    flat[n - rest :].copy_(pool[:rest])
+    return (offset + n + 7919) % size

@@ -158,10 +158,10 @@ def export_adapter(
 
 
 @hookimpl
-def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, Any]:
+def write_tiny_model(path: Path, seed: int, variant: str | None, real_width_blocks: int | None) -> dict[str, Any]:
     from tuner_flux.tiny import write_tiny_flux
 
-    return write_tiny_flux(path, seed, variant)
+    return write_tiny_flux(path, seed, variant, real_width_blocks)
 
 
 @hookimpl

@@ -6,6 +6,12 @@ as the real model: transformer/, vae/ (an 8x ``AutoencoderKL`` with Flux's
 shift and scaling factors, no quant convs), text_encoder/ + tokenizer/ (CLIP),
 text_encoder_2/ + tokenizer_2/ (T5) and scheduler/. ``dev`` has a guidance
 embedding and dynamic shifting; ``schnell`` has neither.
+
+With ``real_width_blocks`` the transformer takes FLUX.1's published config
+(``tuner_flux.profile.TRANSFORMER``: 24 heads of 128, T5 width 4096, CLIP
+width 768, 64 input channels) with that many double and single blocks; the
+encoders stay two tiny layers inside but output those widths, and the VAE
+stays tiny with Flux's 16 latent channels.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import ConfigError, did_you_mean
-from tuner.tiny import tiny_t5_config, write_clip_tokenizer, write_t5_tokenizer
+from tuner.tiny import random_model, tiny_t5_config, write_clip_tokenizer, write_t5_tokenizer
 
 from tuner_flux.settings import FLAVOURS
 
@@ -35,7 +41,7 @@ TINY_T5_LENGTH = 32
 _CLIP_LENGTH = 77
 
 
-def _vae() -> Any:
+def _vae(latent_channels: int) -> Any:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -45,7 +51,7 @@ def _vae() -> Any:
         up_block_types=["UpDecoderBlock2D"] * 4,
         block_out_channels=[8, 8, 8, 8],
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=4,
         sample_size=64,
         scaling_factor=0.3611,
@@ -55,7 +61,7 @@ def _vae() -> Any:
     )
 
 
-def _text_encoders(path: Path) -> tuple[Any, Any, Any, Any]:
+def _text_encoders(path: Path, clip_width: int, t5_width: int) -> tuple[Any, Any, Any, Any]:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 
     write_clip_tokenizer(path / "tokenizer", _CLIP_LENGTH)
@@ -65,23 +71,28 @@ def _text_encoders(path: Path) -> tuple[Any, Any, Any, Any]:
     clip = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(clip_tok),
-            hidden_size=32,
+            hidden_size=clip_width,  # the pooled output the transformer reads (pooled_projection_dim)
             intermediate_size=64,
             num_hidden_layers=2,
             num_attention_heads=2,
             max_position_embeddings=_CLIP_LENGTH,
-            projection_dim=32,
+            projection_dim=clip_width,
             bos_token_id=clip_tok.bos_token_id,
             eos_token_id=clip_tok.eos_token_id,
             pad_token_id=clip_tok.pad_token_id,
         )
     )
-    t5 = T5EncoderModel(tiny_t5_config(T5Config, t5_tok))
+    t5 = T5EncoderModel(tiny_t5_config(T5Config, t5_tok, d_model=t5_width))
     return clip, clip_tok, t5, t5_tok
 
 
-def write_tiny_flux(path: Path, seed: int = 0, variant: str | None = None) -> dict[str, Any]:
-    """Write ``model_index.json`` and every component folder of a tiny ``variant`` (dev or schnell) to ``path``."""
+def write_tiny_flux(
+    path: Path, seed: int = 0, variant: str | None = None, real_width_blocks: int | None = None
+) -> dict[str, Any]:
+    """Write ``model_index.json`` and every component folder of a tiny ``variant`` (dev or schnell) to ``path``.
+
+    ``real_width_blocks``: the real widths, that many double and that many single blocks.
+    """
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
@@ -90,8 +101,16 @@ def write_tiny_flux(path: Path, seed: int = 0, variant: str | None = None) -> di
         raise ConfigError(f"unknown Flux flavour '{name}'{did_you_mean(name, FLAVOURS)}; known: {', '.join(FLAVOURS)}")
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    clip, clip_tok, t5, t5_tok = _text_encoders(path)
-    transformer = FluxTransformer2DModel(**TINY_TRANSFORMER, guidance_embeds=name == "dev")
+    if real_width_blocks is None:
+        shape = dict(TINY_TRANSFORMER, guidance_embeds=name == "dev")
+        transformer = FluxTransformer2DModel(**shape)
+    else:
+        from tuner_flux.profile import TRANSFORMER
+
+        blocks = dict(num_layers=real_width_blocks, num_single_layers=real_width_blocks)
+        shape = dict(TRANSFORMER, **blocks, guidance_embeds=name == "dev")
+        transformer = random_model(lambda: FluxTransformer2DModel(**shape), seed, torch.bfloat16)
+    clip, clip_tok, t5, t5_tok = _text_encoders(path, shape["pooled_projection_dim"], shape["joint_attention_dim"])
     dev = name == "dev"
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
@@ -104,7 +123,7 @@ def write_tiny_flux(path: Path, seed: int = 0, variant: str | None = None) -> di
     )
     pipe = FluxPipeline(
         scheduler=scheduler,
-        vae=_vae(),
+        vae=_vae(shape["in_channels"] // 4),  # a 2x2 patch of latents per token
         text_encoder=clip,
         tokenizer=clip_tok,
         text_encoder_2=t5,

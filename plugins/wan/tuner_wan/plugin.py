@@ -174,10 +174,10 @@ def lora_naming() -> LoraNaming:
 
 
 @hookimpl
-def write_tiny_model(path: Path, seed: int, variant: str | None) -> dict[str, Any]:
+def write_tiny_model(path: Path, seed: int, variant: str | None, real_width_blocks: int | None) -> dict[str, Any]:
     from tuner_wan.tiny import write_tiny_wan
 
-    return write_tiny_wan(path, seed, variant)
+    return write_tiny_wan(path, seed, variant, real_width_blocks)
 
 
 @hookimpl

@@ -8,7 +8,7 @@ from tuner.setup.profile import ActivationCounts, FamilyProfile, FlavourProfile,
 
 from tuner_wan.flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour
 
-__all__ = ["TRANSFORMERS", "WAN_ACTIVATIONS", "wan_profile", "wan_shape"]
+__all__ = ["TRANSFORMERS", "WAN_ACTIVATIONS", "transformer_config", "wan_profile", "wan_shape"]
 
 _COMMON: dict[str, Any] = dict(
     patch_size=[1, 2, 2], attention_head_dim=128, text_dim=4096, freq_dim=256, qk_norm="rms_norm_across_heads",
@@ -39,7 +39,8 @@ _CLIP_TOKENS = 257  # CLIP ViT-H/14 at 224 px: 256 patches + the class token
 _CONTEXT_LAYERS = ("attn2.to_k", "attn2.to_v", "attn2.add_k_proj", "attn2.add_v_proj")
 
 
-def _transformer_config(flavour: Flavour) -> dict[str, Any]:
+def transformer_config(flavour: Flavour) -> dict[str, Any]:
+    """The published ``config.json`` of ``flavour``'s denoiser (each expert of an A14B pair has the same)."""
     if flavour.task == "ti2v":
         return TRANSFORMERS["ti2v-5b"]
     if flavour.version == "2.2":
@@ -87,7 +88,7 @@ def wan_profile() -> FamilyProfile:
     flavours = []
     for name in names:
         spec = FLAVOURS[name]
-        config = _transformer_config(spec)
+        config = transformer_config(spec)
         flavours.append(
             FlavourProfile(
                 name=name,

@@ -27,18 +27,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def tiny_dino(tmp_path_factory):
-    """A tiny random DINOv2 in transformers' layout (no download): 32 wide, 2x2 patches at 28 pixels."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    folder = tmp_path_factory.mktemp("dino") / "dinov2-tiny"
-    torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=28)
-    Dinov2Model(config).save_pretrained(folder)
-    return folder
-
-
 def crepa(dino, *extra):
     return ["plugins=['wan', 'crepa']", "crepa_enabled=true", "crepa_block_index=0", f"crepa_encoder='{dino}'",
             "crepa_encoder_image_size=28", "validation.validation_prompt=''", *extra]
