@@ -28,7 +28,7 @@ import math
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from wan_comfyui_rules import comfyui_deltas, comfyui_unloaded, comfyui_wan_weights
 
 from tuner.testing import run_cli, run_output_dir, step_losses, write_run_folder
@@ -187,13 +187,13 @@ def test_i2v_14b_trains_a_lokr_with_chunked_ff_whose_comfyui_file_loads_with_lyc
     # The same adapter in LyCORIS's own names loads onto the real-width transformer and changes its output.
     native = tmp_path / "native.safetensors"
     transformer = WanTransformer3DModel.from_pretrained(str(model), subfolder="transformer", torch_dtype=torch.bfloat16)
-    names = {original_name(n): "lycoris_" + n.replace(".", "_") for n, _ in transformer.named_modules()}
+    blocks = [n for n, m in transformer.named_modules() if n.startswith("blocks.") and isinstance(m, torch.nn.Linear)]
+    names = {original_name(n): "lycoris_" + n.replace(".", "_") for n in blocks}
     tensors = {}
     for key, value in sd.items():
         module, param = key[len("diffusion_model.") :].rsplit(".", 1)
         tensors[f"{names[module]}.{param}"] = value
-    from safetensors.torch import save_file
-
+        tensors[f"{names[module]}.alpha"] = torch.tensor(1.0)  # full-factor LoKr: scale 1, as ComfyUI reads it
     save_file(tensors, native)
     inputs = _inputs(transformer.config)
     before = _outputs([transformer], inputs)
@@ -211,6 +211,8 @@ def test_a14b_both_experts_train_on_an_int8_quanto_base_and_load_into_their_own_
         tmp_path / "run", model, A14B,
         "plugins=['wan', 'quantize']", "base_model_precision='int8-quanto'", "quantize_via='cpu'",
         "wan.wan_train_both_experts=true", "train.train_batch_size=2",
+        # Half the noise levels each, drawn evenly: both experts get samples within the two steps.
+        "wan.wan_boundary_ratio=0.5", "train.flow_timestep_sampling='uniform'", "train.flow_schedule_shift=1.0",
         clips=2,
     )  # fmt: skip
     files = {label: out / f"pytorch_lora_weights_{label}.safetensors" for label in ("high_noise", "low_noise")}
