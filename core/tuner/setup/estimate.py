@@ -3,13 +3,16 @@
 The formula (docs/configure.md explains each term)::
 
     peak memory = weights + adapter state + activations + runtime reserve
-      weights        = parameters x bytes per weight (bf16 2, int8/fp8 1, int4 0.5)
+      weights        = block parameters x bytes per weight (bf16 2, int8/fp8 1, int4 0.5)
+                       + the parameters outside the blocks x 2 (never quantized)
       adapter state  = rank x lora_io x (4 weight + 4 gradient + optimizer bytes per parameter)
       activations    = blocks x tokens x per-block bytes                      (no checkpointing)
                      = blocks x tokens x block-input bytes + tokens x per-block bytes   (checkpointing:
                        each block keeps its input and one block is recomputed at a time)
-                       + tokens x outside bytes
+                       + tokens x outside bytes (with checkpointing: the checkpointed outside bytes,
+                       and the cross-attended text states once: 2 x d x T)
       per-block bytes = 2 (hidden x d + ffn x f + per_rank x rank) + 4 hidden_fp32 x d + 2 text x d x T / tokens
+                        + 2 rank x lora_io / blocks / tokens (autocast's bf16 copies of the adapter weights)
       (group offload: weights outside the blocks + 2 blocks on the accelerator)
     step time = training FLOPs / accelerator throughput (+ 2 x block weights / 25 GB/s with group offload)
       training FLOPs = forward x 2 for the frozen linear layers (the backward computes input gradients
@@ -90,16 +93,18 @@ def block_bytes(shape: ModelShape, work: Workload) -> float:
     """Bytes one block saves for the backward pass, for the whole sample."""
     a, d, n = shape.activations, shape.hidden_size, work.tokens
     per_token = 2.0 * (a.hidden * d + a.ffn * shape.ffn_size + a.per_rank * work.rank) + 4.0 * a.hidden_fp32 * d
-    return n * per_token + 2.0 * a.text * d * work.text_tokens
+    # Autocast keeps the compute-dtype copy of every float32 adapter weight it casts (2 bytes each), once a step.
+    adapter_copies = 2.0 * work.rank * shape.lora_io / max(shape.blocks, 1)
+    return n * per_token + 2.0 * a.text * d * work.text_tokens + adapter_copies
 
 
 def forward_saved_bytes(shape: ModelShape, work: Workload, checkpointing: bool) -> float:
     """Bytes the forward pass keeps for the backward pass (what the saved-tensor hooks see)."""
     a, d, n = shape.activations, shape.hidden_size, work.tokens
-    outside = a.outside_bytes * d * n
-    if checkpointing:  # each block keeps only its input
-        return shape.blocks * n * a.between_blocks_bytes * d + outside
-    return shape.blocks * block_bytes(shape, work) + outside
+    if checkpointing:  # each block keeps only its input, and the text it cross-attends to is kept once
+        outside = a.outside_bytes if a.checkpointed_outside_bytes is None else a.checkpointed_outside_bytes
+        return shape.blocks * n * a.between_blocks_bytes * d + outside * d * n + 2.0 * d * work.text_tokens
+    return shape.blocks * block_bytes(shape, work) + a.outside_bytes * d * n
 
 
 def activation_bytes(shape: ModelShape, work: Workload, checkpointing: bool) -> float:
@@ -136,11 +141,14 @@ def estimate(
     cross the bus twice a step (forward, backward), added to the step time (a side stream hides part).
     """
     per_weight = WEIGHT_BYTES.get(precision, 2.0)
-    weights = shape.parameters * per_weight
+    # Quantization packs the blocks' weights only; the embeddings and output layers stay bf16 (for Wan
+    # 14B they are 232 M parameters: counting them at 1 byte under-stated an int8 base by 0.2 GiB).
+    outside = (shape.parameters - shape.block_parameters) * WEIGHT_BYTES["no_change"]
+    weights = outside + shape.block_parameters * per_weight
     transfer = 0.0
     if offload:
         per_block = shape.block_parameters / max(shape.blocks, 1)
-        weights = (shape.parameters - shape.block_parameters + 2 * per_block) * per_weight
+        weights = outside + 2 * per_block * per_weight
         transfer = 2 * shape.block_parameters * per_weight / PCIE_BYTES_PER_SECOND
     adapter = work.rank * shape.lora_io * (8.0 + OPTIMIZER_BYTES.get(optimizer, 8.0))
     flops = training_flops(shape, work, checkpointing)

@@ -32,6 +32,11 @@ class ActivationCounts:
         gradient checkpointing keeps of each block (4: the residual stream is float32).
     :ivar outside_bytes: bytes per token per hidden width saved outside the blocks
         (embedding and output layers).
+    :ivar checkpointed_outside_bytes: the same with gradient checkpointing, when it differs:
+        the output layers then keep the last block's output, which no later block keeps as its
+        input (Wan: its float32 final norm, 4 bytes). ``None``: ``outside_bytes``. Fitting
+        this term into ``between_blocks_bytes`` instead makes the estimate right only at the
+        depth it was fitted at (a 3-block model, then 40% over at 30-40 blocks).
     """
 
     hidden: float
@@ -41,6 +46,7 @@ class ActivationCounts:
     text: float = 0.0
     between_blocks_bytes: float = 4.0
     outside_bytes: float = 2.0
+    checkpointed_outside_bytes: float | None = None
 
 
 @dataclass(frozen=True)
