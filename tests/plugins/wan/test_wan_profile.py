@@ -26,6 +26,10 @@ def _model(shape: dict, rank: int, checkpointing: bool, dtype: torch.dtype):
 
     torch.manual_seed(0)
     model = WanTransformer3DModel(**shape).requires_grad_(False).to(dtype)
+    # As from_pretrained(torch_dtype=...) loads it for a run: diffusers keeps these modules float32.
+    for name, module in model.named_modules():
+        if any(part in model._keep_in_fp32_modules for part in name.split(".")):
+            module.float()
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), model)
     for p in model.parameters():
         if p.requires_grad:  # the run's rule: the adapter is float32 whatever the base
@@ -62,8 +66,10 @@ def test_shapes_of_the_real_flavours_count_their_published_sizes(profile):
     ("name", "overrides", "latent_frames", "side", "tolerance"),
     [
         ("tiny", {}, 5, 8, 0.25),  # 80 tokens: fixed per-token extras (rotary tables, norms' statistics) weigh more
-        ("mid", MID, 5, 32, 0.05),
-        ("mid-wide", {**MID, "attention_head_dim": 128, "ffn_dim": 2048}, 3, 32, 0.05),
+        # 256-512 wide: terms that do not grow with the width (rotary tables, per-head statistics) still weigh
+        # ~5%; the counts are fitted at the real widths (test_wan_true_width_estimate.py holds them within 2-5%).
+        ("mid", MID, 5, 32, 0.08),
+        ("mid-wide", {**MID, "attention_head_dim": 128, "ffn_dim": 2048}, 3, 32, 0.08),
     ],
 )
 @pytest.mark.parametrize("checkpointing", [False, True])
