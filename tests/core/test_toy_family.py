@@ -120,3 +120,18 @@ def test_a_family_with_two_experts_trains_one_adapter_on_each(toy_run):
     for key in ("adapter_high", "adapter_low"):
         a, b = load_file(outputs[key]), load_file(again[key])
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_family_whose_tiny_model_has_one_width_refuses_real_width_in_one_line(tmp_path):
+    from tuner.hookspecs import hookimpl
+
+    class OneWidth(ToyFamily):
+        @hookimpl
+        def write_tiny_model(self, path, seed, variant):  # no real_width_blocks: the hook's older form
+            return {"toy.path": str(path)}
+
+    host = PluginHost.build([], extra={"toy": OneWidth()})
+    family = host.resolve_family(None)
+    assert host.write_tiny_model(family, tmp_path, 0) == {"toy.path": str(tmp_path)}
+    with pytest.raises(PluginError, match="cannot write its model at real width.*no real_width_blocks parameter"):
+        host.write_tiny_model(family, tmp_path, 0, real_width_blocks=1)
