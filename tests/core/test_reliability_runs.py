@@ -47,10 +47,18 @@ def _start(folder: Path, **options) -> subprocess.Popen[str]:
 
 
 def _wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Wait for ``path`` (``.../checkpoint-N``) or a later checkpoint: on an idle machine the toy run
+    rotates ``checkpoint-N`` away (checkpoints_total_limit) within milliseconds of writing it."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    wanted = int(path.name.removeprefix("checkpoint-"))
+
+    def reached() -> bool:
+        steps = [p.name.removeprefix("checkpoint-") for p in path.parent.glob("checkpoint-*")]
+        return any(s.isdigit() and int(s) >= wanted for s in steps)
+
+    while not reached():
         assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, f"{path} never appeared"
+        assert time.monotonic() < deadline, f"{path} (or a later checkpoint) never appeared"
         time.sleep(0.05)
 
 

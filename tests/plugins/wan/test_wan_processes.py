@@ -115,7 +115,7 @@ def test_only_rank_zero_writes(two_processes):
     assert events.count("start") == 1 and events.count("end") == 1 and events.count("step") == STEPS
     assert events.count("checkpoint") == 2 and events.count("validation") == 2  # steps 3 and 6
     assert done.stdout.count("done") == 1  # one process speaks for the run
-    assert done.stderr.count("validation (step 3)") == 1
+    assert done.stderr.count("validation (step 3,") == 1
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     assert not list(out.glob(".*partial*"))
     _, info = read_checkpoint(out / "checkpoint-3")
