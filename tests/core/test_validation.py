@@ -225,6 +225,25 @@ def test_round_writes_every_prompt_at_every_size_and_a_contact_sheet(toy):
     assert [(r.width, r.height) for r in family.requests] == [(32, 16), (32, 16), (16, 32), (16, 32)]
 
 
+def test_videos_play_at_the_models_own_frame_rate_unless_validation_fps_is_set(toy):
+    import av
+
+    folder, _, host = toy
+
+    def rate(validation: dict, **toy_section) -> float:
+        raw = toy_config(folder)
+        raw["validation"].update({"validation_num_video_frames": 3, **validation})
+        raw["toy"] = toy_section
+        config = resolve_config(raw, host, base_dir=folder)
+        media = run_validation(host, host.load_model(config, torch.device("cpu")), config, 1).media["main"]
+        with av.open(str(media)) as container:
+            return container.streams.video[0].average_rate
+
+    assert rate({}) == 16, "a family that states no frame rate: 16"
+    assert rate({}, toy_fps=24.0) == 24, "a 24 fps model's clips are not slowed down to 16"
+    assert rate({"validation_fps": 12}, toy_fps=24.0) == 12, "the option wins"
+
+
 def test_the_same_seed_renders_the_same_media_every_round(toy):
     folder, _, host = toy
     config = _config(folder, host, {"validation_num_video_frames": 3})

@@ -181,6 +181,7 @@ def run_validation(
     out = ValidationResult(step=step)
     rows: list[tuple[str, list[np.ndarray]]] = []
     per_clip = v.validation_num_inference_steps
+    fps = video_fps(config, bundle)
     with inference_state(bundle), task_progress(
         f"validation (step {step}, {len(keys) * len(variants)} clip(s))", len(keys) * len(variants) * per_clip, unit="steps"
     ) as advance:
@@ -193,7 +194,7 @@ def run_validation(
         for size in sizes:
             for nickname, prompt in prompts.items():
                 key = key_of(nickname, size)
-                request = _request(config, step, key, prompt, size, folder)
+                request = _request(config, step, key, prompt, size, folder, fps)
                 request.preview_steps = request_steps(bundle, config)
                 request.on_sampler_step = sampler_step
                 shown, preview_rows = [], []
@@ -204,11 +205,11 @@ def run_validation(
                 for suffix, swap in variants:
                     reported[0] = 0
                     name = f"{key}-{suffix}" if suffix else key
-                    writer = PreviewWriter(key, name, folder, stems[name], v.validation_fps, on_preview)
+                    writer = PreviewWriter(key, name, folder, stems[name], fps, on_preview)
                     request.on_preview = writer if request.preview_steps else None
                     with swap() if swap is not None else contextlib.nullcontext():
                         rendered = host.validate(bundle, request)
-                    out.media[name], frames = _keep(rendered, key, folder, stems[name], v.validation_fps, owner)
+                    out.media[name], frames = _keep(rendered, key, folder, stems[name], fps, owner)
                     shown.append(thumbnails(frames))
                     files, previews = keep_previews(rendered, request.preview_steps, writer, owner)
                     if files:
@@ -272,8 +273,14 @@ def round_complete(config: RunConfig, step: int) -> bool:
     return all((folder / name).is_file() for name in names)
 
 
+def video_fps(config: RunConfig, bundle: ModelBundle) -> int:
+    """The rate validation videos play at: ``validation_fps``, else the model's own clock (so a 24 fps model's
+    clips do not play slowed down to 16), else 16."""
+    return config.validation.validation_fps or round(bundle.frame_rate or 16)
+
+
 def _request(
-    config: RunConfig, step: int, key: str, prompt: str, size: tuple[int, int], folder: Path
+    config: RunConfig, step: int, key: str, prompt: str, size: tuple[int, int], folder: Path, fps: int
 ) -> ValidationRequest:
     v = config.validation
     return ValidationRequest(
@@ -287,7 +294,7 @@ def _request(
         guidance_scale=v.validation_guidance,
         seed=v.validation_seed,
         output_dir=folder,
-        fps=v.validation_fps,
+        fps=fps,
         skip_layer_guidance=_skip_layer_guidance(config),
     )
 

@@ -134,7 +134,13 @@ class ValidationSection(BaseModel):
     )
     validation_guidance: float = Field(5.0, ge=0, description="Classifier-free guidance scale; 1 or less turns it off.")
     validation_seed: int = Field(42, description="Noise seed: the same noise every round, so rounds compare.")
-    validation_fps: int = Field(16, ge=1, le=240, description="Frame rate of the written videos.")
+    validation_fps: int | None = Field(
+        None,
+        ge=1,
+        le=240,
+        description="Frame rate of the written videos. Unset: the model's own frame rate (Wan 2.1/2.2: 16,"
+        " Wan 2.2 TI2V-5B: 24), or 16 for a family that states none.",
+    )
     validation_preview: bool = Field(
         False,
         description="Also render cheap previews of each clip at intermediate sampler steps (the denoised estimate,"
