@@ -262,6 +262,29 @@ def test_a_clip_replaced_between_scan_and_encoding_is_never_cached_under_the_old
     assert len(_entries_of(tmp_path / "cache", clips[0])) == 1
 
 
+def test_a_file_is_hashed_once_per_build_for_all_its_windows_and_a_replaced_one_is_still_caught(tmp_path, monkeypatch):
+    import hashlib
+
+    from tuner.data import frames
+    from tuner.data.sizing import Geometry
+
+    clip, other = write_synthetic_clips(tmp_path / "clips", count=2, num_frames=6, width=16, height=16, captions=False)
+    digest = hashlib.sha256(clip.read_bytes()).hexdigest()
+    geometry = Geometry(frames=2, width=16, height=16, resize=(16, 16), crop=(0, 0), aspect=1.0)
+    hashed: list[int] = []
+    real = hashlib.sha256
+    monkeypatch.setattr(frames.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    verified: dict = {}
+    for _ in range(3):  # three windows of one file in one build
+        assert frames.decode_sample(clip, geometry, digest=digest, verified=verified).shape == (2, 16, 16, 3)
+    assert len(hashed) == 1, "the file's bytes are read for the hash once, not once per window"
+
+    clip.write_bytes(other.read_bytes())  # replaced between two windows
+    with pytest.raises(frames.SourceChanged):
+        frames.decode_sample(clip, geometry, digest=digest, verified=verified)
+    assert len(hashed) == 2, "a file whose size, time or inode moved is hashed again"
+
+
 @pytest.mark.parametrize(
     "section, key, value, message",
     [

@@ -139,11 +139,12 @@ def build_latents(
 
     # Same-shape batches: order the work by shape so batches fill up.
     jobs = sorted(jobs, key=lambda j: (j.geometry.shape, str(j.source)))
+    verified: dict = {}  # each file hashed once per build, however many windows it gives
 
     def decode(job: LatentJob) -> torch.Tensor:
         # uint8 (4x fewer bytes to move). No torch maths here: a torch op in this thread starts a
         # second OpenMP team that competes with the encoder's for the cores.
-        return torch.from_numpy(decode_sample(job.source, job.geometry, digest=job.digest or None))
+        return torch.from_numpy(decode_sample(job.source, job.geometry, digest=job.digest or None, verified=verified))
 
     written = 0
     batch: list[tuple[LatentJob, Any]] = []

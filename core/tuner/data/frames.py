@@ -44,11 +44,14 @@ _CHANGED = "changed since the scan (its cache key names the earlier bytes): skip
 
 
 @contextmanager
-def _checked(path: Path, digest: str | None) -> Iterator[BinaryIO | str]:
+def _checked(path: Path, digest: str | None, verified: dict | None = None) -> Iterator[BinaryIO | str]:
     """The file to decode, open; with ``digest``, only when its bytes hash to it, and unchanged while decoded.
 
     The bytes hashed and the bytes decoded are those of one open file, so a file
-    replaced after the scan is never cached under the earlier file's key.
+    replaced after the scan is never cached under the earlier file's key. With
+    ``verified`` (one dict per cache build), a file already hashed in this build whose
+    device, inode, size and modification time are unchanged is not hashed again: the
+    windows of a long take cost what their frames cost, not one read of the file each.
     """
     if digest is None:
         yield str(path)
@@ -59,12 +62,16 @@ def _checked(path: Path, digest: str | None) -> Iterator[BinaryIO | str]:
         raise DataError(f"cannot read: {exc.strerror or exc}") from None
     with f:
         before = os.fstat(f.fileno())
-        h = hashlib.sha256()
-        while block := f.read(1 << 20):
-            h.update(block)
-        if h.hexdigest() != digest:
-            raise SourceChanged(_CHANGED)
-        f.seek(0)
+        identity = (digest, before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
+        if verified is None or verified.get(str(path)) != identity:
+            h = hashlib.sha256()
+            while block := f.read(1 << 20):
+                h.update(block)
+            if h.hexdigest() != digest:
+                raise SourceChanged(_CHANGED)
+            f.seek(0)
+            if verified is not None:
+                verified[str(path)] = identity
         yield f
         after = os.fstat(f.fileno())
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
@@ -143,13 +150,16 @@ def _decode_image(path: Path | BinaryIO | str, geometry: Geometry) -> np.ndarray
         raise DataError(f"cannot decode: {error_text(exc)}") from None
 
 
-def decode_sample(path: Path, geometry: Geometry, digest: str | None = None) -> np.ndarray:
+def decode_sample(
+    path: Path, geometry: Geometry, digest: str | None = None, verified: dict | None = None
+) -> np.ndarray:
     """The sample's pixels, ``(frames, height, width, 3)`` uint8; raises `DataError` for a broken file.
 
     :param digest: the SHA-256 the scan found: bytes that differ raise `SourceChanged` (nothing is decoded).
+    :param verified: files already hashed in this build (see `_checked`); shared by its windows.
     """
     decode = _decode_image if path.suffix.lower() in IMAGE_EXTENSIONS else _decode_video
-    with _checked(path, digest) as source:
+    with _checked(path, digest, verified) as source:
         return decode(source, geometry)
 
 
