@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1] / "core" / "tuner"
 
 # Lowest first. A node may import from its own floor or any floor below.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("errors", "paths", "jsonfile", "durable", "loading", "config_args", "config_paths"),
-    ("types", "routing"),
+    ("errors", "paths", "jsonfile", "durable", "loading", "config_args", "config_paths", "media"),
+    ("types", "routing", "family_profile"),
     ("hookspecs", "config_keys", "plugins", "config"),
     ("report",),
     ("data", "cache"),

@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from tuner.config import RunConfig
+    from tuner.family_profile import FamilyProfile
     from tuner.lora.layouts import LoraNaming
-    from tuner.setup.profile import FamilyProfile
     from tuner.types import (
         AdapterWeights,
         AuxiliaryLoss,
@@ -358,7 +358,7 @@ def describe_family() -> FamilyProfile:
     when the wizard starts; it may import torch and diffusers (the wizard is a
     command, not ``tuner --help``) but must not download or load weights.
 
-    :return: a `tuner.setup.profile.FamilyProfile`: the flavours a user picks
+    :return: a `tuner.family_profile.FamilyProfile`: the flavours a user picks
         from (the default first), each with the config entries that select it,
         where its weights come from, its denoiser's config and sensible
         resolution, frames and validation settings; the frame rule

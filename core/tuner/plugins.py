@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from tuner.config import RunConfig
+    from tuner.family_profile import FamilyProfile
     from tuner.lora.layouts import LoraNaming
-    from tuner.setup.profile import FamilyProfile
     from tuner.train.noising import InputRewriter
     from tuner.types import (
         AdapterWeights,

@@ -14,9 +14,9 @@ from toy_family import ToyFamily, toy_config
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError
+from tuner.media import SHEET_PAD
 from tuner.plugins import PluginHost
 from tuner.validate.first_frames import load_first_frames, prompt_images
-from tuner.validate.media import SHEET_PAD
 from tuner.validate.rounds import check_validation, run_validation
 from tuner.validate.settings import read_prompt_images, read_prompt_library
 
@@ -83,7 +83,7 @@ def test_dataset_files_give_first_frames_in_turn_after_the_prompts_own(tmp_path)
 
 
 def test_first_frames_cover_the_size_without_stretching_and_keep_a_clips_last_frame(tmp_path):
-    from tuner.validate.media import write_video
+    from tuner.media import write_video
 
     img = np.zeros((20, 40, 3), np.uint8)
     img[:, 10:30] = 255  # the centre half is white

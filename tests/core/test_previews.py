@@ -15,9 +15,9 @@ from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, PluginError
 from tuner.hookspecs import hookimpl
+from tuner.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, read_media
 from tuner.plugins import PluginHost
 from tuner.types import ModelBundle, ValidationResult
-from tuner.validate.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, read_media
 from tuner.validate.rounds import check_validation, round_complete, run_validation
 from tuner.validate.settings import ValidationSection
 

@@ -606,7 +606,7 @@ def _full_disk(path: Path) -> OSError:
 @pytest.mark.parametrize("victim", ["data report", "validation video"])
 def test_a_full_disk_met_by_any_other_write_ends_in_one_line_naming_the_file(make_run, cli, monkeypatch, victim):
     """Writes without an option of their own (data report, media, cards) end in one line, not a traceback."""
-    import tuner.validate.media as media
+    import tuner.media as media
 
     config = make_run(steps=1)  # its clips are written before the disk fills
     if victim == "data report":

@@ -66,11 +66,11 @@ def log():
     events._write({"event": "step", "step": 2, "huge": "x" * limit})
 
 def video():
-    from tuner.validate.media import write_video
+    from tuner.media import write_video
     write_video(np.random.default_rng(0).random((9, 256, 256, 3)), folder / "out" / "validation" / "main.mp4")
 
 def image():
-    from tuner.validate.media import write_image
+    from tuner.media import write_image
     write_image(np.random.default_rng(0).random((512, 512, 3)), folder / "out" / "validation" / "main.png")
 
 def data_report():

@@ -17,12 +17,12 @@ from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, DataError, PluginError
 from tuner.hookspecs import hookimpl
+from tuner.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, contact_sheet, read_media, thumbnails, write_video
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.train.run import train
 from tuner.types import ValidationResult
 from tuner.validate.evaluation import EvalLoss, eval_sigmas, split_eval_samples
-from tuner.validate.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, contact_sheet, read_media, thumbnails, write_video
 from tuner.validate.prompts import BUILTIN_PROMPTS, file_stems, round_prompts
 from tuner.validate.rounds import run_validation
 from tuner.validate.schedule import eval_due, validation_due

@@ -12,11 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from tuner.hookspecs import hookimpl
+from tuner.media import write_image
 from tuner.train.noising import noisy_inputs
 from tuner.train.precision import base_weight_dtype
 from tuner.train.timesteps import add_noise, sample_sigmas
 from tuner.types import Expert, LossOutput, ModelBundle, ValidationResult
-from tuner.validate.media import write_image
 
 TEXT_DIM = 8
 

@@ -113,7 +113,7 @@ def write_preview(host: PluginHost, config: RunConfig, out: Path, clips_per_data
     from tuner.data.frames import decode_sample
     from tuner.data.prepare import scan_samples
     from tuner.errors import DataError
-    from tuner.validate.media import contact_sheet, safe_filename, thumbnails, write_media
+    from tuner.media import contact_sheet, safe_filename, thumbnails, write_media
 
     scan = scan_samples(config)
     bundle = data_facts(host, config)

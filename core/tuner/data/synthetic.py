@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuner.validate.media import write_video
+from tuner.media import write_video
 
 __all__ = [
     "SHAPES",

@@ -183,7 +183,7 @@ class Trackers:
         import numpy as np
         from PIL import Image
 
-        from tuner.validate.media import read_media
+        from tuner.media import read_media
 
         with Image.open(result.contact_sheet) as image:
             sheet = np.asarray(image.convert("RGB"))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuner.setup.profile import FamilyProfile, FlavourProfile, ModelShape
+from tuner.family_profile import FamilyProfile, FlavourProfile, ModelShape
 
 __all__ = [
     "WEIGHT_BYTES",

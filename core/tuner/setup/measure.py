@@ -1,6 +1,6 @@
 """Measuring what a training step keeps and computes, on any device (CPU included).
 
-A family's `tuner.setup.profile.ActivationCounts` and FLOP counts are claims;
+A family's `tuner.family_profile.ActivationCounts` and FLOP counts are claims;
 these two functions measure the truth on a small model, so a test can hold the
 estimate to it: the bytes of every tensor autograd saves for the backward pass
 (torch's saved-tensor hooks, each storage counted once, parameters left out)

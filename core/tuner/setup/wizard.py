@@ -19,8 +19,8 @@ from tuner.setup.tomlwrite import ConfigDocument, relative_path
 
 if TYPE_CHECKING:
     from tuner.data.scan import FileSample
+    from tuner.family_profile import FamilyProfile, FlavourProfile, ModelShape
     from tuner.plugins import PluginHost
-    from tuner.setup.profile import FamilyProfile, FlavourProfile, ModelShape
     from tuner.setup.questions import Asker
 
 __all__ = ["MemoryOption", "memory_options", "default_memory", "steps_for", "run_wizard"]

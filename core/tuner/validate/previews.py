@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import PluginError
-from tuner.validate.media import thumbnails, write_media
+from tuner.media import thumbnails, write_media
 
 if TYPE_CHECKING:
     import numpy as np

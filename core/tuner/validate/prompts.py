@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tuner.validate.media import safe_filename
+from tuner.media import safe_filename
 from tuner.validate.settings import read_prompt_library
 
 if TYPE_CHECKING:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from tuner.durable import replacing
 from tuner.errors import ConfigError, PluginError
+from tuner.media import contact_sheet, read_media, thumbnails, write_media
 from tuner.types import SkipLayerGuidance, ValidationRequest, ValidationResult
 from tuner.validate.first_frames import first_windows, load_first_frames
 from tuner.validate.inference import inference_state
-from tuner.validate.media import contact_sheet, read_media, thumbnails, write_media
 from tuner.validate.previews import (
     PreviewReport,
     PreviewWriter,

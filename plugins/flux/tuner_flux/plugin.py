@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
-    from tuner.setup.profile import FamilyProfile
+    from tuner.family_profile import FamilyProfile
     from tuner.types import AdapterWeights, LossOutput, ModelBundle, ValidationRequest, ValidationResult
 
 FAMILY = "flux"

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
+    from tuner.family_profile import FamilyProfile
     from tuner.lora.layouts import LoraNaming
-    from tuner.setup.profile import FamilyProfile
     from tuner.types import AdapterWeights, LossOutput, ModelBundle, ValidationRequest, ValidationResult
 
 FAMILY = "wan"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuner.setup.profile import ActivationCounts, FamilyProfile, FlavourProfile, ModelShape
+from tuner.family_profile import ActivationCounts, FamilyProfile, FlavourProfile, ModelShape
 
 from tuner_wan.flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour
 

@@ -360,7 +360,7 @@ def test_training_with_the_option_repeats_the_baseline(
 def test_group_offload_validates_through_the_pipeline(make_run, cli, tmp_path, poisoned_disk):
     import numpy as np
 
-    from tuner.validate.media import read_media
+    from tuner.media import read_media
 
     def frames(*options):
         config = make_run(name="offloaded" if options else "plain", steps=1, overrides=[PLUGINS, *options])

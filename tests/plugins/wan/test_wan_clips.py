@@ -10,8 +10,8 @@ import torch
 
 from tuner.config import read_config_file
 from tuner.data.synthetic import read_clock, write_timed_clip
+from tuner.media import read_media
 from tuner.plugins import PluginHost
-from tuner.validate.media import read_media
 
 
 @pytest.mark.parametrize(("variant", "fps"), [(None, 16.0), ("ti2v-5b-2.2", 24.0)])

@@ -14,10 +14,10 @@ from PIL import Image
 from tuner.config import read_config_file, resolve_config
 from tuner.demo import prepare_tiny_model
 from tuner.errors import ConfigError
+from tuner.media import SHEET_LABEL, SHEET_PAD, read_media
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.types import SkipLayerGuidance
-from tuner.validate.media import SHEET_LABEL, SHEET_PAD, read_media
 from tuner.validate.rounds import check_validation, run_validation
 
 SMALL = {"validation_resolution": "32x32", "validation_num_video_frames": 5, "validation_num_inference_steps": 4,

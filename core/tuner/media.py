@@ -1,4 +1,4 @@
-"""Writing validation media: H.264 mp4 clips that play in a browser, PNGs, and contact sheets."""
+"""Images and videos on disk: browser-playable H.264 mp4 clips, PNGs, contact sheets (validation media, previews)."""
 
 from __future__ import annotations
 

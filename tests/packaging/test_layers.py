@@ -1,0 +1,94 @@
+"""The import graph of `tuner` stays in floor order (``scripts/layers.py``): no new uphill import, no new cycle.
+
+Each uphill link (a node importing one on a higher floor) and each cycle whose two directions are both
+runtime imports is listed below with the reason it stays. A new one fails here: move the module to the
+floor its users need (DESIGN.md), or, where a type hint truly needs it, add it to the list with its reason.
+A listed link that is gone fails too, so that the figures only go down.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "layers.py"
+
+# (lower, higher) -> (type-only, why it stays).
+UPWARD: dict[tuple[str, str], tuple[bool, str]] = {
+    ("cache", "train"): (False, "tuner cache's runner (cache.offline) makes the run's accelerator"),
+    ("config", "data"): (True, "RunConfig.data is typed; each section's model lives beside the code that reads it"),
+    ("config", "train"): (True, "RunConfig.train is typed; each section's model lives beside the code that reads it"),
+    ("config", "validate"): (False, "RunConfig.validation is typed; the held-out check spans two validate sections"),
+    ("data", "cli"): (False, "data.commands is a CLI command"),
+    ("data", "train"): (False, "data.commands and data.prepare use train.distributed and train.run"),
+    ("hookspecs", "lora"): (True, "the lora_naming hook returns a LoraNaming"),
+    ("hookspecs", "train"): (True, "the rewrite_noisy_input hook returns an InputRewriter"),
+    ("lora", "train"): (False, "adapter files carry train.adapter_metadata"),
+    ("plugins", "lora"): (True, "the host's lora_naming returns a LoraNaming"),
+    ("plugins", "train"): (True, "the host's rewrite_noisy_input returns an InputRewriter"),
+    ("report", "train"): (False, "the model card and the log claim output names (train.outputs)"),
+    ("report", "validate"): (False, "the model card lists the validation prompts"),
+    ("types", "train"): (True, "ModelBundle.input_rewriter is an InputRewriter"),
+    ("validate", "train"): (False, "validation media claim their output names (train.outputs)"),
+}
+
+# Cycles with a runtime import both ways: (a, b) with a < b -> why it stays.
+RUNTIME_CYCLES: dict[tuple[str, str], str] = {
+    ("cache", "data"): "data plans with the cache store; cache.build decodes with data.frames",
+    ("cli", "data"): "cli registers data.commands, which use the CLI's error handling",
+    ("cli", "setup"): "cli registers setup.commands, which check a config as the CLI loads it",
+    ("config_keys", "plugins"): "the host names a plugin as config keys show it; unknown keys list every plugin",
+    ("data", "train"): "data.prepare uses train.distributed; train.run plans the data",
+    ("lora", "train"): "lora reads train.adapter_metadata; train.init_lora reads lora files",
+    ("report", "train"): "the report plugins claim output names; train reports progress",
+    ("report", "validate"): "the model card lists the validation prompts; validation reports progress",
+    ("train", "validate"): "validation claims output names; train runs validation",
+}
+
+
+def _graph():
+    spec = importlib.util.spec_from_file_location("layers_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+        return module.build()
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return _graph()
+
+
+def test_every_node_sits_on_one_floor(graph):
+    for node in graph.nodes:
+        graph.floor(node)  # SystemExit naming the module when it is on no floor
+
+
+def test_no_import_runs_up_a_floor_but_the_listed_ones(graph):
+    upward = set(graph.upward())
+    new = sorted(link for link in upward if link not in UPWARD)
+    assert not new, f"imports from a lower floor up to a higher one: {_where(graph, new)}"
+    now_runtime = sorted(link for link in upward if UPWARD[link][0] and not graph.type_only[link])
+    assert not now_runtime, f"listed as type-only, now imported at run time: {_where(graph, now_runtime)}"
+    gone = sorted(set(UPWARD) - upward)
+    assert not gone, f"no longer uphill, take them off UPWARD in this file: {gone}"
+    assert len(upward) <= len(UPWARD)
+
+
+def test_no_runtime_cycle_but_the_listed_ones(graph):
+    runtime = {c for c in graph.cycles() if not (graph.type_only[c] or graph.type_only[c[::-1]])}
+    new = sorted(runtime - set(RUNTIME_CYCLES))
+    assert not new, f"modules importing each other at run time: {new}; {_where(graph, [*new, *(c[::-1] for c in new)])}"
+    gone = sorted(set(RUNTIME_CYCLES) - runtime)
+    assert not gone, f"no longer a runtime cycle, take them off RUNTIME_CYCLES in this file: {gone}"
+
+
+def _where(graph, links) -> str:
+    return "; ".join(f"{a} -> {b} ({', '.join(sorted(graph.links[(a, b)]))})" for a, b in links)
