@@ -25,10 +25,9 @@ ROOT = Path(__file__).resolve().parents[1] / "core" / "tuner"
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("errors", "paths", "jsonfile", "durable", "loading", "config_args", "config_paths", "media"),
     ("types", "routing", "family_profile"),
-    ("hookspecs", "config_keys", "plugins", "config"),
-    ("report",),
+    ("hookspecs", "config_keys", "plugins", "config", "lora"),
+    ("report", "outputs"),
     ("data", "cache"),
-    ("lora",),
     ("validate",),
     ("train",),
     ("sections", "demo", "setup", "serve", "config_docs", "cli"),

@@ -294,7 +294,7 @@ def export_adapter(
         `ModelBundle.auto_lora_format`.
     :param metadata: the file's safetensors metadata (``ss_*``, ``modelspec.*``,
         diffusers' ``lora_adapter_metadata``, ``tuner.*``; see
-        `tuner.train.adapter_metadata`): pass it to ``save_file(..., metadata=)``.
+        `tuner.lora.metadata`): pass it to ``save_file(..., metadata=)``.
         An implementation that does not take this argument still works: the
         core then adds the metadata to the file it wrote.
     :return: the path written, or ``None`` to let the core write the adapter

@@ -21,8 +21,8 @@ from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, PluginError
 from tuner.hookspecs import hookimpl
+from tuner.outputs import LOG_NAME
 from tuner.plugins import PluginHost
-from tuner.report.jsonlog import LOG_NAME
 from tuner.report.webhooks import Webhooks
 from tuner.train.run import train
 from tuner.types import RunInfo

@@ -24,15 +24,11 @@ UPWARD: dict[tuple[str, str], tuple[bool, str]] = {
     ("config", "validate"): (False, "RunConfig.validation is typed; the held-out check spans two validate sections"),
     ("data", "cli"): (False, "data.commands is a CLI command"),
     ("data", "train"): (False, "data.commands and data.prepare use train.distributed and train.run"),
-    ("hookspecs", "lora"): (True, "the lora_naming hook returns a LoraNaming"),
     ("hookspecs", "train"): (True, "the rewrite_noisy_input hook returns an InputRewriter"),
-    ("lora", "train"): (False, "adapter files carry train.adapter_metadata"),
-    ("plugins", "lora"): (True, "the host's lora_naming returns a LoraNaming"),
     ("plugins", "train"): (True, "the host's rewrite_noisy_input returns an InputRewriter"),
-    ("report", "train"): (False, "the model card and the log claim output names (train.outputs)"),
+    ("report", "train"): (False, "the hub plugin uploads a checkpoint but its training state (train.statefile)"),
     ("report", "validate"): (False, "the model card lists the validation prompts"),
     ("types", "train"): (True, "ModelBundle.input_rewriter is an InputRewriter"),
-    ("validate", "train"): (False, "validation media claim their output names (train.outputs)"),
 }
 
 # Cycles with a runtime import both ways: (a, b) with a < b -> why it stays.
@@ -42,10 +38,8 @@ RUNTIME_CYCLES: dict[tuple[str, str], str] = {
     ("cli", "setup"): "cli registers setup.commands, which check a config as the CLI loads it",
     ("config_keys", "plugins"): "the host names a plugin as config keys show it; unknown keys list every plugin",
     ("data", "train"): "data.prepare uses train.distributed; train.run plans the data",
-    ("lora", "train"): "lora reads train.adapter_metadata; train.init_lora reads lora files",
-    ("report", "train"): "the report plugins claim output names; train reports progress",
+    ("report", "train"): "the hub plugin names the checkpoint's state file; train reports progress",
     ("report", "validate"): "the model card lists the validation prompts; validation reports progress",
-    ("train", "validate"): "validation claims output names; train runs validation",
 }
 
 

@@ -129,7 +129,7 @@ def read_adapter(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from tuner.train.adapter_metadata import DIFFUSERS_KEY, read_metadata
+    from tuner.lora.metadata import DIFFUSERS_KEY, read_metadata
     from tuner.types import AdapterWeights
 
     path = Path(path)
@@ -269,7 +269,7 @@ def _refuse(weights: AdapterWeights, layout: str) -> dict[str, torch.Tensor]:
 
 def converted_metadata(source: LoraFile, layout: str) -> dict[str, str]:
     """The source's metadata, re-described for ``layout`` (its own keys kept, the layout-bound ones redone)."""
-    from tuner.train.adapter_metadata import DIFFUSERS_KEY, SPEC_KEY, diffusers_metadata
+    from tuner.lora.metadata import DIFFUSERS_KEY, SPEC_KEY, diffusers_metadata
 
     weights = source.weights
     meta = {k: v for k, v in source.metadata.items() if k not in (DIFFUSERS_KEY, "format")}

@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuner.errors import PluginError
 from tuner.hookspecs import hookimpl
-from tuner.report.modelcard import CARD_NAME, write_model_card
+from tuner.outputs import CARD_NAME
+from tuner.report.modelcard import write_model_card
 from tuner.report.secrets import Scrubber, run_scrubber
 
 __all__ = ["HubSection", "Hub", "hub_api"]

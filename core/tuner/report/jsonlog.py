@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from tuner.hookspecs import hookimpl
+from tuner.outputs import LOG_NAME, claim
 from tuner.report.secrets import Scrubber, run_scrubber
 
-__all__ = ["LOG_NAME", "EventLog", "JsonLog", "read_log"]
-
-LOG_NAME = "train_log.jsonl"
+__all__ = ["EventLog", "JsonLog", "read_log"]
 
 
 def read_log(output_dir: Path) -> list[dict[str, Any]]:
@@ -112,8 +111,6 @@ class JsonLog(EventLog):
     """Appends every lifecycle event of a run to ``output_dir/train_log.jsonl``."""
 
     def _open(self, run: Any) -> IO[bytes]:
-        from tuner.train.outputs import claim
-
         run.output_dir.mkdir(parents=True, exist_ok=True)
         claim(run.output_dir / LOG_NAME)
         return (run.output_dir / LOG_NAME).open("ab", buffering=0)

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.durable import replacing
+from tuner.outputs import CARD_NAME, claim
 
 if TYPE_CHECKING:
     from tuner.types import RunInfo, ValidationResult
 
-__all__ = ["CARD_NAME", "model_card", "write_model_card"]
+__all__ = ["model_card", "write_model_card"]
 
-CARD_NAME = "README.md"
 # Options about the output folder, not about what was trained.
 _HOUSEKEEPING = {"resume_from_checkpoint", "overwrite_output_dir"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -57,7 +57,7 @@ def _card_data(run: RunInfo, validation: ValidationResult | None, on_hub: bool) 
 
 def _load_line(source: str, adapter: Path) -> str:
     """``pipe.load_lora_weights(...)`` for one adapter file, into the denoiser its metadata names."""
-    from tuner.train.adapter_metadata import read_metadata
+    from tuner.lora.metadata import read_metadata
 
     import json
 
@@ -124,7 +124,6 @@ def write_model_card(
 ) -> Path:
     path = Path(run.output_dir) / CARD_NAME
     from tuner.report.secrets import run_scrubber
-    from tuner.train.outputs import claim
 
     claim(path)  # never over the user's own README.md (output_dir = ".")
 

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from tuner.report.jsonlog import LOG_NAME
+from tuner.outputs import LOG_NAME
 from tuner.serve.runlog import RunLog
 
 __all__ = ["RunFolder", "MAX_DEPTH"]

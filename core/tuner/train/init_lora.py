@@ -34,7 +34,7 @@ def expert_file(path: Path, expert: Expert, experts: list[Expert]) -> Path:
     or, failing that, its name carries the expert's label where ``path``'s
     carries another's (``..._high_noise`` -> ``..._low_noise``).
     """
-    from tuner.train.adapter_metadata import read_metadata
+    from tuner.lora.metadata import read_metadata
 
     if len(experts) == 1:
         return path

@@ -75,10 +75,9 @@ def _resume_path(config: RunConfig, notice: Callable[[str], None]) -> Path | Non
 
 def _claim_output_dir(config: RunConfig, output_dir: Path) -> None:
     """A fresh run never replaces another run's checkpoints unless told to (overwrite_output_dir)."""
-    from tuner.report.jsonlog import LOG_NAME
+    from tuner.outputs import LOG_NAME, check_own_names
     from tuner.report.progress import notice
     from tuner.train.checkpoints import holds_checkpoints, list_checkpoints, remove_checkpoint
-    from tuner.train.outputs import check_own_names
 
     check_own_names(output_dir)  # the user's README.md in output_dir = ".": refused before any work
     tc = config.train
@@ -159,10 +158,10 @@ def _adapter_outputs(name: str, files: dict[str, Path]) -> dict[str, Path]:
 def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     """Run training as configured; return the files produced (``adapter``, ``checkpoint``, ...)."""
     from tuner.data.layout import load_layout
+    from tuner.outputs import check_apart, hold_output_dir
     from tuner.paths import check_output_dir
     from tuner.report.progress import set_log_format
     from tuner.train.distributed import World
-    from tuner.train.outputs import check_apart, hold_output_dir
 
     tc = config.train
     set_log_format(config.section("console").log_format)

@@ -228,13 +228,13 @@ class Trainer:
 
         ``path`` names the file of a single adapter; with several experts each
         file carries its expert's label (`tuner.train.adapters.adapter_file`).
-        Each file carries its metadata (`tuner.train.adapter_metadata`), with
+        Each file carries its metadata (`tuner.lora.metadata`), with
         ``step`` as the steps trained. Returns label -> file (the label is ''
         for a single adapter).
         """
         from safetensors.torch import save_file
 
-        from tuner.train.adapter_metadata import adapter_metadata, ensure_metadata, native_metadata
+        from tuner.lora.metadata import adapter_metadata, ensure_metadata, native_metadata
         from tuner.train.adapters import adapter_file, export_format
         from tuner.train.precision import save_dtype
 
@@ -250,7 +250,7 @@ class Trainer:
             weights.tensors = {k: v.to(dtype) if v.is_floating_point() and v.ndim else v for k, v in weights.tensors.items()}
             target = adapter_file(path, expert, several)
             if target.parent == Path(self.config.train.output_dir):  # the run's own adapter, not a checkpoint's
-                from tuner.train.outputs import claim
+                from tuner.outputs import claim
 
                 claim(target)
             tmp = target.with_name(f".{target.stem}.partial{target.suffix}")

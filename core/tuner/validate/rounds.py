@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from tuner.durable import replacing
 from tuner.errors import ConfigError, PluginError
 from tuner.media import contact_sheet, read_media, thumbnails, write_media
+from tuner.outputs import claim
 from tuner.types import SkipLayerGuidance, ValidationRequest, ValidationResult
 from tuner.validate.first_frames import first_windows, load_first_frames
 from tuner.validate.inference import inference_state
@@ -164,8 +165,6 @@ def run_validation(
     sizes = v.sizes()
     variants = round_variants(config, use_ema)
     folder = _round_folder(config, step)
-    from tuner.train.outputs import claim
-
     claim(folder.parent)  # output_dir/validation: tuner's own folder, never one of the user's
     _record(folder).unlink(missing_ok=True)  # a round rendered again is incomplete until it ends
     folder.mkdir(parents=True, exist_ok=True)

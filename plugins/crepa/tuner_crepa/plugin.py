@@ -203,7 +203,7 @@ class CrepaPlugin:
                 for key, value in projector.state_dict().items()
             }
             from tuner.durable import replacing
-            from tuner.train.outputs import claim
+            from tuner.outputs import claim
 
             claim(Path(run.output_dir) / PROJECTOR_FILE)
             with replacing(Path(run.output_dir) / PROJECTOR_FILE) as tmp:  # a full disk leaves no half file

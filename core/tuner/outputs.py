@@ -31,12 +31,24 @@ from tuner.errors import ConfigError, printable
 if TYPE_CHECKING:
     from tuner.config import RunConfig
 
-__all__ = ["LOCK_NAME", "RECORD_NAME", "OutputLock", "hold_output_dir", "claim", "check_own_names", "check_apart"]
+__all__ = [
+    "LOCK_NAME",
+    "RECORD_NAME",
+    "LOG_NAME",
+    "CARD_NAME",
+    "OutputLock",
+    "hold_output_dir",
+    "claim",
+    "check_own_names",
+    "check_apart",
+]
 
 LOCK_NAME = ".tuner-lock"
 RECORD_NAME = ".tuner-outputs.json"
+LOG_NAME = "train_log.jsonl"  # the event log (tuner.report.jsonlog)
+CARD_NAME = "README.md"  # the model card (tuner.report.modelcard)
 # Top-level names every run writes into output_dir; plugins' own names are checked when written (`claim`).
-CORE_NAMES = ("README.md", "train_log.jsonl", "validation")
+CORE_NAMES = (CARD_NAME, LOG_NAME, "validation")
 _ADAPTER_GLOB = "pytorch_lora_weights*.safetensors"
 
 
