@@ -33,7 +33,7 @@ def main() -> None:
 
     from tuner.config_fuzz import base_config, config_mutations, entry_points_read_once, load_config_text, write_config
     from tuner.errors import TunerError
-    from tuner.report.progress import set_log_format
+    from tuner.progress import set_log_format
 
     set_log_format("quiet")  # "plugin switched on" lines, thousands of them
     outcomes: Counter[str] = Counter()

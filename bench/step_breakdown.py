@@ -80,7 +80,7 @@ def main() -> None:
     from tuner.data.batches import TrainingData
     from tuner.hookspecs import hookimpl
     from tuner.plugins import PluginHost
-    from tuner.report.progress import TrainProgress
+    from tuner.progress import TrainProgress
     from tuner.train.run import train
 
     for owner, name, label in [

@@ -23,13 +23,14 @@ ROOT = Path(__file__).resolve().parents[1] / "core" / "tuner"
 
 # Lowest first. A node may import from its own floor or any floor below.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("errors", "paths", "jsonfile", "durable", "loading", "config_args", "config_paths", "media"),
+    ("errors", "paths", "jsonfile", "durable", "loading", "config_args", "config_paths", "media", "progress"),
     ("types", "routing", "family_profile"),
     ("hookspecs", "config_keys", "plugins", "config", "lora"),
-    ("report", "outputs"),
+    ("outputs",),
     ("data", "cache"),
     ("validate",),
     ("train",),
+    ("report",),
     ("sections", "demo", "setup", "serve", "config_docs", "cli"),
     ("testing", "contract", "config_fuzz", "tiny"),
 )

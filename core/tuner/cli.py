@@ -113,7 +113,7 @@ def load_run_config(
     from tuner.config import resolve_config
     from tuner.config_keys import unread_environment
     from tuner.plugins import PluginHost
-    from tuner.report.progress import notice, say
+    from tuner.progress import notice, say
 
     raw, overrides = read_config_file(config), parse_overrides(sets or [])
     combined = merge(raw, overrides)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tuner.report import progress
-from tuner.report.progress import TrainProgress, eta_text, stage, task_progress
+from tuner import progress
+from tuner.progress import TrainProgress, eta_text, stage, task_progress
 
 
 @pytest.fixture

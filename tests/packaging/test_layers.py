@@ -26,8 +26,6 @@ UPWARD: dict[tuple[str, str], tuple[bool, str]] = {
     ("data", "train"): (False, "data.commands and data.prepare use train.distributed and train.run"),
     ("hookspecs", "train"): (True, "the rewrite_noisy_input hook returns an InputRewriter"),
     ("plugins", "train"): (True, "the host's rewrite_noisy_input returns an InputRewriter"),
-    ("report", "train"): (False, "the hub plugin uploads a checkpoint but its training state (train.statefile)"),
-    ("report", "validate"): (False, "the model card lists the validation prompts"),
     ("types", "train"): (True, "ModelBundle.input_rewriter is an InputRewriter"),
 }
 
@@ -38,8 +36,6 @@ RUNTIME_CYCLES: dict[tuple[str, str], str] = {
     ("cli", "setup"): "cli registers setup.commands, which check a config as the CLI loads it",
     ("config_keys", "plugins"): "the host names a plugin as config keys show it; unknown keys list every plugin",
     ("data", "train"): "data.prepare uses train.distributed; train.run plans the data",
-    ("report", "train"): "the hub plugin names the checkpoint's state file; train reports progress",
-    ("report", "validate"): "the model card lists the validation prompts; validation reports progress",
 }
 
 

@@ -22,7 +22,7 @@ from tuner.cache.store import write_entry
 from tuner.data.buckets import PlannedSample as CachedSample
 from tuner.data.frames import SourceChanged, decode_sample, to_pixels
 from tuner.errors import DataError
-from tuner.report.progress import task_progress
+from tuner.progress import task_progress
 
 if TYPE_CHECKING:
     import torch

@@ -35,7 +35,7 @@ def data_preview(
 
     def run() -> None:
         from tuner.data.preview import write_preview
-        from tuner.report.progress import say
+        from tuner.progress import say
 
         host, cfg = load_run_config(config, plugin, set_)
         cache_dir = Path(cfg.data.cache_dir)

@@ -142,7 +142,7 @@ def _say_shares(world: World, written: int, unit: str) -> None:
     """With several processes: how many entries each encoded (their sum is the number of entries)."""
     counts = world.gather([written])
     if len(counts) > 1:
-        from tuner.report.progress import say
+        from tuner.progress import say
 
         say(f"cache: {sum(counts)} {unit} encoded by {len(counts)} processes ({' + '.join(map(str, counts))})")
 

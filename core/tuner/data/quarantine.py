@@ -104,7 +104,7 @@ def quarantine_file(root: Path, file: Path, reason: str) -> Path | None:
         sub-folders or its log should be.
     """
     if not file.parent.resolve().is_relative_to(root.resolve()):
-        from tuner.report.progress import notice
+        from tuner.progress import notice
 
         notice(
             f"{file} is not quarantined: its folder lies outside {root} (reached through a symlink), and files"

@@ -44,7 +44,7 @@ class DataReport:
         """A one-time message (a setting adjusted, an option with no effect): printed once."""
         if message not in self.notices:
             self.notices.append(message)
-            from tuner.report.progress import notice
+            from tuner.progress import notice
 
             notice(message)
 
@@ -61,7 +61,7 @@ class DataReport:
 
     def print_new_skips(self, title: str, quarantining: bool = False) -> None:
         """List the files skipped since the last call, per dataset."""
-        from tuner.report.progress import console, shown
+        from tuner.progress import console, shown
 
         new = self.skipped[self._printed :]
         self._printed = len(self.skipped)
@@ -94,13 +94,13 @@ class DataReport:
                 )
 
     def moved(self, src: Path, dest: Path) -> None:
-        from tuner.report.progress import console, shown
+        from tuner.progress import console, shown
 
         self.quarantined.append((src, dest))
         console().print(f"[yellow]quarantined:[/] {shown(src)} -> {shown(dest)}", highlight=False, soft_wrap=True)
 
     def print_buckets(self) -> None:
-        from tuner.report.progress import console, log_format, shown
+        from tuner.progress import console, log_format, shown
 
         con = console()
         if log_format() == "auto":  # information only: quiet and json runs leave it out

@@ -85,7 +85,7 @@ def _unknown(index: FileIndex, file: Path) -> bool:
 
 
 def _scan_dataset(spec: DatasetSpec, report: DataReport, workers: int, delete_problematic: bool) -> DatasetScan:
-    from tuner.report.progress import task_progress
+    from tuner.progress import task_progress
 
     if not spec.root.is_dir():
         raise DataError(f"{spec.where}: instance_data_dir does not exist or is not a folder: {spec.root}{spec.root_hint}")

@@ -13,8 +13,8 @@ from typing import IO, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuner.hookspecs import hookimpl
+from tuner.progress import LogFormat
 from tuner.report.jsonlog import EventLog
-from tuner.report.progress import LogFormat
 
 __all__ = ["ConsoleSection", "ConsoleLog"]
 

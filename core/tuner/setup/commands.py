@@ -56,7 +56,7 @@ def configure(
 ) -> None:
     """Ask about a folder of clips and write a config and backend file that train on it."""
     try:
-        from tuner.report.progress import console
+        from tuner.progress import console
         from tuner.setup.questions import Asker
         from tuner.setup.wizard import run_wizard
 

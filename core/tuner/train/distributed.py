@@ -90,7 +90,7 @@ class World:
         world = cls(accelerator.process_index, accelerator.num_processes, accelerator)
         world.gradient_accumulation_steps = gradient_accumulation_steps
         if world.size > 1:
-            from tuner.report.progress import mute
+            from tuner.progress import mute
 
             if not world.is_main:
                 mute()  # one process speaks for the run

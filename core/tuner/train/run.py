@@ -76,7 +76,7 @@ def _resume_path(config: RunConfig, notice: Callable[[str], None]) -> Path | Non
 def _claim_output_dir(config: RunConfig, output_dir: Path) -> None:
     """A fresh run never replaces another run's checkpoints unless told to (overwrite_output_dir)."""
     from tuner.outputs import LOG_NAME, check_own_names
-    from tuner.report.progress import notice
+    from tuner.progress import notice
     from tuner.train.checkpoints import holds_checkpoints, list_checkpoints, remove_checkpoint
 
     check_own_names(output_dir)  # the user's README.md in output_dir = ".": refused before any work
@@ -160,7 +160,7 @@ def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     from tuner.data.layout import load_layout
     from tuner.outputs import check_apart, hold_output_dir
     from tuner.paths import check_output_dir
-    from tuner.report.progress import set_log_format
+    from tuner.progress import set_log_format
     from tuner.train.distributed import World
 
     tc = config.train
@@ -205,7 +205,7 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
     import torch
 
     from tuner.data.prepare import prepare_samples, scan_samples
-    from tuner.report.progress import TrainProgress, notice, say
+    from tuner.progress import TrainProgress, notice, say
     from tuner.train.adapters import attach_adapters, export_format
     from tuner.train.checkpoints import clean_partials
     from tuner.train.data_parallel import prepare_training

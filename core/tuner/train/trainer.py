@@ -363,7 +363,7 @@ class Trainer:
 
     def _check_identity(self, path: Path, info: dict[str, Any], fits: bool) -> None:
         """Refuse in one line a checkpoint written for another model, adapter or optimizer."""
-        from tuner.report.progress import notice
+        from tuner.progress import notice
         from tuner.train.identity import resume_refusal
 
         if "identity" not in info:
@@ -375,7 +375,7 @@ class Trainer:
 
     def _continue_data(self, path: Path, step: int, info: dict[str, Any]) -> None:
         """Number micro-batches on from where the checkpoint's processes stopped, whatever their count."""
-        from tuner.report.progress import notice
+        from tuner.progress import notice
 
         tc, world = self.config.train, self.ranks
         saved = int(info.get("num_processes", 1))

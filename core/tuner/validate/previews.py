@@ -48,7 +48,7 @@ def request_steps(bundle: ModelBundle, config: RunConfig) -> tuple[int, ...]:
 def notice_unsupported(bundle: ModelBundle, config: RunConfig) -> None:
     """At start-up: ``validation_preview`` on a family that cannot render previews is ignored, and said so once."""
     if config.validation.validation_preview and not bundle.renders_previews:
-        from tuner.report.progress import notice
+        from tuner.progress import notice
 
         notice(f"validation_preview is ignored: the {bundle.family} family does not render sampler previews")
 

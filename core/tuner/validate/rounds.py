@@ -156,7 +156,7 @@ def run_validation(
     :return: every file written, by key, and the contact sheet; ``None`` when
         validation is off or nothing is configured.
     """
-    from tuner.report.progress import task_progress
+    from tuner.progress import task_progress
 
     v = config.validation
     if not validation_enabled(host, config):

@@ -43,7 +43,7 @@ def prepare_model(
             " Use 'diffusers' (PyTorch SDPA), which runs everywhere"
         )
     layers = sum(install(module, name) for module in bundle.denoisers())
-    from tuner.report.progress import notice, say
+    from tuner.progress import notice, say
 
     if not BACKENDS[name].backward:
         notice(f"attention_mechanism '{name}' has no backward pass: training uses PyTorch SDPA, validation uses it")

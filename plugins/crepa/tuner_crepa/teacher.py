@@ -196,7 +196,7 @@ def drop_latent_encoders(bundle: ModelBundle) -> None:
 
     diffusers' autoencoders hold it as ``.encoder`` (and ``.quant_conv``); ``encode`` fails afterwards.
     """
-    from tuner.report.progress import notice
+    from tuner.progress import notice
 
     dropped = 0
     for key, kind in bundle.encoders.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tuner.hookspecs import hookimpl
-from tuner.report.progress import notice, say
+from tuner.progress import notice, say
 
 from tuner_offload.settings import OffloadSection
 

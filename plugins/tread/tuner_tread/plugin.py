@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tuner.hookspecs import hookimpl
-from tuner.report.progress import say
+from tuner.progress import say
 
 from tuner_tread.settings import TreadSection
 

@@ -85,7 +85,7 @@ def _load_parts(
     from safetensors import SafetensorError
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    from tuner.report.progress import stage
+    from tuner.progress import stage
 
     revision = section.revision
     try:
@@ -244,7 +244,7 @@ def load_conditioning_parts(section: WanSection, base: str, pipeline: Any, devic
         per_sample_timestep=section.wan_force_2_1_time_embedding,
     )
     if section.wan_force_2_1_time_embedding and cond.mode != "expand":
-        from tuner.report.progress import notice
+        from tuner.progress import notice
 
         notice(
             f"wan_force_2_1_time_embedding has no effect on {section.model_flavour}: its transformer already embeds"

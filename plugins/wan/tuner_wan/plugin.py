@@ -48,7 +48,7 @@ def register_model_families(register: Any) -> None:
 def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
     from tuner.types import ModelBundle
 
-    from tuner.report.progress import notice
+    from tuner.progress import notice
 
     from tuner_wan.encode import count_tokens
     from tuner_wan.experts import single_stage_note

@@ -213,7 +213,7 @@ def test_a_cli_run_validates_a_baseline_logs_eval_loss_and_writes_a_model_card(m
 
 
 def test_each_sampler_step_moves_the_rounds_progress(wan, capsys, monkeypatch):
-    from tuner.report import progress
+    from tuner import progress
     from tuner.types import ValidationRequest
     from tuner.validate.inference import inference_state
 

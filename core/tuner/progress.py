@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Literal
 
-from tuner.errors import printable
-
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -27,6 +25,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from tuner.errors import printable
 
 __all__ = [
     "LogFormat",
