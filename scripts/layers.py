@@ -26,7 +26,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("errors", "paths", "jsonfile", "durable", "loading", "config_args", "config_paths", "media", "progress"),
     ("types", "routing", "family_profile"),
     ("hookspecs", "config_keys", "plugins", "config", "lora"),
-    ("outputs",),
+    ("outputs", "distributed"),
     ("data", "cache"),
     ("validate",),
     ("train",),

@@ -134,7 +134,7 @@ def load_run_config(
 
 
 def _print_outputs(outputs: dict[str, Path]) -> None:
-    from tuner.train.distributed import on_main_process
+    from tuner.distributed import on_main_process
 
     if not on_main_process():  # one process of several speaks for the run
         return

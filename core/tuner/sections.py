@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.data.settings import DataSection
+from tuner.distributed import DistributedSection
 from tuner.hookspecs import hookimpl
-from tuner.train.distributed import DistributedSection
 from tuner.train.settings import TrainSection
 from tuner.validate.settings import EvaluationSection, ValidationSection
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from toy_family import ToyFamily, toy_config
 
-from tuner.cache.build import EntryWriter
 from tuner.cache.store import entry_is_sound, read_entry, write_entry
 from tuner.config import resolve_config
+from tuner.data.encode import EntryWriter
 from tuner.data.prepare import prepare_samples, scan_samples
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.hookspecs import hookimpl
@@ -158,7 +158,7 @@ def test_one_text_cache_shared_by_datasets(folder):
 
 
 def test_decoding_runs_while_the_encoder_works(folder, monkeypatch):
-    import tuner.cache.build as build_module
+    import tuner.data.encode as build_module
 
     write_synthetic_clips(folder / "clips", count=3, num_frames=5, width=16, height=16, start=3)
     decoding: list[tuple[float, float]] = []
@@ -178,7 +178,7 @@ def test_decoding_runs_while_the_encoder_works(folder, monkeypatch):
 
 
 def test_write_batch_size_bounds_what_waits_in_memory(tmp_path, monkeypatch):
-    import tuner.cache.build as build_module
+    import tuner.data.encode as build_module
 
     gate = threading.Event()
     real = build_module.write_entry

@@ -1,4 +1,4 @@
-"""The rank arithmetic of `tuner.train.distributed`, in one process (the launched runs are in tests/plugins/wan)."""
+"""The rank arithmetic of `tuner.distributed`, in one process (the launched runs are in tests/plugins/wan)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from tuner.train.distributed import World, process_group_kwargs
-from tuner.train.run import total_steps
+from tuner.data.batches import total_steps
+from tuner.distributed import World, process_group_kwargs
 
 
 def _worlds(size: int, ga: int = 1) -> list[World]:

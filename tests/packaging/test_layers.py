@@ -18,12 +18,11 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "layers.py"
 
 # (lower, higher) -> (type-only, why it stays).
 UPWARD: dict[tuple[str, str], tuple[bool, str]] = {
-    ("cache", "train"): (False, "tuner cache's runner (cache.offline) makes the run's accelerator"),
     ("config", "data"): (True, "RunConfig.data is typed; each section's model lives beside the code that reads it"),
     ("config", "train"): (True, "RunConfig.train is typed; each section's model lives beside the code that reads it"),
     ("config", "validate"): (False, "RunConfig.validation is typed; the held-out check spans two validate sections"),
     ("data", "cli"): (False, "data.commands is a CLI command"),
-    ("data", "train"): (False, "data.commands and data.prepare use train.distributed and train.run"),
+    ("data", "train"): (False, "data.commands is a CLI command (tuner cache runs as a run does)"),
     ("hookspecs", "train"): (True, "the rewrite_noisy_input hook returns an InputRewriter"),
     ("plugins", "train"): (True, "the host's rewrite_noisy_input returns an InputRewriter"),
     ("types", "train"): (True, "ModelBundle.input_rewriter is an InputRewriter"),
@@ -31,7 +30,6 @@ UPWARD: dict[tuple[str, str], tuple[bool, str]] = {
 
 # Cycles with a runtime import both ways: (a, b) with a < b -> why it stays.
 RUNTIME_CYCLES: dict[tuple[str, str], str] = {
-    ("cache", "data"): "data plans with the cache store; cache.build decodes with data.frames",
     ("cli", "data"): "cli registers data.commands, which use the CLI's error handling",
     ("cli", "setup"): "cli registers setup.commands, which check a config as the CLI loads it",
     ("config_keys", "plugins"): "the host names a plugin as config keys show it; unknown keys list every plugin",

@@ -1,1 +1,1 @@
-"""On-disk caches of latents and text embeddings (safetensors, written atomically)."""
+"""On-disk caches of latents and text embeddings (safetensors, written atomically); `tuner.data.encode` fills them."""

@@ -6,5 +6,5 @@ The run calls `tuner.data.prepare.scan_samples` before the model loads and
 ``local``/``captions``/``probe`` (files, captions, sizes and digests), ``scan``
 and ``report``/``quarantine`` (skipping and listing bad files), ``sizing`` and
 ``buckets`` (frames, sizes, crops, buckets, pruning), ``frames`` (decoding),
-``batches`` (the pure batch order and `TrainingData`).
+``encode`` (filling the caches), ``batches`` (the pure batch order and `TrainingData`).
 """

@@ -38,10 +38,11 @@ from tuner.errors import DataError
 if TYPE_CHECKING:
     import torch
 
+    from tuner.config import RunConfig
     from tuner.data.buckets import Bucket, PlannedSample
     from tuner.data.report import DataReport
 
-__all__ = ["epoch_batches", "epoch_length", "load_batch", "TrainingData", "READ_AHEAD_ABOVE_S"]
+__all__ = ["epoch_batches", "epoch_length", "total_steps", "load_batch", "TrainingData", "READ_AHEAD_ABOVE_S"]
 
 # Read the next batch ahead, on the helper thread, while reading one takes this long or longer.
 # Below it the hand-off costs more than it hides: a cached tiny-model batch reads in ~0.1 ms, while
@@ -56,6 +57,21 @@ _RawBatch = tuple[list["PlannedSample"], list[list[tuple[bytes, Path, Path]]], l
 def epoch_length(buckets: Sequence[Bucket], batch_size: int, prune: bool) -> int:
     """Micro-batches per epoch: whole batches per bucket, plus a completed last one when not pruning."""
     return sum(b.size // batch_size if prune else -(-b.size // batch_size) for b in buckets)
+
+
+def total_steps(config: RunConfig, micro_batches_per_epoch: int, processes: int = 1) -> int:
+    """Optimizer steps the run takes, from max_train_steps, num_train_epochs and ignore_final_epochs.
+
+    Each step trains ``gradient_accumulation_steps`` micro-batches on each of ``processes`` processes.
+    """
+    tc = config.train
+    per_epoch = max(1, micro_batches_per_epoch // (tc.gradient_accumulation_steps * processes))
+    by_epochs = tc.num_train_epochs * per_epoch
+    if tc.max_train_steps == 0:
+        return by_epochs
+    if tc.num_train_epochs == 0 or tc.ignore_final_epochs:
+        return tc.max_train_steps
+    return min(tc.max_train_steps, by_epochs)
 
 
 def _bucket_batches(bucket: Bucket, batch_size: int, prune: bool, rng: np.random.Generator) -> list[list[int]]:

@@ -70,8 +70,8 @@ def cache(
             _, cfg = load_run_config(config, plugin, set_)  # a bad config fails here once, not in every process
             launch(num_processes, command_arguments("cache", str(config), plugin, set_), cfg.train.mixed_precision)
             return
-        from tuner.cache.offline import build_caches
-        from tuner.train.distributed import on_main_process
+        from tuner.distributed import on_main_process
+        from tuner.train.precache import build_caches
 
         host, cfg = load_run_config(config, plugin, set_)
         data = build_caches(cfg, host)

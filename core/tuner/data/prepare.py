@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from tuner.data.batches import TrainingData
     from tuner.data.buckets import Bucket, PlannedSample
     from tuner.data.scan import DataScan
+    from tuner.distributed import World
     from tuner.plugins import PluginHost
-    from tuner.train.distributed import World
     from tuner.types import ClipFeatures, ModelBundle
 
 __all__ = ["scan_samples", "prepare_samples", "with_feature_entries"]
@@ -85,7 +85,7 @@ def _encode_missing_latents(
     With several processes each encodes its share of the missing entries (every process lists
     them the same way, before any writes), and all wait for the whole cache.
     """
-    from tuner.cache.build import LatentJob, build_latents
+    from tuner.data.encode import LatentJob, build_latents
     from tuner.data.scan import decode_workers
 
     todo: dict[str, LatentJob] = {}
@@ -151,8 +151,8 @@ def _encode_missing_texts(
     host: PluginHost, bundle: ModelBundle, config: RunConfig, scan: DataScan, samples: list[PlannedSample], world: World
 ) -> Path:
     """Encode the captions (and the empty prompt) the text caches lack; return the empty prompt's entry."""
-    from tuner.cache.build import build_texts
     from tuner.cache.store import entry_is_sound, entry_key, entry_path, find_entry
+    from tuner.data.encode import build_texts
 
     empty = entry_path(scan.layout.default_text_cache, entry_key(kind="text", caption="", encoder=bundle.cache_id))
     wanted = {str(empty): ("", empty)}
@@ -222,9 +222,8 @@ def _draw_random_windows(
     samples: list[PlannedSample], buckets: list[Bucket], config: RunConfig, scan: DataScan, world: World
 ) -> list[PlannedSample]:
     """Each ``random`` sample's window for every epoch the run trains (all cached before training starts)."""
-    from tuner.data.batches import epoch_length
+    from tuner.data.batches import epoch_length, total_steps
     from tuner.data.buckets import with_epochs
-    from tuner.train.run import total_steps
 
     tc = config.train
     per_epoch = epoch_length(buckets, tc.train_batch_size, not config.data.disable_bucket_pruning)
@@ -257,7 +256,7 @@ def prepare_samples(
     from tuner.cache.store import clean_partials
     from tuner.data.batches import TrainingData
     from tuner.data.buckets import check_datasets, make_buckets, plan_samples, prune_buckets
-    from tuner.train.distributed import World
+    from tuner.distributed import World
 
     world = world or World()
 

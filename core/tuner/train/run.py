@@ -22,26 +22,11 @@ if TYPE_CHECKING:
 
     from tuner.config import RunConfig
     from tuner.data.layout import DataLayout
+    from tuner.distributed import World
     from tuner.plugins import PluginHost
-    from tuner.train.distributed import World
     from tuner.types import ModelBundle
 
-__all__ = ["TrainingDiverged", "train", "micro_seed", "total_steps", "make_accelerator"]
-
-
-def total_steps(config: RunConfig, micro_batches_per_epoch: int, processes: int = 1) -> int:
-    """Optimizer steps the run takes, from max_train_steps, num_train_epochs and ignore_final_epochs.
-
-    Each step trains ``gradient_accumulation_steps`` micro-batches on each of ``processes`` processes.
-    """
-    tc = config.train
-    per_epoch = max(1, micro_batches_per_epoch // (tc.gradient_accumulation_steps * processes))
-    by_epochs = tc.num_train_epochs * per_epoch
-    if tc.max_train_steps == 0:
-        return by_epochs
-    if tc.num_train_epochs == 0 or tc.ignore_final_epochs:
-        return tc.max_train_steps
-    return min(tc.max_train_steps, by_epochs)
+__all__ = ["TrainingDiverged", "train", "micro_seed", "make_accelerator"]
 
 
 def _resume_path(config: RunConfig, notice: Callable[[str], None]) -> Path | None:
@@ -104,7 +89,7 @@ def make_accelerator(config: RunConfig):  # type: ignore[no-untyped-def]
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from tuner.train.distributed import process_group_kwargs
+    from tuner.distributed import process_group_kwargs
 
     tc = config.train
     # accelerate keeps its settings process-wide; a run in the same process
@@ -158,10 +143,10 @@ def _adapter_outputs(name: str, files: dict[str, Path]) -> dict[str, Path]:
 def train(config: RunConfig, host: PluginHost) -> dict[str, Path]:
     """Run training as configured; return the files produced (``adapter``, ``checkpoint``, ...)."""
     from tuner.data.layout import load_layout
+    from tuner.distributed import World
     from tuner.outputs import check_apart, hold_output_dir
     from tuner.paths import check_output_dir
     from tuner.progress import set_log_format
-    from tuner.train.distributed import World
 
     tc = config.train
     set_log_format(config.section("console").log_format)
@@ -204,6 +189,7 @@ def _stopped_line(exc: Interrupted, world: World, output_dir: Path) -> str:
 def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, stop: StopSignals) -> dict[str, Path]:
     import torch
 
+    from tuner.data.batches import total_steps
     from tuner.data.prepare import prepare_samples, scan_samples
     from tuner.progress import TrainProgress, notice, say
     from tuner.train.adapters import attach_adapters, export_format

@@ -26,7 +26,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tuner.train.distributed import World
+    from tuner.distributed import World
 
 __all__ = ["Interrupted", "StopSignals"]
 

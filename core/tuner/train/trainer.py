@@ -29,11 +29,11 @@ from tuner.errors import CheckpointError, DataError, TunerError
 if TYPE_CHECKING:
     import torch
 
-    from tuner.data.batches import TrainingData
     from tuner.config import RunConfig
+    from tuner.data.batches import TrainingData
+    from tuner.distributed import World
     from tuner.plugins import PluginHost
     from tuner.train.adapters import AdapterSet
-    from tuner.train.distributed import World
     from tuner.train.ema import EMA
     from tuner.types import ModelBundle, RunInfo, ValidationResult
 
@@ -79,7 +79,7 @@ class Trainer:
     @property
     def ranks(self) -> World:
         if self.world is None:
-            from tuner.train.distributed import World
+            from tuner.distributed import World
 
             self.world = World(gradient_accumulation_steps=self.config.train.gradient_accumulation_steps)
         return self.world

@@ -18,8 +18,8 @@ from tuner.validate.inference import inference_state
 if TYPE_CHECKING:
     import torch
 
-    from tuner.cache.build import CachedSample
     from tuner.config import RunConfig
+    from tuner.data.buckets import PlannedSample
     from tuner.plugins import PluginHost
     from tuner.types import ModelBundle
 
@@ -68,7 +68,7 @@ class EvalLoss:
         host: PluginHost,
         bundle: ModelBundle,
         config: RunConfig,
-        samples: Sequence[CachedSample],
+        samples: Sequence[PlannedSample],
         device: torch.device,
     ) -> None:
         if not samples:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.cache.store import write_entry
-from tuner.data.buckets import PlannedSample as CachedSample
 from tuner.data.frames import SourceChanged, decode_sample, to_pixels
 from tuner.errors import DataError
 from tuner.progress import task_progress
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
     from tuner.plugins import PluginHost
     from tuner.types import ClipFeatures, ModelBundle
 
-# ``CachedSample`` is what one cached training sample is called outside the data package.
-__all__ = ["CachedSample", "LatentJob", "EntryWriter", "build_latents", "build_texts"]
+__all__ = ["LatentJob", "EntryWriter", "build_latents", "build_texts"]
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ def build_caches(config: RunConfig, host: PluginHost) -> TrainingData:
     import torch
 
     from tuner.data.prepare import prepare_samples, scan_samples
+    from tuner.distributed import World
     from tuner.progress import set_log_format
-    from tuner.train.distributed import World
     from tuner.train.run import make_accelerator
 
     set_log_format(config.section("console").log_format)
