@@ -13,7 +13,8 @@ on the family's targets:
   64 x 64 latent packed into 1024 image tokens; only image tokens are routed.
 
 One step is a training step: the forward (diffusers' own, or the family's routed
-one: `tuner_wan.routing.routed_forward`, `tuner_flux.routing.routed_forward`), a
+one: `tuner_wan.routing.routed_forward`, diffusers' own inside
+`tuner.routing.routed_blocks`; `tuner_flux.routing.routed_forward`), a
 flow-matching MSE, backward and an AdamW update of the LoRA weights.
 
 Configurations run interleaved, round by round (the order rotating), after one

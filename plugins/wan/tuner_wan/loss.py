@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tuner.train.precision import forward_autocast
 from tuner.train.noising import noisy_inputs
 from tuner.train.timesteps import draw_noise, training_sigmas
 from tuner.types import LossOutput
@@ -60,10 +59,9 @@ def flow_matching_loss(
         if router is not None and transformer.training:
             from tuner_wan.routing import routed_forward
 
-            # The routed forward calls the blocks directly, past accelerate's autocast: it opens the same
-            # one. The router draws after the noise, so routing changes neither the noise nor the timesteps.
-            with forward_autocast(config, x0.device.type):
-                return routed_forward(transformer, **part, router=router, generator=generator, force_keep=force_keep)
+            # The model's own forward (under accelerate's autocast) with the plan carried out on its blocks.
+            # The router draws after the noise, so routing changes neither the noise nor the timesteps.
+            return routed_forward(transformer, **part, router=router, generator=generator, force_keep=force_keep)
         return transformer(**part, return_dict=False)[0]
 
     kwargs = inputs.kwargs if inputs.force_keep is None else {**inputs.kwargs, "force_keep": inputs.force_keep}

@@ -1,21 +1,20 @@
 """Wan's training forward with token routing: the mechanism behind any `TokenRouter`.
 
-`routed_forward` is ``WanTransformer3DModel.forward`` step for step (patch
-embedding, RoPE, condition embedder, block loop, output head) except that
-before each route's first block it gathers the kept latent tokens together with
-what travels per token (their own RoPE cos/sin rows and, for per-token
-timesteps as in Wan 2.2 TI2V, their own modulation), runs the route's blocks
-on them through each block's own forward, and scatters them back into place
-after the route's last block. Text tokens (cross-attention context) are never
-routed. The plain diffusers forward stays in use whenever no router is set:
-validation, inference and eval.
+`routed_forward` runs ``WanTransformer3DModel``'s own forward inside
+`tuner.routing.routed_blocks`: before each route's first block the kept latent
+tokens are gathered together with what travels per token (their own RoPE
+cos/sin rows and, for per-token timesteps as in Wan 2.2 TI2V, their own
+modulation), the route's blocks run on them, and they are scattered back into
+place after the route's last block. Text tokens (cross-attention context) are
+never routed. The plain diffusers forward stays in use whenever no router is
+set: validation, inference and eval.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuner.routing import gather_tokens, run_block, scatter_tokens
+from tuner.routing import routed_blocks
 
 if TYPE_CHECKING:
     import torch
@@ -74,56 +73,18 @@ def routed_forward(
     generator it draws from, and an optional ``(batch, tokens)`` mask of
     tokens that must not be routed (see `force_keep_tokens`).
     """
-    import torch
-
     batch_size, _, num_frames, height, width = hidden_states.shape
     p_t, p_h, p_w = model.config.patch_size
-    ppf, pph, ppw = num_frames // p_t, height // p_h, width // p_w
-
-    rotary_emb = model.rope(hidden_states)  # (cos, sin), each (1, tokens, 1, head_dim)
-    hidden_states = model.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
-
-    per_token = timestep.ndim == 2  # (batch, tokens): Wan 2.2 TI2V
-    ts_seq_len = timestep.shape[1] if per_token else None
-    temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image = model.condition_embedder(
-        timestep.flatten() if per_token else timestep,
-        encoder_hidden_states,
-        encoder_hidden_states_image,
-        timestep_seq_len=ts_seq_len,
-    )
-    # (batch, tokens, 6, dim) per token, else (batch, 6, dim)
-    timestep_proj = timestep_proj.unflatten(2 if per_token else 1, (6, -1))
-    if encoder_hidden_states_image is not None:
-        encoder_hidden_states = torch.concat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
-
-    routes = {
-        route.start: route
-        for route in router.plan(len(model.blocks), hidden_states.shape[1], batch_size, generator, force_keep)
-    }
-    rope, proj = rotary_emb, timestep_proj
-    full = keep = None
-    end = -1
-    for i, block in enumerate(model.blocks):
-        route = routes.get(i)
-        if route is not None:
-            keep, end, full = route.keep.to(hidden_states.device), route.end, hidden_states
-            hidden_states = gather_tokens(hidden_states, keep)
-            rope = (gather_tokens(rotary_emb[0], keep), gather_tokens(rotary_emb[1], keep))
-            proj = gather_tokens(timestep_proj, keep) if per_token else timestep_proj
-        hidden_states = run_block(model, block, hidden_states, encoder_hidden_states, proj, rope)
-        if i == end:
-            hidden_states = scatter_tokens(full, hidden_states, keep)
-            rope, proj, full, keep, end = rotary_emb, timestep_proj, None, None, -1
-
-    # Output norm, projection and unpatchify, as in diffusers.
-    if per_token:
-        shift, scale = (model.scale_shift_table.unsqueeze(0).to(temb.device) + temb.unsqueeze(2)).chunk(2, dim=2)
-        shift, scale = shift.squeeze(2), scale.squeeze(2)
-    else:
-        shift, scale = (model.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
-    shift, scale = shift.to(hidden_states.device), scale.to(hidden_states.device)
-    hidden_states = (model.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
-    hidden_states = model.proj_out(hidden_states)
-    hidden_states = hidden_states.reshape(batch_size, ppf, pph, ppw, p_t, p_h, p_w, -1)
-    hidden_states = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return hidden_states.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+    tokens = (num_frames // p_t) * (height // p_h) * (width // p_w)
+    routes = router.plan(len(model.blocks), tokens, batch_size, generator, force_keep)
+    # A block takes (hidden_states, encoder_hidden_states, temb, rotary_emb); temb is per token only
+    # for per-token timesteps (batch, tokens): Wan 2.2 TI2V's (batch, tokens, 6, dim) modulation.
+    per_token = ("rotary_emb", "temb") if timestep.ndim == 2 else ("rotary_emb",)
+    with routed_blocks(model.blocks, routes, per_token=per_token):
+        return model(
+            hidden_states,
+            timestep,
+            encoder_hidden_states,
+            encoder_hidden_states_image=encoder_hidden_states_image,
+            return_dict=False,
+        )[0]
