@@ -34,6 +34,7 @@ else:  # pragma: no cover
 if TYPE_CHECKING:
     from tuner.plugins import PluginHost
     from tuner.data.settings import DataSection
+    from tuner.data.storage import DataBackend
     from tuner.train.settings import TrainSection
     from tuner.validate.settings import ValidationSection
 
@@ -57,6 +58,8 @@ class RunConfig:
     sections: dict[str, BaseModel]
     base_dir: Path = field(default_factory=Path.cwd)
     path_rule: PathRule | None = None  # how base_dir was chosen (unset: given by the caller)
+    # The dataset types the active plugins registered (`tuner.hookspecs.register_data_backends`), by name.
+    data_backends: Mapping[str, DataBackend] = field(default_factory=dict)
 
     @property
     def paths(self) -> PathRule:
@@ -334,7 +337,12 @@ def resolve_config(
         check_held_out_dataset(sections["validation"], sections["evaluation"])  # type: ignore[arg-type]
     family = host.resolve_family(nested.get("model_family"))
     return RunConfig(
-        plugins=host.active, model_family=family, sections=sections, base_dir=rule.base, path_rule=rule
+        plugins=host.active,
+        model_family=family,
+        sections=sections,
+        base_dir=rule.base,
+        path_rule=rule,
+        data_backends=dict(host.data_backends),
     )
 
 

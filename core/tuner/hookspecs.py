@@ -111,6 +111,34 @@ def register_model_families(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def register_data_backends(register: Callable[[str, Any], None]) -> None:
+    """Contribute kinds of dataset storage: the values a backend file's ``type`` may take.
+
+    Called once, right after this plugin is registered, with a callback bound to
+    this plugin. The core registers its own ``local`` (a folder, read in place)
+    and ``metadata`` (the files a JSONL/CSV/Parquet metadata file lists) the same
+    way. A dataset whose ``type`` no active plugin registered is refused when the
+    layout is read, naming the dataset, the registered types and the closest one.
+
+    :param register: call ``register(name, backend)`` with the ``type`` a user
+        writes (unique across plugins) and an instance of a subclass of
+        `tuner.data.storage.DataBackend`. It must implement ``list_files(spec)``
+        (every media file of the dataset, each named by a path under
+        ``spec.root``, the dataset's ``instance_data_dir``) and ``open(path)``
+        (the bytes of a listed file, or of the caption file beside it, as a
+        seekable binary file). Optionally ``signature(path)`` (numbers that
+        change when the bytes may have: the core then remembers each file's
+        probe and digest between runs), ``probe``, ``read_caption`` and
+        ``quarantine``. Everything else is the core's: captions (every
+        ``caption_strategy``), probing, the content digest that keys the
+        caches, sizing, buckets, decoding (from ``open``, in decoder threads)
+        and the data report. One instance serves every dataset of its type
+        and is called from several threads: keep per-dataset state keyed by
+        ``spec.id``, or none.
+    """
+
+
 # --------------------------------------------------------------------------
 # Model family (answered only by the plugin owning ``config.model_family``)
 # --------------------------------------------------------------------------

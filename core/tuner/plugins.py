@@ -98,6 +98,9 @@ class PluginHost:
         self.families: dict[str, str] = {}  # family -> plugin name
         self.family_descriptions: dict[str, str] = {}
         self.family_aliases: dict[str, str] = {}  # other model_family spelling -> family
+        # Dataset ``type`` -> its `tuner.data.storage.DataBackend` (not imported: the data floor is above this one).
+        self.data_backends: dict[str, Any] = {}
+        self.data_backend_owner: dict[str, str] = {}
         self.versions: dict[str, str] = {}
         self.sources: dict[str, str] = {}
 
@@ -166,6 +169,7 @@ class PluginHost:
             "register_model_families",
             register=lambda f, d="", aliases=(): self._add_family(name, f, d, aliases),
         )
+        self._call_own(obj, "register_data_backends", register=lambda t, b: self._add_data_backend(name, t, b))
 
     def _call_own(self, obj: object, hook: str, **kwargs: Any) -> None:
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
@@ -201,6 +205,20 @@ class PluginHost:
         for alias in aliases:
             self.family_aliases[alias] = family
 
+    def _add_data_backend(self, plugin: str, name: str, backend: object) -> None:
+        if name in self.data_backends and self.data_backend_owner[name] != plugin:
+            owner = self.data_backend_owner[name]
+            raise PluginError(f"plugins '{owner}' and '{plugin}' both register data backend '{name}'")
+        if not (isinstance(name, str) and name.strip() == name and name):
+            raise PluginError(f"plugin '{plugin}' registered a data backend named {name!r}: name it with a word")
+        if not all(callable(getattr(backend, m, None)) for m in ("list_files", "open", "probe", "signature")):
+            raise PluginError(
+                f"plugin '{plugin}' registered data backend '{name}' with {type(backend).__name__}, which is no"
+                " tuner.data.storage.DataBackend (it needs list_files and open)"
+            )
+        self.data_backends[name] = backend
+        self.data_backend_owner[name] = plugin
+
     def family_named(self, name: str) -> str | None:
         """The family ``model_family = name`` means here (its own name or an alias it declared), else None."""
         return name if name in self.families else self.family_aliases.get(name)
@@ -219,7 +237,7 @@ class PluginHost:
                 sorted(
                     caller.name
                     for caller in (self.pm.get_hookcallers(plugin) or [])
-                    if caller.name not in ("register_config_sections", "register_model_families")
+                    if caller.name not in ("register_config_sections", "register_model_families", "register_data_backends")
                 )
             )
             out.append(

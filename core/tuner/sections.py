@@ -1,4 +1,4 @@
-"""The built-in plugin that registers the core's config sections.
+"""The built-in plugin that registers the core's config sections and data backends.
 
 ``train``, ``data``, ``validation``, ``evaluation`` and ``distributed`` are registered through the same hook as
 any plugin's section; each model lives beside the code that reads it. Option
@@ -16,7 +16,7 @@ from tuner.hookspecs import hookimpl
 from tuner.train.settings import TrainSection
 from tuner.validate.settings import EvaluationSection, ValidationSection
 
-__all__ = ["register_config_sections"]
+__all__ = ["register_config_sections", "register_data_backends"]
 
 
 @hookimpl
@@ -26,3 +26,10 @@ def register_config_sections(register: Any) -> None:
     register("validation", ValidationSection)
     register("evaluation", EvaluationSection)
     register("distributed", DistributedSection)
+
+
+@hookimpl
+def register_data_backends(register: Any) -> None:
+    from tuner.data.local import LocalFiles
+
+    register("local", LocalFiles())

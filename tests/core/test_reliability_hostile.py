@@ -265,7 +265,7 @@ def test_a_clip_replaced_between_scan_and_encoding_is_never_cached_under_the_old
 def test_a_file_is_hashed_once_per_build_for_all_its_windows_and_a_replaced_one_is_still_caught(tmp_path, monkeypatch):
     import hashlib
 
-    from tuner.data import frames
+    from tuner.data import frames, probe
     from tuner.data.sizing import Geometry
 
     clip, other = write_synthetic_clips(tmp_path / "clips", count=2, num_frames=6, width=16, height=16, captions=False)
@@ -273,7 +273,7 @@ def test_a_file_is_hashed_once_per_build_for_all_its_windows_and_a_replaced_one_
     geometry = Geometry(frames=2, width=16, height=16, resize=(16, 16), crop=(0, 0), aspect=1.0)
     hashed: list[int] = []
     real = hashlib.sha256
-    monkeypatch.setattr(frames.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    monkeypatch.setattr(probe.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
     verified: dict = {}
     for _ in range(3):  # three windows of one file in one build
         assert frames.decode_sample(clip, geometry, digest=digest, verified=verified).shape == (2, 16, 16, 3)

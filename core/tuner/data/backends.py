@@ -126,7 +126,8 @@ class MediaDatasetEntry(BaseModel):
     model_config = _FORBID
 
     id: str = Field(min_length=1)
-    type: Literal["local"] = "local"
+    # Any registered data backend (`tuner.hookspecs.register_data_backends`): checked when the layout is read.
+    type: str = Field("local", min_length=1)
     dataset_type: Literal["video", "image"] = "image"
     disabled: bool = Field(False, validation_alias=AliasChoices("disabled", "disable"))
     instance_data_dir: str

@@ -13,8 +13,16 @@ from tuner.jsonfile import loads, read_regular, regular_file_problem
 
 if TYPE_CHECKING:
     from tuner.data.layout import DatasetSpec
+    from tuner.data.storage import DataBackend
 
-__all__ = ["decode_caption", "read_caption_file", "caption_from_filename", "MetadataCaptions", "CaptionSource"]
+__all__ = [
+    "decode_caption",
+    "clean_caption",
+    "read_caption_file",
+    "caption_from_filename",
+    "MetadataCaptions",
+    "CaptionSource",
+]
 
 
 def decode_caption(raw: bytes) -> tuple[str, str | None]:
@@ -36,7 +44,7 @@ def decode_caption(raw: bytes) -> tuple[str, str | None]:
         return raw.decode("latin-1"), "not UTF-8: read as Latin-1"
 
 
-def _clean(text: str) -> str:
+def clean_caption(text: str) -> str:
     # Line breaks and runs of spaces become single spaces: one caption per file.
     return " ".join(text.replace("\x00", " ").split())
 
@@ -53,11 +61,11 @@ def read_caption_file(path: Path) -> tuple[str | None, str | None]:
             return None, None
         return None, problem.replace(str(path), path.name)
     text, note = decode_caption(raw)
-    return _clean(text), note
+    return clean_caption(text), note
 
 
 def caption_from_filename(path: Path) -> str:
-    return _clean(path.stem.replace("_", " "))
+    return clean_caption(path.stem.replace("_", " "))
 
 
 class MetadataCaptions:
@@ -143,17 +151,18 @@ class MetadataCaptions:
             if key in self.by_key:
                 main, fallback = self.by_key[key]
                 for value in (main, fallback):
-                    if value is not None and _clean(str(value)):
-                        return _clean(str(value))
+                    if value is not None and clean_caption(str(value)):
+                        return clean_caption(str(value))
                 return ""
         return None
 
 
 class CaptionSource:
-    """The caption of each file of one dataset, under its ``caption_strategy``."""
+    """The caption of each file of one dataset, under its ``caption_strategy``; caption files come from ``backend``."""
 
-    def __init__(self, spec: DatasetSpec) -> None:
+    def __init__(self, spec: DatasetSpec, backend: DataBackend) -> None:
         self.spec = spec
+        self.backend = backend
         self.metadata: MetadataCaptions | None = None
         if spec.caption_strategy == "parquet":
             assert spec.metadata is not None and spec.metadata_path is not None
@@ -182,7 +191,7 @@ class CaptionSource:
                 return None, f"empty caption in {self.metadata.path.name}"
             return text, None
         caption_file = path.with_suffix(".txt")
-        text, note = read_caption_file(caption_file)
+        text, note = self.backend.read_caption(caption_file)
         if text is None:
             return None, note or f"no caption file {caption_file.name}"
         if not text:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.cache.store import write_entry
-from tuner.data.frames import SourceChanged, decode_sample, to_pixels
+from tuner.data.frames import Opener, SourceChanged, decode_sample, to_pixels
 from tuner.errors import DataError
 from tuner.progress import task_progress
 
@@ -47,6 +47,7 @@ class LatentJob:
     latents: bool = True
     features: tuple[tuple[int, Path], ...] = ()
     digest: str = ""  # the source's SHA-256 the entry is keyed by: decoding checks the bytes it reads against it
+    opener: Opener | None = None  # how the dataset's backend opens the source (unset: a local file)
 
 
 class EntryWriter:
@@ -142,7 +143,8 @@ def build_latents(
     def decode(job: LatentJob) -> torch.Tensor:
         # uint8 (4x fewer bytes to move). No torch maths here: a torch op in this thread starts a
         # second OpenMP team that competes with the encoder's for the cores.
-        return torch.from_numpy(decode_sample(job.source, job.geometry, digest=job.digest or None, verified=verified))
+        pixels = decode_sample(job.source, job.geometry, digest=job.digest or None, verified=verified, opener=job.opener)
+        return torch.from_numpy(pixels)
 
     written = 0
     batch: list[tuple[LatentJob, Any]] = []

@@ -8,16 +8,16 @@ display matrix (the side data phones write instead of turning the pixels) are ap
 
 from __future__ import annotations
 
-import hashlib
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from tuner.data.probe import IMAGE_EXTENSIONS, display_rotation, error_text
+from tuner.data.probe import IMAGE_EXTENSIONS, display_rotation, error_text, stream_digest
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
     from tuner.data.sizing import Geometry
 
-__all__ = ["SourceChanged", "decode_sample", "to_pixels"]
+__all__ = ["SourceChanged", "Opener", "decode_sample", "to_pixels"]
+
+Opener = Callable[[Path], BinaryIO]  # a data backend's ``open``
 
 
 def _wanted(geometry: Geometry) -> tuple[dict[int, list[int]], bool]:
@@ -43,8 +45,18 @@ class SourceChanged(DataError):
 _CHANGED = "changed since the scan (its cache key names the earlier bytes): skipped in this run; the next run reads it anew"
 
 
+def _fstat(f: BinaryIO) -> os.stat_result | None:
+    """The open file's status, or ``None`` for a data backend's file that is no file descriptor (an archive member)."""
+    try:
+        return os.fstat(f.fileno())
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 @contextmanager
-def _checked(path: Path, digest: str | None, verified: dict | None = None) -> Iterator[BinaryIO | str]:
+def _checked(
+    path: Path, digest: str | None, verified: dict | None = None, opener: Opener | None = None
+) -> Iterator[BinaryIO | str]:
     """The file to decode, open; with ``digest``, only when its bytes hash to it, and unchanged while decoded.
 
     The bytes hashed and the bytes decoded are those of one open file, so a file
@@ -52,29 +64,30 @@ def _checked(path: Path, digest: str | None, verified: dict | None = None) -> It
     ``verified`` (one dict per cache build), a file already hashed in this build whose
     device, inode, size and modification time are unchanged is not hashed again: the
     windows of a long take cost what their frames cost, not one read of the file each.
+    ``opener``: how the dataset's backend opens its files (default: a local file).
     """
-    if digest is None:
+    if digest is None and opener is None:
         yield str(path)
         return
     try:
-        f = path.open("rb")
+        f = opener(path) if opener is not None else path.open("rb")
     except OSError as exc:
         raise DataError(f"cannot read: {exc.strerror or exc}") from None
     with f:
-        before = os.fstat(f.fileno())
-        identity = (digest, before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
-        if verified is None or verified.get(str(path)) != identity:
-            h = hashlib.sha256()
-            while block := f.read(1 << 20):
-                h.update(block)
-            if h.hexdigest() != digest:
+        if digest is None:
+            yield f
+            return
+        before = _fstat(f)
+        identity = before and (digest, before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
+        if verified is None or identity is None or verified.get(str(path)) != identity:
+            if stream_digest(f) != digest:
                 raise SourceChanged(_CHANGED)
             f.seek(0)
-            if verified is not None:
+            if verified is not None and identity is not None:
                 verified[str(path)] = identity
         yield f
-        after = os.fstat(f.fileno())
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        after = _fstat(f)
+        if before and after and (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise SourceChanged(_CHANGED)  # written to while it was decoded
 
 
@@ -151,15 +164,20 @@ def _decode_image(path: Path | BinaryIO | str, geometry: Geometry) -> np.ndarray
 
 
 def decode_sample(
-    path: Path, geometry: Geometry, digest: str | None = None, verified: dict | None = None
+    path: Path,
+    geometry: Geometry,
+    digest: str | None = None,
+    verified: dict | None = None,
+    opener: Opener | None = None,
 ) -> np.ndarray:
     """The sample's pixels, ``(frames, height, width, 3)`` uint8; raises `DataError` for a broken file.
 
     :param digest: the SHA-256 the scan found: bytes that differ raise `SourceChanged` (nothing is decoded).
     :param verified: files already hashed in this build (see `_checked`); shared by its windows.
+    :param opener: the dataset backend's ``open`` (`tuner.data.storage.DataBackend.open`); unset: a local file.
     """
     decode = _decode_image if path.suffix.lower() in IMAGE_EXTENSIONS else _decode_video
-    with _checked(path, digest, verified) as source:
+    with _checked(path, digest, verified, opener) as source:
         return decode(source, geometry)
 
 

@@ -22,11 +22,12 @@ from tuner.data.backends import (
     parse_backend_file,
 )
 from tuner.data.sizing import MAX_SIDE
-from tuner.errors import DataError
+from tuner.errors import DataError, did_you_mean
 
 if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.data.settings import DataSection
+    from tuner.data.storage import DataBackend
 
 __all__ = ["DatasetSpec", "DataLayout", "load_layout", "locate_input", "safe_name"]
 
@@ -71,6 +72,7 @@ class DatasetSpec:
     frames_key: str = "data.num_frames"
     where: str = ""
     root_hint: str = ""  # said when root is missing: where relative paths are read from (`PathRule.hint`)
+    type: str = "local"  # the data backend that lists and reads the files (`tuner.data.storage`)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class DataLayout:
     default_text_cache: Path
     text_write_batch_size: int
     notes: list[str] = field(default_factory=list)
+    backends: dict[str, DataBackend] = field(default_factory=dict)  # each dataset's type -> its backend
 
 
 def locate_input(value: str | Path, config: RunConfig) -> Path:
@@ -175,6 +178,7 @@ def _media_spec(
         vae_cache=_output_path(vae_cache, config),
         text_cache=text_cache,
         where=where,
+        type=entry.type,
         **_frames(entry, data),
     )
 
@@ -285,7 +289,14 @@ def _shorthand(config: RunConfig) -> DataLayout:
 
 
 def load_layout(config: RunConfig) -> DataLayout:
-    """The datasets a run trains on, from the backend file or the ``[data]`` shorthand."""
-    if config.data.data_backend_config is not None:
-        return _from_backend_file(config)
-    return _shorthand(config)
+    """The datasets a run trains on, from the backend file or the ``[data]`` shorthand, each with its backend."""
+    layout = _from_backend_file(config) if config.data.data_backend_config is not None else _shorthand(config)
+    known = config.data_backends
+    for spec in layout.datasets:
+        if spec.type not in known:
+            raise DataError(
+                f"{spec.where}: type '{spec.type}' names no data backend{did_you_mean(spec.type, known)};"
+                f" data backends: {', '.join(sorted(known)) or 'none'} (plugins add more: docs/plugins.md)"
+            )
+        layout.backends[spec.type] = known[spec.type]
+    return layout

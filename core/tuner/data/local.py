@@ -1,26 +1,20 @@
-"""Finding the media files of a local dataset folder."""
+"""The ``local`` data backend: a dataset is a folder of media files, read in place."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
-from tuner.data.probe import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from tuner.data.captions import read_caption_file
+from tuner.data.probe import MediaInfo, file_digest, probe_media, stat_signature
+from tuner.data.storage import MEDIA_EXTENSIONS, DataBackend, MediaListing
+from tuner.errors import DataError
 
-__all__ = ["MEDIA_EXTENSIONS", "QUARANTINE_DIR", "MediaListing", "find_media", "list_media"]
+if TYPE_CHECKING:
+    from tuner.data.layout import DatasetSpec
 
-MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
-QUARANTINE_DIR = ".tuner-quarantine"
-
-
-@dataclass
-class MediaListing:
-    """What `find_media` found: the files, the folders it could not read, the links it did not follow again."""
-
-    files: list[Path] = field(default_factory=list)
-    unreadable: list[tuple[Path, str]] = field(default_factory=list)
-    repeated: list[tuple[Path, Path]] = field(default_factory=list)  # (link, the folder it leads back to)
+__all__ = ["LocalFiles", "find_media", "list_media"]
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -72,3 +66,38 @@ def find_media(root: Path) -> MediaListing:
 def list_media(root: Path) -> list[Path]:
     """Every clip and image below ``root``, in a stable order (see `find_media`)."""
     return find_media(root).files
+
+
+class LocalFiles(DataBackend):
+    """``type: local``: every clip and image below ``instance_data_dir``, read in place.
+
+    Files are remembered by their stat signature (`tuner.data.probe.stat_signature`),
+    so a second start only stats them, and broken ones can be quarantined.
+    """
+
+    description = "a folder of clips and images (searched recursively), read in place"
+
+    def list_files(self, spec: DatasetSpec) -> MediaListing:
+        if not spec.root.is_dir():
+            raise DataError(
+                f"{spec.where}: instance_data_dir does not exist or is not a folder: {spec.root}{spec.root_hint}"
+            )
+        return find_media(spec.root)
+
+    def open(self, path: Path) -> BinaryIO:
+        return path.open("rb")
+
+    def signature(self, path: Path) -> list[int] | None:
+        return stat_signature(path.stat())
+
+    def probe(self, path: Path) -> tuple[MediaInfo, str]:
+        # By path: PyAV and Pillow read the file themselves (faster than through a Python file object).
+        return probe_media(path), file_digest(path)
+
+    def read_caption(self, path: Path) -> tuple[str | None, str | None]:
+        return read_caption_file(path)
+
+    def quarantine(self, spec: DatasetSpec, path: Path, reason: str) -> Path | None:
+        from tuner.data.quarantine import quarantine_file
+
+        return quarantine_file(spec.root, path, reason) if path.exists() else None

@@ -89,13 +89,16 @@ def _encode_missing_latents(
     from tuner.data.scan import decode_workers
 
     todo: dict[str, LatentJob] = {}
+    openers = {ds.spec.id: ds.backend.open for ds in scan.datasets}
     for s in (w for sample in samples for w in sample.windows()):
         if str(s.latents) in todo:  # two datasets (or two epochs' random windows) may share one entry
             continue
         missing = tuple((k, path) for k, path in enumerate(s.features) if not _sound(path))
         latents = not _sound(s.latents)
         if latents or missing:
-            todo[str(s.latents)] = LatentJob(s.source, s.geometry, s.latents, latents, missing, s.digest)
+            todo[str(s.latents)] = LatentJob(
+                s.source, s.geometry, s.latents, latents, missing, s.digest, openers[s.dataset]
+            )
     for feature in features:  # also when nothing is missing: a feature may free an encoder here
         feature.start(sum(job.latents for job in todo.values()))
     if not todo:

@@ -141,7 +141,7 @@ def write_preview(host: PluginHost, config: RunConfig, out: Path, clips_per_data
             windows = [s for s in samples if s.source == source and s.dataset == ds.spec.id]
             for k, s in enumerate(windows):
                 try:
-                    frames = decode_sample(s.source, s.geometry)
+                    frames = decode_sample(s.source, s.geometry, opener=ds.backend.open)
                 except DataError as exc:
                     rows.append((f"{source.name}: {exc}", [np.zeros((1, 8, 8, 3), np.uint8)]))
                     continue

@@ -17,11 +17,15 @@ import stat
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tuner.data.timing import ClipTiming, read_timing
 from tuner.durable import replacing
+
+if TYPE_CHECKING:
+    from tuner.data.storage import DataBackend
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -29,7 +33,10 @@ __all__ = [
     "MediaInfo",
     "ProbeError",
     "file_digest",
+    "stream_digest",
     "probe_media",
+    "probe_stream",
+    "stat_signature",
     "FileIndex",
     "Probed",
     "probe_files",
@@ -68,13 +75,18 @@ class ProbeError(Exception):
     """The file cannot be used; the message says why."""
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes."""
+def stream_digest(f: BinaryIO, chunk: int = 1 << 20) -> str:
+    """SHA-256 of an open file's bytes, from where it stands to its end."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    while block := f.read(chunk):
+        h.update(block)
     return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    with path.open("rb") as f:
+        return stream_digest(f)
 
 
 def error_text(exc: BaseException) -> str:
@@ -83,12 +95,14 @@ def error_text(exc: BaseException) -> str:
     return str(text).splitlines()[0]
 
 
-def _probe_image(path: Path) -> MediaInfo:
+def _probe_image(source: Path | BinaryIO) -> MediaInfo:
     from PIL import Image
 
-    with Image.open(path) as img:
+    with Image.open(source) as img:
         img.verify()  # checks the structure (and a PNG's checksums) without decoding the pixels
-    with Image.open(path) as img:
+    if not isinstance(source, Path):
+        source.seek(0)
+    with Image.open(source) as img:
         width, height = img.size
         # EXIF orientations 5-8 are rotated by 90 degrees: the picture is height x width.
         if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
@@ -121,10 +135,10 @@ def _first_frame_rotation(container: Any, stream: Any) -> int:
     return 0 if first is None else display_rotation(first)
 
 
-def _probe_video(path: Path) -> MediaInfo:
+def _probe_video(source: Path | BinaryIO) -> MediaInfo:
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(str(source) if isinstance(source, Path) else source) as container:
         if container.format.name in _STILL_FORMATS:
             codec = container.streams.video[0].codec_context.name if container.streams.video else ""
             kind = {"mjpeg": "JPEG", "": "still"}.get(codec, codec.upper())
@@ -152,10 +166,22 @@ def probe_media(path: Path) -> MediaInfo:
         raise ProbeError("not a regular file (a pipe, a socket or a device)")
     if path.stat().st_size == 0:
         raise ProbeError("empty file (0 bytes)")
+    return _probe(path, path.suffix)
+
+
+def probe_stream(f: BinaryIO, suffix: str) -> MediaInfo:
+    """`probe_media` for an open file (a data backend's, `tuner.data.storage`); ``suffix`` says what it is."""
+    if f.seek(0, os.SEEK_END) == 0:
+        raise ProbeError("empty file (0 bytes)")
+    f.seek(0)
+    return _probe(f, suffix)
+
+
+def _probe(source: Path | BinaryIO, suffix: str) -> MediaInfo:
     try:
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
-            return _probe_image(path)
-        return _probe_video(path)
+        if suffix.lower() in IMAGE_EXTENSIONS:
+            return _probe_image(source)
+        return _probe_video(source)
     except ProbeError:
         raise
     except Exception as exc:  # PyAV and Pillow raise many types for broken files
@@ -186,12 +212,17 @@ def _sound_record(record: dict[str, Any]) -> bool:
     return True
 
 
-def _signature(st: os.stat_result) -> list[int]:
+def stat_signature(st: os.stat_result) -> list[int]:
+    """A local file's signature in the file index: size, modification and change times, inode."""
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 class FileIndex:
-    """Digest and probe results per file, valid while the file's stat signature is unchanged."""
+    """Digest and probe results per file, valid while the file's signature is unchanged.
+
+    The signature is what the dataset's backend gives (`tuner.data.storage.DataBackend.signature`;
+    for a local file, `stat_signature`); a file without one is never remembered.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -204,24 +235,21 @@ class FileIndex:
         except (OSError, ValueError, KeyError, AttributeError, RecursionError):
             pass  # missing or damaged: everything is probed again
 
-    def get(self, file: Path, st: os.stat_result) -> dict[str, Any] | None:
+    def get(self, file: Path, sig: list[int] | None) -> dict[str, Any] | None:
         """The record of ``file`` while its signature holds; a damaged record counts as none (probed again)."""
         record = self.records.get(str(file))
-        if not isinstance(record, dict) or record.get("sig") != _signature(st):
+        if sig is None or not isinstance(record, dict) or record.get("sig") != sig:
             return None
         return record if _sound_record(record) else None
 
-    def put(self, file: Path, st: os.stat_result, **record: Any) -> None:
-        self.records[str(file)] = {"sig": _signature(st), **record}
-        self.dirty = True
+    def put(self, file: Path, sig: list[int] | None, **record: Any) -> None:
+        if sig is not None:
+            self.records[str(file)] = {"sig": sig, **record}
+            self.dirty = True
 
-    def mark_broken(self, file: Path, reason: str) -> None:
+    def mark_broken(self, file: Path, sig: list[int] | None, reason: str) -> None:
         """Remember a failure found later (while decoding), so the next scan skips the file at once."""
-        try:
-            st = file.stat()
-        except OSError:
-            return
-        self.put(file, st, error=reason)
+        self.put(file, sig, error=reason)
 
     def save(self) -> None:
         if not self.dirty:
@@ -242,10 +270,10 @@ class Probed:
     error: str | None
 
 
-def _probe_one(path: Path) -> tuple[MediaInfo | None, str | None, str | None]:
+def _probe_one(backend: DataBackend, path: Path) -> tuple[MediaInfo | None, str | None, str | None]:
     try:
-        info = probe_media(path)
-        return info, file_digest(path), None
+        info, digest = backend.probe(path)
+        return info, digest, None
     except ProbeError as exc:
         return None, None, str(exc)
     except OSError as exc:
@@ -253,35 +281,40 @@ def _probe_one(path: Path) -> tuple[MediaInfo | None, str | None, str | None]:
 
 
 def probe_files(
-    files: Iterable[Path], index: FileIndex, workers: int, on_done: Callable[[int], None] | None = None
+    backend: DataBackend,
+    files: Iterable[Path],
+    index: FileIndex,
+    workers: int,
+    on_done: Callable[[int], None] | None = None,
 ) -> list[Probed]:
-    """Probe and hash ``files`` (in parallel), reusing what ``index`` remembers."""
+    """Probe and hash ``files`` of ``backend`` (in parallel), reusing what ``index`` remembers."""
     files = list(files)
     results: dict[Path, Probed] = {}
-    todo: list[tuple[Path, os.stat_result]] = []
+    todo: list[tuple[Path, list[int] | None]] = []
     for path in files:
         try:
-            st = path.stat()
+            sig = backend.signature(path)
         except OSError as exc:
             dangling = path.is_symlink() and isinstance(exc, FileNotFoundError)
             why = "a symbolic link that leads nowhere" if dangling else f"unreadable: {exc.strerror or exc}"
             results[path] = Probed(path, None, None, why)
             continue
-        record = index.get(path, st)
+        record = index.get(path, sig)
         if record is None:
-            todo.append((path, st))
+            todo.append((path, sig))
         elif record.get("error"):
             results[path] = Probed(path, None, None, record["error"])
         else:
             results[path] = Probed(path, MediaInfo.from_json(record["info"]), record["digest"], None)
     if todo:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            for (path, st), (info, digest, error) in zip(todo, pool.map(_probe_one, [p for p, _ in todo]), strict=True):
+            probed = pool.map(partial(_probe_one, backend), [p for p, _ in todo])
+            for (path, sig), (info, digest, error) in zip(todo, probed, strict=True):
                 if error is not None:
-                    index.put(path, st, error=error)
+                    index.put(path, sig, error=error)
                 else:
                     assert info is not None
-                    index.put(path, st, digest=digest, info=info.to_json())
+                    index.put(path, sig, digest=digest, info=info.to_json())
                 results[path] = Probed(path, info, digest, error)
                 if on_done:
                     on_done(1)

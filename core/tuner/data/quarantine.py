@@ -23,11 +23,11 @@ import stat
 import time
 from pathlib import Path
 
-from tuner.data.local import QUARANTINE_DIR
 from tuner.errors import DataError, printable
 
-__all__ = ["quarantine_file", "QUARANTINE_LOG"]
+__all__ = ["quarantine_file", "QUARANTINE_DIR", "QUARANTINE_LOG"]
 
+QUARANTINE_DIR = ".tuner-quarantine"
 QUARANTINE_LOG = "quarantine.jsonl"
 
 

@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 
 from tuner.data.captions import CaptionSource
 from tuner.data.layout import DataLayout, DatasetSpec, load_layout, safe_name
-from tuner.data.local import MEDIA_EXTENSIONS, find_media
 from tuner.data.probe import FileIndex, MediaInfo, probe_files
-from tuner.data.quarantine import quarantine_file
 from tuner.data.report import DataReport
+from tuner.data.storage import MEDIA_EXTENSIONS, DataBackend
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
@@ -47,6 +46,14 @@ class DatasetScan:
     files: list[FileSample]
     found: int
     index: FileIndex
+    backend: DataBackend  # where the files are read from (the dataset's ``type``)
+
+    def signature(self, path: Path) -> list[int] | None:
+        """The file's signature in the index now, or ``None`` when it is gone."""
+        try:
+            return self.backend.signature(path)
+        except OSError:
+            return None
 
 
 @dataclass
@@ -62,10 +69,10 @@ class DataScan:
     def forget_broken(self, dataset: str, path: Path, reason: str) -> None:
         """A file found broken while decoding: remember it, and quarantine it when asked to."""
         scan = next(d for d in self.datasets if d.spec.id == dataset)
-        scan.index.mark_broken(path, reason)
+        scan.index.mark_broken(path, scan.signature(path), reason)
         scan.index.save()
         self.report.skip(dataset, path, reason, broken=True)
-        if self.delete_problematic and path.exists() and (dest := quarantine_file(scan.spec.root, path, reason)):
+        if self.delete_problematic and (dest := scan.backend.quarantine(scan.spec, path, reason)):
             self.report.moved(path, dest)
 
 
@@ -76,20 +83,20 @@ def decode_workers(data: DataSection) -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _unknown(index: FileIndex, file: Path) -> bool:
+def _unknown(index: FileIndex, backend: DataBackend, file: Path) -> bool:
     """``file`` must be probed (a link leading nowhere or a vanished file counts too: the probe reports it)."""
     try:
-        return index.get(file, file.stat()) is None
+        return index.get(file, backend.signature(file)) is None
     except OSError:
         return True
 
 
-def _scan_dataset(spec: DatasetSpec, report: DataReport, workers: int, delete_problematic: bool) -> DatasetScan:
+def _scan_dataset(
+    spec: DatasetSpec, backend: DataBackend, report: DataReport, workers: int, delete_problematic: bool
+) -> DatasetScan:
     from tuner.progress import task_progress
 
-    if not spec.root.is_dir():
-        raise DataError(f"{spec.where}: instance_data_dir does not exist or is not a folder: {spec.root}{spec.root_hint}")
-    listing = find_media(spec.root)
+    listing = backend.list_files(spec)
     files = listing.files
     for folder, reason in listing.unreadable:
         report.skip(spec.id, folder, reason)  # listed as an unreadable file is; never quarantined
@@ -106,20 +113,20 @@ def _scan_dataset(spec: DatasetSpec, report: DataReport, workers: int, delete_pr
             f"no clips or images found in {spec.root} (dataset '{spec.id}'; looked for"
             f" {', '.join(sorted(MEDIA_EXTENSIONS))}{unread})"
         )
-    captions = CaptionSource(spec)
+    captions = CaptionSource(spec, backend)
     index = FileIndex(spec.vae_cache / f"files-{safe_name(spec.id)}.json")
-    cold = sum(1 for f in files if _unknown(index, f)) if len(files) >= _BAR_FROM else 0
+    cold = sum(1 for f in files if _unknown(index, backend, f)) if len(files) >= _BAR_FROM else 0
     if cold >= _BAR_FROM:
         with task_progress(f"scanning '{spec.id}'", cold, unit="files") as advance:
-            probed = probe_files(files, index, workers, advance)
+            probed = probe_files(backend, files, index, workers, advance)
     else:
-        probed = probe_files(files, index, workers)
+        probed = probe_files(backend, files, index, workers)
     usable: list[FileSample] = []
     for p in probed:
         if p.error is not None or p.info is None or p.digest is None:
             reason = p.error or "unreadable"
             report.skip(spec.id, p.path, reason, broken=True)
-            if delete_problematic and p.path.exists() and (dest := quarantine_file(spec.root, p.path, reason)):
+            if delete_problematic and (dest := backend.quarantine(spec, p.path, reason)):
                 report.moved(p.path, dest)
             continue
         caption, message = captions.caption(p.path)
@@ -134,7 +141,7 @@ def _scan_dataset(spec: DatasetSpec, report: DataReport, workers: int, delete_pr
             report.caption_notes.append((p.path, message))
         usable.append(FileSample(spec.id, p.path, caption, p.info, p.digest))
     index.save()
-    return DatasetScan(spec, usable, len(files), index)
+    return DatasetScan(spec, usable, len(files), index, backend)
 
 
 def scan_datasets(config: RunConfig) -> DataScan:
@@ -145,7 +152,10 @@ def scan_datasets(config: RunConfig) -> DataScan:
         report.notice(note)
     data = config.data
     workers = decode_workers(data)
-    scans = [_scan_dataset(spec, report, workers, data.delete_problematic_images) for spec in layout.datasets]
+    scans = [
+        _scan_dataset(spec, layout.backends[spec.type], report, workers, data.delete_problematic_images)
+        for spec in layout.datasets
+    ]
     report.print_new_skips("scan", data.delete_problematic_images)
     cache_root = Path(data.cache_dir) if Path(data.cache_dir).is_absolute() else config.base_dir / data.cache_dir
     report_path = cache_root / "data_report.json"
