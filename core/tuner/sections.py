@@ -31,5 +31,7 @@ def register_config_sections(register: Any) -> None:
 @hookimpl
 def register_data_backends(register: Any) -> None:
     from tuner.data.local import LocalFiles
+    from tuner.data.metadata import MetadataFiles
 
     register("local", LocalFiles())
+    register("metadata", MetadataFiles())

@@ -122,7 +122,7 @@ def test_the_guides_top_level_data_options_land_in_data(tmp_path):
     [
         ({"repeat": 1}, "dataset 'v' (entry 1): unknown key 'repeat' (did you mean 'repeats'?)"),
         ({"video": {"num_frame": 5}}, "unknown key 'video.num_frame' (did you mean 'num_frames'?)"),
-        ({"type": "aws"}, "dataset 'v' (entry 1): type 'aws' names no data backend; data backends: local"),
+        ({"type": "aws"}, "dataset 'v' (entry 1): type 'aws' names no data backend; data backends: local, metadata"),
         ({"crop_aspect": "center"}, "or 'random' (got 'center'); where the crop is taken is crop_style (center, corner"),
         ({"resolution_type": "pixels"}, "resolution_type: Input should be 'pixel', 'area' or 'pixel_area'"),
         ({"repeats": -1}, "repeats: Input should be greater than or equal to 0"),

@@ -99,6 +99,19 @@ class MetadataCaptions:
         if rows and caption_column not in rows[0]:
             raise DataError(f"{path}: no caption column '{caption_column}' (columns: {', '.join(rows[0])})")
 
+    @classmethod
+    def of(cls, spec: DatasetSpec) -> MetadataCaptions:
+        """The metadata file of a dataset's ``parquet`` block, read."""
+        assert spec.metadata is not None and spec.metadata_path is not None
+        m = spec.metadata
+        return cls(
+            spec.metadata_path,
+            m.filename_column,
+            m.caption_column,
+            m.fallback_caption_column,
+            m.identifier_includes_extension,
+        )
+
     @staticmethod
     def _rows(path: Path) -> list[dict]:
         if not path.exists():
@@ -163,17 +176,7 @@ class CaptionSource:
     def __init__(self, spec: DatasetSpec, backend: DataBackend) -> None:
         self.spec = spec
         self.backend = backend
-        self.metadata: MetadataCaptions | None = None
-        if spec.caption_strategy == "parquet":
-            assert spec.metadata is not None and spec.metadata_path is not None
-            m = spec.metadata
-            self.metadata = MetadataCaptions(
-                spec.metadata_path,
-                m.filename_column,
-                m.caption_column,
-                m.fallback_caption_column,
-                m.identifier_includes_extension,
-            )
+        self.metadata = MetadataCaptions.of(spec) if spec.caption_strategy == "parquet" else None
 
     def caption(self, path: Path) -> tuple[str | None, str | None]:
         """``(caption, message)``: a caption (and maybe a note), or ``None`` and why the file is skipped."""

@@ -14,7 +14,7 @@ from tuner.errors import DataError
 if TYPE_CHECKING:
     from tuner.data.layout import DatasetSpec
 
-__all__ = ["LocalFiles", "find_media", "list_media"]
+__all__ = ["LocalFiles", "check_folder", "find_media", "list_media"]
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -68,6 +68,12 @@ def list_media(root: Path) -> list[Path]:
     return find_media(root).files
 
 
+def check_folder(spec: DatasetSpec) -> None:
+    """Stop with one line when the dataset's ``instance_data_dir`` is no folder."""
+    if not spec.root.is_dir():
+        raise DataError(f"{spec.where}: instance_data_dir does not exist or is not a folder: {spec.root}{spec.root_hint}")
+
+
 class LocalFiles(DataBackend):
     """``type: local``: every clip and image below ``instance_data_dir``, read in place.
 
@@ -78,10 +84,7 @@ class LocalFiles(DataBackend):
     description = "a folder of clips and images (searched recursively), read in place"
 
     def list_files(self, spec: DatasetSpec) -> MediaListing:
-        if not spec.root.is_dir():
-            raise DataError(
-                f"{spec.where}: instance_data_dir does not exist or is not a folder: {spec.root}{spec.root_hint}"
-            )
+        check_folder(spec)
         return find_media(spec.root)
 
     def open(self, path: Path) -> BinaryIO:
