@@ -349,7 +349,7 @@ def test_json_with_a_byte_order_mark_is_read_like_any_json(finished_run, tmp_pat
         args = ["config", "show", "--config", str(run / "config.toml")]
         from tuner.data.backends import parse_backend_file
 
-        assert [e.id for _, e in parse_backend_file(run / "backend.json")] == ["clips"]
+        assert [e.id for _, e in parse_backend_file(run / "backend.json", ["local"])] == ["clips"]
     result = run_cli(args)
     assert result.exit_code == 0, result.stderr
     assert "learning_rate" in result.output

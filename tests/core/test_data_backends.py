@@ -211,3 +211,23 @@ def test_the_metadata_backend_needs_its_table(tmp_path):
     del entry["parquet"]
     with pytest.raises(DataError, match="type 'metadata' lists the files a metadata file names: set caption_strategy"):
         _scan(tmp_path, [{**entry, "caption_strategy": "filename"}])
+
+
+def test_validation_first_frames_come_from_files_on_disk_only(tmp_path):
+    from tuner.errors import ConfigError
+    from tuner.validate.first_frames import prompt_images
+
+    write_synthetic_clips(tmp_path / "loose", count=1, num_frames=3, width=16, height=16)
+    _zip_folder(tmp_path / "loose", tmp_path / "clips.zip")
+    write_synthetic_clips(tmp_path / "held", count=1, num_frames=3, width=16, height=16)
+    host = PluginHost.build([], extra={"toy": ToyFamily(), "zipped": ZipPlugin()})
+    raw = _zip_config(tmp_path)
+    entries = json.loads(Path(raw["data"]["data_backend_config"]).read_text())
+    held = {"id": "held", "type": "local", "dataset_type": "video", "instance_data_dir": str(tmp_path / "held")}
+    _backend_file(tmp_path, [*entries, held])
+    raw["validation"]["validation_using_datasets"] = True
+    assert prompt_images(resolve_config({**raw, "eval_dataset_id": "held"}, host)) == {
+        "main": [tmp_path / "held" / "clip_000.mp4"]
+    }
+    with pytest.raises(ConfigError, match="dataset 'zipped' is of type 'zip', whose files are not on this disk"):
+        prompt_images(resolve_config({**raw, "eval_dataset_id": "zipped"}, host))

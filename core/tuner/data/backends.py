@@ -7,6 +7,7 @@ turns the entries into the datasets a run trains on.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
@@ -231,8 +232,11 @@ def _entry_error(where: str, model: type[BaseModel], exc: ValidationError) -> st
     return f"{where}: " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def parse_backend_file(path: Path) -> list[tuple[str, BaseModel]]:
-    """Every entry of the backend file at ``path``, validated, with how errors name it."""
+def parse_backend_file(path: Path, types: Collection[str]) -> list[tuple[str, BaseModel]]:
+    """Every entry of the backend file at ``path``, validated, with how errors name it.
+
+    :param types: the data backends a dataset's ``type`` may name (`RunConfig.data_backends`).
+    """
     from tuner.jsonfile import read_json
 
     raw = read_json(path, what="data_backend_config", error=DataError)
@@ -268,6 +272,7 @@ def parse_backend_file(path: Path) -> list[tuple[str, BaseModel]]:
         except ValidationError as exc:
             raise DataError(_entry_error(where, model, exc)) from None
         _check_paths(where, entries[-1][1])
+        _check_type(where, entries[-1][1], types)
     return entries
 
 
@@ -288,6 +293,15 @@ def _check_text(item: dict, where: str) -> None:
                 walk(v, f"{key}[{i}]")
 
     walk(item, "")
+
+
+def _check_type(where: str, entry: BaseModel, types: Collection[str]) -> None:
+    kind = getattr(entry, "type", "local")
+    if kind not in types:
+        raise DataError(
+            f"{where}: type '{kind}' names no data backend{did_you_mean(kind, types)}; data backends:"
+            f" {', '.join(sorted(types)) or 'none'} (plugins add more: docs/plugins.md)"
+        )
 
 
 def _check_paths(where: str, entry: BaseModel) -> None:

@@ -22,7 +22,7 @@ from tuner.data.backends import (
     parse_backend_file,
 )
 from tuner.data.sizing import MAX_SIDE
-from tuner.errors import DataError, did_you_mean
+from tuner.errors import DataError
 
 if TYPE_CHECKING:
     from tuner.config import RunConfig
@@ -189,7 +189,7 @@ def _from_backend_file(config: RunConfig) -> DataLayout:
     path = locate_input(data.data_backend_config, config)
     if not path.is_file():
         raise DataError(f"data_backend_config: no file at {path}{config.paths.hint(data.data_backend_config, path)}")
-    entries = parse_backend_file(path)
+    entries = parse_backend_file(path, config.data_backends)
     texts = {e.id: (w, e) for w, e in entries if isinstance(e, TextEmbedsEntry) and not e.disabled}
     conditioning = {e.id for _, e in entries if isinstance(e, ConditioningImageEmbedsEntry) and not e.disabled}
     defaults = [e for _, e in texts.values() if e.default]
@@ -291,12 +291,5 @@ def _shorthand(config: RunConfig) -> DataLayout:
 def load_layout(config: RunConfig) -> DataLayout:
     """The datasets a run trains on, from the backend file or the ``[data]`` shorthand, each with its backend."""
     layout = _from_backend_file(config) if config.data.data_backend_config is not None else _shorthand(config)
-    known = config.data_backends
-    for spec in layout.datasets:
-        if spec.type not in known:
-            raise DataError(
-                f"{spec.where}: type '{spec.type}' names no data backend{did_you_mean(spec.type, known)};"
-                f" data backends: {', '.join(sorted(known)) or 'none'} (plugins add more: docs/plugins.md)"
-            )
-        layout.backends[spec.type] = known[spec.type]
+    layout.backends.update({spec.type: config.data_backends[spec.type] for spec in layout.datasets})
     return layout

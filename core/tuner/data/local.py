@@ -14,7 +14,7 @@ from tuner.errors import DataError
 if TYPE_CHECKING:
     from tuner.data.layout import DatasetSpec
 
-__all__ = ["LocalFiles", "check_folder", "find_media", "list_media"]
+__all__ = ["LocalFiles", "check_folder", "find_media"]
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -61,11 +61,6 @@ def find_media(root: Path) -> MediaListing:
                 candidates.append(Path(folder) / name)
     listing.files = sorted(candidates)
     return listing
-
-
-def list_media(root: Path) -> list[Path]:
-    """Every clip and image below ``root``, in a stable order (see `find_media`)."""
-    return find_media(root).files
 
 
 def check_folder(spec: DatasetSpec) -> None:

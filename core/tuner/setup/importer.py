@@ -99,7 +99,7 @@ def _backend_entries(config: RunConfig, source: Path, out_dir: Path) -> list[dic
 
     base = config  # the run's path rule decides where the file's relative paths point
     entries = []
-    for _, entry in parse_backend_file(source):
+    for _, entry in parse_backend_file(source, config.data_backends):
         item = entry.model_dump(mode="json", exclude_unset=True)
         for key in _INPUT_KEYS:
             if item.get(key):

@@ -43,14 +43,19 @@ NO_IMAGES = (
 
 def _dataset_files(config: RunConfig) -> list[Path]:
     from tuner.data.layout import load_layout
-    from tuner.data.local import list_media
 
     dataset = config.section("evaluation").eval_dataset_id
-    for spec in load_layout(config).datasets:
+    layout = load_layout(config)
+    for spec in layout.datasets:
         if spec.id == dataset:
-            files = sorted(list_media(spec.root)) if spec.root.is_dir() else []
+            files = sorted(layout.backends[spec.type].list_files(spec).files)
             if not files:
                 raise DataError(f"validation_using_datasets: dataset '{dataset}' ({spec.root}) has no image or clip")
+            if not files[0].is_file():
+                raise ConfigError(
+                    f"validation_using_datasets: dataset '{dataset}' is of type '{spec.type}', whose files are not"
+                    " on this disk: first frames are read from a dataset of files (type local or metadata)"
+                )
             return files
     raise ConfigError(f"validation_using_datasets: eval_dataset_id '{dataset}' names no enabled dataset")
 
