@@ -4,7 +4,7 @@
     python bench/fuzz_config.py --examples 2000 --seed 7
 
 Each example is a complete config (every option of every installed plugin) with random
-damage from `tuner.config_fuzz` (dropped keys, swapped types, extreme and non-finite
+damage from `tuner.testing.config_fuzz` (dropped keys, swapped types, extreme and non-finite
 numbers, odd unicode, deep nesting, unknown keys, options moved between the top level
 and their sections, ``--set`` items), written as TOML or JSON and loaded as ``tuner
 train`` loads it. Printed: how many were accepted, refused with a `TunerError`, and
@@ -31,9 +31,9 @@ def main() -> None:
     from hypothesis import HealthCheck, given, seed, settings
     from hypothesis import strategies as st
 
-    from tuner.config_fuzz import base_config, config_mutations, entry_points_read_once, load_config_text, write_config
     from tuner.errors import TunerError
     from tuner.progress import set_log_format
+    from tuner.testing.config_fuzz import base_config, config_mutations, entry_points_read_once, load_config_text, write_config
 
     set_log_format("quiet")  # "plugin switched on" lines, thousands of them
     outcomes: Counter[str] = Counter()

@@ -3,7 +3,7 @@
     python bench/rollout.py             # 3 rounds of 8 steps per configuration
     python bench/rollout.py --quick     # 1 round of 5 steps
 
-Trains tuner's tiny Wan (the `tuner.testing` run folder: two synthetic clips, batch 1) through a real
+Trains tuner's tiny Wan (the `tuner.testing.runs` run folder: two synthetic clips, batch 1) through a real
 tuner run with rollout off and on (max_step_offset 8, probability 0.5, unipc; then rk4 with ReflexFlow),
 in alternating order, the first `WARM_UP` steps of each run not counted. For each configuration it prints
 the extra no-grad forwards per step the start-up line predicts and the mean the run logged
@@ -37,7 +37,7 @@ def run(folder: Path, model: Path, name: str, options: dict[str, object], steps:
     from tuner.config import merge, parse_overrides, read_config_file, resolve_config
     from tuner.plugins import PluginHost
     from tuner.report.jsonlog import read_log
-    from tuner.testing import write_run_folder
+    from tuner.testing.runs import write_run_folder
     from tuner.train.run import train
 
     path = write_run_folder(folder / name, model, plugin="wan", steps=steps)

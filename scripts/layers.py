@@ -32,7 +32,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("train",),
     ("report",),
     ("sections", "demo", "setup", "serve", "config_docs", "cli"),
-    ("testing", "contract", "config_fuzz", "tiny"),
+    ("testing",),
 )
 
 MAX_LINES = 400

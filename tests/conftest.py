@@ -1,6 +1,6 @@
 import pytest
 
-pytest_plugins = ["tuner.testing"]
+pytest_plugins = ["tuner.testing.fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -351,10 +351,10 @@ def lora_naming() -> LoraNaming:
 def write_tiny_model(path: Path, seed: int, variant: str | None, real_width_blocks: int | None) -> dict[str, Any]:
     """Write a tiny randomly initialised model of this family to ``path``.
 
-    Used by ``tuner demo`` and by the `tuner.testing` fixtures: it must use the
+    Used by ``tuner demo`` and by the `tuner.testing.fixtures`: it must use the
     same on-disk layout as the real model (so `load_model` is exercised for
     real) and build everything locally (no downloads; a T5 tokenizer comes
-    from `tuner.tiny.write_t5_tokenizer`).
+    from `tuner.testing.tiny.write_t5_tokenizer`).
 
     :param path: an empty folder to write into.
     :param seed: seed for the random weights.
@@ -369,7 +369,7 @@ def write_tiny_model(path: Path, seed: int, variant: str | None, real_width_bloc
         only that many blocks, random weights, in the same layout; the
         encoders may stay tiny inside but must output the widths the denoiser
         reads. The true-width tests and GPU benches use it (no download).
-        `tuner.tiny.random_model` builds such a model in seconds. A family
+        `tuner.testing.tiny.random_model` builds such a model in seconds. A family
         that leaves this parameter out cannot write one, and the host says so.
     :return: config overrides that make a run use this model and suit its
         size, as ``{"section.key": value}`` (e.g. the model path). An image

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tuner.testing import run_cli, write_run_folder
+from tuner.testing.runs import run_cli, write_run_folder
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from test_data import prepared
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.buckets import plan_samples
@@ -27,6 +26,7 @@ from tuner.data.prepare import scan_samples
 from tuner.data.synthetic import read_clock, write_timed_clip
 from tuner.errors import DataError
 from tuner.plugins import PluginHost
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.types import ModelBundle
 
 GRID = 16.0  # the model's frame rate in these tests (Wan's)

@@ -1,6 +1,6 @@
 """Property: whatever a config file holds, the loader accepts it or says what is wrong as a `TunerError`.
 
-A seeded, bounded run of `tuner.config_fuzz` (a few seconds); ``bench/fuzz_config.py`` runs 10,000.
+A seeded, bounded run of `tuner.testing.config_fuzz` (a few seconds); ``bench/fuzz_config.py`` runs 10,000.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tuner.config_fuzz import base_config, config_mutations, entry_points_read_once, load_config_text, write_config
 from tuner.errors import TunerError
 from tuner.plugins import PluginHost
+from tuner.testing.config_fuzz import base_config, config_mutations, entry_points_read_once, load_config_text, write_config
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from guide_examples import GUIDE_BACKEND
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.batches import epoch_batches
@@ -27,6 +26,7 @@ from tuner.data.sizing import fit, frames_for, target_size, valid_frames
 from tuner.data.synthetic import write_broken_files, write_synthetic_clips, write_synthetic_image
 from tuner.errors import ConfigError, DataError
 from tuner.plugins import PluginHost
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.types import ModelBundle
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode

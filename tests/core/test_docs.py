@@ -63,7 +63,7 @@ def test_readme_command_table_lists_every_command():
 
 
 def test_config_help_lists_its_commands():
-    from tuner.testing import run_cli
+    from tuner.testing.runs import run_cli
 
     result = run_cli(["config", "--help"])
     for name in ("show", "schema", "docs", "import"):

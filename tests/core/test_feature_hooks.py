@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.checkpoints import read_checkpoint
 from tuner.train.run import train
 from tuner.types import AuxiliaryLoss

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 from test_validation import FrameToy, _config
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError
 from tuner.media import SHEET_PAD
 from tuner.plugins import PluginHost
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.validate.first_frames import load_first_frames, prompt_images
 from tuner.validate.rounds import check_validation, run_validation
 from tuner.validate.settings import read_prompt_images, read_prompt_library

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import torch
 from pydantic import BaseModel, ConfigDict
-from toy_family import ToyFamily, toy_config
 
 from tuner import hookspecs
 from tuner.config import resolve_config
@@ -18,6 +17,7 @@ from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, PluginError
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
 
 ROOT = Path(__file__).resolve().parents[2]

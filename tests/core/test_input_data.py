@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from test_data import configure, prepared, video
-from toy_family import ToyFamily
 
 from tuner.data.frames import decode_sample
 from tuner.data.local import find_media
@@ -19,6 +18,7 @@ from tuner.data.sizing import Geometry
 from tuner.data.synthetic import render_clip, write_sideways_clip, write_synthetic_clips, write_synthetic_image
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
+from tuner.testing.toy import ToyFamily
 
 
 @pytest.fixture

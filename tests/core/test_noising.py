@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 import torch
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
@@ -14,6 +13,7 @@ from tuner.errors import PluginError
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
 from tuner.types import ModelBundle
 

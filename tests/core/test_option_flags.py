@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from tuner.testing import run_cli
+from tuner.testing.runs import run_cli
 
 
 def _config(tmp_path):

@@ -11,11 +11,11 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.hookspecs import hookimpl
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.checkpoints import read_checkpoint
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from toy_family import ToyFamily, _prompt_vector, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
@@ -17,6 +16,7 @@ from tuner.errors import ConfigError, PluginError
 from tuner.hookspecs import hookimpl
 from tuner.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, read_media
 from tuner.plugins import PluginHost
+from tuner.testing.toy import ToyFamily, toy_config, toy_prompt_vector
 from tuner.types import ModelBundle, ValidationResult
 from tuner.validate.rounds import check_validation, round_complete, run_validation
 from tuner.validate.settings import ValidationSection
@@ -52,7 +52,7 @@ class PreviewToy(ToyFamily):
             g = torch.Generator().manual_seed(request.seed)
             x = torch.randn(1, 3, request.num_frames, request.height // 4, request.width // 4, generator=g)
             for i, sigma in enumerate(torch.linspace(1.0, 0.0, steps + 1)[:-1]):
-                v = bundle.denoiser(x, sigma.view(1), _prompt_vector(prompt)[None])
+                v = bundle.denoiser(x, sigma.view(1), toy_prompt_vector(prompt)[None])
                 self.sampling = (key, i + 1)
                 if i + 1 in request.preview_steps and i + 1 != self.skip:
                     result.preview_frames.setdefault(key, {})[i + 1] = _pixels(x - sigma * v)

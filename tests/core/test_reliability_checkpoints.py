@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy_family import ToyFamily, toy_config
 
 from tuner.cache.store import clean_partials as clean_cache_partials
 from tuner.config import resolve_config
@@ -33,6 +32,7 @@ from tuner.plugins import PluginHost
 from tuner.report.delivery import Delivery, Post
 from tuner.report.jsonlog import read_log
 from tuner.report.secrets import Scrubber
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.checkpoints import (
     ADAPTER_FILE,
     checkpoint_problem,
@@ -502,9 +502,9 @@ def test_no_secret_reaches_a_log_tracker_or_model_card(toy, monkeypatch, caplog,
 _KILL_AT_RENAMES = """
 import json, os, signal, sys
 from pathlib import Path
-from toy_family import ToyFamily, toy_config
 from tuner.config import resolve_config
 from tuner.plugins import PluginHost
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
 
 def child(folder, index, when, options):
@@ -570,7 +570,7 @@ def test_sigkill_at_every_rename_of_a_checkpoint_write_then_resume_matches_an_un
                 (folder / "out" / name).unlink()  # the result must come from the resumed state
             options["resume_from_checkpoint"] = "latest"
         jobs.append({"folder": str(folder), "index": index, "when": when, "options": options})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = dict(os.environ)
     # The script forks after a warm-up run: with libgomp, a child forked from a process whose OpenMP
     # team exists hangs at its first parallel op. One thread: no team, and the tiny ops are too small
     # to be split across threads anyway (the results do not depend on it).

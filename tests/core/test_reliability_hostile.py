@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import read_config_file, resolve_config
 from tuner.data.captions import MetadataCaptions, read_caption_file
@@ -28,6 +27,7 @@ from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.delivery import Delivery, Post
 from tuner.report.webhooks import read_webhook_config
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
 
 

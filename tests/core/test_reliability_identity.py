@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import CheckpointError
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.checkpoints import ADAPTER_FILE, latest_checkpoint, list_checkpoints, read_checkpoint, write_checkpoint
 from tuner.train.run import train
 

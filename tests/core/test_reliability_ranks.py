@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -22,11 +21,11 @@ _RANK = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import typer
-    from toy_family import ToyFamily, toy_config
     from tuner.cli import friendly_errors
     from tuner.config import resolve_config
     from tuner.hookspecs import hookimpl
     from tuner.plugins import PluginHost
+    from tuner.testing.toy import ToyFamily, toy_config
     from tuner.train.run import train
 
     class DiesInStep3(ToyFamily):
@@ -63,13 +62,11 @@ def test_when_one_rank_is_killed_the_other_stops_in_one_line_and_both_exit_non_z
     script = tmp_path / "rank.py"
     script.write_text(_RANK)
     port = _port()
-    tests = Path(__file__).parent
     ranks = []
     for rank in (0, 1):
         env = {
             **os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
         }  # fmt: skip
         ranks.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True))
     errs = [p.communicate(timeout=120)[1] for p in ranks]

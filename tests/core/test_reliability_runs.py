@@ -4,7 +4,6 @@ the inputs, and SIGTERM saved like Ctrl-C. Real second processes, real signals (
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from pydantic import Field
-from toy_family import ToyFamily, ToySection, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
@@ -22,6 +20,7 @@ from tuner.errors import ConfigError
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
+from tuner.testing.toy import ToyFamily, ToySection, toy_config
 from tuner.train.checkpoints import latest_checkpoint, read_checkpoint
 from tuner.train.run import train
 
@@ -39,10 +38,9 @@ def folder(tmp_path: Path) -> Path:
 
 def _start(folder: Path, **options) -> subprocess.Popen[str]:
     """A toy training run in a process of its own (`toy_cli.py`), ending as ``tuner train`` ends."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(
         [sys.executable, str(HERE / "toy_cli.py"), str(folder), json.dumps(options)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
 

@@ -15,13 +15,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.prepare import scan_samples
 from tuner.data.synthetic import write_broken_files, write_synthetic_clips
 from tuner.errors import DataError
 from tuner.plugins import PluginHost
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE and O_NOFOLLOW")
@@ -162,13 +162,12 @@ def test_a_write_over_the_limit_leaves_no_partial_file(limited_writes):
 def test_a_training_run_over_a_real_file_size_limit_stops_in_one_line_and_resumes(tmp_path):
     """The issue's case: safetensors' own error while writing a checkpoint, then the run goes on once there is room."""
     write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
 
     # toy_hidden 256: a training state of ~100 kB, over the limit, unlike every other file of the run
     options = dict(max_train_steps=2, checkpoint_step_interval=2, toy={"toy_hidden": 256}, file_size_limit=LIMIT)
     full = subprocess.run(
         [sys.executable, str(HERE / "toy_cli.py"), str(tmp_path), json.dumps(options)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert full.returncode == 2, full.stderr[-3000:]
     last = full.stderr.strip().splitlines()[-1]

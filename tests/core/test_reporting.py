@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
@@ -24,6 +23,7 @@ from tuner.hookspecs import hookimpl
 from tuner.outputs import LOG_NAME
 from tuner.plugins import PluginHost
 from tuner.report.webhooks import Webhooks
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
 from tuner.types import RunInfo
 

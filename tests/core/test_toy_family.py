@@ -7,13 +7,13 @@ import threading
 import numpy as np
 import pytest
 from safetensors.torch import load_file
-from toy_family import RoutingFeature, ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import PluginError
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
+from tuner.testing.toy import ToyFamily, ToyRoutingFeature, toy_config
 from tuner.train.run import train
 
 
@@ -60,7 +60,7 @@ def test_hook_prepare_model_runs_before_and_after_the_adapter(toy_run):
 
 def test_hook_route_tokens_needs_a_family_that_supports_it(toy_run):
     folder, family, _ = toy_run
-    host = PluginHost.build([], extra={"toy": family, "router": RoutingFeature()})
+    host = PluginHost.build([], extra={"toy": family, "router": ToyRoutingFeature()})
     with pytest.raises(PluginError, match="family 'toy' does not support it"):
         train(resolve_config(toy_config(folder, max_train_steps=1), host), host)
 
@@ -68,7 +68,7 @@ def test_hook_route_tokens_needs_a_family_that_supports_it(toy_run):
 def test_hook_validate_sees_eval_mode_and_no_router(toy_run):
     folder, _, _ = toy_run
     family = ToyFamily(supports_routing=True)
-    host = PluginHost.build([], extra={"toy": family, "router": RoutingFeature()})
+    host = PluginHost.build([], extra={"toy": family, "router": ToyRoutingFeature()})
     train(resolve_config(toy_config(folder, max_train_steps=1), host), host)
     assert family.validate_saw_router is None and family.validate_saw_training is False
 

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
@@ -15,6 +14,7 @@ from tuner.errors import ConfigError, PluginError
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.checkpoints import read_checkpoint
 from tuner.train.ema import EMA
 from tuner.train.run import TrainingDiverged, train

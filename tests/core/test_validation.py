@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from toy_family import ToyFamily, _prompt_vector, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
@@ -20,6 +19,7 @@ from tuner.hookspecs import hookimpl
 from tuner.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, contact_sheet, read_media, thumbnails, write_video
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
+from tuner.testing.toy import ToyFamily, toy_config, toy_prompt_vector
 from tuner.train.run import train
 from tuner.types import ValidationResult
 from tuner.validate.evaluation import EvalLoss, eval_sigmas, split_eval_samples
@@ -46,7 +46,7 @@ class FrameToy(ToyFamily):
             g = torch.Generator().manual_seed(request.seed)
             x = torch.randn(1, 3, request.num_frames, request.height // 4, request.width // 4, generator=g)
             for sigma in torch.linspace(1.0, 0.0, request.num_inference_steps + 1)[:-1]:
-                x = x - bundle.denoiser(x, sigma.view(1), _prompt_vector(prompt)[None]) / request.num_inference_steps
+                x = x - bundle.denoiser(x, sigma.view(1), toy_prompt_vector(prompt)[None]) / request.num_inference_steps
             frames = ((x[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) / 2).repeat_interleave(4, 1).repeat_interleave(4, 2)
             result.frames[key] = frames.numpy()
         return result

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import typer
-from toy_family import ToyFamily, toy_config
 
 from tuner.cli import friendly_errors
 from tuner.config import resolve_config
 from tuner.plugins import PluginHost
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
 
 

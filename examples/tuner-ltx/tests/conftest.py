@@ -7,7 +7,7 @@ import pytest
 if find_spec("tuner_ltx") is None:  # not installed: test the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-pytest_plugins = ["tuner.testing"]
+pytest_plugins = ["tuner.testing.fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tuner_ltx.plugin
 
-from tuner.contract import FamilyContract
+from tuner.testing.contract import FamilyContract
 
 INSTALLED = any(ep.name == "ltx" for ep in entry_points(group="tuner.plugins"))
 

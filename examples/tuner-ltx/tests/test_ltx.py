@@ -93,7 +93,7 @@ def test_crepa_aligns_ltx_frames_through_the_bundle_alone(tmp_path: Path):
 
     from tuner.config import read_config_file
     from tuner.report.jsonlog import read_log
-    from tuner.testing import write_run_folder
+    from tuner.testing.runs import write_run_folder
     from tuner.train.run import train
 
     teacher = tmp_path / "dinov2-tiny"

@@ -1,6 +1,6 @@
 """Tiny, randomly initialised Flux models in the real diffusers folder layout.
 
-Everything is built here (both tokenizers with `tuner.tiny`), so demos and
+Everything is built here (both tokenizers with `tuner.testing.tiny`), so demos and
 tests run with no download while exercising the same ``from_pretrained`` code
 as the real model: transformer/, vae/ (an 8x ``AutoencoderKL`` with Flux's
 shift and scaling factors, no quant convs), text_encoder/ + tokenizer/ (CLIP),
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import ConfigError, did_you_mean
-from tuner.tiny import random_model, tiny_t5_config, write_clip_tokenizer, write_t5_tokenizer
+from tuner.testing.tiny import random_model, tiny_t5_config, write_clip_tokenizer, write_t5_tokenizer
 
 from tuner_flux.settings import FLAVOURS
 

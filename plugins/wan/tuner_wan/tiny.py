@@ -1,6 +1,6 @@
 """Tiny, randomly initialised Wan models in the real diffusers folder layout, one per flavour shape.
 
-Everything is built here (the tokenizer with `tuner.tiny`), so demos and tests run with no
+Everything is built here (the tokenizer with `tuner.testing.tiny`), so demos and tests run with no
 download while exercising the same ``from_pretrained`` code as the real model.
 The shapes follow the real repositories: image-to-video transformers take 36
 input channels (16 noisy + 4 mask + 16 conditioning), Wan 2.1 I2V adds a CLIP
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import ConfigError, did_you_mean
-from tuner.tiny import random_model, tiny_t5_config, write_t5_tokenizer
+from tuner.testing.tiny import random_model, tiny_t5_config, write_t5_tokenizer
 
 from tuner_wan.flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour
 

@@ -8,7 +8,7 @@ import shutil
 
 from serve_helpers import get_json, request, start, steps, write_log
 
-from tuner.testing import run_cli
+from tuner.testing.runs import run_cli
 
 TOKEN = "s3cret-token-for-tests"
 

@@ -8,7 +8,7 @@ import torch
 from tuner.config import resolve_config
 from tuner.errors import ConfigError
 from tuner.plugins import PluginHost
-from tuner.testing import run_output_dir, step_losses
+from tuner.testing.runs import run_output_dir, step_losses
 from tuner.types import ModelBundle
 
 PLUGINS = "plugins=['wan','attention']"

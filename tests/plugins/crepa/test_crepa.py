@@ -251,13 +251,8 @@ def test_an_image_size_off_the_patch_grid_is_refused(make_run, tiny_dino, cli):
 
 
 def test_a_family_without_a_token_grid_is_refused(tmp_path, tiny_dino):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "core"))
-    from toy_family import ToyFamily, toy_config
-
     from tuner.data.synthetic import write_synthetic_clips
+    from tuner.testing.toy import ToyFamily, toy_config
     from tuner.train.run import train
     from tuner_crepa.plugin import CrepaPlugin
 

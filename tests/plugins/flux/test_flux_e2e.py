@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from tuner.data.synthetic import write_synthetic_clips, write_synthetic_image
 from tuner.report.jsonlog import read_log
-from tuner.testing import run_output_dir, step_losses
+from tuner.testing.runs import run_output_dir, step_losses
 
 PROMPT = "a still red square on a black background"
 
@@ -19,7 +19,7 @@ PROMPT = "a still red square on a black background"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
     """One 60-step overfit run on 2 square stills, a wide still and a clip (its first frame), shared below."""
-    from tuner.testing import run_cli, write_run_folder
+    from tuner.testing.runs import run_cli, write_run_folder
 
     folder = tmp_path_factory.mktemp("flux-e2e")
     config = write_run_folder(folder, tiny_model_dir("flux"), plugin="flux", steps=60, clips=2)

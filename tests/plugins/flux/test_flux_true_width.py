@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from test_flux_export import comfy_map
 
-from tuner.testing import run_cli, run_output_dir, step_losses, write_run_folder
+from tuner.testing.runs import run_cli, run_output_dir, step_losses, write_run_folder
 
 pytestmark = pytest.mark.truewidth
 

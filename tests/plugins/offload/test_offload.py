@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from tuner.config import resolve_config
 from tuner.errors import ConfigError, PluginError
 from tuner.plugins import PluginHost
-from tuner.testing import run_output_dir, step_losses
+from tuner.testing.runs import run_output_dir, step_losses
 from tuner.types import ModelBundle
 
 PLUGINS = "plugins=['wan','offload']"
@@ -317,7 +317,7 @@ def test_a_plugins_environment_variable_is_not_ignored_silently_when_the_plugin_
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, tiny_model_dir):
-    from tuner.testing import run_cli, write_run_folder
+    from tuner.testing.runs import run_cli, write_run_folder
 
     config = write_run_folder(
         tmp_path_factory.mktemp("offload-baseline"), tiny_model_dir("wan"), plugin="wan", steps=3,

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from tuner.config import resolve_config
 from tuner.errors import PluginError
 from tuner.plugins import PluginHost
-from tuner.testing import run_output_dir, step_losses
+from tuner.testing.runs import run_output_dir, step_losses
 from tuner.types import ModelBundle
 
 quanto = pytest.importorskip("optimum.quanto")

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "core"))
-from toy_family import ToyFamily, toy_config  # noqa: E402
-
-from tuner.config import resolve_config  # noqa: E402
-from tuner.data.synthetic import write_synthetic_clips  # noqa: E402
-from tuner.errors import ConfigError  # noqa: E402
-from tuner.plugins import PluginHost  # noqa: E402
-from tuner.report.jsonlog import read_log  # noqa: E402
-from tuner.train.noising import NoisyInputs  # noqa: E402
-from tuner.train.run import train  # noqa: E402
-from tuner_rollout.plugin import describe_rollout  # noqa: E402
-from tuner_rollout.rollout import Rollout, reflexflow_errors  # noqa: E402
-from tuner_rollout.settings import RolloutSection  # noqa: E402
-from tuner_rollout.solvers import integrate  # noqa: E402
+from tuner.config import resolve_config
+from tuner.data.synthetic import write_synthetic_clips
+from tuner.errors import ConfigError
+from tuner.plugins import PluginHost
+from tuner.report.jsonlog import read_log
+from tuner.testing.toy import ToyFamily, toy_config
+from tuner.train.noising import NoisyInputs
+from tuner.train.run import train
+from tuner_rollout.plugin import describe_rollout
+from tuner_rollout.rollout import Rollout, reflexflow_errors
+from tuner_rollout.settings import RolloutSection
+from tuner_rollout.solvers import integrate
 
 ON = {"scheduled_sampling_max_step_offset": 4, "scheduled_sampling_probability": 1.0}
 

@@ -9,7 +9,7 @@ import torch
 
 from tuner.config import resolve_config
 from tuner.plugins import PluginHost
-from tuner.testing import step_losses
+from tuner.testing.runs import step_losses
 from tuner_rollout.rollout import Rollout
 from tuner_rollout.settings import RolloutSection
 

@@ -18,7 +18,7 @@ from tuner.plugins import PluginHost
 def test_the_bundle_states_the_rate_the_model_was_trained_at_and_the_profile_agrees(tiny_model_dir, tmp_path, variant, fps):
     from tuner.cli import load_run_config
     from tuner.data.preview import data_facts
-    from tuner.testing import write_run_folder
+    from tuner.testing.runs import write_run_folder
 
     config = write_run_folder(tmp_path, tiny_model_dir("wan", variant), plugin="wan", variant=variant, clips=1)
     host, cfg = load_run_config(config, None, None)

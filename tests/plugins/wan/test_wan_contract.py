@@ -1,4 +1,4 @@
-"""tuner's contract kit (`tuner.contract`), run on the Wan family as an outside family author runs it on theirs."""
+"""tuner's contract kit (`tuner.testing.contract`), run on the Wan family as an outside family author runs it on theirs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tuner.contract import FamilyContract
+from tuner.testing.contract import FamilyContract
 
 
 @pytest.mark.slow

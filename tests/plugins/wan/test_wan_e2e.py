@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from tuner.report.jsonlog import read_log
-from tuner.testing import run_output_dir, step_losses
+from tuner.testing.runs import run_output_dir, step_losses
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
     """One 60-step overfit run on 2 clips, shared by the tests below."""
-    from tuner.testing import run_cli, write_run_folder
+    from tuner.testing.runs import run_cli, write_run_folder
 
     folder = tmp_path_factory.mktemp("wan-e2e")
     config = write_run_folder(folder, tiny_model_dir("wan"), plugin="wan", steps=60, clips=2)

@@ -135,7 +135,7 @@ def test_two_stage_validation_hands_each_step_to_its_expert(host, tiny_model_dir
 
 @pytest.fixture(scope="module")
 def both_trained(tmp_path_factory, tiny_model_dir):
-    from tuner.testing import run_cli, write_run_folder
+    from tuner.testing.runs import run_cli, write_run_folder
 
     folder = tmp_path_factory.mktemp("wan-both")
     overrides = ["wan.wan_train_both_experts=true", "train.train_batch_size=2", "validation.validation_step_interval=0"]
@@ -181,7 +181,7 @@ def test_both_experts_write_two_files_that_load_into_their_own_transformer(both_
 def test_both_experts_resume_exactly(both_trained, tmp_path):
     import shutil
 
-    from tuner.testing import run_cli
+    from tuner.testing.runs import run_cli
 
     config, out = both_trained
     folder = tmp_path / "resumed"

@@ -10,7 +10,7 @@ import torch
 
 from tuner.config import read_config_file
 from tuner.report.jsonlog import read_log
-from tuner.testing import run_output_dir
+from tuner.testing.runs import run_output_dir
 
 
 @pytest.mark.parametrize("flavour", ["i2v-14b-2.1", "ti2v-5b-2.2"])

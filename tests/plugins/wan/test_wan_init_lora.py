@@ -19,7 +19,7 @@ from tuner.types import Expert
 @pytest.fixture(scope="module")
 def source(tmp_path_factory, tiny_model_dir):
     """A 2-step run's adapter (alpha 8, rank 4), in tuner's default layout, and the tiny model it was trained on."""
-    from tuner.testing import run_cli, write_run_folder
+    from tuner.testing.runs import run_cli, write_run_folder
 
     folder = tmp_path_factory.mktemp("source")
     config = write_run_folder(

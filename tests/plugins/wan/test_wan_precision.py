@@ -16,7 +16,7 @@ from tuner.config import read_config_file, resolve_config
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
-from tuner.testing import write_run_folder
+from tuner.testing.runs import write_run_folder
 from tuner.train.run import train
 
 

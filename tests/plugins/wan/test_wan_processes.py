@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from tuner.report.jsonlog import read_log
-from tuner.testing import run_cli, write_run_folder
+from tuner.testing.runs import run_cli, write_run_folder
 from tuner.train.checkpoints import ADAPTER_FILE, latest_checkpoint, read_checkpoint
 
 pytestmark = [

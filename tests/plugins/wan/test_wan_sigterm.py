@@ -15,7 +15,7 @@ import pytest
 from test_wan_processes import _env
 
 from tuner.report.jsonlog import read_log
-from tuner.testing import run_cli, write_run_folder
+from tuner.testing.runs import run_cli, write_run_folder
 from tuner.train.checkpoints import latest_checkpoint, read_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")]

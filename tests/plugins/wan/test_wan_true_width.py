@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from wan_comfyui_rules import comfyui_deltas, comfyui_unloaded, comfyui_wan_weights
 
-from tuner.testing import run_cli, run_output_dir, step_losses, write_run_folder
+from tuner.testing.runs import run_cli, run_output_dir, step_losses, write_run_folder
 from tuner_wan.export import original_name
 
 pytestmark = pytest.mark.truewidth

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import ConfigError
-from tuner.tiny import write_t5_tokenizer
+from tuner.testing.tiny import write_t5_tokenizer
 
 TINY_MAX_SEQUENCE_LENGTH = 32
 

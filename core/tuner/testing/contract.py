@@ -4,7 +4,7 @@ Subclass `FamilyContract` in your tests, name your plugin, and teach it to
 render with your family's own pipeline; pytest collects every check below::
 
     # tests/test_contract.py
-    from tuner.contract import FamilyContract
+    from tuner.testing.contract import FamilyContract
 
     class TestMyFamilyContract(FamilyContract):
         plugin = "myfamily"                 # the entry-point name, when installed
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
-from tuner.testing import write_run_folder
+from tuner.testing.runs import write_run_folder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -106,7 +106,7 @@ class FamilyContract:
 
         Use a fixed seed: the check compares a render without the adapter to one with it.
         """
-        raise NotImplementedError(f"{type(self).__name__}.render: render with your family's pipeline (see tuner.contract)")
+        raise NotImplementedError(f"{type(self).__name__}.render: render with your family's pipeline (see tuner.testing.contract)")
 
     # -- set-up ------------------------------------------------------------
 

@@ -1,4 +1,15 @@
-"""A tiny non-Wan model family, registered as a plugin object: proof the core knows no family."""
+"""The toy family: a per-pixel MLP registered as a plugin object, for tests of the core and of features.
+
+Register it directly (it is no installed plugin)::
+
+    host = PluginHost.build([], extra={"toy": ToyFamily()})
+    config = resolve_config(toy_config(tmp_path), host)
+
+It trains, caches, validates, checkpoints and resumes through the same core
+code as a real family in milliseconds, and counts the hooks it was called for
+(`ToyFamily.calls`), so a test of the core needs no real model. It also proves
+the core knows no family.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +30,8 @@ from tuner.train.timesteps import add_noise, sample_sigmas
 from tuner.types import Expert, LossOutput, ModelBundle, ValidationResult
 
 TEXT_DIM = 8
+
+__all__ = ["ToyFamily", "ToySection", "ToyDenoiser", "ToyRouter", "ToyRoutingFeature", "toy_config", "toy_prompt_vector"]
 
 
 class ToySection(BaseModel):
@@ -50,7 +63,8 @@ class ToyDenoiser(nn.Module):
         return y.view(b, f, h, w, c).permute(0, 4, 1, 2, 3)
 
 
-def _prompt_vector(prompt: str) -> torch.Tensor:
+def toy_prompt_vector(prompt: str) -> torch.Tensor:
+    """The toy text encoder: ``TEXT_DIM`` numbers drawn from the prompt's hash."""
     digest = hashlib.sha256(prompt.encode()).digest()
     return torch.tensor([b / 127.5 - 1 for b in digest[:TEXT_DIM]])
 
@@ -116,7 +130,7 @@ class ToyFamily:
     @hookimpl
     def encode_prompts(self, bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
         self._count("encode_prompts")
-        return [{"text": _prompt_vector(p)} for p in prompts]
+        return [{"text": toy_prompt_vector(p)} for p in prompts]
 
     @hookimpl
     def compute_loss(self, bundle: ModelBundle, batch: dict[str, torch.Tensor], generator: torch.Generator, config: Any) -> LossOutput:
@@ -162,13 +176,15 @@ class ToyFamily:
         for nickname, prompt in request.prompts.items():
             x = torch.randn(1, 3, 1, request.height // 4, request.width // 4, generator=g)
             for sigma in torch.linspace(1.0, 0.0, request.num_inference_steps + 1)[:-1]:
-                x = x - (1.0 / request.num_inference_steps) * bundle.denoiser(x, sigma.view(1), _prompt_vector(prompt)[None])
+                x = x - (1.0 / request.num_inference_steps) * bundle.denoiser(x, sigma.view(1), toy_prompt_vector(prompt)[None])
             frame = ((x[0, :, 0].permute(1, 2, 0).clamp(-1, 1) + 1) / 2).numpy()
             result.media[nickname] = write_image(frame, request.output_dir / f"{nickname}.png")
         return result
 
 
-class Router:
+class ToyRouter:
+    """A token router that never drops a token."""
+
     def spans(self, num_blocks):
         return []
 
@@ -176,15 +192,16 @@ class Router:
         return []
 
 
-class RoutingFeature:
+class ToyRoutingFeature:
     """A feature plugin that offers a token router."""
 
     @hookimpl
-    def route_tokens(self, bundle: ModelBundle, config: Any) -> Router:
-        return Router()
+    def route_tokens(self, bundle: ModelBundle, config: Any) -> ToyRouter:
+        return ToyRouter()
 
 
 def toy_config(folder: Path, **train: Any) -> dict[str, Any]:
+    """A toy run's config: clips in ``folder/clips``, output, cache under ``folder``; ``train`` adds [train] options."""
     return {
         "model_family": "toy",
         "train": {"output_dir": str(folder / "out"), "learning_rate": 2e-2, "lora_rank": 8, "max_train_steps": 40, **train},
