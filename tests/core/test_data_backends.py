@@ -11,7 +11,6 @@ from typing import Any, BinaryIO
 import numpy as np
 import pytest
 from PIL import Image
-from toy_family import ToyFamily, toy_config
 
 from tuner.config import resolve_config
 from tuner.data.layout import DatasetSpec, load_layout
@@ -21,6 +20,7 @@ from tuner.errors import DataError, PluginError
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
 
 
