@@ -86,7 +86,7 @@ def run_case(size: str, case: str, steps: int, tmp: str) -> dict[str, float]:
 
     from tuner.config import resolve_config
     from tuner.plugins import PluginHost
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
     from tuner_wan.plugin import LORA_TARGETS
     from tuner_wan.tiny import TINY_TRANSFORMER
 

@@ -99,7 +99,7 @@ def routers(model: nn.Module, blocks: int, family: str = "wan") -> dict[str, Any
     from tuner.config import resolve_config
     from tuner.plugins import PluginHost
     from tuner.routing import check_routing
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
     host = PluginHost.build([family, "tread"])
     bundle = ModelBundle(family, model, [], supports_token_routing=True, num_blocks=blocks)

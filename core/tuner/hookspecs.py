@@ -41,17 +41,11 @@ if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.family_profile import FamilyProfile
     from tuner.lora.layouts import LoraNaming
-    from tuner.types import (
-        AdapterWeights,
-        AuxiliaryLoss,
-        ClipFeatures,
-        LossOutput,
-        ModelBundle,
-        RunInfo,
-        TokenRouter,
-        ValidationRequest,
-        ValidationResult,
-    )
+    from tuner.types.adapter import AdapterWeights
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.routes import TokenRouter
+    from tuner.types.training import AuxiliaryLoss, ClipFeatures, LossOutput, RunInfo
+    from tuner.types.validation import ValidationRequest, ValidationResult
     from tuner.train.noising import InputRewriter
 
 __all__ = ["hookspec", "hookimpl", "PROJECT"]
@@ -157,7 +151,7 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         denoiser on the CPU: the core moves it to ``device`` once the caches
         are built (so encoding never shares the accelerator with it), unless
         a feature plugin placed it during `prepare_model` (offloading).
-    :return: a `tuner.types.ModelBundle`. Freeze every parameter: the core
+    :return: a `tuner.types.bundle.ModelBundle`. Freeze every parameter: the core
         attaches the adapter and decides what trains. Fill ``block_lists``,
         ``encoders`` and ``refused_precisions`` so that memory features can
         work on the model without knowing the family. A model whose noise
@@ -236,10 +230,10 @@ def compute_loss(
         `tuner.train.timesteps.training_sigmas` and ``bundle.sigma_range()``,
         so that a run training some experts of a model draws only their
         noise levels; run each sample through the trained expert that owns
-        its sigma (`tuner.types.Expert.owns`), entering it with
+        its sigma (`tuner.types.bundle.Expert.owns`), entering it with
         ``bundle.enter(expert)``.
     :param config: the resolved config.
-    :return: a `tuner.types.LossOutput`.
+    :return: a `tuner.types.training.LossOutput`.
     """
 
 
@@ -268,7 +262,7 @@ def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResul
         it from the sampler as it runs (a diffusers pipeline's
         ``callback_on_step_end``, or the family's own loop): previews must not
         change the final frames.
-    :return: a `tuner.types.ValidationResult` whose ``frames`` maps each
+    :return: a `tuner.types.validation.ValidationResult` whose ``frames`` maps each
         nickname to its frames, ``(frames, height, width, 3)`` in ``[0, 1]``.
         (A family may instead write a file into ``request.output_dir`` and name
         it in ``media``.) With preview steps, ``preview_frames`` maps each
@@ -312,7 +306,7 @@ def export_adapter(
     Called at each checkpoint and at the end of the run (and once more for the
     EMA weights when ``use_ema`` is on).
 
-    :param weights: a `tuner.types.AdapterWeights`: tensors named
+    :param weights: a `tuner.types.adapter.AdapterWeights`: tensors named
         ``<module path>.<param>`` plus LoRA alphas and ranks. ``scale_baked()``
         folds alpha / rank into the weights for loaders that assume scale 1.
     :param path: the ``.safetensors`` file to write.
@@ -422,7 +416,7 @@ def prepare_model(
     trains a module of its own (a projection head) adds it to
     ``bundle.trainables`` in the ``"adapted"`` phase: the core optimizes,
     clips, checkpoints and restores it with the adapter (see
-    `tuner.types.ModelBundle`).
+    `tuner.types.bundle.ModelBundle`).
 
     :param device: where training runs. The denoiser may still be on the CPU
         (see `load_model`); a plugin that places weights itself (offloading)
@@ -447,7 +441,7 @@ def route_tokens(bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
 
     :param bundle: the model, adapter attached; ``bundle.num_blocks`` is the
         depth of the block stack the router plans for.
-    :return: a `tuner.types.TokenRouter`, or ``None``.
+    :return: a `tuner.types.routes.TokenRouter`, or ``None``.
     """
 
 
@@ -486,7 +480,7 @@ def clip_features(bundle: ModelBundle, config: RunConfig) -> ClipFeatures | None
     receive.
 
     :param bundle: the model, adapter attached.
-    :return: a `tuner.types.ClipFeatures` (its ``name``, ``identity``,
+    :return: a `tuner.types.training.ClipFeatures` (its ``name``, ``identity``,
         ``start``, ``encode`` and ``done``), or ``None`` when your feature is off.
     """
 
@@ -510,7 +504,7 @@ def auxiliary_loss(
         expert ran which sample).
     :param step: optimizer steps done before this one (0 for the first), for
         a feature's weight schedule.
-    :return: a `tuner.types.AuxiliaryLoss`, or ``None`` when your feature is off.
+    :return: a `tuner.types.training.AuxiliaryLoss`, or ``None`` when your feature is off.
     """
 
 

@@ -28,17 +28,11 @@ if TYPE_CHECKING:
     from tuner.family_profile import FamilyProfile
     from tuner.lora.layouts import LoraNaming
     from tuner.train.noising import InputRewriter
-    from tuner.types import (
-        AdapterWeights,
-        AuxiliaryLoss,
-        ClipFeatures,
-        LossOutput,
-        ModelBundle,
-        RunInfo,
-        TokenRouter,
-        ValidationRequest,
-        ValidationResult,
-    )
+    from tuner.types.adapter import AdapterWeights
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.routes import TokenRouter
+    from tuner.types.training import AuxiliaryLoss, ClipFeatures, LossOutput, RunInfo
+    from tuner.types.validation import ValidationRequest, ValidationResult
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -1,6 +1,6 @@
 """Token routing: the start-up check, and tensor helpers for the families' mechanism.
 
-A token router (`tuner.types.TokenRouter`, offered through the `route_tokens`
+A token router (`tuner.types.routes.TokenRouter`, offered through the `route_tokens`
 hook) decides which tokens skip which blocks. A model family carries it out in
 its training forward; `gather_tokens` and `scatter_tokens` are the two tensor
 moves every family needs for that, kept here because families cannot import
@@ -21,7 +21,8 @@ from tuner.errors import PluginError
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import ModelBundle, TokenRoute, TokenRouter
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.routes import TokenRoute, TokenRouter
 
 __all__ = ["check_routing", "gather_tokens", "scatter_tokens", "routed_blocks", "run_block"]
 

@@ -27,7 +27,7 @@ from tuner.data.synthetic import read_clock, write_timed_clip
 from tuner.errors import DataError
 from tuner.plugins import PluginHost
 from tuner.testing.toy import ToyFamily, toy_config
-from tuner.types import ModelBundle
+from tuner.types.bundle import ModelBundle
 
 GRID = 16.0  # the model's frame rate in these tests (Wan's)
 

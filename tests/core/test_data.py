@@ -27,7 +27,7 @@ from tuner.data.synthetic import write_broken_files, write_synthetic_clips, writ
 from tuner.errors import ConfigError, DataError
 from tuner.plugins import PluginHost
 from tuner.testing.toy import ToyFamily, toy_config
-from tuner.types import ModelBundle
+from tuner.types.bundle import ModelBundle
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 

@@ -16,7 +16,7 @@ from tuner.report.jsonlog import read_log
 from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.checkpoints import read_checkpoint
 from tuner.train.run import train
-from tuner.types import AuxiliaryLoss
+from tuner.types.training import AuxiliaryLoss
 
 
 class RecordingToy(ToyFamily):

@@ -15,7 +15,7 @@ from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
-from tuner.types import ModelBundle
+from tuner.types.bundle import ModelBundle
 
 
 class Replacing:

@@ -20,7 +20,7 @@ from tuner.train.checkpoints import read_checkpoint
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.train.run import train
-from tuner.types import LossOutput
+from tuner.types.training import LossOutput
 
 LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

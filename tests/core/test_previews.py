@@ -17,7 +17,8 @@ from tuner.hookspecs import hookimpl
 from tuner.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, read_media
 from tuner.plugins import PluginHost
 from tuner.testing.toy import ToyFamily, toy_config, toy_prompt_vector
-from tuner.types import ModelBundle, ValidationResult
+from tuner.types.bundle import ModelBundle
+from tuner.types.validation import ValidationResult
 from tuner.validate.rounds import check_validation, round_complete, run_validation
 from tuner.validate.settings import ValidationSection
 
@@ -182,7 +183,7 @@ def test_tensorboard_logs_each_preview_under_its_own_tag(toy):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from tuner.report.trackers import Trackers
-    from tuner.types import RunInfo
+    from tuner.types.training import RunInfo
 
     top = {"report_to": "tensorboard", "tracker_run_name": "previews"}
     host, config, bundle = _setup(toy, PreviewToy(), top, validation_preview=True, validation_preview_steps=2)

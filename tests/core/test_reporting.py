@@ -25,7 +25,7 @@ from tuner.plugins import PluginHost
 from tuner.report.webhooks import Webhooks
 from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
-from tuner.types import RunInfo
+from tuner.types.training import RunInfo
 
 SECRET = "s3cr3t-token-xyz"
 

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tuner.routing import gather_tokens, routed_blocks, scatter_tokens
-from tuner.types import TokenRoute
+from tuner.types.routes import TokenRoute
 
 
 class Block(nn.Module):

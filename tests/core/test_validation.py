@@ -21,7 +21,7 @@ from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.testing.toy import ToyFamily, toy_config, toy_prompt_vector
 from tuner.train.run import train
-from tuner.types import ValidationResult
+from tuner.types.validation import ValidationResult
 from tuner.validate.evaluation import EvalLoss, eval_sigmas, split_eval_samples
 from tuner.validate.prompts import BUILTIN_PROMPTS, file_stems, round_prompts
 from tuner.validate.rounds import run_validation

@@ -21,7 +21,7 @@ from tuner.config import resolve_config
 from tuner.errors import ConfigError
 from tuner.hookspecs import hookimpl
 from tuner.plugins import DISABLE_AUTOLOAD_ENV, PluginHost
-from tuner.types import RunInfo
+from tuner.types.training import RunInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tuner-plugin-steplog"

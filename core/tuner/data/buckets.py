@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from tuner.data.layout import DatasetSpec
     from tuner.data.report import DataReport
     from tuner.data.scan import DataScan, FileSample
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = [
     "PIXELS_VERSION",
@@ -51,7 +51,7 @@ class PlannedSample:
     """A sample as it will train: its source, caption, geometry and cache entries.
 
     ``features`` are the entries of the features' per-clip tensors
-    (`tuner.types.ClipFeatures`), in the order of the run's features.
+    (`tuner.types.training.ClipFeatures`), in the order of the run's features.
     ``epochs``: for a ``random`` window, the sample as it trains in each epoch
     (its own window, geometry and entries; cycled past the last), filled by
     `with_epochs`; empty: the same window every epoch. ``redraw`` draws epoch

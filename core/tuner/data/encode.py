@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
     from tuner.data.sizing import Geometry
     from tuner.plugins import PluginHost
-    from tuner.types import ClipFeatures, ModelBundle
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.training import ClipFeatures
 
 __all__ = ["LatentJob", "EntryWriter", "build_latents", "build_texts"]
 

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from tuner.data.scan import DataScan
     from tuner.distributed import World
     from tuner.plugins import PluginHost
-    from tuner.types import ClipFeatures, ModelBundle
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.training import ClipFeatures
 
 __all__ = ["scan_samples", "prepare_samples", "with_feature_entries"]
 

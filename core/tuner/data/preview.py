@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from tuner.data.buckets import PlannedSample
     from tuner.data.scan import DataScan
     from tuner.plugins import PluginHost
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["DatasetPreview", "data_facts", "write_preview"]
 
@@ -70,7 +70,7 @@ def data_facts(host: PluginHost, config: RunConfig) -> ModelBundle:
     import torch
 
     from tuner.errors import PluginError
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
     family = config.model_family or ""
     try:

@@ -32,7 +32,7 @@ from tuner.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import AdapterWeights
+    from tuner.types.adapter import AdapterWeights
 
 __all__ = ["LAYOUTS", "LoraNaming", "LoraFile", "read_adapter", "layout_tensors", "converted_metadata", "write_adapter"]
 
@@ -130,7 +130,7 @@ def read_adapter(
     from safetensors.torch import load_file
 
     from tuner.lora.metadata import DIFFUSERS_KEY, read_metadata
-    from tuner.types import AdapterWeights
+    from tuner.types.adapter import AdapterWeights
 
     path = Path(path)
     if path.suffix != ".safetensors":

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tuner.config import RunConfig
-    from tuner.types import AdapterWeights, Expert, ModelBundle
+    from tuner.types.adapter import AdapterWeights
+    from tuner.types.bundle import Expert, ModelBundle
 
 __all__ = [
     "SPEC_KEY",

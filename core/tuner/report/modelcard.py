@@ -11,7 +11,8 @@ from tuner.durable import replacing
 from tuner.outputs import CARD_NAME, claim
 
 if TYPE_CHECKING:
-    from tuner.types import RunInfo, ValidationResult
+    from tuner.types.training import RunInfo
+    from tuner.types.validation import ValidationResult
 
 __all__ = ["model_card", "write_model_card"]
 

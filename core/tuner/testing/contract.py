@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from tuner.config import RunConfig
     from tuner.plugins import PluginHost
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["FamilyContract", "KeepRouter"]
 
@@ -60,7 +60,7 @@ _KINDS = {"text", "latent", "image"}
 
 
 class KeepRouter:
-    """A `tuner.types.TokenRouter` over one span: keeps ``ratio`` of the tokens, drawn from the generator."""
+    """A `tuner.types.routes.TokenRouter` over one span: keeps ``ratio`` of the tokens, drawn from the generator."""
 
     def __init__(self, ratio: float, span: tuple[int, int] = (0, 0)) -> None:
         self.ratio, self.span = ratio, span
@@ -71,7 +71,7 @@ class KeepRouter:
     def plan(self, num_blocks, num_tokens, batch_size, generator, force_keep=None):  # type: ignore[no-untyped-def]
         import torch
 
-        from tuner.types import TokenRoute
+        from tuner.types.routes import TokenRoute
 
         kept = max(1, round(self.ratio * num_tokens))
         rows = [torch.randperm(num_tokens, generator=generator, device=generator.device)[:kept].sort().values

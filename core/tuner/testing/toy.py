@@ -27,7 +27,9 @@ from tuner.media import write_image
 from tuner.train.noising import noisy_inputs
 from tuner.train.precision import base_weight_dtype
 from tuner.train.timesteps import add_noise, sample_sigmas
-from tuner.types import Expert, LossOutput, ModelBundle, ValidationResult
+from tuner.types.bundle import Expert, ModelBundle
+from tuner.types.training import LossOutput
+from tuner.types.validation import ValidationResult
 
 TEXT_DIM = 8
 

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.train.settings import TrainSection
-    from tuner.types import AdapterWeights, Expert, ModelBundle
+    from tuner.types.adapter import AdapterWeights
+    from tuner.types.bundle import Expert, ModelBundle
 
 __all__ = [
     "ADAPTER_NAME",
@@ -66,7 +67,7 @@ class PeftLora(Adapter):
     def weights(self) -> AdapterWeights:
         from peft.utils import get_peft_model_state_dict
 
-        from tuner.types import AdapterWeights
+        from tuner.types.adapter import AdapterWeights
 
         tensors = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model, adapter_name=ADAPTER_NAME).items()}
         weights = AdapterWeights(kind="lora", tensors=tensors)
@@ -134,7 +135,7 @@ class Lycoris(Adapter):
         return message, bool(unmatched) or adapted < len(linear) / 2
 
     def weights(self) -> AdapterWeights:
-        from tuner.types import AdapterWeights
+        from tuner.types.adapter import AdapterWeights
 
         tensors = {}
         for key, value in self.network.state_dict().items():

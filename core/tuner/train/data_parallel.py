@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.plugins import PluginHost
     from tuner.train.adapters import AdapterSet
-    from tuner.types import LossOutput, ModelBundle
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.training import LossOutput
 
 __all__ = ["TrainingForward", "prepare_training"]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import Expert, ModelBundle
+    from tuner.types.bundle import Expert, ModelBundle
 
 __all__ = ["move_frozen", "ExpertTurns", "install_expert_turns"]
 

@@ -20,7 +20,7 @@ from tuner.errors import ConfigError
 if TYPE_CHECKING:
     from tuner.lora.layouts import LoraFile, LoraNaming
     from tuner.train.adapters import Adapter, AdapterSet
-    from tuner.types import Expert
+    from tuner.types.bundle import Expert
 
 __all__ = ["init_from_file", "expert_file"]
 

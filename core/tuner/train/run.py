@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tuner.data.layout import DataLayout
     from tuner.distributed import World
     from tuner.plugins import PluginHost
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["TrainingDiverged", "train", "micro_seed", "make_accelerator"]
 
@@ -200,7 +200,7 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
     from tuner.train.optimizers import build_optimizer, check_optimizer
     from tuner.train.precision import cast_trainable, trainable_dtype
     from tuner.train.schedules import build_schedule, warmup_warning
-    from tuner.types import RunInfo
+    from tuner.types.training import RunInfo
     from tuner.validate.evaluation import EvalLoss, split_eval_samples
     from tuner.validate.rounds import check_validation, round_complete
     from tuner.validate.schedule import eval_due, validation_due

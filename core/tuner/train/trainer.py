@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from tuner.plugins import PluginHost
     from tuner.train.adapters import AdapterSet
     from tuner.train.ema import EMA
-    from tuner.types import ModelBundle, RunInfo, ValidationResult
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.training import RunInfo
+    from tuner.types.validation import ValidationResult
 
 __all__ = ["TrainingDiverged", "Trainer", "micro_seed", "EMA_ADAPTER_FILE", "MAX_SKIPPED_STEPS"]
 

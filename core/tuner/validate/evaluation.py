@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.data.buckets import PlannedSample
     from tuner.plugins import PluginHost
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["eval_sigmas", "split_eval_samples", "EvalLoss"]
 

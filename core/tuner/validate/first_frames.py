@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from tuner.config import RunConfig
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["prompt_images", "check_first_frames", "load_first_frames", "first_windows"]
 

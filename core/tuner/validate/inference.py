@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["inference_state"]
 

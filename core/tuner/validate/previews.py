@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from tuner.config import RunConfig
-    from tuner.types import ModelBundle, ValidationResult
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.validation import ValidationResult
 
 __all__ = [
     "PREVIEW_FOLDER",

@@ -17,7 +17,7 @@ from tuner.durable import replacing
 from tuner.errors import ConfigError, PluginError
 from tuner.media import contact_sheet, read_media, thumbnails, write_media
 from tuner.outputs import claim
-from tuner.types import SkipLayerGuidance, ValidationRequest, ValidationResult
+from tuner.types.validation import SkipLayerGuidance, ValidationRequest, ValidationResult
 from tuner.validate.first_frames import first_windows, load_first_frames
 from tuner.validate.inference import inference_state
 from tuner.validate.previews import (
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from tuner.config import RunConfig
     from tuner.plugins import PluginHost
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = [
     "EmaSwap",

@@ -12,7 +12,7 @@ from tuner_ltx.tiny import write_tiny_ltx
 from tuner.config import resolve_config
 from tuner.errors import ConfigError
 from tuner.plugins import PluginHost
-from tuner.types import AdapterWeights
+from tuner.types.adapter import AdapterWeights
 
 
 @pytest.fixture(scope="module")

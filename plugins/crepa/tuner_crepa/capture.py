@@ -24,7 +24,7 @@ from tuner.errors import PluginError
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["resolve_block", "block_stack", "BlockCapture"]
 

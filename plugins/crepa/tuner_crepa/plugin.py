@@ -3,7 +3,7 @@
 It reaches a model family only through the contract: the block stack
 (``block_lists``, the first one), the width of its hidden states
 (``hidden_size``), the token grid (``token_grid``) and the latent tokens of a
-block's output (``block_tokens``) from the `tuner.types.ModelBundle`, per-clip
+block's output (``block_tokens``) from the `tuner.types.bundle.ModelBundle`, per-clip
 teacher features through `clip_features`, its projector through
 ``ModelBundle.trainables`` and its loss term through `auxiliary_loss`.
 
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
-    from tuner.types import AuxiliaryLoss, ClipFeatures, LossOutput, ModelBundle, RunInfo
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.training import AuxiliaryLoss, ClipFeatures, LossOutput, RunInfo
 
     from tuner_crepa.capture import BlockCapture
     from tuner_crepa.teacher import TeacherInfo
@@ -120,7 +121,7 @@ class CrepaPlugin:
     ) -> AuxiliaryLoss | None:
         import torch
 
-        from tuner.types import AuxiliaryLoss
+        from tuner.types.training import AuxiliaryLoss
 
         from tuner_crepa.alignment import crepa_weight
 

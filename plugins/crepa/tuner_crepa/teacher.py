@@ -33,7 +33,7 @@ from tuner.errors import ConfigError, PluginError
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
     from tuner_crepa.settings import CrepaSection
 
@@ -119,7 +119,7 @@ def frame_groups(num_frames: int, compression: int) -> list[range]:
 
 @dataclass
 class DinoFeatures:
-    """A `tuner.types.ClipFeatures`: the teacher's unit patch features ``(latent frames, rows, columns, dim)``."""
+    """A `tuner.types.training.ClipFeatures`: the teacher's unit patch features ``(frames, rows, columns, dim)``."""
 
     section: CrepaSection
     info: TeacherInfo

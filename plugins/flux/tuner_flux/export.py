@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import AdapterWeights
+    from tuner.types.adapter import AdapterWeights
 
 __all__ = ["DOUBLE_NAMES", "SINGLE_NAMES", "TOP_NAMES", "FUSED_PIECES", "original_piece", "kohya_tensors", "save_adapter"]
 

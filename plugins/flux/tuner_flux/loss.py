@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 from tuner.train.precision import forward_autocast
 from tuner.train.noising import noisy_inputs
 from tuner.train.timesteps import add_noise, draw_noise, training_sigmas, velocity_errors
-from tuner.types import LossOutput
+from tuner.types.training import LossOutput
 
 if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["pack", "transformer_inputs", "flow_matching_loss", "eval_errors"]
 

@@ -23,7 +23,10 @@ if TYPE_CHECKING:
 
     from tuner.config import RunConfig
     from tuner.family_profile import FamilyProfile
-    from tuner.types import AdapterWeights, LossOutput, ModelBundle, ValidationRequest, ValidationResult
+    from tuner.types.adapter import AdapterWeights
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.training import LossOutput
+    from tuner.types.validation import ValidationRequest, ValidationResult
 
 FAMILY = "flux"
 # Every linear layer of both block kinds (attention, both streams' feed-forward, the single blocks' fused
@@ -58,7 +61,7 @@ def register_model_families(register: Any) -> None:
 
 @hookimpl
 def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
     from tuner_flux.loading import load_components
 

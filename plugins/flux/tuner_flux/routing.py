@@ -24,7 +24,7 @@ from tuner.routing import gather_tokens, run_block, scatter_tokens
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import TokenRouter
+    from tuner.types.routes import TokenRouter
 
 __all__ = ["blocks", "routed_forward"]
 

@@ -16,10 +16,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import PluginError
-from tuner.types import ValidationResult
+from tuner.types.validation import ValidationResult
 
 if TYPE_CHECKING:
-    from tuner.types import ModelBundle, ValidationRequest
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.validation import ValidationRequest
 
 __all__ = ["render_validation"]
 

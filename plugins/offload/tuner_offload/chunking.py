@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["HOOK_NAME", "chunk_size_from_environment", "chunk_feed_forward"]
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 
 @hookimpl

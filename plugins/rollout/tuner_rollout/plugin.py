@@ -18,7 +18,7 @@ from tuner_rollout.settings import RolloutSection
 if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.train.noising import InputRewriter
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["describe_rollout"]
 

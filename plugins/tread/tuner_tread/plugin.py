@@ -16,7 +16,8 @@ from tuner_tread.settings import TreadSection
 
 if TYPE_CHECKING:
     from tuner.config import RunConfig
-    from tuner.types import ModelBundle, TokenRouter
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.routes import TokenRouter
 
     from tuner_tread.settings import TreadRoute
 

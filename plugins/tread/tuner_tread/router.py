@@ -1,6 +1,6 @@
 """TREAD's policy: which latent tokens skip which blocks, drawn at random per sample.
 
-The model family carries the plan out (see `tuner.types.TokenRouter`); this
+The model family carries the plan out (see `tuner.types.routes.TokenRouter`); this
 module only resolves the configured routes against the model's depth and draws
 the tokens each route keeps.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tuner.errors import ConfigError
-from tuner.types import TokenRoute
+from tuner.types.routes import TokenRoute
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +95,7 @@ def draw_keep_index(
 
 @dataclass(frozen=True)
 class TreadRouter:
-    """A `tuner.types.TokenRouter` for the configured routes."""
+    """A `tuner.types.routes.TokenRouter` for the configured routes."""
 
     routes: tuple[TreadRoute, ...]
     option: str = "tread_config"  # named in start-up errors (`tuner.routing.check_routing`)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
     from tuner_wan.flavours import Flavour
 

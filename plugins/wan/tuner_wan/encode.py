@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["encode_clips", "encode_texts", "collate_texts", "count_tokens", "latent_stats"]
 

@@ -11,7 +11,7 @@ from tuner_wan.experts import run_experts
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["velocity_errors"]
 

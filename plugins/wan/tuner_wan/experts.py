@@ -20,7 +20,7 @@ from tuner_wan.flavours import EXPERT_COMPONENTS
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import Expert, ModelBundle
+    from tuner.types.bundle import Expert, ModelBundle
 
     from tuner_wan.flavours import Flavour
     from tuner_wan.settings import WanSection
@@ -69,7 +69,7 @@ def boundary_ratio(section: WanSection, model_index: dict[str, Any], base: str) 
 
 def make_experts(modules: dict[str, torch.nn.Module], trained: list[str], boundary: float) -> list[Expert]:
     """One `Expert` per loaded expert (``"high"``/``"low"`` -> module), high first, as the pipeline orders them."""
-    from tuner.types import Expert
+    from tuner.types.bundle import Expert
 
     ranges = {"high": (boundary, 1.0), "low": (0.0, boundary)}
     return [

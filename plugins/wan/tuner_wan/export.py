@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.lora.layouts import LoraNaming
-    from tuner.types import AdapterWeights
+    from tuner.types.adapter import AdapterWeights
 
 __all__ = ["ORIGINAL_NAMES", "original_name", "diffusers_name", "lora_naming", "comfyui_tensors", "save_adapter"]
 

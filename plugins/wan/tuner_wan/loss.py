@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from tuner.train.noising import noisy_inputs
 from tuner.train.timesteps import draw_noise, training_sigmas
-from tuner.types import LossOutput
+from tuner.types.training import LossOutput
 
 from tuner_wan.experts import run_experts
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
 __all__ = ["flow_matching_loss"]
 

@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from tuner.config import RunConfig
     from tuner.family_profile import FamilyProfile
     from tuner.lora.layouts import LoraNaming
-    from tuner.types import AdapterWeights, LossOutput, ModelBundle, ValidationRequest, ValidationResult
+    from tuner.types.adapter import AdapterWeights
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.training import LossOutput
+    from tuner.types.validation import ValidationRequest, ValidationResult
 
 FAMILY = "wan"
 # Attention and feed-forward projections of every block: what LoRA adapts by default.
@@ -46,7 +49,7 @@ def register_model_families(register: Any) -> None:
 
 @hookimpl
 def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
 
     from tuner.progress import notice
 

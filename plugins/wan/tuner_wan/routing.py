@@ -19,7 +19,7 @@ from tuner.routing import routed_blocks
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types import TokenRouter
+    from tuner.types.routes import TokenRouter
 
 __all__ = ["routed_forward", "force_keep_tokens"]
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from tuner.types import SkipLayerGuidance, ValidationRequest
+    from tuner.types.validation import SkipLayerGuidance, ValidationRequest
 
     from tuner_wan.i2v_sampling import FirstFrameStart
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tuner.types import ValidationResult
+from tuner.types.validation import ValidationResult
 
 if TYPE_CHECKING:
-    from tuner.types import ModelBundle, ValidationRequest
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.validation import ValidationRequest
 
 __all__ = ["render_validation"]
 

@@ -9,7 +9,7 @@ from tuner.config import resolve_config
 from tuner.errors import ConfigError
 from tuner.plugins import PluginHost
 from tuner.testing.runs import run_output_dir, step_losses
-from tuner.types import ModelBundle
+from tuner.types.bundle import ModelBundle
 
 PLUGINS = "plugins=['wan','attention']"
 NO_VALIDATION = "validation.validation_prompt=''"

@@ -370,7 +370,7 @@ def test_crepa_with_offloading_and_checkpointing_repeats_the_plain_run(make_run,
 def test_dropping_the_vae_encoder_is_refused_for_image_to_video(tiny_dino):
     from torch import nn
 
-    from tuner.types import ModelBundle
+    from tuner.types.bundle import ModelBundle
     from tuner_crepa.teacher import DinoFeatures, TeacherInfo
 
     vae = nn.Module()

@@ -10,7 +10,7 @@ import torch
 
 from tuner.config import resolve_config
 from tuner.plugins import PluginHost
-from tuner.types import ValidationRequest
+from tuner.types.validation import ValidationRequest
 from tuner.validate.inference import inference_state
 
 

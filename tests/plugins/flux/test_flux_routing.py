@@ -10,7 +10,8 @@ from torch import nn
 from tuner.config import resolve_config
 from tuner.plugins import PluginHost
 from tuner.routing import check_routing
-from tuner.types import ModelBundle, TokenRoute
+from tuner.types.bundle import ModelBundle
+from tuner.types.routes import TokenRoute
 
 ROUTE = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 1, "end_layer_idx": -2}]}  # 1..2: double -> single
 

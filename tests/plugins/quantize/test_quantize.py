@@ -12,7 +12,7 @@ from tuner.config import resolve_config
 from tuner.errors import PluginError
 from tuner.plugins import PluginHost
 from tuner.testing.runs import run_output_dir, step_losses
-from tuner.types import ModelBundle
+from tuner.types.bundle import ModelBundle
 
 quanto = pytest.importorskip("optimum.quanto")
 

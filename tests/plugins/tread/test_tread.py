@@ -12,7 +12,8 @@ from tuner.errors import ConfigError, PluginError
 from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.routing import check_routing, gather_tokens, scatter_tokens
-from tuner.types import ModelBundle, TokenRoute
+from tuner.types.bundle import ModelBundle
+from tuner.types.routes import TokenRoute
 from tuner_tread.examples import GUIDE_FIVE_ROUTES, GUIDE_ONE_ROUTE
 
 

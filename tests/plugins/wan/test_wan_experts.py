@@ -116,7 +116,7 @@ def test_a_model_without_boundary_ratio_is_refused_for_an_expert_flavour(host, t
 
 
 def test_two_stage_validation_hands_each_step_to_its_expert(host, tiny_model_dir, tmp_path):
-    from tuner.types import ValidationRequest
+    from tuner.types.validation import ValidationRequest
 
     _, bundle = _bundle(host, tiny_model_dir("wan", HIGH), HIGH, wan_validation_load_other_stage=True)
     high, low = bundle.experts

@@ -8,7 +8,7 @@ import torch
 
 from tuner.config import resolve_config
 from tuner.plugins import PluginHost
-from tuner.types import ValidationRequest
+from tuner.types.validation import ValidationRequest
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from tuner.plugins import PluginHost
 from tuner.train.adapters import AdapterSet, PeftLora
 from tuner.train.init_lora import init_from_file
 from tuner.train.settings import TrainSection
-from tuner.types import Expert
+from tuner.types.bundle import Expert
 
 
 @pytest.fixture(scope="module")

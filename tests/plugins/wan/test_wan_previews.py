@@ -15,7 +15,7 @@ from tuner.config import resolve_config
 from tuner.demo import prepare_tiny_model
 from tuner.media import SHEET_LABEL, SHEET_PAD, read_media
 from tuner.plugins import PluginHost
-from tuner.types import ValidationRequest
+from tuner.types.validation import ValidationRequest
 from tuner.validate.inference import inference_state
 from tuner.validate.rounds import run_validation
 

@@ -17,7 +17,7 @@ from tuner.errors import ConfigError
 from tuner.media import SHEET_LABEL, SHEET_PAD, read_media
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
-from tuner.types import SkipLayerGuidance
+from tuner.types.validation import SkipLayerGuidance
 from tuner.validate.rounds import check_validation, run_validation
 
 SMALL = {"validation_resolution": "32x32", "validation_num_video_frames": 5, "validation_num_inference_steps": 4,
@@ -63,7 +63,7 @@ def test_a_round_writes_browser_playable_mp4s_and_a_contact_sheet(wan):
 
 def test_the_same_validation_seed_gives_identical_videos_twice(wan):
     host, bundle, config, folder = wan
-    from tuner.types import ValidationRequest
+    from tuner.types.validation import ValidationRequest
     from tuner.validate.inference import inference_state
 
     request = ValidationRequest(step=0, prompts={"main": SMALL["validation_prompt"]}, negative_prompt="", num_frames=5,
@@ -137,7 +137,7 @@ def test_the_sampler_matches_wan_pipeline_when_skip_layer_guidance_is_off(wan):
     host, bundle, config, folder = wan
     pipe = bundle.components["pipeline"]
     request_config = config()
-    from tuner.types import ValidationRequest
+    from tuner.types.validation import ValidationRequest
 
     request = ValidationRequest(step=0, prompts={}, negative_prompt="blurry", num_frames=5, width=32, height=32,
                                 num_inference_steps=4, guidance_scale=3.0, seed=5, output_dir=folder)
@@ -214,7 +214,7 @@ def test_a_cli_run_validates_a_baseline_logs_eval_loss_and_writes_a_model_card(m
 
 def test_each_sampler_step_moves_the_rounds_progress(wan, capsys, monkeypatch):
     from tuner import progress
-    from tuner.types import ValidationRequest
+    from tuner.types.validation import ValidationRequest
     from tuner.validate.inference import inference_state
 
     host, bundle, config, folder = wan

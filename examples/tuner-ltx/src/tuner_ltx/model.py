@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING
 from tuner.errors import ConfigError, PluginError
 from tuner.routing import routed_blocks
 from tuner.train.noising import noisy_inputs
-from tuner.types import ModelBundle, ValidationResult
+from tuner.types.bundle import ModelBundle
+from tuner.types.validation import ValidationResult
 
 if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
-    from tuner.types import AdapterWeights, ValidationRequest
+    from tuner.types.adapter import AdapterWeights
+    from tuner.types.validation import ValidationRequest
 
 # Attention and feed-forward projections of every block: what LoRA adapts by default.
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]

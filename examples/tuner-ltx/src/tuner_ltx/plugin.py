@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
-    from tuner.types import AdapterWeights, LossOutput, ModelBundle, ValidationRequest, ValidationResult
+    from tuner.types.adapter import AdapterWeights
+    from tuner.types.bundle import ModelBundle
+    from tuner.types.training import LossOutput
+    from tuner.types.validation import ValidationRequest, ValidationResult
 
 
 class LtxSection(BaseModel):
@@ -77,7 +80,7 @@ def compute_loss(
     bundle: ModelBundle, batch: dict[str, torch.Tensor], generator: torch.Generator, config: RunConfig
 ) -> LossOutput:
     from tuner.train.timesteps import training_sigmas
-    from tuner.types import LossOutput
+    from tuner.types.training import LossOutput
 
     from tuner_ltx.model import velocity_errors
 

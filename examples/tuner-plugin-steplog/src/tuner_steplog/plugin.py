@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tuner.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from tuner.types import RunInfo
+    from tuner.types.training import RunInfo
 
 __all__ = ["SECTION", "DEFAULT_NAME", "StepLogSection", "StepLog", "plugin"]
 
