@@ -55,8 +55,8 @@ def _teacher(folder: Path) -> Path:
 
 def child(folder: Path, crepa: bool, steps: int) -> dict[str, float]:
     """One run in this process: median step time and peak memory."""
+    from tuner import hookimpl
     from tuner.config import resolve_config
-    from tuner.hookspecs import hookimpl
     from tuner.plugins import PluginHost
     from tuner.train.run import train
 

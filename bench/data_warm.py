@@ -43,8 +43,8 @@ def write_run(folder: Path, clips: int) -> dict[str, Any]:
 def timed_run(raw: dict[str, Any], folder: Path) -> dict[str, float]:
     """One ``train()`` to its first step, with marks at each phase."""
     import tuner.data.prepare as prepare
+    from tuner import hookimpl
     from tuner.config import resolve_config
-    from tuner.hookspecs import hookimpl
     from tuner.plugins import PluginHost
     from tuner.train.run import train
 

@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import gpu_plan  # noqa: E402
-from tuner.hookspecs import hookimpl  # noqa: E402
+from tuner import hookimpl  # noqa: E402
 from gpu_plan import MODELS, RANK, TEXT_TOKENS, Result, Row  # noqa: E402
 
 

@@ -135,8 +135,8 @@ def timed_run(plugin: str | list[str], raw: dict, steps: int, extra: dict[str, A
     Runs ``steps + 1`` steps and drops the first (warm-up), so it yields ``steps``
     step times, as many as `timed_loop` does for the bare loop.
     """
+    from tuner import hookimpl
     from tuner.config import resolve_config
-    from tuner.hookspecs import hookimpl
     from tuner.plugins import PluginHost
     from tuner.train.run import train
 

@@ -76,9 +76,9 @@ def main() -> None:
     from torch.optim.lr_scheduler import LRScheduler
 
     import tuner.train.trainer as trainer
+    from tuner import hookimpl
     from tuner.config import read_config_file, resolve_config
     from tuner.data.batches import TrainingData
-    from tuner.hookspecs import hookimpl
     from tuner.plugins import PluginHost
     from tuner.progress import TrainProgress
     from tuner.train.run import train

@@ -9,9 +9,9 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tuner import hookimpl
 from tuner.cache.store import entry_is_sound, read_entry, write_entry
 from tuner.config import resolve_config
 from tuner.data.encode import EntryWriter
 from tuner.data.prepare import prepare_samples, scan_samples
 from tuner.data.synthetic import write_synthetic_clips
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.testing.toy import ToyFamily, toy_config
 

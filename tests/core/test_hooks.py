@@ -11,11 +11,10 @@ import pytest
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from tuner import hookspecs
+from tuner import hookimpl, hookspecs
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, PluginError
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.run import train
@@ -45,6 +44,16 @@ def test_every_hook_has_a_docstring_naming_its_params():
     for name in hook_names():
         fn = getattr(hookspecs, name)
         assert fn.__doc__ and len(fn.__doc__.strip()) > 40, name
+
+
+def test_plugins_mark_hooks_with_tuner_hookimpl_which_imports_nothing_heavy():
+    """The docstring of `tuner.hookspecs` promises ``@tuner.hookimpl``: the package exports the marker, light."""
+    import subprocess
+    import sys
+
+    assert hookimpl is hookspecs.hookimpl
+    code = "import sys, tuner; tuner.hookimpl; assert 'torch' not in sys.modules and 'tuner.plugins' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_core_names_no_model_family_and_imports_no_plugin():

@@ -10,13 +10,13 @@ import pytest
 import torch
 from test_data import configure, prepared, video
 
+from tuner import hookimpl
 from tuner.data.frames import decode_sample
 from tuner.data.local import find_media
 from tuner.data.prepare import scan_samples
 from tuner.data.probe import ProbeError, probe_media
 from tuner.data.sizing import Geometry
 from tuner.data.synthetic import render_clip, write_sideways_clip, write_synthetic_clips, write_synthetic_image
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.testing.toy import ToyFamily
 

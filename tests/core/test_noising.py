@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import torch
 
+from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import PluginError
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.testing.toy import ToyFamily, toy_config

@@ -47,7 +47,7 @@ def test_model_family_alone_switches_its_plugin_on(tmp_path):
 def test_a_family_answers_to_the_aliases_it_declares():
     from typing import Any
 
-    from tuner.hookspecs import hookimpl
+    from tuner import hookimpl
     from tuner.plugins import PluginHost
 
     class Aliased:

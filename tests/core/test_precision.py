@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
-from tuner.hookspecs import hookimpl
 from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.checkpoints import read_checkpoint
 from tuner.plugins import PluginHost

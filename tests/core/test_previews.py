@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, PluginError
-from tuner.hookspecs import hookimpl
 from tuner.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, read_media
 from tuner.plugins import PluginHost
 from tuner.testing.toy import ToyFamily, toy_config, toy_prompt_vector

@@ -22,12 +22,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tuner import hookimpl
 from tuner.cache.store import clean_partials as clean_cache_partials
 from tuner.config import resolve_config
 from tuner.data.prepare import scan_samples
 from tuner.data.synthetic import write_broken_files, write_synthetic_clips
 from tuner.errors import CheckpointError, ConfigError, DataError
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.delivery import Delivery, Post
 from tuner.report.jsonlog import read_log

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from tuner import hookimpl
 from tuner.config import read_config_file, resolve_config
 from tuner.data.captions import MetadataCaptions, read_caption_file
 from tuner.data.prepare import scan_samples
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, DataError
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.delivery import Delivery, Post
 from tuner.report.webhooks import read_webhook_config

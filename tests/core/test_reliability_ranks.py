@@ -21,9 +21,9 @@ _RANK = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import typer
+    from tuner import hookimpl
     from tuner.cli import friendly_errors
     from tuner.config import resolve_config
-    from tuner.hookspecs import hookimpl
     from tuner.plugins import PluginHost
     from tuner.testing.toy import ToyFamily, toy_config
     from tuner.train.run import train

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, PluginError
-from tuner.hookspecs import hookimpl
 from tuner.outputs import LOG_NAME
 from tuner.plugins import PluginHost
 from tuner.report.webhooks import Webhooks

@@ -86,7 +86,7 @@ def test_family_hooks_go_only_to_the_configured_family(tmp_path):
 
     toy, other = ToyFamily(), Other()
     # Re-mark the overridden hooks so pluggy sees them.
-    from tuner.hookspecs import hookimpl
+    from tuner import hookimpl
 
     hookimpl(Other.register_model_families)
     hookimpl(Other.register_config_sections)
@@ -123,7 +123,7 @@ def test_a_family_with_two_experts_trains_one_adapter_on_each(toy_run):
 
 
 def test_a_family_whose_tiny_model_has_one_width_refuses_real_width_in_one_line(tmp_path):
-    from tuner.hookspecs import hookimpl
+    from tuner import hookimpl
 
     class OneWidth(ToyFamily):
         @hookimpl

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, DataError, PluginError
-from tuner.hookspecs import hookimpl
 from tuner.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, contact_sheet, read_media, thumbnails, write_video
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log

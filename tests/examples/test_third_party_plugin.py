@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.errors import ConfigError
-from tuner.hookspecs import hookimpl
 from tuner.plugins import DISABLE_AUTOLOAD_ENV, PluginHost
 from tuner.types.training import RunInfo
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from tuner.hookspecs import hookimpl
+from tuner import hookimpl
 from tuner.media import write_image
 from tuner.train.noising import noisy_inputs
 from tuner.train.precision import base_weight_dtype

@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuner import hookimpl
 from tuner.errors import PluginError
-from tuner.hookspecs import hookimpl
 
 from tuner_crepa.settings import CrepaSection
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.hookspecs import hookimpl
+from tuner import hookimpl
 
 from tuner_flux.settings import FLAVOURS, FluxSection
 

@@ -14,7 +14,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tuner.hookspecs import hookimpl
+from tuner import hookimpl
 from tuner.progress import notice, say
 
 from tuner_offload.settings import OffloadSection

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from tuner.hookspecs import hookimpl
+from tuner import hookimpl
 from tuner.progress import notice, say, task_progress
 
 from tuner_quantize.settings import QuantizeSection

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuner.hookspecs import hookimpl
+from tuner import hookimpl
 from tuner.progress import say
 
 from tuner_rollout.settings import RolloutSection

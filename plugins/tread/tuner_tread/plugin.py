@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tuner.hookspecs import hookimpl
+from tuner import hookimpl
 from tuner.progress import say
 
 from tuner_tread.settings import TreadSection

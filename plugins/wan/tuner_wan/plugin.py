@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.hookspecs import hookimpl
+from tuner import hookimpl
 
 from tuner_wan.flavours import FLAVOURS
 from tuner_wan.settings import WanSection

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.errors import ConfigError, PluginError
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.routing import check_routing, gather_tokens, scatter_tokens
 from tuner.types.bundle import ModelBundle

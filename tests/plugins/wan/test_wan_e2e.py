@@ -94,8 +94,8 @@ def test_exported_lora_loads_in_wan_pipeline_and_changes_its_output(trained, tin
 _KILLER = """
 import os, signal, sys
 from pathlib import Path
+from tuner import hookimpl
 from tuner.cli import load_run_config
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.train.run import train
 

@@ -12,8 +12,8 @@ import torch
 from tuner.train.checkpoints import read_checkpoint
 from safetensors.torch import load_file
 
+from tuner import hookimpl
 from tuner.config import read_config_file, resolve_config
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.testing.runs import write_run_folder

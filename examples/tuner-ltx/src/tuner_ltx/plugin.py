@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuner.hookspecs import hookimpl
+from tuner import hookimpl
 
 if TYPE_CHECKING:
     import torch

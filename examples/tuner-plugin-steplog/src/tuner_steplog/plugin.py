@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuner.hookspecs import hookimpl
+from tuner import hookimpl
 
 if TYPE_CHECKING:
     from tuner.types.training import RunInfo
