@@ -239,7 +239,7 @@ def compute_loss(
 
 @hookspec(firstresult=True)
 def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResult:
-    """Render validation media with the adapter as it is now.
+    """Render one validation clip with the adapter as it is now.
 
     Called on the validation schedule (and at the end of the run) under
     ``torch.no_grad()``, with the denoiser in eval mode and a forked RNG; the
@@ -247,13 +247,14 @@ def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResul
     validation. The core calls it once per prompt, size and weight variant
     (trained / EMA weights, already swapped in), and writes the files.
 
-    :param request: prompts (nickname -> prompt), size, frames, sampler
-        settings and the seed. Seed a fresh generator from ``request.seed`` for
-        every prompt, so every round starts from the same noise. When
+    :param request: the one prompt (``request.prompt``) and the key that names
+        its clip (``request.key``), size, frames, sampler settings and the
+        seed. Seed a fresh generator from ``request.seed`` in every call, so
+        every round starts from the same noise. When
         ``request.skip_layer_guidance`` is set, honour it or raise
         `tuner.errors.PluginError` saying the family cannot. For a model whose
         bundle is ``image_conditioned``, ``request.conditioning_frames`` gives
-        each prompt's first (and, when there is one, last) frame at the
+        the prompt's first (and, when there is one, last) frame at the
         request's size. When ``request.preview_steps`` is not empty (only for a
         bundle that sets ``renders_previews``), also return, for each of those
         sampler steps (counted from 1), a cheap preview of the clip: the
@@ -262,12 +263,13 @@ def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResul
         it from the sampler as it runs (a diffusers pipeline's
         ``callback_on_step_end``, or the family's own loop): previews must not
         change the final frames.
-    :return: a `tuner.types.validation.ValidationResult` whose ``frames`` maps each
-        nickname to its frames, ``(frames, height, width, 3)`` in ``[0, 1]``.
-        (A family may instead write a file into ``request.output_dir`` and name
-        it in ``media``.) With preview steps, ``preview_frames`` maps each
-        nickname to ``{step: frames}`` for every requested step; the core writes
-        them and adds them to the contact sheet.
+    :return: a `tuner.types.validation.ValidationResult` whose ``frames`` maps
+        ``request.key`` to the clip's frames, ``(frames, height, width, 3)`` in
+        ``[0, 1]``. (A family may instead write a file into
+        ``request.output_dir`` and name it in ``media`` under the key.) With
+        preview steps, ``preview_frames`` maps the key to ``{step: frames}``
+        for every requested step; the core writes them and adds them to the
+        contact sheet.
     """
 
 

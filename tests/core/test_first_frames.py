@@ -105,7 +105,7 @@ def test_image_conditioned_model_gets_its_frames_and_shows_them_on_the_contact_s
     bundle.image_conditioned = True
     check_validation(host, bundle, config)
     result = run_validation(host, bundle, config, 1)
-    frames = family.requests[-1].conditioning_frames["main"]
+    frames = family.requests[-1].conditioning_frames
     assert frames.shape == (1, 16, 16, 3) and (frames[..., 0] == 255).all() and (frames[..., 1] == 0).all()
     sheet = np.asarray(Image.open(result.contact_sheet))
     assert (sheet[SHEET_PAD + 14 + 2, SHEET_PAD + 2] == [255, 0, 0]).all(), "the first frame opens the row"

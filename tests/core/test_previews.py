@@ -49,18 +49,18 @@ class PreviewToy(ToyFamily):
         self.requests.append(request)
         result = ValidationResult(step=request.step)
         steps = request.num_inference_steps
-        for key, prompt in request.prompts.items():
-            g = torch.Generator().manual_seed(request.seed)
-            x = torch.randn(1, 3, request.num_frames, request.height // 4, request.width // 4, generator=g)
-            for i, sigma in enumerate(torch.linspace(1.0, 0.0, steps + 1)[:-1]):
-                v = bundle.denoiser(x, sigma.view(1), toy_prompt_vector(prompt)[None])
-                self.sampling = (key, i + 1)
-                if i + 1 in request.preview_steps and i + 1 != self.skip:
-                    result.preview_frames.setdefault(key, {})[i + 1] = _pixels(x - sigma * v)
-                    if self.streams and request.on_preview is not None:
-                        request.on_preview(key, i + 1, result.preview_frames[key][i + 1])
-                x = x - v / steps
-            result.frames[key] = _pixels(x)
+        key = request.key
+        g = torch.Generator().manual_seed(request.seed)
+        x = torch.randn(1, 3, request.num_frames, request.height // 4, request.width // 4, generator=g)
+        for i, sigma in enumerate(torch.linspace(1.0, 0.0, steps + 1)[:-1]):
+            v = bundle.denoiser(x, sigma.view(1), toy_prompt_vector(request.prompt)[None])
+            self.sampling = (key, i + 1)
+            if i + 1 in request.preview_steps and i + 1 != self.skip:
+                result.preview_frames.setdefault(key, {})[i + 1] = _pixels(x - sigma * v)
+                if self.streams and request.on_preview is not None:
+                    request.on_preview(key, i + 1, result.preview_frames[key][i + 1])
+            x = x - v / steps
+        result.frames[key] = _pixels(x)
         self.sampling = None
         return result
 

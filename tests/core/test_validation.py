@@ -42,13 +42,12 @@ class FrameToy(ToyFamily):
         self.requests.append(request)
         torch.rand(3)  # a sampler drawing from the global generator
         result = ValidationResult(step=request.step)
-        for key, prompt in request.prompts.items():
-            g = torch.Generator().manual_seed(request.seed)
-            x = torch.randn(1, 3, request.num_frames, request.height // 4, request.width // 4, generator=g)
-            for sigma in torch.linspace(1.0, 0.0, request.num_inference_steps + 1)[:-1]:
-                x = x - bundle.denoiser(x, sigma.view(1), toy_prompt_vector(prompt)[None]) / request.num_inference_steps
-            frames = ((x[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) / 2).repeat_interleave(4, 1).repeat_interleave(4, 2)
-            result.frames[key] = frames.numpy()
+        g = torch.Generator().manual_seed(request.seed)
+        x = torch.randn(1, 3, request.num_frames, request.height // 4, request.width // 4, generator=g)
+        for sigma in torch.linspace(1.0, 0.0, request.num_inference_steps + 1)[:-1]:
+            x = x - bundle.denoiser(x, sigma.view(1), toy_prompt_vector(request.prompt)[None]) / request.num_inference_steps
+        frames = ((x[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) / 2).repeat_interleave(4, 1).repeat_interleave(4, 2)
+        result.frames[request.key] = frames.numpy()
         return result
 
 

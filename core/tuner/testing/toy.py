@@ -175,12 +175,11 @@ class ToyFamily:
         self.validate_saw_training = bundle.denoiser.training
         result = ValidationResult(step=request.step)
         g = torch.Generator().manual_seed(request.seed)
-        for nickname, prompt in request.prompts.items():
-            x = torch.randn(1, 3, 1, request.height // 4, request.width // 4, generator=g)
-            for sigma in torch.linspace(1.0, 0.0, request.num_inference_steps + 1)[:-1]:
-                x = x - (1.0 / request.num_inference_steps) * bundle.denoiser(x, sigma.view(1), toy_prompt_vector(prompt)[None])
-            frame = ((x[0, :, 0].permute(1, 2, 0).clamp(-1, 1) + 1) / 2).numpy()
-            result.media[nickname] = write_image(frame, request.output_dir / f"{nickname}.png")
+        x = torch.randn(1, 3, 1, request.height // 4, request.width // 4, generator=g)
+        for sigma in torch.linspace(1.0, 0.0, request.num_inference_steps + 1)[:-1]:
+            x = x - (1.0 / request.num_inference_steps) * bundle.denoiser(x, sigma.view(1), toy_prompt_vector(request.prompt)[None])
+        frame = ((x[0, :, 0].permute(1, 2, 0).clamp(-1, 1) + 1) / 2).numpy()
+        result.media[request.key] = write_image(frame, request.output_dir / f"{request.key}.png")
         return result
 
 

@@ -12,10 +12,16 @@ __all__ = ["SkipLayerGuidance", "ValidationRequest", "ValidationResult"]
 
 @dataclass
 class ValidationRequest:
-    """One validation round.
+    """One clip of a validation round: one prompt at one size, with one set of weights.
+
+    The core asks for every prompt, size and weight variant (trained / EMA) of
+    a round in turn, each in a request of its own.
 
     :ivar step: the optimizer step the round belongs to (0 = before training).
-    :ivar prompts: nickname -> prompt; nicknames name the output files.
+    :ivar key: names the clip: the prompt's nickname, with a ``-WxH`` suffix
+        when the round renders several sizes. Return the clip under this key
+        (`ValidationResult.frames`, ``media``, ``preview_frames``).
+    :ivar prompt: the prompt to render.
     :ivar negative_prompt: shared negative prompt ('' for none).
     :ivar num_frames: frames per clip (1 for images).
     :ivar width: output width in pixels.
@@ -27,17 +33,18 @@ class ValidationRequest:
     :ivar fps: frame rate of written videos.
     :ivar skip_layer_guidance: skip-layer guidance to apply, or ``None``.
     :ivar conditioning_frames: for an image-conditioned model
-        (`ModelBundle.image_conditioned`): nickname -> the frames to start from,
+        (`ModelBundle.image_conditioned`): the frames to start from,
         ``(n, height, width, 3)`` uint8 at the request's size (resized to cover
         it, centre-cropped): the first frame and, when the source has one, the
         last (a video's last frame, or a library entry's ``last_image``). A
-        family that conditions on the first frame only uses ``[0]``.
+        family that conditions on the first frame only uses ``[0]``. ``None``
+        for a model that is not image-conditioned.
     :ivar preview_steps: sampler steps (counted from 1) at which to return a
         cheap preview of the clip in `ValidationResult.preview_frames`: the
         denoised estimate at that step, decoded at low cost. Empty: no previews
         (always empty for a bundle whose ``renders_previews`` is false).
-    :ivar on_sampler_step: a family calls it once after each sampler step of
-        each clip (no argument) so that the round's progress moves while a
+    :ivar on_sampler_step: a family calls it once after each sampler step
+        (no argument) so that the round's progress moves while a
         clip renders; ``None``: nobody listens. A family that never calls it
         still works: the progress then moves a whole clip at a time.
     :ivar on_preview: set by the core when previews are asked for: call it
@@ -50,7 +57,8 @@ class ValidationRequest:
     """
 
     step: int
-    prompts: dict[str, str]
+    key: str
+    prompt: str
     negative_prompt: str
     num_frames: int
     width: int
@@ -61,7 +69,7 @@ class ValidationRequest:
     output_dir: Path
     fps: int = 16
     skip_layer_guidance: SkipLayerGuidance | None = None
-    conditioning_frames: dict[str, Any] = field(default_factory=dict)
+    conditioning_frames: Any | None = None
     preview_steps: tuple[int, ...] = ()
     on_sampler_step: Callable[[], None] | None = None
     on_preview: Callable[[str, int, Any], None] | None = None
@@ -93,22 +101,24 @@ class SkipLayerGuidance:
 
 @dataclass
 class ValidationResult:
-    """What `validate` returns.
+    """What `validate` returns for its request, and what the core reports of a whole round.
 
     :ivar step: the step of the request.
-    :ivar frames: nickname -> rendered frames, ``(frames, height, width, 3)``,
-        float in ``[0, 1]`` or uint8. The core writes them (mp4 for clips, PNG
-        for single frames) and adds the contact sheet: return frames rather
-        than writing files yourself.
-    :ivar media: nickname -> file. In the result the core passes to
-        `on_validation_done`, every file of the round; a family may also write
-        files itself and name them here.
+    :ivar frames: from the family: the request's ``key`` -> the rendered frames,
+        ``(frames, height, width, 3)``, float in ``[0, 1]`` or uint8. The core
+        writes them (mp4 for clips, PNG for single frames) and adds the contact
+        sheet: return frames rather than writing files yourself.
+    :ivar media: from a family that writes its file itself: the request's
+        ``key`` -> that file (the core renames it). In the result the core
+        passes to `on_validation_done`: every file of the round, by media key
+        (the clip's key; the EMA weights' clip adds ``-ema`` where a round
+        renders both weight variants).
     :ivar contact_sheet: the round's contact sheet PNG (set by the core).
     :ivar preview_frames: from the family, when the request has
-        ``preview_steps``: nickname -> {sampler step -> preview frames}, one
-        entry per requested step, frames as in ``frames`` (a few frames, or one,
-        at any size: they are previews). The core writes them and puts them on
-        the contact sheet.
+        ``preview_steps``: the request's ``key`` -> {sampler step -> preview
+        frames}, one entry per requested step, frames as in ``frames`` (a few
+        frames, or one, at any size: they are previews). The core writes them
+        and puts them on the contact sheet.
     :ivar previews: in the result the core passes to `on_validation_done`: the
         preview files written, media key -> {sampler step -> file}.
     """

@@ -199,8 +199,8 @@ def run_validation(
                 shown, preview_rows = [], []
                 if nickname in images:
                     # Image-to-video: the frame(s) the clip starts from, shown first in its row.
-                    request.conditioning_frames[key] = load_first_frames(images[nickname], *size, windows)
-                    shown.append(thumbnails(request.conditioning_frames[key]))
+                    request.conditioning_frames = load_first_frames(images[nickname], *size, windows)
+                    shown.append(thumbnails(request.conditioning_frames))
                 for suffix, swap in variants:
                     reported[0] = 0
                     name = f"{key}-{suffix}" if suffix else key
@@ -284,7 +284,8 @@ def _request(
     v = config.validation
     return ValidationRequest(
         step=step,
-        prompts={key: prompt},
+        key=key,
+        prompt=prompt,
         negative_prompt=v.validation_negative_prompt,
         num_frames=v.validation_num_video_frames,
         width=size[0],

@@ -26,10 +26,10 @@ __all__ = ["render_validation"]
 
 
 def render_validation(bundle: ModelBundle, request: ValidationRequest) -> ValidationResult:
-    """One image per prompt, ``(1, H, W, 3)`` in [0, 1]; the core writes the files and the contact sheet.
+    """The request's image, ``(1, H, W, 3)`` in [0, 1]; the core writes the files and the contact sheet.
 
     ``validation_guidance`` is the guidance embedding's value on dev (FluxPipeline's
-    ``guidance_scale``); schnell has none and ignores it. Each prompt starts from a
+    ``guidance_scale``); schnell has none and ignores it. Every image starts from a
     generator seeded with the request's seed.
     """
     import torch
@@ -39,28 +39,27 @@ def render_validation(bundle: ModelBundle, request: ValidationRequest) -> Valida
     pipe = bundle.components["pipeline"]
     result = ValidationResult(step=request.step)
     device = pipe._execution_device  # where the pipeline runs; networks may sit in CPU memory between uses
-    for key, prompt in request.prompts.items():
-        previews: dict[int, Any] = {}
-        with _previews(pipe, request, key, previews) as callback:
-            images = pipe(
-                prompt=prompt,
-                height=request.height,
-                width=request.width,
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                generator=torch.Generator(device).manual_seed(request.seed),
-                max_sequence_length=bundle.components["max_sequence_length"],
-                output_type="np",
-                callback_on_step_end=callback,
-            ).images
-        result.frames[key] = images[:1]
-        if request.preview_steps:
-            result.preview_frames[key] = previews
+    previews: dict[int, Any] = {}
+    with _previews(pipe, request, previews) as callback:
+        images = pipe(
+            prompt=request.prompt,
+            height=request.height,
+            width=request.width,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            generator=torch.Generator(device).manual_seed(request.seed),
+            max_sequence_length=bundle.components["max_sequence_length"],
+            output_type="np",
+            callback_on_step_end=callback,
+        ).images
+    result.frames[request.key] = images[:1]
+    if request.preview_steps:
+        result.preview_frames[request.key] = previews
     return result
 
 
 @contextmanager
-def _previews(pipe: Any, request: ValidationRequest, key: str, out: dict[int, Any]) -> Iterator[Any]:
+def _previews(pipe: Any, request: ValidationRequest, out: dict[int, Any]) -> Iterator[Any]:
     """A ``callback_on_step_end`` filling ``out`` with ``{step: (1, H, W, 3) frames}`` and reporting each step
     (``request.on_sampler_step``); ``None`` when there is neither."""
     if not request.preview_steps:
@@ -79,7 +78,7 @@ def _previews(pipe: Any, request: ValidationRequest, key: str, out: dict[int, An
             x0 = seen["x"].float() - sigma * seen["v"].float()
             out[i + 1] = _decode(pipeline, x0, request.height, request.width)
             if request.on_preview is not None:  # written and sent now, while the sampler runs on
-                request.on_preview(key, i + 1, out[i + 1])
+                request.on_preview(request.key, i + 1, out[i + 1])
         if request.on_sampler_step is not None:
             request.on_sampler_step()
         return {}

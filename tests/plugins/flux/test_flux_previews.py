@@ -24,7 +24,7 @@ def flux(tiny_model_dir):
 
 def _render(flux, tmp_path, steps=(), on_step=None, on_preview=None):
     host, bundle = flux
-    request = ValidationRequest(step=0, prompts={"main": "a red square"}, negative_prompt="", num_frames=1, width=32,
+    request = ValidationRequest(step=0, key="main", prompt="a red square", negative_prompt="", num_frames=1, width=32,
                                 height=32, num_inference_steps=4, guidance_scale=3.5, seed=2, output_dir=tmp_path,
                                 preview_steps=steps, on_sampler_step=on_step, on_preview=on_preview)
     with inference_state(bundle):

@@ -123,7 +123,7 @@ def test_two_stage_validation_hands_each_step_to_its_expert(host, tiny_model_dir
     assert high.trained and not low.trained
     seen, handles = _timesteps_seen({"high": high.module, "low": low.module})
     request = ValidationRequest(
-        step=0, prompts={"main": "a red square"}, negative_prompt="", num_frames=5, width=32, height=32,
+        step=0, key="main", prompt="a red square", negative_prompt="", num_frames=5, width=32, height=32,
         num_inference_steps=10, guidance_scale=1.0, seed=0, output_dir=tmp_path,
     )
     host.validate(bundle, request)

@@ -115,8 +115,8 @@ def _render(bundle, frames, seed=1):
     from tuner_wan.validation import render_validation
 
     request = ValidationRequest(
-        step=0, prompts={"main": "a red square"}, negative_prompt="", num_frames=9, width=64, height=64,
-        num_inference_steps=3, guidance_scale=1.0, seed=seed, output_dir=None, conditioning_frames={"main": frames},
+        step=0, key="main", prompt="a red square", negative_prompt="", num_frames=9, width=64, height=64,
+        num_inference_steps=3, guidance_scale=1.0, seed=seed, output_dir=None, conditioning_frames=frames,
     )  # fmt: skip
     with torch.no_grad():
         return render_validation(bundle, request).frames["main"]

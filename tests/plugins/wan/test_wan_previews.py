@@ -35,7 +35,7 @@ def _bundle(host, tiny_model_dir, flavour=None, **wan):
 
 
 def _request(tmp_path, steps=(), **fields: Any) -> ValidationRequest:
-    base = dict(step=0, prompts={"main": PROMPT}, negative_prompt="", num_frames=9, width=32, height=32,
+    base = dict(step=0, key="main", prompt=PROMPT, negative_prompt="", num_frames=9, width=32, height=32,
                 num_inference_steps=4, guidance_scale=3.0, seed=3, output_dir=tmp_path, preview_steps=steps)
     return ValidationRequest(**{**base, **fields})
 
@@ -91,7 +91,7 @@ def test_ti2v_previews_start_from_the_given_first_frame(host, tiny_model_dir, tm
     bundle = _bundle(host, tiny_model_dir, "ti2v-5b-2.2")
     image = render_clip("circle", "yellow", "grey", "left", 1, 64, 64)
     request = _request(tmp_path, steps=(1, 3), num_inference_steps=3, guidance_scale=1.0, width=64, height=64,
-                       conditioning_frames={"main": image})
+                       conditioning_frames=image)
     result = _render(host, bundle, request)
     video, previews = result.frames["main"], result.preview_frames["main"]
     assert previews[1].shape == (5, 64, 64, 3)

@@ -66,7 +66,7 @@ def test_the_same_validation_seed_gives_identical_videos_twice(wan):
     from tuner.types.validation import ValidationRequest
     from tuner.validate.inference import inference_state
 
-    request = ValidationRequest(step=0, prompts={"main": SMALL["validation_prompt"]}, negative_prompt="", num_frames=5,
+    request = ValidationRequest(step=0, key="main", prompt=SMALL["validation_prompt"], negative_prompt="", num_frames=5,
                                 width=32, height=32, num_inference_steps=4, guidance_scale=3.0, seed=42, output_dir=folder)
     with inference_state(bundle):
         rendered = [host.validate(bundle, request).frames["main"] for _ in range(2)]
@@ -139,7 +139,7 @@ def test_the_sampler_matches_wan_pipeline_when_skip_layer_guidance_is_off(wan):
     request_config = config()
     from tuner.types.validation import ValidationRequest
 
-    request = ValidationRequest(step=0, prompts={}, negative_prompt="blurry", num_frames=5, width=32, height=32,
+    request = ValidationRequest(step=0, key="main", prompt="", negative_prompt="blurry", num_frames=5, width=32, height=32,
                                 num_inference_steps=4, guidance_scale=3.0, seed=5, output_dir=folder)
     ours = sample_clip(pipe, request, request_config.validation.validation_prompt, pipe.scheduler, 32)
     theirs = pipe(request_config.validation.validation_prompt, negative_prompt="blurry", height=32, width=32,
@@ -219,7 +219,7 @@ def test_each_sampler_step_moves_the_rounds_progress(wan, capsys, monkeypatch):
 
     host, bundle, config, folder = wan
     steps: list[int] = []
-    request = ValidationRequest(step=0, prompts={"main": SMALL["validation_prompt"]}, negative_prompt="", num_frames=5,
+    request = ValidationRequest(step=0, key="main", prompt=SMALL["validation_prompt"], negative_prompt="", num_frames=5,
                                 width=32, height=32, num_inference_steps=4, guidance_scale=3.0, seed=42, output_dir=folder,
                                 on_sampler_step=lambda: steps.append(1))
     with inference_state(bundle):

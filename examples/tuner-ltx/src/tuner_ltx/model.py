@@ -180,27 +180,26 @@ def velocity_errors(
 
 
 def render(bundle: ModelBundle, request: ValidationRequest) -> ValidationResult:
-    """Every prompt through LTXPipeline itself, each from a generator seeded with ``request.seed``."""
+    """The request's prompt through LTXPipeline itself, from a generator seeded with ``request.seed``."""
     import torch
 
     if request.skip_layer_guidance is not None:
         raise PluginError("the ltx family has no skip-layer guidance: remove validation_guidance_skip_layers")
     pipe, parts = bundle.components["pipeline"], bundle.components
     result = ValidationResult(step=request.step)
-    for nickname, prompt in request.prompts.items():
-        result.frames[nickname] = pipe(
-            prompt=prompt,
-            negative_prompt=request.negative_prompt,
-            height=request.height,
-            width=request.width,
-            num_frames=request.num_frames,
-            frame_rate=parts["frame_rate"],
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            generator=torch.Generator().manual_seed(request.seed),
-            max_sequence_length=parts["max_sequence_length"],
-            output_type="np",
-        ).frames[0]
+    result.frames[request.key] = pipe(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        height=request.height,
+        width=request.width,
+        num_frames=request.num_frames,
+        frame_rate=parts["frame_rate"],
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        generator=torch.Generator().manual_seed(request.seed),
+        max_sequence_length=parts["max_sequence_length"],
+        output_type="np",
+    ).frames[0]
     return result
 
 
