@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.data.layout import DatasetSpec, load_layout
 from tuner.data.storage import MEDIA_EXTENSIONS, DataBackend, MediaListing
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import DataError, PluginError
-from tuner.hookspecs import hookimpl
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
 from tuner.testing.toy import ToyFamily, toy_config
