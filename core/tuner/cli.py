@@ -188,7 +188,7 @@ def train(
 @app.command()
 @friendly_errors
 def plugins(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List installed plugins with their version, hooks and config sections."""
+    """List installed plugins with their version, hooks, config sections, families and data backends."""
     from tuner.plugins import PluginHost
 
     infos = PluginHost.build(all_installed=True).describe()
@@ -198,11 +198,10 @@ def plugins(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("plugin", "version", "sections", "families", "hooks", title="tuner plugins")
+    table = Table("plugin", "version", "sections", "families", "data backends", "hooks", title="tuner plugins")
     for info in infos:
-        table.add_row(
-            info.name, info.version, ", ".join(info.sections), ", ".join(info.families), ", ".join(info.hooks)
-        )
+        listed = (info.sections, info.families, info.data_backends, info.hooks)
+        table.add_row(info.name, info.version, *(", ".join(names) for names in listed))
     Console().print(table)
 
 

@@ -59,6 +59,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
 )
 
 _REQUIRED_FAMILY_HOOKS = ("load_model", "encode_batch", "encode_prompts", "compute_loss")
+_DATA_BACKEND_METHODS = ("list_files", "open", "signature", "probe", "read_caption", "quarantine")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class PluginInfo:
     sections: tuple[str, ...]
     families: tuple[str, ...]
     active: bool
+    data_backends: tuple[str, ...] = ()
 
 
 def installed_plugins() -> dict[str, metadata.EntryPoint]:
@@ -203,12 +205,11 @@ class PluginHost:
         if name in self.data_backends and self.data_backend_owner[name] != plugin:
             owner = self.data_backend_owner[name]
             raise PluginError(f"plugins '{owner}' and '{plugin}' both register data backend '{name}'")
-        if not (isinstance(name, str) and name.strip() == name and name):
-            raise PluginError(f"plugin '{plugin}' registered a data backend named {name!r}: name it with a word")
-        if not all(callable(getattr(backend, m, None)) for m in ("list_files", "open", "probe", "signature")):
+        # Duck-typed: the contract's module sits on a floor above this one (tuner.data.storage).
+        if not all(callable(getattr(backend, m, None)) for m in _DATA_BACKEND_METHODS):
             raise PluginError(
                 f"plugin '{plugin}' registered data backend '{name}' with {type(backend).__name__}, which is no"
-                " tuner.data.storage.DataBackend (it needs list_files and open)"
+                " tuner.data.storage.DataBackend: subclass it"
             )
         self.data_backends[name] = backend
         self.data_backend_owner[name] = plugin
@@ -231,7 +232,7 @@ class PluginHost:
                 sorted(
                     caller.name
                     for caller in (self.pm.get_hookcallers(plugin) or [])
-                    if caller.name not in ("register_config_sections", "register_model_families", "register_data_backends")
+                    if not caller.name.startswith("register_")  # what they register has its own column
                 )
             )
             out.append(
@@ -243,6 +244,7 @@ class PluginHost:
                     sections=tuple(s for s, owner in self.section_owner.items() if owner == name),
                     families=tuple(f for f, owner in self.families.items() if owner == name),
                     active=True,
+                    data_backends=tuple(t for t, owner in self.data_backend_owner.items() if owner == name),
                 )
             )
         return out

@@ -95,6 +95,14 @@ def test_hook_register_data_backends_trains_the_toy_family_from_a_zip_file(tmp_p
     assert family.calls["encode_batch"] == 2
 
 
+def test_tuner_plugins_lists_each_plugins_data_backends(cli):
+    infos = {i["name"]: i for i in json.loads(cli(["plugins", "--json"]).output)}
+    assert infos["core"]["data_backends"] == ["local", "metadata"] and infos["wan"]["data_backends"] == []
+    assert "register_data_backends" not in infos["core"]["hooks"]  # shown by what it registered
+    described = {i.name: i for i in PluginHost.build([], extra={"zipped": ZipPlugin()}).describe()}
+    assert described["zipped"].data_backends == ("zip",) and described["zipped"].hooks == ()
+
+
 def test_hook_register_data_backends_refuses_a_clash_and_an_object_that_is_no_backend():
     class Clash:
         @hookimpl
@@ -108,7 +116,7 @@ def test_hook_register_data_backends_refuses_a_clash_and_an_object_that_is_no_ba
 
     with pytest.raises(PluginError, match="plugins 'core' and 'clash' both register data backend 'local'"):
         PluginHost.build([], extra={"clash": Clash()})
-    with pytest.raises(PluginError, match="data backend 'tar' with object, which is no tuner.data.storage.DataBackend"):
+    with pytest.raises(PluginError, match="'tar' with object, which is no tuner.data.storage.DataBackend: subclass it"):
         PluginHost.build([], extra={"tar": NotABackend()})
 
 
@@ -174,7 +182,8 @@ def _metadata_dataset(folder: Path, **extra: Any) -> dict[str, Any]:
     write_synthetic_clips(folder / "clips", count=3, num_frames=3, width=16, height=16, captions=False)
     rows = [("clip_000.mp4", "from the table"), ("clip_001", "no extension"), ("gone.mp4", "no such file")]
     rows.append(("../clips.zip", "outside"))
-    (folder / "clips" / "metadata.jsonl").write_text("\n".join(json.dumps({"file_name": f, "caption": c}) for f, c in rows))
+    table = "\n".join(json.dumps({"file_name": f, "caption": c}) for f, c in rows)
+    (folder / "clips" / "metadata.jsonl").write_text(table)
     block = {"path": str(folder / "clips" / "metadata.jsonl")}
     return {"id": "listed", "type": "metadata", "dataset_type": "video", "instance_data_dir": str(folder / "clips"),
             "caption_strategy": "parquet", "parquet": block, **extra}

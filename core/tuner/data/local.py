@@ -66,7 +66,8 @@ def find_media(root: Path) -> MediaListing:
 def check_folder(spec: DatasetSpec) -> None:
     """Stop with one line when the dataset's ``instance_data_dir`` is no folder."""
     if not spec.root.is_dir():
-        raise DataError(f"{spec.where}: instance_data_dir does not exist or is not a folder: {spec.root}{spec.root_hint}")
+        where = f"{spec.where}: instance_data_dir"
+        raise DataError(f"{where} does not exist or is not a folder: {spec.root}{spec.root_hint}")
 
 
 class LocalFiles(DataBackend):
