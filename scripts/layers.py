@@ -31,7 +31,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("validate",),
     ("train",),
     ("report",),
-    ("sections", "demo", "setup", "serve", "config_docs", "cli"),
+    ("commands", "sections", "demo", "setup", "serve", "config_docs", "cli"),
     ("testing",),
 )
 

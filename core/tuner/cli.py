@@ -6,17 +6,15 @@ the commands that need them, so ``tuner --help`` answers at once.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from tuner.commands.errors import fail, friendly_errors
 from tuner.config_args import HELP as OPTION_FLAGS_HELP
-from tuner.errors import TunerError
 
 if TYPE_CHECKING:
     from tuner.config import RunConfig
@@ -38,8 +36,8 @@ app.add_typer(config_app, name="config")
 plot_app = typer.Typer(help="Draw what a config will do: the LR schedule, the sampled noise levels.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
 
-# Set-up commands live in tuner.setup (the wizard and the importer); only their registration is here.
-from tuner.setup.commands import config_import, configure  # noqa: E402 - light: typer only
+# The subcommands of tuner.commands (light: typer only); only their registration is here.
+from tuner.commands.setup import config_import, configure  # noqa: E402 - light: typer only
 
 app.command("configure")(configure)
 config_app.command("import")(config_import)
@@ -48,19 +46,16 @@ from tuner.serve.command import serve  # noqa: E402 - light: typer only; the web
 
 app.command("serve")(serve)
 
-# Data commands live in tuner.data.commands: see the frames that will train, build the caches alone.
-from tuner.data.commands import cache, data_preview  # noqa: E402 - light: typer only
+from tuner.commands.data import cache, data_preview  # noqa: E402 - light: typer only
 
 data_app = typer.Typer(help="See the training data as it will be encoded.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 data_app.command("preview")(data_preview)
 app.command("cache")(cache)
 
-from tuner.lora.commands import lora_app  # noqa: E402 - light: typer only
+from tuner.commands.lora import lora_app  # noqa: E402 - light: typer only
 
 app.add_typer(lora_app, name="lora")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 PluginOpt = Annotated[
     list[str] | None, typer.Option("--plugin", "-p", help="Activate a plugin (repeatable), e.g. --plugin wan.")
@@ -69,40 +64,6 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Config file (.t
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override an option: KEY=VALUE, e.g. train.learning_rate=1e-4.")
 ]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from tuner.errors import printable
-
-    typer.echo(f"error: {printable(message)}", err=True)  # one line, whatever file name it quotes
-    return typer.Exit(code=code)
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn a `TunerError`, a full disk wherever it is met, or a stop by a signal into one 'error: ...' line.
-
-    The exit status is 2, or 128 + the signal's number for SIGTERM and Ctrl-C (143, 130), as a shell reports them.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt as exc:
-            code = getattr(exc, "exit_code", 130)  # tuner.train.stop.Interrupted says which signal
-            raise _fail(str(exc) or "interrupted", code) from None
-        except TunerError as exc:
-            raise _fail(str(exc)) from None
-        except Exception as exc:  # OSError, or a writer's own type (safetensors' SafetensorError)
-            from tuner.durable import disk_full_line, is_disk_full, refused_write_line
-
-            if is_disk_full(exc):
-                raise _fail(disk_full_line(exc)) from None
-            if (line := refused_write_line(exc)) is not None:
-                raise _fail(line) from None
-            raise
-
-    return wrapper  # type: ignore[return-value]
 
 
 def load_run_config(
@@ -254,7 +215,7 @@ def plot_lr(
     _, cfg = load_run_config(config, plugin, _with_flags(ctx, set_))
     total = steps or cfg.train.max_train_steps
     if not total:
-        raise _fail("max_train_steps is 0 (the length comes from epochs): pass --steps")
+        raise fail("max_train_steps is 0 (the length comes from epochs): pass --steps")
     typer.echo(draw(cfg, total, out or Path(cfg.train.output_dir) / "lr_schedule.png"))
 
 

@@ -416,7 +416,7 @@ class _ReadOnlyAfter(ToyFamily):
 def test_an_output_folder_made_read_only_mid_run_ends_in_one_line(tmp_path, capsys):
     import typer
 
-    from tuner.cli import friendly_errors
+    from tuner.commands.errors import friendly_errors
 
     out = tmp_path / "out"
     out.mkdir()

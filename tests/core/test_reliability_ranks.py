@@ -22,7 +22,7 @@ _RANK = textwrap.dedent(
     from pathlib import Path
     import typer
     from tuner import hookimpl
-    from tuner.cli import friendly_errors
+    from tuner.commands.errors import friendly_errors
     from tuner.config import resolve_config
     from tuner.plugins import PluginHost
     from tuner.testing.toy import ToyFamily, toy_config

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import typer
-from tuner.cli import friendly_errors
+from tuner.commands.errors import friendly_errors
 
 folder = Path(sys.argv[1])
 limit = int(sys.argv[2])

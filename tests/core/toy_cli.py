@@ -1,6 +1,6 @@
 """``python toy_cli.py FOLDER OPTIONS_JSON``: a toy-family training run in a process of its own, as the CLI runs it.
 
-``train()`` goes through the CLI's error handling (`tuner.cli.friendly_errors`): the process ends
+``train()`` goes through the CLI's error handling (`tuner.commands.errors.friendly_errors`): the process ends
 with the same one line and exit status as ``tuner train``. Options are ``[train]`` options, plus
 ``toy`` (the toy section) and ``file_size_limit`` (bytes: ``RLIMIT_FSIZE`` for the run).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from tuner.cli import friendly_errors
+from tuner.commands.errors import friendly_errors
 from tuner.config import resolve_config
 from tuner.plugins import PluginHost
 from tuner.testing.toy import ToyFamily, toy_config

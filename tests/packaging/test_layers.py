@@ -21,8 +21,6 @@ UPWARD: dict[tuple[str, str], tuple[bool, str]] = {
     ("config", "data"): (True, "RunConfig.data is typed; each section's model lives beside the code that reads it"),
     ("config", "train"): (True, "RunConfig.train is typed; each section's model lives beside the code that reads it"),
     ("config", "validate"): (False, "RunConfig.validation is typed; the held-out check spans two validate sections"),
-    ("data", "cli"): (False, "data.commands is a CLI command"),
-    ("data", "train"): (False, "data.commands is a CLI command (tuner cache runs as a run does)"),
     ("hookspecs", "train"): (True, "the rewrite_noisy_input hook returns an InputRewriter"),
     ("plugins", "train"): (True, "the host's rewrite_noisy_input returns an InputRewriter"),
     ("types", "train"): (True, "ModelBundle.input_rewriter is an InputRewriter"),
@@ -30,10 +28,8 @@ UPWARD: dict[tuple[str, str], tuple[bool, str]] = {
 
 # Cycles with a runtime import both ways: (a, b) with a < b -> why it stays.
 RUNTIME_CYCLES: dict[tuple[str, str], str] = {
-    ("cli", "data"): "cli registers data.commands, which use the CLI's error handling",
-    ("cli", "setup"): "cli registers setup.commands, which check a config as the CLI loads it",
+    ("cli", "commands"): "the commands load a config with cli.load_run_config, until it moves into config.py",
     ("config_keys", "plugins"): "the host names a plugin as config keys show it; unknown keys list every plugin",
-    ("data", "train"): "data.prepare uses train.distributed; train.run plans the data",
 }
 
 

@@ -1,1 +1,1 @@
-"""Setting up a run: the ``tuner configure`` wizard and ``tuner config import``."""
+"""Setting up a run: the wizard and the importer behind ``tuner configure`` and ``tuner config import``."""
