@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from tuner.config_keys import implied_plugins, nest_flat_keys, shown
+from tuner.config_keys import implied_plugins, nest_flat_keys
 from tuner.config_paths import PathRule
-from tuner.errors import ConfigError, did_you_mean
+from tuner.errors import ConfigError, did_you_mean, shown
 
 if sys.version_info >= (3, 11):
     import tomllib

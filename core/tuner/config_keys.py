@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from tuner.errors import ConfigError, did_you_mean
+from tuner.errors import ConfigError, did_you_mean, shown
 
 if TYPE_CHECKING:
     from tuner.plugins import PluginHost
@@ -23,7 +23,6 @@ __all__ = [
     "nest_flat_keys",
     "implied_plugins",
     "unread_environment",
-    "shown",
     "other_spellings",
 ]
 
@@ -84,11 +83,6 @@ def nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseModel
 # Options of the guide tuner does not offer, and why: refused by name rather than as typos.
 # (Empty since validation_preview, the last of them, is offered.)
 NOT_OFFERED: dict[str, str] = {}
-
-
-def shown(text: str) -> str:
-    """``text`` as a message shows it: on one line, control characters escaped."""
-    return text if text.isprintable() else ascii(text)[1:-1]
 
 
 def _unknown_key(key: str, known: list[str]) -> str:

@@ -11,7 +11,7 @@ import difflib
 import re
 from collections.abc import Iterable
 
-__all__ = ["TunerError", "ConfigError", "PluginError", "DataError", "CheckpointError", "did_you_mean", "printable"]
+__all__ = ["TunerError", "ConfigError", "PluginError", "DataError", "CheckpointError", "did_you_mean", "printable", "shown"]
 
 # Control characters, line separators and bidirectional overrides: a file name holding one could start a
 # line of its own in a log, move the cursor, or show other text than it holds.
@@ -21,6 +21,11 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u
 def printable(text: str) -> str:
     """``text`` with every control character written as its escape (``\\n``, ``\\x1b``): one line, shown as is."""
     return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def shown(text: str) -> str:
+    """``text`` (a config key, a plugin's name) as a message shows it: on one line, control characters escaped."""
+    return text if text.isprintable() else ascii(text)[1:-1]
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

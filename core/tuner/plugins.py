@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pluggy
 
 from tuner import hookspecs
-from tuner.errors import PluginError, did_you_mean
+from tuner.errors import PluginError, did_you_mean, shown
 
 if TYPE_CHECKING:
     import torch
@@ -134,8 +134,6 @@ class PluginHost:
                 choices = sorted(set(installed) | set(extra))
                 listing = ", ".join(choices) if choices else "none"
                 hint = did_you_mean(name, choices) or ": it is not installed (install the package that provides it)"
-                from tuner.config_keys import shown
-
                 raise PluginError(f"unknown plugin '{shown(name)}'{hint}; installed plugins: {listing}")
             host._load_entry_point(installed[name])
         for name, obj in extra.items():
@@ -254,8 +252,6 @@ class PluginHost:
         if requested:
             requested = self.family_named(requested) or requested
             if requested not in self.families:
-                from tuner.config_keys import shown
-
                 known = ", ".join(sorted(self.families)) or "none (activate a family plugin, e.g. --plugin wan)"
                 raise PluginError(
                     f"model_family '{shown(requested)}' is not provided by any active plugin"
