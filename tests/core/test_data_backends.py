@@ -189,12 +189,13 @@ def _metadata_dataset(folder: Path, **extra: Any) -> dict[str, Any]:
             "caption_strategy": "parquet", "parquet": block, **extra}
 
 
-def _scan(folder: Path, entries: list[dict[str, Any]]):
+def _scan(folder: Path, entries: list[dict[str, Any]], extra: dict[str, Any] | None = None):
     from tuner.data.prepare import scan_samples
 
     config = toy_config(folder)
     config["data"] = {"data_backend_config": str(_backend_file(folder, entries)), "cache_dir": str(folder / "cache")}
-    return scan_samples(resolve_config(config, PluginHost.build([], extra={"toy": ToyFamily()})))
+    host = PluginHost.build([], extra={"toy": ToyFamily(), **(extra or {})})
+    return scan_samples(resolve_config(config, host, folder))
 
 
 def test_the_metadata_backend_reads_the_files_its_table_lists(tmp_path):
@@ -240,3 +241,41 @@ def test_validation_first_frames_come_from_files_on_disk_only(tmp_path):
     }
     with pytest.raises(ConfigError, match="dataset 'zipped' is of type 'zip', whose files are not on this disk"):
         prompt_images(resolve_config({**raw, "eval_dataset_id": "zipped"}, host))
+
+
+class MemoryFiles(DataBackend):
+    """``type: memory``: datasets held in a dict, found by ``instance_data_dir`` as written (a name, not a path)."""
+
+    def __init__(self, stores: dict[str, dict[str, bytes]]) -> None:
+        self.stores = stores
+        self.roots: dict[Path, dict[str, bytes]] = {}
+
+    def list_files(self, spec: DatasetSpec) -> MediaListing:
+        self.roots[spec.root] = self.stores[spec.source]
+        return MediaListing(files=sorted(spec.root / n for n in self.stores[spec.source] if not n.endswith(".txt")))
+
+    def open(self, path: Path) -> BinaryIO:
+        try:
+            return io.BytesIO(self.roots[path.parent][path.name])
+        except KeyError:
+            raise FileNotFoundError(path) from None
+
+
+def test_a_backend_finds_its_dataset_by_the_name_as_written(tmp_path):
+    clips = write_synthetic_clips(tmp_path / "loose", count=2, num_frames=3, width=16, height=16)
+    store = {p.name: p.read_bytes() for c in clips for p in (c, c.with_suffix(".txt"))}
+
+    class MemoryPlugin:
+        @hookimpl
+        def register_data_backends(self, register: Any) -> None:
+            register("memory", MemoryFiles({"someone/clips": store}))
+
+    entry = {"id": "held", "type": "memory", "dataset_type": "video", "instance_data_dir": "someone/clips"}
+    scan = _scan(tmp_path, [entry], extra={"memory": MemoryPlugin()})
+    (dataset,) = scan.datasets
+    assert dataset.spec.source == "someone/clips" and not dataset.spec.root.exists()
+    assert [(f.path.name, f.caption) for f in dataset.files] == [
+        ("clip_000.mp4", "a red square moving right on a black background"),
+        ("clip_001.mp4", "a green circle moving left on a white background"),
+    ]
+    assert [f.info.frames for f in dataset.files] == [3, 3]

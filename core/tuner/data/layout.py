@@ -73,6 +73,8 @@ class DatasetSpec:
     where: str = ""
     root_hint: str = ""  # said when root is missing: where relative paths are read from (`PathRule.hint`)
     type: str = "local"  # the data backend that lists and reads the files (`tuner.data.storage`)
+    # instance_data_dir as written, for a backend that reads it as a name (a hub id, a URL) rather than a path.
+    source: str = ""
 
 
 @dataclass
@@ -158,6 +160,7 @@ def _media_spec(
         kind=entry.dataset_type,
         root=locate_input(entry.instance_data_dir, config),
         root_hint=config.paths.hint(entry.instance_data_dir, locate_input(entry.instance_data_dir, config)),
+        source=entry.instance_data_dir,
         caption_strategy=strategy,
         instance_prompt=prompt,
         metadata=entry.parquet,
@@ -261,6 +264,7 @@ def _shorthand(config: RunConfig) -> DataLayout:
         id="data",
         kind="video",
         root=root,
+        source=str(data.instance_data_dir),
         caption_strategy=data.caption_strategy,
         instance_prompt=data.instance_prompt,
         metadata=None,

@@ -12,7 +12,8 @@ Every file is named by a path under the dataset's ``root`` (its
 ``instance_data_dir``, resolved): a real file for ``local``, a member's name for a
 backend that reads an archive or a remote store. Reports show that path, the
 ``filename`` caption strategy reads its name, and a metadata file's rows match the
-path relative to ``root``.
+path relative to ``root``. A backend that reads ``instance_data_dir`` as a name (a
+hub id, a URL) finds it as written in ``spec.source``.
 """
 
 from __future__ import annotations
