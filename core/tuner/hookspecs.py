@@ -230,8 +230,9 @@ def compute_loss(
         `tuner.train.timesteps.training_sigmas` and ``bundle.sigma_range()``,
         so that a run training some experts of a model draws only their
         noise levels; run each sample through the trained expert that owns
-        its sigma (`tuner.types.bundle.Expert.owns`), entering it with
-        ``bundle.enter(expert)``.
+        its sigma with `tuner.train.experts.run_experts` (by hand: pick it
+        with `tuner.types.bundle.Expert.owns` and enter it with
+        ``bundle.enter(expert)``).
     :param config: the resolved config.
     :return: a `tuner.types.training.LossOutput`.
     """

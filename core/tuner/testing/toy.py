@@ -24,6 +24,7 @@ from torch import nn
 
 from tuner import hookimpl
 from tuner.media import write_image
+from tuner.train.experts import run_experts
 from tuner.train.noising import noisy_inputs
 from tuner.train.precision import base_weight_dtype
 from tuner.train.timesteps import add_noise, sample_sigmas
@@ -141,15 +142,17 @@ class ToyFamily:
         sigmas = sample_sigmas(x0.shape[0], generator, sigma_range=bundle.sigma_range(), device=x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
 
+        names = {id(expert.module): expert.name for expert in bundle.trained_experts()}
+
         def forward(noisy: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor, count: bool) -> torch.Tensor:
-            pred = torch.zeros_like(noisy)
-            for expert in bundle.trained_experts():  # each sample through the expert owning its sigma
-                rows = expert.owns(sigmas)
-                if rows.any():
-                    if count:
-                        self.expert_samples[expert.name] = self.expert_samples.get(expert.name, 0) + int(rows.sum())
-                    pred[rows] = bundle.enter(expert)(noisy[rows], sigmas[rows], text[rows]).float()
-            return pred
+            def run(model: nn.Module, part: dict[str, torch.Tensor]) -> torch.Tensor:
+                if count:
+                    name = names[id(model)]
+                    self.expert_samples[name] = self.expert_samples.get(name, 0) + part["x"].shape[0]
+                return model(part["x"], part["sigmas"], part["text"]).float()
+
+            # The core's split: each sample through the trained expert that owns its sigma.
+            return run_experts(bundle, sigmas, {"x": noisy, "sigmas": sigmas, "text": text}, run)
 
         def predict(noisy: torch.Tensor, sigmas: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             self._count("predict")

@@ -1,4 +1,8 @@
-"""Several denoisers (experts) on one accelerator: they take turns.
+"""Several denoisers (experts): each sample through the one that owns its noise level, and turns on one accelerator.
+
+`run_experts` is the forward every multi-expert family shares: it splits a
+batch by the trained expert that owns each sample's sigma and puts the
+predictions back in batch order.
 
 A model that splits the noise range between experts (Wan 2.2 A14B: two 14B
 transformers) rarely fits on the accelerator twice. By default the expert
@@ -19,8 +23,37 @@ if TYPE_CHECKING:
 
     from tuner.types.bundle import Expert, ModelBundle
 
-__all__ = ["move_frozen", "ExpertTurns", "install_expert_turns"]
+__all__ = ["run_experts", "move_frozen", "ExpertTurns", "install_expert_turns"]
 
+
+def run_experts(
+    bundle: ModelBundle,
+    sigmas: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
+    forward: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+) -> torch.Tensor:
+    """``forward(module, inputs)`` with each sample run by the trained expert that owns its sigma.
+
+    Tensors in ``inputs`` whose first dimension is the batch are split by
+    expert; the predictions are put back in batch order. With one trained
+    denoiser this is one call.
+    """
+    experts = bundle.trained_experts()
+    if len(experts) == 1:
+        return forward(bundle.enter(experts[0]) if bundle.experts else bundle.denoiser, inputs)
+    batch = sigmas.shape[0]
+    pred: torch.Tensor | None = None
+    for expert in experts:
+        rows = expert.owns(sigmas).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        part = {k: v.index_select(0, rows.to(v.device)) if v.shape[:1] == (batch,) else v for k, v in inputs.items()}
+        out = forward(bundle.enter(expert), part)
+        if pred is None:
+            pred = out.new_zeros((batch, *out.shape[1:]))
+        pred = pred.index_copy(0, rows.to(out.device), out)
+    assert pred is not None, "the experts' ranges cover [0, 1]"
+    return pred
 
 def move_frozen(module: torch.nn.Module, device: torch.device) -> None:
     """Move ``module``'s frozen parameters and buffers to ``device``; trainable parameters stay where they are."""

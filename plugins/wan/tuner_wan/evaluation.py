@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tuner.train.experts import run_experts
 from tuner.train.timesteps import add_noise, draw_noise, velocity_errors as errors
-
-from tuner_wan.experts import run_experts
 
 if TYPE_CHECKING:
     import torch

@@ -1,4 +1,4 @@
-"""Wan 2.2 A14B's two noise experts: which to load, their noise ranges, and running samples through them.
+"""Wan 2.2 A14B's two noise experts: which to load, their noise ranges, and which validation samples with.
 
 diffusers' convention (kept here and in the docs): `transformer` is the
 high-noise expert and denoises timesteps ``t >= boundary_ratio * 1000``,
@@ -10,7 +10,6 @@ levels it will denoise at inference.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import ConfigError
@@ -20,7 +19,7 @@ from tuner_wan.flavours import EXPERT_COMPONENTS
 if TYPE_CHECKING:
     import torch
 
-    from tuner.types.bundle import Expert, ModelBundle
+    from tuner.types.bundle import Expert
 
     from tuner_wan.flavours import Flavour
     from tuner_wan.settings import WanSection
@@ -31,7 +30,6 @@ __all__ = [
     "loaded_experts",
     "boundary_ratio",
     "make_experts",
-    "run_experts",
     "validation_transformers",
     "single_stage_note",
 ]
@@ -85,36 +83,6 @@ def make_experts(modules: dict[str, torch.nn.Module], trained: list[str], bounda
         for which in ("high", "low")
         if which in modules
     ]
-
-
-def run_experts(
-    bundle: ModelBundle,
-    sigmas: torch.Tensor,
-    inputs: dict[str, torch.Tensor],
-    forward: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor],
-) -> torch.Tensor:
-    """``forward(module, inputs)`` with each sample run by the trained expert that owns its sigma.
-
-    Tensors in ``inputs`` whose first dimension is the batch are split by
-    expert; the predictions are put back in batch order. With one trained
-    denoiser this is one call.
-    """
-    experts = bundle.trained_experts()
-    if len(experts) == 1:
-        return forward(bundle.enter(experts[0]) if bundle.experts else bundle.denoiser, inputs)
-    batch = sigmas.shape[0]
-    pred: torch.Tensor | None = None
-    for expert in experts:
-        rows = expert.owns(sigmas).nonzero().squeeze(1)
-        if rows.numel() == 0:
-            continue
-        part = {k: v.index_select(0, rows.to(v.device)) if v.shape[:1] == (batch,) else v for k, v in inputs.items()}
-        out = forward(bundle.enter(expert), part)
-        if pred is None:
-            pred = out.new_zeros((batch, *out.shape[1:]))
-        pred = pred.index_copy(0, rows.to(out.device), out)
-    assert pred is not None, "the experts' ranges cover [0, 1]"
-    return pred
 
 
 def validation_transformers(experts: list[Expert], single: torch.nn.Module) -> dict[str, Any]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tuner.train.experts import run_experts
 from tuner.train.noising import noisy_inputs
 from tuner.train.timesteps import draw_noise, training_sigmas
 from tuner.types.training import LossOutput
-
-from tuner_wan.experts import run_experts
 
 if TYPE_CHECKING:
     import torch
