@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from test_data import prepared
+from data_setup import prepared
 
 from tuner.config import resolve_config
 from tuner.data.buckets import plan_samples

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from test_data import configure, prepared, video
+from data_setup import configure, prepared, video
 
 from tuner import hookimpl
 from tuner.data.frames import decode_sample

@@ -16,7 +16,7 @@ decompresses) files: it never calls a torch op, not even
 own; with threads >= cores the training thread's team then sleeps and wakes
 between ops and a whole step ran 1.2x slower (DESIGN.md, "Rules learned from
 measurement"). Tensors are made and stacked on the training thread, in
-`TrainingData.load_micro_batch`; tests/core/test_data.py keeps a guard on it.
+`TrainingData.load_micro_batch`; tests/core/test_data_threads.py keeps a guard on it.
 """
 
 from __future__ import annotations
