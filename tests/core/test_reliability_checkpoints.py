@@ -1,14 +1,12 @@
-"""Reliability of what a run writes: no code from checkpoints, nothing lost on a crash, no secret printed.
+"""Checkpoints: no code from them, damaged ones skipped, another run's never replaced, nothing lost in a crash.
 
 The toy family keeps these fast; the crash-injection test kills real processes with SIGKILL.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import logging
 import os
 import pickle
 import shutil
@@ -20,30 +18,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from reliability_setup import ADAPTERS, file_tree, same_files, toy_runs
 
 from tuner import hookimpl
 from tuner.cache.store import clean_partials as clean_cache_partials
 from tuner.config import resolve_config
-from tuner.data.prepare import scan_samples
-from tuner.data.synthetic import write_broken_files, write_synthetic_clips
-from tuner.errors import CheckpointError, ConfigError, DataError
+from tuner.data.synthetic import write_synthetic_clips
+from tuner.errors import CheckpointError, ConfigError
 from tuner.plugins import PluginHost
-from tuner.report.delivery import Delivery, Post
 from tuner.report.jsonlog import read_log
-from tuner.report.secrets import Scrubber
 from tuner.testing.toy import ToyFamily, toy_config
-from tuner.train.checkpoints import (
-    ADAPTER_FILE,
-    checkpoint_problem,
-    clean_partials,
-    latest_checkpoint,
-    read_checkpoint,
-    write_checkpoint,
-)
+from tuner.train.checkpoints import ADAPTER_FILE, checkpoint_problem, read_checkpoint
 from tuner.train.run import train
 
-ADAPTERS = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_ema.safetensors")
 # Four steps, a checkpoint every two, only one kept, EMA on: every rename a checkpoint write has.
 CRASH_RUN = dict(max_train_steps=4, checkpoint_step_interval=2, checkpoints_total_limit=1, use_ema=True, ema_decay=0.5)
 
@@ -51,33 +38,7 @@ CRASH_RUN = dict(max_train_steps=4, checkpoint_step_interval=2, checkpoints_tota
 @pytest.fixture
 def toy(tmp_path):
     """``toy(name, family=None, validation=False, **train_options)`` trains the toy family into ``tmp_path/name``."""
-    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
-
-    def run(name="out", family=None, validation=False, **options):
-        family = family or ToyFamily()
-        host = PluginHost.build([], extra={"toy": family})
-        cfg = toy_config(tmp_path, **options)
-        cfg["train"]["output_dir"] = str(tmp_path / name)
-        if validation:
-            cfg["validation"]["validation_step_interval"] = 2
-        else:
-            cfg["validation"]["validation_prompt"] = None
-        return train(resolve_config(cfg, host), host)
-
-    run.folder = tmp_path
-    return run
-
-
-def _same_files(a: Path, b: Path, names=ADAPTERS) -> bool:
-    for name in names:
-        x, y = load_file(a / name), load_file(b / name)
-        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
-            return False
-    return True
-
-
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return toy_runs(tmp_path)
 
 
 # -- no code from a checkpoint ------------------------------------------------------
@@ -155,7 +116,7 @@ def test_resume_from_the_safetensors_state_is_exact_for_each_kind_of_optimizer(t
     with pytest.raises(KeyboardInterrupt):
         run("resumed", _CtrlCAt(2))
     run("resumed", resume_from_checkpoint="latest")
-    assert _same_files(tmp_path / "resumed", tmp_path / "straight")
+    assert same_files(tmp_path / "resumed", tmp_path / "straight")
     a = read_checkpoint(tmp_path / "resumed" / "checkpoint-4")[0]["optimizer"]
     b = read_checkpoint(tmp_path / "straight" / "checkpoint-4")[0]["optimizer"]
     assert a["param_groups"] == b["param_groups"]
@@ -196,7 +157,7 @@ def test_latest_skips_a_damaged_newest_checkpoint_and_still_ends_exactly(toy, ca
     assert f"skipping damaged checkpoint {out / 'checkpoint-4'}" in capsys.readouterr().err
     assert [r["start_step"] for r in read_log(out) if r["event"] == "start"] == [0, 2]
     assert checkpoint_problem(out / "checkpoint-4") is None, "the damaged one was written again"
-    assert _same_files(out, toy.folder / "straight")
+    assert same_files(out, toy.folder / "straight")
 
 
 def test_a_damaged_checkpoint_named_explicitly_stops_before_the_model_loads(toy):
@@ -210,139 +171,20 @@ def test_a_damaged_checkpoint_named_explicitly_stops_before_the_model_loads(toy)
     assert "load_model" not in family.calls
 
 
-# -- writing: flushed before renamed, a re-save never loses the good copy ---------------
-
-
-def _write(folder: Path, step: int, value: int) -> Path:
-    return write_checkpoint(
-        folder, step, {"x": torch.tensor([value])}, lambda d: (d / ADAPTER_FILE).write_bytes(b"adapter %d" % value), {}
-    )
-
-
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads open file names from /proc")
-def test_every_file_and_folder_is_flushed_before_the_rename(tmp_path, monkeypatch):
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)))
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b)))
-    final = _write(tmp_path, 3, 1)
-    partial = str(tmp_path / ".checkpoint-3.partial")
-    rename = events.index(("replace", partial))
-    flushed = {path for kind, path in events[:rename] if kind == "fsync"}
-    assert {str(Path(partial) / p.name) for p in final.iterdir()} | {partial} <= flushed
-    assert ("fsync", str(tmp_path)) in events[rename:], "the rename itself is flushed"
-
-
-def test_a_crash_while_re_saving_a_step_never_loses_the_good_copy(tmp_path, monkeypatch):
-    good = _write(tmp_path, 2, 1)
-    before = _tree(good)
-    real_replace = os.replace
-    calls = []
-
-    def crash_on_second(src, dst):
-        calls.append(src)
-        if len(calls) == 2:  # the old copy is set aside, the new one not yet in place
-            raise SystemExit("killed")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", crash_on_second)
-    with pytest.raises(SystemExit):
-        _write(tmp_path, 2, 7)
-    monkeypatch.setattr(os, "replace", real_replace)
-    assert not good.exists(), "the crash came inside the window"
-    assert latest_checkpoint(tmp_path) is None
-    assert clean_partials(tmp_path) == [good], "the next start puts the good copy back"
-    assert _tree(good) == before and latest_checkpoint(tmp_path) == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
-    assert torch.equal(read_checkpoint(good)[0]["x"], torch.tensor([1]))
-
-
-def test_a_full_disk_during_a_checkpoint_stops_in_one_line_and_keeps_the_last_one(toy, monkeypatch):
-    import safetensors.torch
-
-    real = safetensors.torch.save_file
-
-    def full_at_step_4(tensors, filename, *args, **kwargs):
-        if "checkpoint-4" in str(filename):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensors, filename, *args, **kwargs)
-
-    monkeypatch.setattr(safetensors.torch, "save_file", full_at_step_4)
-    with pytest.raises(CheckpointError) as err:
-        toy(max_train_steps=6, checkpoint_step_interval=2)
-    out = toy.folder / "out"
-    message = str(err.value)
-    assert "\n" not in message and message.startswith(f"disk full: writing checkpoint-4 into {out} needs about")
-    assert "is free; free some space there or point output_dir at another disk" in message
-    assert message.endswith("the last checkpoint is intact")
-    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"], "nothing half-written"
-    assert latest_checkpoint(out) == out / "checkpoint-2"
-
-
-def test_a_full_disk_while_exporting_the_adapter_stops_in_one_line(toy, monkeypatch):
-    import safetensors.torch
-
-    real = safetensors.torch.save_file
-
-    def full_outside_checkpoints(tensors, filename, *args, **kwargs):
-        if "checkpoint-" not in str(filename):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensors, filename, *args, **kwargs)
-
-    monkeypatch.setattr(safetensors.torch, "save_file", full_outside_checkpoints)
-    with pytest.raises(CheckpointError) as err:
-        toy(max_train_steps=2)
-    out = toy.folder / "out"
-    assert "\n" not in str(err.value)
-    assert str(err.value).startswith(f"disk full: writing pytorch_lora_weights.safetensors into {out} needs about")
-    assert not list(out.glob(".*partial*")) and checkpoint_problem(out / "checkpoint-2") is None
-
-
-def test_a_state_that_parses_but_does_not_fit_stops_in_one_line(toy):
-    toy(max_train_steps=2)
-    ckpt = toy.folder / "out" / "checkpoint-2"
-    data = json.loads((ckpt / "training_state.json").read_text())
-    del data["state"]["schedule"]  # hand-edited, and the manifest brought up to date
-    (ckpt / "training_state.json").write_text(json.dumps(data))
-    manifest = json.loads((ckpt / "manifest.json").read_text())
-    raw = (ckpt / "training_state.json").read_bytes()
-    manifest["files"]["training_state.json"] = {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="checkpoint-2 does not fit this run \\(KeyError: 'schedule'\\)") as err:
-        toy(max_train_steps=4, resume_from_checkpoint="latest")
-    assert "\n" not in str(err.value)
-
-
-def test_a_full_disk_while_caching_stops_in_one_line_naming_the_folder(toy, monkeypatch):
-    import tuner.cache.store as store
-
-    def full(path, blob):
-        path.write_bytes(blob[:10])  # a real full disk leaves the start of the file behind
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(store, "_store_bytes", full)
-    with pytest.raises(DataError) as err:
-        toy(max_train_steps=1)
-    message = str(err.value)
-    assert "\n" not in message and "disk full: writing the cache entry" in message
-    assert f"into {toy.folder / 'cache'}" in message and "needs about" in message and "point cache_dir" in message
-    assert not [p for p in (toy.folder / "cache").rglob("*") if p.is_file() and "safetensors" in p.name]
-
-
 # -- a fresh run never replaces another run's checkpoints -------------------------------
 
 
 def test_a_fresh_run_into_another_runs_checkpoints_stops_unless_told_to_overwrite(toy):
     toy(max_train_steps=4, checkpoint_step_interval=2)
     out = toy.folder / "out"
-    before = _tree(out)
+    before = file_tree(out)
     family = ToyFamily()
     with pytest.raises(ConfigError) as err:
         toy(family=family, max_train_steps=2)
     message = str(err.value)
     assert "\n" not in message and f"train.output_dir {out} holds another run's checkpoints" in message
     assert "resume_from_checkpoint = 'latest'" in message and "overwrite_output_dir = true" in message
-    assert _tree(out) == before and "load_model" not in family.calls, "refused before any work, nothing touched"
+    assert file_tree(out) == before and "load_model" not in family.calls, "refused before any work, nothing touched"
 
     toy(max_train_steps=2, overwrite_output_dir=True)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"], "the earlier run's are gone"
@@ -412,86 +254,6 @@ def test_temporary_cache_files_of_a_dead_process_are_removed_at_the_next_start(t
     old = time.time() - 2 * 24 * 3600
     os.utime(live, (old, old))
     assert clean_cache_partials(cache) == 1 and not live.exists(), "unless it is days old (a reused process id)"
-
-
-# -- quarantine stays inside the dataset ---------------------------------------------------
-
-
-def test_quarantine_never_moves_files_reached_through_a_symlink_outside_the_dataset(tmp_path, capsys):
-    root = tmp_path / "clips"
-    write_synthetic_clips(root, count=2, num_frames=3, width=16, height=16)
-    outside = write_broken_files(tmp_path / "elsewhere", num_frames=3, width=16, height=16)
-    inside = write_broken_files(root / "own", num_frames=3, width=16, height=16)
-    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    host = PluginHost.build([], extra={"toy": ToyFamily()})
-    cfg = toy_config(tmp_path)
-    cfg["data"]["delete_problematic_images"] = True
-    scan_samples(resolve_config(cfg, host))
-    assert all(p.exists() and p.with_suffix(".txt").exists() for p in outside.values()), "nothing outside moved"
-    assert not (tmp_path / "elsewhere" / ".tuner-quarantine").exists()
-    assert not inside["empty.mp4"].exists(), "files inside the dataset are quarantined as before"
-    assert (root / ".tuner-quarantine" / "own" / "empty.mp4").is_file()
-    assert f"{root / 'linked' / 'empty.mp4'} is not quarantined: its folder lies outside" in capsys.readouterr().err
-
-
-# -- secrets --------------------------------------------------------------------------------
-
-SECRET = "s3cr3t-T0ken-xyz"
-
-
-def test_a_webhook_url_urllib_rejects_is_never_printed(caplog):
-    """urllib quotes only the URL's path when it refuses it: that rendering is a secret too."""
-    urls = [f"http://127.0.0.1:9/api/webhooks/123/{SECRET} x", f"http://127.0.0.1:9/hook/{SECRET}\n",
-            f"http://127.0.0.1:{SECRET}/x", f"http://user:{SECRET}@127.0.0.1:9/x"]
-    for url in urls:
-        delivery = Delivery(url, "webhook 1 (raw)", headers={"Authorization": f"Bearer {SECRET}"}, timeout=1, retries=0)
-        with caplog.at_level(logging.WARNING):
-            delivery.post(Post(json_body={"event": "start"}))
-            delivery.stop(5)
-            delivery.join()
-    assert caplog.text.count("an event could not be delivered") == len(urls)
-    assert "InvalidURL" in caplog.text, "urllib did refuse them"
-    assert SECRET not in caplog.text and "s3cr3t" not in caplog.text
-
-
-def test_the_scrubber_knows_every_rendering_of_a_url():
-    url = f"https://discord.com/api/webhooks/123/{SECRET}?wait=true&key=k3y-{SECRET}"
-    scrub = Scrubber([url], [f"Bearer tok-{SECRET}"])
-    for text in (url, url.replace("/", "%2F"), repr(url), json.dumps(repr(url)), f"/api/webhooks/123/{SECRET}",
-                 f"key=k3y-{SECRET}", f"tok-{SECRET}", f"'discord.com' said no to {SECRET}"):
-        assert "s3cr3t" not in scrub(text), text
-    assert scrub("step 4 of 10: loss 0.5") == "step 4 of 10: loss 0.5"
-
-
-def test_webhook_urls_with_spaces_are_refused_without_echoing_them(tmp_path):
-    host = PluginHost.build([], extra={"toy": ToyFamily()})
-    for url in (f"https://discord.com/api/webhooks/1/{SECRET} ", f"https://discord.com/{SECRET}\t/x",
-                f"https://discord.com:{SECRET}/x"):
-        (tmp_path / "w.json").write_text(json.dumps({"webhook_url": url}))
-        with pytest.raises(ConfigError) as err:
-            resolve_config({"webhook_config": "w.json"}, host, base_dir=tmp_path)
-        assert "webhook_url" in str(err.value) and SECRET not in str(err.value)
-
-
-def test_no_secret_reaches_a_log_tracker_or_model_card(toy, monkeypatch, caplog, capsys):
-    """The token set as a prompt (careless, but possible) is masked in every file the run writes."""
-    pytest.importorskip("tensorboard")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    (toy.folder / "webhook.json").write_text(json.dumps(
-        {"webhook_url": f"http://127.0.0.1:9/hook/{SECRET}", "auth_token": f"tok-{SECRET}", "retries": 0, "timeout": 1}
-    ))
-    host = PluginHost.build([], extra={"toy": ToyFamily()})
-    cfg = toy_config(toy.folder, max_train_steps=2)
-    cfg["validation"]["validation_prompt"] = f"a toy posted to http://127.0.0.1:9/hook/{SECRET}"
-    cfg.update({"webhook_config": "webhook.json", "report_to": "tensorboard", "tracker_run_name": "r"})
-    with caplog.at_level(logging.DEBUG):
-        train(resolve_config(cfg, host, base_dir=toy.folder), host)
-    out = toy.folder / "out"
-    assert (out / "README.md").is_file() and list((out / "logs").rglob("events.out.tfevents.*"))
-    assert "a toy posted to ***" in (out / "README.md").read_text()
-    written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix not in (".safetensors",))
-    seen = caplog.text + "".join(capsys.readouterr())
-    assert b"s3cr3t" not in written and "s3cr3t" not in seen
 
 
 # -- crash injection: SIGKILL at every rename of a checkpoint write -------------------------
@@ -593,41 +355,7 @@ def test_sigkill_at_every_rename_of_a_checkpoint_write_then_resume_matches_an_un
         assert "skipping damaged" not in capsys.readouterr().err, where
         out = folder / "out"
         assert [r["start_step"] for r in read_log(out) if r["event"] == "start"][-1] == start, where
-        assert _same_files(out, straight), where
+        assert same_files(out, straight), where
         assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-4"], where
         a, b = read_checkpoint(out / "checkpoint-4")[0], read_checkpoint(straight / "checkpoint-4")[0]
         assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"])), where
-
-
-def _full_disk(path: Path) -> OSError:
-    return OSError(errno.ENOSPC, "No space left on device", str(path))
-
-
-@pytest.mark.parametrize("victim", ["data report", "validation video"])
-def test_a_full_disk_met_by_any_other_write_ends_in_one_line_naming_the_file(make_run, cli, monkeypatch, victim):
-    """Writes without an option of their own (data report, media, cards) end in one line, not a traceback."""
-    import tuner.media as media
-
-    config = make_run(steps=1)  # its clips are written before the disk fills
-    if victim == "data report":
-        real = Path.write_text
-
-        def write_text(self, *args, **kwargs):
-            if self.name.startswith(".data_report.json"):
-                raise _full_disk(self)
-            return real(self, *args, **kwargs)
-
-        monkeypatch.setattr(Path, "write_text", write_text)
-        name = ".data_report.json"
-    else:
-
-        def encode(frames, path, fps):
-            raise _full_disk(path)
-
-        monkeypatch.setattr(media, "_encode_h264", encode)
-        name = ".main.mp4.partial"
-    result = cli(["train", "--config", str(config)])
-    assert result.exit_code == 2, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: disk full: writing {name}") and "is free; free some space there" in last
-    assert "Traceback" not in result.stderr

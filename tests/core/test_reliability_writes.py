@@ -248,3 +248,20 @@ def test_a_crafted_file_name_is_escaped_in_every_log(tmp_path, capsys):
     records = (root / ".tuner-quarantine" / "quarantine.jsonl").read_text().splitlines()
     assert len(records) == 1 and json.loads(records[0])["file"] == crafted.name
     assert (root / ".tuner-quarantine" / crafted.name).exists()
+
+
+def test_quarantine_never_moves_files_reached_through_a_symlink_outside_the_dataset(tmp_path, capsys):
+    root = tmp_path / "clips"
+    write_synthetic_clips(root, count=2, num_frames=3, width=16, height=16)
+    outside = write_broken_files(tmp_path / "elsewhere", num_frames=3, width=16, height=16)
+    inside = write_broken_files(root / "own", num_frames=3, width=16, height=16)
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    host = PluginHost.build([], extra={"toy": ToyFamily()})
+    cfg = toy_config(tmp_path)
+    cfg["data"]["delete_problematic_images"] = True
+    scan_samples(resolve_config(cfg, host))
+    assert all(p.exists() and p.with_suffix(".txt").exists() for p in outside.values()), "nothing outside moved"
+    assert not (tmp_path / "elsewhere" / ".tuner-quarantine").exists()
+    assert not inside["empty.mp4"].exists(), "files inside the dataset are quarantined as before"
+    assert (root / ".tuner-quarantine" / "own" / "empty.mp4").is_file()
+    assert f"{root / 'linked' / 'empty.mp4'} is not quarantined: its folder lies outside" in capsys.readouterr().err
