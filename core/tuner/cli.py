@@ -9,16 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from tuner.commands.errors import fail, friendly_errors
 from tuner.config_args import HELP as OPTION_FLAGS_HELP
-
-if TYPE_CHECKING:
-    from tuner.config import RunConfig
-    from tuner.plugins import PluginHost
 
 __all__ = ["app", "main"]
 
@@ -66,32 +62,6 @@ SetOpt = Annotated[
 ]
 
 
-def load_run_config(
-    config: Path, plugins: list[str] | None, sets: list[str] | None, environment: bool = True
-) -> tuple[PluginHost, RunConfig]:
-    """Read the file, apply ``--set``, activate plugins, validate (``environment``: this machine's packages too)."""
-    from tuner.config import check_top_level, implied_plugins, merge, parse_overrides, read_config_file
-    from tuner.config import resolve_config
-    from tuner.config_keys import unread_environment
-    from tuner.plugins import PluginHost
-    from tuner.progress import notice, say
-
-    raw, overrides = read_config_file(config), parse_overrides(sets or [])
-    combined = merge(raw, overrides)
-    check_top_level(combined)
-    names = [*(plugins or []), *combined.get("plugins", [])]
-    host = PluginHost.build(names)
-    implied = implied_plugins(combined, host)
-    if implied:
-        host = PluginHost.build([*names, *implied])
-        for plugin, key in implied.items():
-            say(f"plugin '{plugin}' switched on: the config sets its option '{key}'")
-    for line in unread_environment(host):
-        notice(line)
-    from tuner.config_paths import path_rule_for
-
-    rule = path_rule_for(config, raw, host.sections)  # a flat config.json reads paths from here, as SimpleTuner does
-    return host, resolve_config(raw, host, overrides=overrides, rule=rule, environment=environment)
 
 
 def _print_outputs(outputs: dict[str, Path]) -> None:
@@ -133,6 +103,8 @@ def train(
     ] = 1,
 ) -> None:
     """Train an adapter as the config says."""
+    from tuner.config import load_run_config
+
     set_ = _with_flags(ctx, set_)
     if num_processes > 1:
         from tuner.train.launch import command_arguments, launch
@@ -172,6 +144,8 @@ def config_show(ctx: typer.Context, config: ConfigOpt, plugin: PluginOpt = None,
     """Print the resolved config (defaults filled in, overrides applied) as TOML."""
     import tomlkit
 
+    from tuner.config import load_run_config
+
     _, cfg = load_run_config(config, plugin, _with_flags(ctx, set_))
     typer.echo(tomlkit.dumps(cfg.to_dict()))
 
@@ -210,6 +184,7 @@ def plot_lr(
     steps: Annotated[int | None, typer.Option(help="Steps to draw (default: max_train_steps).", min=1)] = None,
 ) -> None:
     """Write a PNG of the learning rate over the run."""
+    from tuner.config import load_run_config
     from tuner.train.plots import plot_lr as draw
 
     _, cfg = load_run_config(config, plugin, _with_flags(ctx, set_))
@@ -225,6 +200,7 @@ def plot_timesteps(
     ctx: typer.Context, config: ConfigOpt, plugin: PluginOpt = None, set_: SetOpt = None, out: OutOpt = None
 ) -> None:
     """Write a PNG histogram of the noise levels (sigmas) training samples."""
+    from tuner.config import load_run_config
     from tuner.train.plots import plot_timesteps as draw
 
     _, cfg = load_run_config(config, plugin, _with_flags(ctx, set_))
@@ -246,17 +222,21 @@ def demo(
     ] = None,
 ) -> None:
     """Train on the embedded default: a tiny random model and synthetic clips, written locally."""
+    from tuner.config import load_run_config
     from tuner.demo import write_demo
     from tuner.plugins import PluginHost
 
-    host = PluginHost.build([plugin] if plugin else [], all_installed=plugin is None)
-    family = host.resolve_family(None)
-    path = write_demo(host, family, folder, steps=steps, variant=variant)
+    # Built once each and handed to the load: the named plugin's host is the one the run needs.
+    named, installed = (PluginHost.build([plugin]), None) if plugin else (None, PluginHost.build(all_installed=True))
+    writer = named or installed
+    assert writer is not None
+    family = writer.resolve_family(None)
+    path = write_demo(writer, family, folder, steps=steps, variant=variant)
     typer.echo(f"demo config: {path}")
     if prepare_only:
         return
     # A demo run is a throwaway: running the demo again starts it afresh over the last one.
-    host, cfg = load_run_config(path, None, ["train.overwrite_output_dir=true"])
+    host, cfg = load_run_config(path, None, ["train.overwrite_output_dir=true"], host=named, installed=installed)
     from tuner.train.run import train as run_training
 
     _print_outputs(run_training(cfg, host))

@@ -7,7 +7,8 @@ option names are unique across sections, an option may also be written at the
 top level, as the Wan guide writes them (``"--user_prompt_library"`` too); it is
 moved into its section. Relative paths follow one rule, `tuner.config_paths`:
 a flat ``config.json`` reads them from the start folder, anything else from its
-own folder.
+own folder. A command loads its config once, with `load_run_config`, and hands the
+config and the plugin host it built down to what runs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from tuner.config_checks import blank_paths_unset, check_names, check_numbers, check_top_level, check_unset
 from tuner.config_keys import implied_plugins, nest_flat_keys
 from tuner.config_paths import PathRule
 from tuner.errors import ConfigError, did_you_mean, shown
@@ -43,10 +45,9 @@ __all__ = [
     "read_config_file",
     "parse_overrides",
     "merge",
-    "check_top_level",
     "resolve_config",
+    "load_run_config",
     "config_schema",
-    "implied_plugins",
 ]
 
 @dataclass(frozen=True)
@@ -221,66 +222,6 @@ def _format_error(section: str, model: type[BaseModel], exc: ValidationError) ->
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def _blank_paths_unset(model: type[BaseModel], values: Mapping[str, Any]) -> Mapping[str, Any]:
-    """An empty string given to an optional path (``"webhook_config": ""``) unsets it, as it reads."""
-    blank = [
-        name
-        for name, info in model.model_fields.items()
-        if values.get(name) == "" and "Path" in str(info.annotation) and "None" in str(info.annotation)
-    ]
-    return {**values, **dict.fromkeys(blank)} if blank else values
-
-
-def _check_unset(section: str, model: type[BaseModel], values: Mapping[str, Any]) -> None:
-    """An option switched off (``--set x=``, ``x=null``, JSON ``null``) must be one that can be off."""
-    from pydantic import TypeAdapter
-
-    for name, value in values.items():
-        info = model.model_fields.get(name)
-        if value is not None or info is None:
-            continue
-        try:
-            TypeAdapter(info.annotation).validate_python(None)
-        except ValidationError:
-            default = info.get_default(call_default_factory=True)
-            given = "[]" if isinstance(default, list) else json.dumps(default, default=str)
-            raise ConfigError(
-                f"{section}.{name} cannot be switched off (unset/null): it always takes a value; give one"
-                f" (its default is {given})"
-            ) from None
-
-
-def check_top_level(raw: Mapping[str, Any]) -> None:
-    """``plugins`` is a list of names and ``model_family`` a name; every text can be written to a file."""
-    plugins = raw.get("plugins", [])
-    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
-        raise ConfigError(f"'plugins' must be a list of plugin names such as [\"wan\"], got {plugins!r}")
-    family = raw.get("model_family")
-    if family is not None and (not isinstance(family, str) or not family):
-        raise ConfigError(f"'model_family' must be the name of a model family such as \"wan\", got {family!r}")
-    _check_text(raw, "")
-
-
-def _check_text(value: Any, where: str) -> None:
-    # A NUL or a lone surrogate passes validation and fails later, in a file name or a log line.
-    from tuner.paths import text_problem
-
-    if isinstance(value, str):
-        problem = text_problem(value)
-        if problem is not None:
-            raise ConfigError(f"{shown(where) or 'config'}: the value {problem}: remove it")
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            name = f"{where}.{key}" if where else str(key)
-            problem = text_problem(str(key))
-            if problem is not None:
-                raise ConfigError(f"config key {ascii(name)} {problem}: remove it")
-            _check_text(item, name)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_text(item, f"{where}[{i}]")
-
-
 def _resolve_paths(model: BaseModel, section: str, rule: PathRule) -> None:
     from tuner.paths import check_path_text
 
@@ -317,20 +258,67 @@ def resolve_config(
     from ``base_dir`` (default: the current directory).
     """
     rule = rule or PathRule((base_dir or Path.cwd()).resolve())
-    nested = nest_flat_keys(raw, host.sections)
-    if overrides:
-        nested = merge(nested, nest_flat_keys(overrides, host.sections))
+    nested = _nested(raw, overrides, host)
     check_top_level(nested)
+    return _validated(nested, host, rule, environment)
+
+
+def load_run_config(
+    path: Path,
+    plugins: list[str] | None,
+    sets: list[str] | None,
+    environment: bool = True,
+    *,
+    host: PluginHost | None = None,
+    installed: PluginHost | None = None,
+) -> tuple[PluginHost, RunConfig]:
+    """The one load of a command: read the file, apply ``--set``, activate plugins, validate (``environment``:
+    this machine's packages too). The caller hands the host and the config down; nothing loads them again.
+
+    Hosts the caller built already are used rather than built again (``tuner demo`` wrote the config with
+    one): ``host`` where it has exactly the plugins the config names, ``installed`` as `every_installed`.
+    """
+    from tuner.config_keys import every_installed, unread_environment
+    from tuner.config_paths import path_rule_for
+    from tuner.plugins import BUILTIN_PLUGINS, PluginHost
+    from tuner.progress import notice, say
+
+    raw, overrides = read_config_file(path), parse_overrides(sets or [])
+    combined = merge(raw, overrides)
+    check_top_level(combined)
+    names = [*(plugins or []), *combined.get("plugins", [])]
+    every = installed or every_installed()  # once: the plugins keys imply, the environment variables none reads
+    implied = implied_plugins(combined, names, every)
+    wanted = [*names, *implied]
+    if host is None or set(host.active) != {*dict(BUILTIN_PLUGINS), *wanted}:
+        host = PluginHost.build(wanted)
+    for plugin, key in implied.items():
+        say(f"plugin '{plugin}' switched on: the config sets its option '{key}'")
+    for line in unread_environment(host, every):
+        notice(line)
+    rule = path_rule_for(path, raw, host.sections)  # a flat config.json reads paths from here, as SimpleTuner does
+    nested = _nested(raw, overrides, host)
+    check_names(nested)  # the text was checked above, before any plugin loaded; '--plugins' spellings land here
+    return host, _validated(nested, host, rule, environment)
+
+
+def _nested(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None, host: PluginHost) -> dict[str, Any]:
+    """Every option in its section, ``overrides`` taking precedence however either side writes it."""
+    nested = nest_flat_keys(raw, host.sections)
+    return merge(nested, nest_flat_keys(overrides, host.sections)) if overrides else nested
+
+
+def _validated(nested: Mapping[str, Any], host: PluginHost, rule: PathRule, environment: bool) -> RunConfig:
     sections: dict[str, BaseModel] = {}
     for name, model in host.sections.items():
-        values = _blank_paths_unset(model, nested.get(name, {}))
-        _check_unset(name, model, values)
+        values = blank_paths_unset(model, nested.get(name, {}))
+        check_unset(name, model, values)
         try:
             sections[name] = model.model_validate(values, context={"environment": environment})
         except ValidationError as exc:
             raise ConfigError(_format_error(name, model, exc)) from None
         _resolve_paths(sections[name], name, rule)
-        _check_numbers(name, sections[name])
+        check_numbers(name, sections[name])
     if "validation" in sections and "evaluation" in sections:
         from tuner.validate.settings import check_held_out_dataset
 
@@ -344,36 +332,6 @@ def resolve_config(
         path_rule=rule,
         data_backends=dict(host.data_backends),
     )
-
-
-# Python's integers have no limit, but torch's seeds, C timers and JSON readers do: beyond 2**53 a
-# number is a typo, and it would pass `config show` to crash deep in training.
-MAX_INT = 2**53
-
-
-def _check_numbers(name: str, section: BaseModel) -> None:
-    """Every whole number of a section (also inside lists) lies within ±`MAX_INT`, every float is finite."""
-    import math
-
-    def check(where: str, value: Any) -> None:
-        if isinstance(value, bool):
-            return
-        if isinstance(value, int) and abs(value) > MAX_INT:
-            raise ConfigError(f"{where} = {str(value)[:30]} is out of range: use a number from -2**53 to 2**53")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{where} = {value} is not a finite number")
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                check(where, item)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                check(f"{where}.{key}", item)
-        elif isinstance(value, BaseModel):
-            for key in type(value).model_fields:
-                check(f"{where}.{key}", getattr(value, key))
-
-    for key in type(section).model_fields:
-        check(f"{name}.{key}", getattr(section, key))
 
 
 def config_schema(host: PluginHost) -> dict[str, Any]:

@@ -7,7 +7,7 @@ refused naming what is missing: the plugin that offers it (installed or not), or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -22,6 +22,7 @@ __all__ = [
     "NOT_OFFERED",
     "nest_flat_keys",
     "implied_plugins",
+    "every_installed",
     "unread_environment",
     "other_spellings",
 ]
@@ -88,7 +89,7 @@ NOT_OFFERED: dict[str, str] = {}
 def _unknown_key(key: str, known: list[str]) -> str:
     if key in NOT_OFFERED:
         return f"config key '{key}' is not supported: {NOT_OFFERED[key]}"
-    owners = _option_owners()
+    owners = _option_owners(every_installed())  # a refused key: the error path alone builds it
     owner = owners.get(key)
     if owner is not None:
         return (
@@ -111,18 +112,22 @@ def _unknown_key(key: str, known: list[str]) -> str:
     return f"unknown config key '{shown(key)}'{hint}"
 
 
-def _every_installed() -> PluginHost | None:
+def every_installed() -> PluginHost | None:
+    """A host with every installed plugin active: where a key or an environment variable finds its plugin.
+
+    ``None`` when one fails to load: a broken third-party plugin must not hide the user's own mistake.
+    A config load builds it once and hands it to `implied_plugins` and `unread_environment`.
+    """
     from tuner.plugins import PluginHost
 
     try:
         return PluginHost.build(all_installed=True)
-    except Exception:  # noqa: BLE001 - a broken third-party plugin must not hide the user's own mistake
+    except Exception:  # noqa: BLE001 - see above
         return None
 
 
-def _option_owners() -> dict[str, str]:
+def _option_owners(every: PluginHost | None) -> dict[str, str]:
     """Option and section name (and the options' other spellings) -> the installed plugin that registers it."""
-    every = _every_installed()
     if every is None:
         return {}
     owners = {}
@@ -134,42 +139,53 @@ def _option_owners() -> dict[str, str]:
     return owners
 
 
-def implied_plugins(raw: Mapping[str, Any], host: PluginHost) -> dict[str, str]:
-    """Installed plugins that ``raw`` uses but ``host`` lacks: plugin -> the first key of it found.
+def _family_of(every: PluginHost, name: str, plugins: set[str]) -> bool:
+    """Whether ``model_family = name`` means a family of ``plugins`` (by its name or an alias it declared)."""
+    family = name if name in every.families else every.family_aliases.get(name)
+    return family is not None and every.families.get(family) in plugins
+
+
+def implied_plugins(raw: Mapping[str, Any], names: Iterable[str], every: PluginHost | None) -> dict[str, str]:
+    """Installed plugins that ``raw`` uses beyond the core's and ``names``: plugin -> the first key of it found.
 
     A config written for the guide sets the options of several features at the top level; naming
-    those options is enough to switch their plugins on.
+    those options is enough to switch their plugins on. ``every`` is `every_installed` (``None``: none implied).
     """
-    spellings = other_spellings(host.sections)
-    active = {name for section, model in host.sections.items() for name in (section, *model.model_fields)}
+    from tuner.plugins import BUILTIN_PLUGINS
+
+    if every is None:
+        return {}
+    named = {*dict(BUILTIN_PLUGINS), *names}
+    sections = {s: m for s, m in every.sections.items() if every.section_owner[s] in named}
+    spellings = other_spellings(sections)
+    active = {name for section, model in sections.items() for name in (section, *model.model_fields)}
     keys = [_canonical(key, spellings) for key in raw]
     unknown = [key for key in keys if key not in TOP_LEVEL_KEYS and key not in active]
     implied: dict[str, str] = {}
     family = raw.get("model_family")
-    if isinstance(family, str) and family and host.family_named(family) is None:
-        every = _every_installed()  # the family plugin that answers to this name switches itself on
-        owner = every.family_named(family) if every is not None else None
-        if every is not None and owner is not None:
+    if isinstance(family, str) and family and not _family_of(every, family, named):
+        owner = every.family_named(family)  # the family plugin that answers to this name switches itself on
+        if owner is not None:
             implied[every.families[owner]] = "model_family"
     if not unknown:
         return implied
-    owners = _option_owners()
+    owners = _option_owners(every)
     for key in unknown:
         if key in owners:
             implied.setdefault(owners[key], key)
     return implied
 
 
-def unread_environment(host: PluginHost) -> list[str]:
+def unread_environment(host: PluginHost, every: PluginHost | None) -> list[str]:
     """A line per environment variable that an installed plugin reads while ``host`` lacks that plugin.
 
     A section model lists the variables its plugin reads in ``environment_variables`` (fnmatch patterns,
     e.g. ``"*_FEED_FORWARD_CHUNK_SIZE"``); set for a plugin that is not enabled, they do nothing.
+    ``every`` is `every_installed` (``None``: no line).
     """
     import fnmatch
     import os
 
-    every = _every_installed()
     if every is None:
         return []
     lines = []

@@ -198,7 +198,7 @@ def test_the_guides_literal_spellings_are_accepted(tmp_path, host):
 
 
 def test_an_option_set_in_the_file_is_switched_off_from_the_command_line(make_run, cli):
-    from tuner.cli import load_run_config
+    from tuner.config import load_run_config
 
     config = make_run(steps=1, overrides=["validation.validation_guidance_skip_layers=[1]", "train.lora_alpha=4.0"])
     _, before = load_run_config(config, None, [])

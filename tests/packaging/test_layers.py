@@ -28,7 +28,6 @@ UPWARD: dict[tuple[str, str], tuple[bool, str]] = {
 
 # Cycles with a runtime import both ways: (a, b) with a < b -> why it stays.
 RUNTIME_CYCLES: dict[tuple[str, str], str] = {
-    ("cli", "commands"): "the commands load a config with cli.load_run_config, until it moves into config.py",
 }
 
 

@@ -33,7 +33,7 @@ def data_preview(
     clips: Annotated[int, typer.Option("--clips", min=1, help="Clips shown per dataset (every window of each).")] = 3,
 ) -> None:
     """Write the exact frames that will be encoded (mp4 + contact sheet per dataset) and summarise each dataset."""
-    from tuner.cli import load_run_config
+    from tuner.config import load_run_config
 
     def run() -> None:
         from tuner.data.preview import write_preview
@@ -63,7 +63,7 @@ def cache(
     ] = 1,
 ) -> None:
     """Build every cache the run will read (latents, features, captions) without training."""
-    from tuner.cli import load_run_config
+    from tuner.config import load_run_config
 
     def run() -> None:
         if num_processes > 1:

@@ -78,7 +78,7 @@ def configure(
 
 def _check_loads(path: Path) -> None:
     """The written config validates as `tuner train` reads it (a tracker package missing here is only noted)."""
-    from tuner.cli import load_run_config
+    from tuner.config import load_run_config
 
     load_run_config(path, None, None, environment=False)
 

@@ -44,21 +44,19 @@ class ImportResult:
 
 def _plugins_for(raw: Mapping[str, Any]) -> tuple[PluginHost, list[str], dict[str, str]]:
     """The host ``tuner train`` would build for ``raw``: its plugins, those its keys imply, the family's."""
-    from tuner.config_keys import implied_plugins
+    from tuner.config_keys import every_installed, implied_plugins
     from tuner.plugins import PluginHost
 
     names = list(raw.get("plugins", []))
     family = raw.get("model_family")
+    every = every_installed()  # built once, as the load builds it
     if isinstance(family, str):
-        owner = PluginHost.build(all_installed=True).families.get(family)
+        owner = (every or PluginHost.build(all_installed=True)).families.get(family)
         if owner and owner not in names:
             names.append(owner)
-    host = PluginHost.build(names)
-    implied = implied_plugins(raw, host)
-    if implied:
-        names += [p for p in implied if p not in names]
-        host = PluginHost.build(names)
-    return host, names, implied
+    implied = implied_plugins(raw, names, every)
+    names += [p for p in implied if p not in names]
+    return PluginHost.build(names), names, implied
 
 
 def _split(raw: Mapping[str, Any], host: PluginHost) -> tuple[dict[str, Any], dict[str, str]]:
@@ -164,7 +162,8 @@ def import_config(
     config_path: Path, backend_path: Path | None, out: Path, backend_out: Path | None = None, overwrite: bool = False
 ) -> ImportResult:
     """Write ``out`` (a tuner TOML) and, with a backend file, ``backend_out`` (default: ``datasets.json`` beside it)."""
-    from tuner.config import check_top_level, read_config_file
+    from tuner.config import read_config_file
+    from tuner.config_checks import check_top_level
     from tuner.config_keys import nest_flat_keys
 
     out = out.resolve()

@@ -174,6 +174,6 @@ def write_config(folder: Path, config: dict[str, Any], as_toml: bool) -> Path:
 
 def load_config_text(path: Path, sets: list[str]) -> Any:
     """Load ``path`` with ``--set`` items exactly as ``tuner train`` does; returns the resolved config."""
-    from tuner.cli import load_run_config
+    from tuner.config import load_run_config
 
     return load_run_config(path, None, sets)[1]

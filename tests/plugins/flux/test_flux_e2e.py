@@ -99,7 +99,7 @@ def test_schnell_has_no_guidance_embedding_and_trains(make_run, cli, tiny_model_
 
 
 def test_eval_loss_is_the_training_objective_at_given_noise_levels(make_run, cli):
-    from tuner.cli import load_run_config
+    from tuner.config import load_run_config
     from tuner.train.timesteps import add_noise, draw_noise, velocity_errors
 
     overrides = [

@@ -16,7 +16,7 @@ from tuner.plugins import PluginHost
 
 @pytest.mark.parametrize(("variant", "fps"), [(None, 16.0), ("ti2v-5b-2.2", 24.0)])
 def test_the_bundle_states_the_rate_the_model_was_trained_at_and_the_profile_agrees(tiny_model_dir, tmp_path, variant, fps):
-    from tuner.cli import load_run_config
+    from tuner.config import load_run_config
     from tuner.data.preview import data_facts
     from tuner.testing.runs import write_run_folder
 

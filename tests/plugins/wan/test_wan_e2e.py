@@ -95,7 +95,7 @@ _KILLER = """
 import os, signal, sys
 from pathlib import Path
 from tuner import hookimpl
-from tuner.cli import load_run_config
+from tuner.config import load_run_config
 from tuner.plugins import PluginHost
 from tuner.train.run import train
 
