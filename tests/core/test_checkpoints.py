@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import tomlkit
 import torch
 
-from tuner.errors import CheckpointError
+from tuner.config import merge, parse_overrides, read_config_file, resolve_config
+from tuner.data.synthetic import write_synthetic_clips
+from tuner.errors import CheckpointError, TunerError
+from tuner.plugins import PluginHost
+from tuner.report.jsonlog import read_log
+from tuner.testing.toy import ToyFamily, toy_config
 from tuner.train.checkpoints import (
     ADAPTER_FILE,
     clean_partials,
@@ -17,6 +24,7 @@ from tuner.train.checkpoints import (
     rotate_checkpoints,
     write_checkpoint,
 )
+from tuner.train.run import train
 
 
 def _write(tmp_path, step, **kwargs):
@@ -72,26 +80,40 @@ def test_rotation_keeps_exactly_the_newest(tmp_path):
     assert rotate_checkpoints(tmp_path, None) == []
 
 
-def test_rotation_during_a_run_keeps_the_limit(make_run, cli):
-    config = make_run(steps=6, overrides=["train.checkpoint_step_interval=1", "train.checkpoints_total_limit=2", "validation.validation_prompt=''"])
-    assert cli(["train", "--config", str(config)]).exit_code == 0
+def _toy_run_config(tmp_path: Path, **train_options) -> Path:
+    """A toy run's config file (clips beside it, output in ``output/``, no validation); relative paths read from its folder."""
+    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+    cfg = toy_config(tmp_path, **train_options)
+    cfg["train"]["output_dir"] = "output"
+    del cfg["validation"]["validation_prompt"]
+    path = tmp_path / "config.toml"
+    path.write_text(tomlkit.dumps(cfg))
+    return path
+
+
+def _train(path: Path, *overrides: str) -> None:
+    host = PluginHost.build([], extra={"toy": ToyFamily()})
+    raw = merge(read_config_file(path), parse_overrides(list(overrides)))
+    train(resolve_config(raw, host, base_dir=path.parent), host)
+
+
+def test_rotation_during_a_run_keeps_the_limit(tmp_path):
+    config = _toy_run_config(tmp_path, max_train_steps=6, checkpoint_step_interval=1, checkpoints_total_limit=2)
+    _train(config)
     out = config.parent / "output"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-5", "checkpoint-6"]
     info = json.loads((out / "checkpoint-6" / "state.json").read_text())
     assert info["step"] == 6
 
 
-def test_resume_from_an_explicit_path_and_a_missing_one(make_run, cli):
-    config = make_run(steps=4, overrides=["train.checkpoint_step_interval=2", "validation.validation_prompt=''"])
-    assert cli(["train", "--config", str(config)]).exit_code == 0
-    again = cli(["train", "--config", str(config), "--set", "train.resume_from_checkpoint='output/checkpoint-2'", "--set", "train.max_train_steps=5"])
-    assert again.exit_code == 0
-    from tuner.report.jsonlog import read_log
-
+def test_resume_from_an_explicit_path_and_a_missing_one(tmp_path):
+    config = _toy_run_config(tmp_path, max_train_steps=4, checkpoint_step_interval=2)
+    _train(config)
+    _train(config, "train.resume_from_checkpoint='output/checkpoint-2'", "train.max_train_steps=5")
     starts = [r["start_step"] for r in read_log(config.parent / "output") if r["event"] == "start"]
     assert starts == [0, 2]
-    missing = cli(["train", "--config", str(config), "--set", "train.resume_from_checkpoint='output/checkpoint-99'"])
-    assert missing.exit_code == 2 and "no checkpoint folder" in missing.stderr
+    with pytest.raises(TunerError, match="no checkpoint folder"):  # a user error: the CLI's one line, exit code 2
+        _train(config, "train.resume_from_checkpoint='output/checkpoint-99'")
 
 
 def test_the_done_lines_name_only_this_runs_validation_video(make_run, cli):

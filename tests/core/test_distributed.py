@@ -61,13 +61,15 @@ def test_global_batch_counts_every_process():
     assert world.global_batch(3) == 24
 
 
-def test_total_steps_divides_the_epoch_among_processes(make_run):
-    from tuner.config import read_config_file, resolve_config
+def test_total_steps_divides_the_epoch_among_processes(tmp_path):
+    from tuner.config import resolve_config
+    from tuner.data.synthetic import write_synthetic_clips
     from tuner.plugins import PluginHost
+    from tuner.testing.toy import ToyFamily, toy_config
 
-    path = make_run(overrides=["train.max_train_steps=0", "train.num_train_epochs=3"])
-    host = PluginHost.build(["wan"])
-    config = resolve_config(read_config_file(path), host, base_dir=path.parent)
+    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+    host = PluginHost.build([], extra={"toy": ToyFamily()})
+    config = resolve_config(toy_config(tmp_path, max_train_steps=0, num_train_epochs=3, train_batch_size=1), host)
     assert total_steps(config, 8, 1) == 24
     assert total_steps(config, 8, 2) == 12
 
