@@ -297,15 +297,17 @@ def load_run_config(
     for line in unread_environment(host, every):
         notice(line)
     rule = path_rule_for(path, raw, host.sections)  # a flat config.json reads paths from here, as SimpleTuner does
-    nested = _nested(raw, overrides, host)
+    nested = _nested(raw, overrides, host, every)
     check_names(nested)  # the text was checked above, before any plugin loaded; '--plugins' spellings land here
     return host, _validated(nested, host, rule, environment)
 
 
-def _nested(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None, host: PluginHost) -> dict[str, Any]:
+def _nested(
+    raw: Mapping[str, Any], overrides: Mapping[str, Any] | None, host: PluginHost, every: PluginHost | None = None
+) -> dict[str, Any]:
     """Every option in its section, ``overrides`` taking precedence however either side writes it."""
-    nested = nest_flat_keys(raw, host.sections)
-    return merge(nested, nest_flat_keys(overrides, host.sections)) if overrides else nested
+    nested = nest_flat_keys(raw, host.sections, every)
+    return merge(nested, nest_flat_keys(overrides, host.sections, every)) if overrides else nested
 
 
 def _validated(nested: Mapping[str, Any], host: PluginHost, rule: PathRule, environment: bool) -> RunConfig:

@@ -58,7 +58,11 @@ def _canonical_table(table: Mapping[str, Any], where: str, spellings: Mapping[st
     return out
 
 
-def nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
+def nest_flat_keys(
+    raw: Mapping[str, Any], sections: Mapping[str, type[BaseModel]], every: PluginHost | None = None
+) -> dict[str, Any]:
+    """``raw`` with each flat option moved into its section; a key no section has is refused naming its
+    plugin among ``every`` installed one (`every_installed`, built here only when not given)."""
     owner = {name: section for section, model in sections.items() for name in model.model_fields}
     spellings = other_spellings(sections)
     flat = _canonical_table(raw, "the config", spellings)
@@ -77,7 +81,7 @@ def nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseModel
                 raise ConfigError(f"'{key}' is set both at the top level and in [{owner[key]}]")
             table[key] = value
         else:
-            raise ConfigError(_unknown_key(key, [*TOP_LEVEL_KEYS, *sections, *owner]))
+            raise ConfigError(_unknown_key(key, [*TOP_LEVEL_KEYS, *sections, *owner], every))
     return out
 
 
@@ -86,10 +90,10 @@ def nest_flat_keys(raw: Mapping[str, Any], sections: Mapping[str, type[BaseModel
 NOT_OFFERED: dict[str, str] = {}
 
 
-def _unknown_key(key: str, known: list[str]) -> str:
+def _unknown_key(key: str, known: list[str], every: PluginHost | None) -> str:
     if key in NOT_OFFERED:
         return f"config key '{key}' is not supported: {NOT_OFFERED[key]}"
-    owners = _option_owners(every_installed())  # a refused key: the error path alone builds it
+    owners = _option_owners(every or every_installed())
     owner = owners.get(key)
     if owner is not None:
         return (

@@ -68,3 +68,10 @@ def test_a_command_loads_its_config_once_and_builds_one_host(toy_installed, call
     assert dict(calls) == {"read": 1, "checked": 1, "validated": 1, "run host": 1, "every installed plugin's host": 1}
     if command == ["train"]:
         assert "done" in result.output and (toy_installed.parent / "out" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_refused_key_is_named_from_the_same_host_of_every_installed_plugin(toy_installed, calls, cli):
+    result = cli(["train", "--config", str(toy_installed), "--set", "lerning_rate=1e-3"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith("error: unknown config key 'lerning_rate' (did you mean 'learning_rate'?)")
+    assert dict(calls) == {"read": 1, "checked": 1, "run host": 1, "every installed plugin's host": 1}

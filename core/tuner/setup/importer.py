@@ -42,14 +42,19 @@ class ImportResult:
     plugins: list[str] = field(default_factory=list)
 
 
-def _plugins_for(raw: Mapping[str, Any]) -> tuple[PluginHost, list[str], dict[str, str]]:
-    """The host ``tuner train`` would build for ``raw``: its plugins, those its keys imply, the family's."""
+def _plugins_for(
+    raw: Mapping[str, Any], every: PluginHost | None = None
+) -> tuple[PluginHost, list[str], dict[str, str]]:
+    """The host ``tuner train`` would build for ``raw``: its plugins, those its keys imply, the family's.
+
+    ``every``: `tuner.config_keys.every_installed`, built here when not given.
+    """
     from tuner.config_keys import every_installed, implied_plugins
     from tuner.plugins import PluginHost
 
     names = list(raw.get("plugins", []))
     family = raw.get("model_family")
-    every = every_installed()  # built once, as the load builds it
+    every = every or every_installed()
     if isinstance(family, str):
         owner = (every or PluginHost.build(all_installed=True)).families.get(family)
         if owner and owner not in names:
@@ -59,22 +64,25 @@ def _plugins_for(raw: Mapping[str, Any]) -> tuple[PluginHost, list[str], dict[st
     return PluginHost.build(names), names, implied
 
 
-def _split(raw: Mapping[str, Any], host: PluginHost) -> tuple[dict[str, Any], dict[str, str]]:
-    """The keys the loader takes (each tried through the loader's own nesting), and the others with its reason."""
+def _split(
+    raw: Mapping[str, Any], host: PluginHost, every: PluginHost | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The keys the loader takes (each tried through the loader's own nesting), and the others with its reason
+    (naming the plugin among ``every`` installed one that takes it)."""
     from tuner.config_keys import nest_flat_keys
 
     kept: dict[str, Any] = {}
     dropped: dict[str, str] = {}
     for key, value in raw.items():
         try:
-            nest_flat_keys({key: value}, host.sections)
+            nest_flat_keys({key: value}, host.sections, every)
             kept[key] = value
             continue
         except ConfigError as exc:
             reason = str(exc)
         name = key[2:] if key.startswith("--") else key  # the guide's literal '--key' spelling
         try:
-            nest_flat_keys({name: value}, host.sections)
+            nest_flat_keys({name: value}, host.sections, every)
             kept[name] = value
         except ConfigError:
             dropped[key] = reason.removeprefix(f"config key '{key}' ")
@@ -164,7 +172,7 @@ def import_config(
     """Write ``out`` (a tuner TOML) and, with a backend file, ``backend_out`` (default: ``datasets.json`` beside it)."""
     from tuner.config import read_config_file
     from tuner.config_checks import check_top_level
-    from tuner.config_keys import nest_flat_keys
+    from tuner.config_keys import every_installed, nest_flat_keys
 
     out = out.resolve()
     raw = read_config_file(config_path)
@@ -173,8 +181,9 @@ def import_config(
         if not backend_path.is_file():
             raise ConfigError(f"backend file not found: {backend_path}")
         raw = {**raw, "data_backend_config": str(backend_path.resolve())}
-    host, names, implied = _plugins_for(raw)
-    kept, dropped = _split(raw, host)
+    every = every_installed()  # once: the plugins keys imply, the plugins of the keys dropped
+    host, names, implied = _plugins_for(raw, every)
+    kept, dropped = _split(raw, host, every)
     config = load_guide_config(kept, host, config_path)
     source = config.data.data_backend_config
     if source is not None:
