@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import ConfigError
-from tuner.loading import fingerprint, load_denoiser, subfolder_or_none
+from tuner.loading import fingerprint, load_denoiser
 from tuner.train.precision import base_weight_dtype
 
 from tuner_flux.settings import FLAVOURS
@@ -42,14 +42,12 @@ def load_components(section: FluxSection, config: RunConfig, device: torch.devic
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
     dtype = base_weight_dtype(config)
-    base = config.resolve_path(section.flux_pretrained_model_name_or_path or FLAVOURS[section.flux_model_flavour][0])
-    transformer_src = config.resolve_path(section.flux_pretrained_transformer_model_name_or_path or base)
-    revision = section.flux_revision
+    sources = section.model_sources(config.resolve_path, FLAVOURS[section.flux_model_flavour][0])
+    base, revision = sources.base, sources.revision
     try:
         transformer = load_denoiser(
-            FluxTransformer2DModel, transformer_src, base=base, dtype=dtype, revision=revision,
-            subfolder=subfolder_or_none(section.flux_pretrained_transformer_subfolder),
-            option="flux_pretrained_transformer_model_name_or_path",
+            FluxTransformer2DModel, sources.transformer, base=base, dtype=dtype, revision=revision,
+            subfolder=sources.transformer_subfolder, option=section.source_option("transformer"),
             diffusers_prefixes=("transformer_blocks.0.", "x_embedder."),
         )
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=torch.float32, revision=revision)

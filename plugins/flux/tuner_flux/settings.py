@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuner.loading import source_options
+
 __all__ = ["FLAVOURS", "FluxSection"]
 
 # flavour -> (hub repository, what it is)
@@ -19,31 +21,30 @@ FLAVOURS: dict[str, tuple[str, str]] = {
 }
 
 
-class FluxSection(BaseModel):
-    """Where the Flux weights come from, how prompts are encoded, and the guidance the transformer is given."""
+# Where the weights come from: the options every family shares (tuner.loading), with Flux's prefix.
+FluxSources = source_options(
+    "flux",
+    "flux_",
+    holds="transformer/, vae/, text_encoder/ (CLIP-L), text_encoder_2/ (T5-XXL), tokenizer/, tokenizer_2/ and"
+    " scheduler/",
+)
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+class FluxFlavour(BaseModel):
+    """Which FLUX.1: the first option of the section, before where its weights come from."""
 
     flux_model_flavour: Literal["dev", "schnell"] = Field(
         "dev",
         description="Which FLUX.1 to train; sets the repository loaded when flux_pretrained_model_name_or_path is"
         " unset. " + "; ".join(f"{name}: {summary} ({repo})" for name, (repo, summary) in FLAVOURS.items()) + ".",
     )
-    flux_pretrained_model_name_or_path: str | None = Field(
-        None,
-        description="Diffusers-layout folder or hub id holding transformer/, vae/, text_encoder/ (CLIP-L),"
-        " text_encoder_2/ (T5-XXL), tokenizer/, tokenizer_2/ and scheduler/; unset uses the flavour's repository."
-        " A Flux-derived checkpoint in this layout works as it is.",
-    )
-    flux_pretrained_transformer_model_name_or_path: str | None = Field(
-        None,
-        description="Take the transformer from here instead: a folder, hub id or one .safetensors file (diffusers"
-        " or original/ComfyUI key names), e.g. a Flux fine-tune.",
-    )
-    flux_pretrained_transformer_subfolder: str = Field(
-        "transformer", description="Subfolder of the transformer source; 'none' when the weights sit at its root."
-    )
-    flux_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base repository.")
+
+
+class FluxSection(FluxSources, FluxFlavour):  # type: ignore[misc,valid-type]
+    """Where the Flux weights come from, how prompts are encoded, and the guidance the transformer is given."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
     flux_t5_max_length: int | None = Field(
         None,
         ge=1,

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import ConfigError
-from tuner.loading import fingerprint, load_denoiser, subfolder_or_none
+from tuner.loading import fingerprint, load_denoiser
 from tuner.train.precision import base_weight_dtype
 
 from tuner_wan.experts import boundary_ratio, loaded_experts, make_experts, trained_experts, validation_transformers
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.config import RunConfig
+    from tuner.loading import ModelSources
 
     from tuner_wan.settings import WanSection
 
@@ -54,7 +55,7 @@ def _quiet_library_bars() -> Iterator[None]:
                 lib.enable_progress_bar()
 
 
-def _transformer_sources(section: WanSection, base: str, transformer_src: str) -> dict[str, tuple[str, str | None, str]]:
+def _transformer_sources(section: WanSection, sources: ModelSources) -> dict[str, tuple[str, str | None, str]]:
     """What to load for each transformer: key -> (source, subfolder, component of the base).
 
     Keys are ``"single"`` for a one-transformer flavour, else ``"high"``/``"low"``.
@@ -62,22 +63,22 @@ def _transformer_sources(section: WanSection, base: str, transformer_src: str) -
     expert's weights; a frozen other stage always comes from the base.
     """
     flavour = FLAVOURS[section.model_flavour]
-    subfolder = subfolder_or_none(section.pretrained_transformer_subfolder)
+    transformer_src, subfolder = sources.transformer, sources.transformer_subfolder
     if flavour.expert is None:
         return {"single": (transformer_src, subfolder, "transformer")}
     explicit_subfolder = "pretrained_transformer_subfolder" in section.model_fields_set
-    sources = {}
+    found = {}
     for which in loaded_experts(flavour, section):
         component = EXPERT_COMPONENTS[which]
         if which == flavour.expert and section.pretrained_transformer_model_name_or_path:
-            sources[which] = (transformer_src, subfolder if explicit_subfolder else component, component)
+            found[which] = (transformer_src, subfolder if explicit_subfolder else component, component)
         else:
-            sources[which] = (base, component, component)
-    return sources
+            found[which] = (sources.base, component, component)
+    return found
 
 
 def _load_parts(
-    base: str, transformer_src: str, vae_src: str, t5_src: str, section: WanSection, dtype: torch.dtype
+    sources: ModelSources, section: WanSection, dtype: torch.dtype
 ) -> tuple[dict[str, Any], Any, Any, Any, Any]:
     import diffusers
     import torch
@@ -87,14 +88,14 @@ def _load_parts(
 
     from tuner.progress import stage
 
-    revision = section.revision
+    base, vae_src, t5_src, revision = sources.base, sources.vae, sources.t5, sources.revision
     try:
         transformers = {}
-        for key, (source, subfolder, component) in _transformer_sources(section, base, transformer_src).items():
+        for key, (source, subfolder, component) in _transformer_sources(section, sources).items():
             with stage(f"loading {component} from {source}"):  # a 14B expert takes minutes from a slow disk
                 transformers[key] = load_denoiser(
                     WanTransformer3DModel, source, base=base, subfolder=subfolder, dtype=dtype, revision=revision,
-                    option="wan.pretrained_transformer_model_name_or_path", component=component,
+                    option=section.source_option("transformer"), component=component,
                     diffusers_prefixes=("blocks.0.attn1.", "condition_embedder."),
                 )
         with stage(f"loading vae from {vae_src}"):
@@ -137,22 +138,20 @@ def _model_index(base: str, revision: str | None) -> dict[str, Any]:
         raise ConfigError(f"cannot read model_index.json of '{base}': {str(exc).splitlines()[0]}") from None
 
 
-def _check_sources(section: WanSection, base: str, transformer_src: str, vae_src: str, t5_src: str) -> None:
+def _check_sources(section: WanSection, sources: ModelSources) -> None:
     """A missing local folder or part is named now, not after diffusers asks the Hub."""
     from tuner.paths import check_model_parts
 
-    def option(name: str) -> str:
-        return f"wan.{name}" if getattr(section, name) else "wan.pretrained_model_name_or_path"
-
+    option = sources.options
     parts = [
-        ("wan.pretrained_model_name_or_path", base, "scheduler"),
-        (option("pretrained_vae_model_name_or_path"), vae_src, "vae"),
-        (option("pretrained_t5_model_name_or_path"), t5_src, "text_encoder"),
-        (option("pretrained_t5_model_name_or_path"), t5_src, "tokenizer"),
+        (option["model"], sources.base, "scheduler"),
+        (option["vae"], sources.vae, "vae"),
+        (option["t5"], sources.t5, "text_encoder"),
+        (option["t5"], sources.t5, "tokenizer"),
     ]
-    for source, subfolder, _ in _transformer_sources(section, base, transformer_src).values():
-        own = source == transformer_src and transformer_src != base
-        name = option("pretrained_transformer_model_name_or_path") if own else "wan.pretrained_model_name_or_path"
+    for source, subfolder, _ in _transformer_sources(section, sources).values():
+        own = source == sources.transformer and sources.transformer != sources.base
+        name = option["transformer"] if own else option["model"]
         parts.append((name, source, "" if source.endswith(".safetensors") else subfolder or ""))
     check_model_parts(parts, layout="transformer/, vae/, text_encoder/, tokenizer/ and scheduler/")
 
@@ -166,15 +165,11 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
 
     flavour = FLAVOURS[section.model_flavour]
     dtype = base_weight_dtype(config)
-    base = config.resolve_path(section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour].repo)
-    transformer_src = config.resolve_path(section.pretrained_transformer_model_name_or_path or base)
-    vae_src = config.resolve_path(section.pretrained_vae_model_name_or_path or base)
-    t5_src = config.resolve_path(section.pretrained_t5_model_name_or_path or base)
-    _check_sources(section, base, transformer_src, vae_src, t5_src)
+    sources = section.model_sources(config.resolve_path, flavour.repo)
+    base = sources.base
+    _check_sources(section, sources)
     with _quiet_library_bars():
-        transformers, vae, text_encoder, tokenizer, scheduler = _load_parts(
-            base, transformer_src, vae_src, t5_src, section, dtype
-        )
+        transformers, vae, text_encoder, tokenizer, scheduler = _load_parts(sources, section, dtype)
     experts = []
     if flavour.expert is not None:
         boundary = boundary_ratio(section, _model_index(base, section.revision), base)
@@ -200,8 +195,8 @@ def load_components(section: WanSection, config: RunConfig, device: torch.device
         "wan-2.1",
         dict(vae.config),
         dict(text_encoder.config.to_dict()),
-        vae_src,
-        t5_src,
+        sources.vae,
+        sources.t5,
         section.max_sequence_length,
         *conditioned.pop("cache_id_parts"),
     )

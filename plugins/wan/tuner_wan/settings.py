@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tuner.loading import source_options
 
 from tuner_wan.flavours import FLAVOURS, unknown_flavour
 
@@ -13,10 +15,19 @@ __all__ = ["FLAVOURS", "FlavourName", "WanSection"]
 FlavourName = Literal[tuple(FLAVOURS)]  # type: ignore[valid-type]
 
 
-class WanSection(BaseModel):
-    """Where the Wan weights come from and how prompts are encoded."""
+# Where the weights come from: the options every family shares (tuner.loading), without a prefix here.
+WanSources = source_options(
+    "wan",
+    "",
+    holds="transformer/, vae/, text_encoder/, tokenizer/ and scheduler/",
+    roles=("model", "transformer", "transformer_subfolder", "vae", "t5", "revision"),
+    t5="UMT5",
+    aliases={"transformer": ("pretrained_transformer_name_or_path",)},  # the guide writes both spellings
+)
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+class WanFlavour(BaseModel):
+    """Which Wan model: the first option of the section, before where its weights come from."""
 
     model_flavour: FlavourName = Field(
         "t2v-480p-1.3b-2.1",
@@ -25,29 +36,21 @@ class WanSection(BaseModel):
         + "; ".join(f"{name}: {f.summary} ({f.repo})" for name, f in FLAVOURS.items())
         + ".",
     )
-    pretrained_model_name_or_path: str | None = Field(
-        None,
-        description="Diffusers-layout folder or hub id holding transformer/, vae/, text_encoder/, tokenizer/ and"
-        " scheduler/; unset uses the flavour's repository. A relative folder follows the config's path rule, as"
-        " the other pretrained_* sources do.",
-    )
-    pretrained_transformer_model_name_or_path: str | None = Field(
-        None,
-        # The guide writes both spellings.
-        validation_alias=AliasChoices("pretrained_transformer_model_name_or_path", "pretrained_transformer_name_or_path"),
-        description="Take the transformer from here instead: a folder, hub id or one .safetensors file. Also"
-        " spelt pretrained_transformer_name_or_path, as the guide does.",
-    )
-    pretrained_transformer_subfolder: str = Field(
-        "transformer", description="Subfolder of the transformer source; 'none' when the weights sit at its root."
-    )
-    pretrained_vae_model_name_or_path: str | None = Field(
-        None, description="Take the VAE (its vae/ subfolder) from here instead."
-    )
-    pretrained_t5_model_name_or_path: str | None = Field(
-        None, description="Take the UMT5 text encoder and tokenizer (text_encoder/, tokenizer/) from here instead."
-    )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base repository.")
+
+    @field_validator("model_flavour", mode="before")
+    @classmethod
+    def _known_flavour(cls, value: object) -> object:
+        # Before the Literal check, whose message would list every flavour instead of naming what is missing.
+        if isinstance(value, str) and value not in FLAVOURS:
+            raise ValueError(unknown_flavour(value))
+        return value
+
+
+class WanSection(WanSources, WanFlavour):  # type: ignore[misc,valid-type]
+    """Where the Wan weights come from and how prompts are encoded."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
     max_sequence_length: int = Field(
         512, ge=1, le=4096, description="Text tokens per prompt; Wan was trained with 512. Longer prompts are cut."
     )
@@ -93,11 +96,3 @@ class WanSection(BaseModel):
         description="Validation sampler: unipc (UniPC multistep, Wan's own) or euler (flow-matching Euler, which"
         " wants more steps, 40 or so).",
     )
-
-    @field_validator("model_flavour", mode="before")
-    @classmethod
-    def _known_flavour(cls, value: object) -> object:
-        # Before the Literal check, whose message would list every flavour instead of naming what is missing.
-        if isinstance(value, str) and value not in FLAVOURS:
-            raise ValueError(unknown_flavour(value))
-        return value

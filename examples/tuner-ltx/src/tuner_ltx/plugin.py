@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from tuner import hookimpl
+from tuner.loading import source_options
 
 if TYPE_CHECKING:
     import torch
@@ -24,13 +25,22 @@ if TYPE_CHECKING:
     from tuner.types.validation import ValidationRequest, ValidationResult
 
 
-class LtxSection(BaseModel):
+# Where the weights come from: the source options every family shares (tuner.loading), with the prefix.
+# The base model's option keeps the name it had before that table.
+LtxSources = source_options(
+    "ltx",
+    "ltx_",
+    holds="transformer/, vae/, text_encoder/ (T5), tokenizer/ and scheduler/",
+    roles=("model",),
+    default="Lightricks/LTX-Video",
+    names={"model": "ltx_model_path"},
+)
+
+
+class LtxSection(LtxSources):  # type: ignore[misc,valid-type]
     """The ``[ltx]`` config table. Option names are unique across all plugins, hence the prefix."""
 
     model_config = ConfigDict(extra="forbid")
-    ltx_model_path: str = Field(
-        "Lightricks/LTX-Video", description="LTX-Video in diffusers layout: a hub id or a folder (relative to the config)."
-    )
     ltx_max_sequence_length: int = Field(128, ge=1, description="T5 tokens per prompt (LTXPipeline's default: 128).")
     ltx_frame_rate: float = Field(
         25.0, gt=0, description="Frame rate the model is told (it scales time in the positional encoding), in training and validation."
