@@ -94,7 +94,11 @@ def with_lora(model: nn.Module, targets: list[str]) -> nn.Module:
     return model.train()
 
 
-def routers(model: nn.Module, blocks: int, family: str = "wan") -> dict[str, Any]:
+# Where the blocks are, as the Wan and Flux families declare them (`ModelBundle.block_lists`).
+BLOCK_LISTS = {"wan": ["blocks"], "flux": ["transformer_blocks", "single_transformer_blocks"]}
+
+
+def routers(model: nn.Module, family: str = "wan") -> dict[str, Any]:
     """The guide's route sets, read and checked the way a run reads and checks them."""
     from tuner.config import resolve_config
     from tuner.plugins import PluginHost
@@ -102,7 +106,7 @@ def routers(model: nn.Module, blocks: int, family: str = "wan") -> dict[str, Any
     from tuner.types.bundle import ModelBundle
 
     host = PluginHost.build([family, "tread"])
-    bundle = ModelBundle(family, model, [], supports_token_routing=True, num_blocks=blocks)
+    bundle = ModelBundle(family, model, [], supports_token_routing=True, block_lists=BLOCK_LISTS[family])
     out: dict[str, Any] = {"no routing": None}
     for name, tread in (("guide, 1 route", GUIDE_ONE_ROUTE), ("guide, 5 routes", GUIDE_FIVE_ROUTES)):
         router = host.route_tokens(bundle, resolve_config({"tread_config": tread}, host))
@@ -231,7 +235,7 @@ def main() -> None:
 
     setup = (flux_setup if args.family == "flux" else wan_setup)(args)
     model, x0 = setup.model, setup.x0
-    configs = routers(model, args.blocks, args.family)
+    configs = routers(model, args.family)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step(router: Any, seed: int) -> tuple[float, float]:

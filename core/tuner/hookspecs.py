@@ -161,7 +161,8 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         `tuner.train.precision.base_weight_dtype`: the core keeps the adapter
         float32, and accelerate runs the denoiser's ``forward`` under the
         ``mixed_precision`` autocast (a loss that calls its blocks directly
-        opens the same autocast itself).
+        opens the same autocast itself). Leave ``bundle.run`` as it is: the
+        core and the features fill it (`tuner.types.bundle.RunSlots`).
     """
 
 
@@ -414,10 +415,10 @@ def prepare_model(
     Order between plugins with ``@hookimpl(tryfirst=True)`` /
     ``trylast=True``. Install behaviour as module hooks or processors, not by
     patching library functions globally. A feature that reads the hidden
-    states a block outputs records it in ``bundle.block_taps`` here, so that
+    states a block outputs records it in ``bundle.run.block_taps`` here, so that
     token routing over that block is refused at start-up. A feature that
     trains a module of its own (a projection head) adds it to
-    ``bundle.trainables`` in the ``"adapted"`` phase: the core optimizes,
+    ``bundle.run.trainables`` in the ``"adapted"`` phase: the core optimizes,
     clips, checkpoints and restores it with the adapter (see
     `tuner.types.bundle.ModelBundle`).
 
@@ -436,8 +437,8 @@ def route_tokens(bundle: ModelBundle, config: RunConfig) -> TokenRouter | None:
     model before any step (`tuner.routing.check_routing`): the run fails at
     start-up, with one line, when the family's ``supports_token_routing`` is
     false, when ``router.spans(bundle.num_blocks)`` raises (spans that do not
-    fit the model), or when a span covers a block in ``bundle.block_taps``.
-    Then the core sets ``bundle.router``; the family calls ``router.plan``
+    fit the model), or when a span covers a block in ``bundle.run.block_taps``.
+    Then the core sets ``bundle.run.router``; the family calls ``router.plan``
     once per training forward and carries the plan out (validation and
     inference never route): `tuner.routing.routed_blocks` does it with hooks
     on a block stack, `tuner.routing.gather_tokens` / `scatter_tokens` by hand.
@@ -455,7 +456,7 @@ def rewrite_noisy_input(bundle: ModelBundle, config: RunConfig) -> InputRewriter
     Called once at set-up, after `route_tokens`. Return ``None`` when your
     feature is off; one plugin at most may answer. The core refuses the run
     at start-up, in one line, when the family's ``rewritable_inputs`` is
-    false; else it sets ``bundle.input_rewriter``, and the family's
+    false; else it sets ``bundle.run.input_rewriter``, and the family's
     `compute_loss` hands every micro-batch's inputs to it through
     `tuner.train.noising.noisy_inputs`, with a ``predict`` callable that runs
     the family's own forward with the batch's conditioning. Why a hook: a

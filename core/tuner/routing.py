@@ -32,7 +32,7 @@ def check_routing(bundle: ModelBundle, router: TokenRouter) -> list[tuple[int, i
 
     The family must support routing, the spans must fit its block stack (the
     router raises `tuner.errors.ConfigError` otherwise), and no feature may read
-    hidden states from a block inside a span (`ModelBundle.block_taps`): there
+    hidden states from a block inside a span (`RunSlots.block_taps`): there
     only the kept tokens exist. A tap on a span's last block is refused too,
     because the skipped tokens rejoin after that block.
     """
@@ -41,7 +41,7 @@ def check_routing(bundle: ModelBundle, router: TokenRouter) -> list[tuple[int, i
     spans = router.spans(bundle.num_blocks)
     # A router may name the option that sets its routes (``option``), so the message names both settings.
     routes = getattr(router, "option", None) or "the routes"
-    for feature, tap in sorted(bundle.block_taps.items()):
+    for feature, tap in sorted(bundle.run.block_taps.items()):
         block = tap + bundle.num_blocks if tap < 0 else tap
         for start, end in spans:
             if start <= block <= end:

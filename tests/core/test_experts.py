@@ -29,7 +29,7 @@ def test_each_sample_runs_through_the_trained_expert_owning_its_sigma_in_batch_o
     high, low = Tagged(100.0), Tagged(200.0)
     entered: list[str] = []
     bundle = ModelBundle("toy", high, [], experts=[Expert("high", high, (0.5, 1.0)), Expert("low", low, (0.0, 0.5))])
-    bundle.expert_switch = lambda expert: entered.append(expert.name)
+    bundle.run.expert_switch = lambda expert: entered.append(expert.name)
     sigmas = torch.tensor([0.9, 0.1, 0.5, 0.2, 1.0])
     x = torch.arange(5.0).unsqueeze(1)
     pred = run_experts(bundle, sigmas, {"x": x, "shared": torch.tensor(0.5)}, _forward)

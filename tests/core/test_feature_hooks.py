@@ -119,7 +119,7 @@ class Pull:
         if phase == "adapted":
             with torch.no_grad():
                 self.module.weight.fill_(0.0)
-            bundle.trainables["pull"] = self.module
+            bundle.run.trainables["pull"] = self.module
 
     @hookimpl
     def auxiliary_loss(self, bundle, batch, output, step, config) -> Any:

@@ -35,7 +35,7 @@ class Replacing:
         start = (plain.sigmas + 0.1).clamp(max=1.0)
         x = (1 - start.view(-1, 1, 1, 1, 1)) * plain.x0 + start.view(-1, 1, 1, 1, 1) * plain.noise
         v = predict(x, start, rows)
-        self.seen.append({"step": step, "grad": torch.is_grad_enabled(), "router": self.bundle.router,
+        self.seen.append({"step": step, "grad": torch.is_grad_enabled(), "router": self.bundle.run.router,
                           "v": v.shape == plain.x0.shape, "draw": float(torch.rand(1, generator=generator))})
         rewritten = x + (plain.sigmas - start).view(-1, 1, 1, 1, 1) * v
         return plain.with_input(rewritten, lambda pred, mask: (pred.float() * 0 + 5.0).flatten(1).mean(1), mine=1.0)

@@ -25,7 +25,7 @@ UPWARD: dict[tuple[str, str], tuple[bool, str]] = {
     # error of train.timesteps: the protocol cannot move below train without that math.
     ("hookspecs", "train"): (True, "the rewrite_noisy_input hook returns an InputRewriter"),
     ("plugins", "train"): (True, "the host's rewrite_noisy_input returns an InputRewriter"),
-    ("types", "train"): (True, "ModelBundle.input_rewriter is an InputRewriter"),
+    ("types", "train"): (True, "RunSlots.input_rewriter is an InputRewriter"),
 }
 
 # Cycles with a runtime import both ways: (a, b) with a < b -> why it stays. None left: the cycles that remain

@@ -193,9 +193,6 @@ class FamilyContract:
         for path in bundle.block_lists:
             blocks = bundle.denoiser.get_submodule(path)
             assert isinstance(blocks, torch.nn.ModuleList) and len(blocks) > 0, f"block_lists '{path}' is no ModuleList"
-        if bundle.supports_token_routing:  # a router plans over every block, in order (Flux: double, then single)
-            depth = sum(len(bundle.denoiser.get_submodule(path)) for path in bundle.block_lists)
-            assert bundle.num_blocks == depth, f"num_blocks is {bundle.num_blocks}; block_lists hold {depth} blocks"
         for key, kind in bundle.encoders.items():
             assert key in bundle.components and kind in _KINDS, f"encoders['{key}'] = '{kind}'"
 
@@ -244,12 +241,12 @@ class FamilyContract:
         bundle.denoiser.train()  # families route in the training forward only
         try:
             plain = self.loss(host, config, bundle, batch)
-            bundle.router = KeepRouter(1.0, span)
+            bundle.run.router = KeepRouter(1.0, span)
             kept_all = self.loss(host, config, bundle, batch)
-            bundle.router = KeepRouter(0.5, span)
+            bundle.run.router = KeepRouter(0.5, span)
             half = self.loss(host, config, bundle, batch)
         finally:
-            bundle.router = None
+            bundle.run.router = None
             bundle.denoiser.eval()
         assert math.isclose(plain, kept_all, rel_tol=1e-5), "a plan that keeps every token changed the loss"
         assert math.isfinite(half) and half != plain, "the router's plan was not carried out"

@@ -174,7 +174,7 @@ class ToyFamily:
     @hookimpl
     def validate(self, bundle: ModelBundle, request: Any) -> ValidationResult:
         self._count("validate")
-        self.validate_saw_router = bundle.router
+        self.validate_saw_router = bundle.run.router
         self.validate_saw_training = bundle.denoiser.training
         result = ValidationResult(step=request.step)
         g = torch.Generator().manual_seed(request.seed)

@@ -79,7 +79,7 @@ def prepare_training(
     for expert in experts:
         expert.module.train()
     install_expert_turns(bundle, accelerator.device, keep_all)
-    turns = bundle.expert_switch is not None
+    turns = bundle.run.expert_switch is not None
     if turns:
         for param in adapter.params:
             param.data = param.data.to(accelerator.device)

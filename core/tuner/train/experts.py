@@ -9,7 +9,7 @@ transformers) rarely fits on the accelerator twice. By default the expert
 about to run holds the accelerator and the others wait in CPU memory: only
 their frozen base weights move; adapter weights (and so the optimizer's
 state) stay on the accelerator the whole run. A feature plugin that manages
-weight placement itself (the offload plugin) sets ``bundle.expert_switch``
+weight placement itself (the offload plugin) sets ``bundle.run.expert_switch``
 first, and the core leaves it alone.
 """
 
@@ -93,9 +93,9 @@ class ExpertTurns:
 
 def install_expert_turns(bundle: ModelBundle, device: torch.device, keep_all: bool) -> None:
     """Make the bundle's experts take turns on ``device`` unless asked to keep them all there or a plugin decided."""
-    if len(bundle.experts) < 2 or bundle.expert_switch is not None or keep_all or device.type == "cpu":
+    if len(bundle.experts) < 2 or bundle.run.expert_switch is not None or keep_all or device.type == "cpu":
         return
     turns = ExpertTurns(bundle, device)
     for expert in bundle.experts:  # start with all of them parked; the first use brings one in
         move_frozen(expert.module, turns.park)
-    bundle.expert_switch = turns
+    bundle.run.expert_switch = turns

@@ -51,7 +51,7 @@ def run_identity(config: RunConfig, bundle: ModelBundle, lycoris_options: dict[s
         "base_architecture": bundle.architecture,
         "experts": [f"{e.name}:{e.label}:{e.sigma_range[0]:g}-{e.sigma_range[1]:g}" for e in bundle.trained_experts()],
         "architecture": _architecture(bundle),
-        "features": sorted(bundle.trainables),
+        "features": sorted(bundle.run.trainables),
     }
     targets = sorted(tc.lora_target_modules or bundle.lora_target_modules)
     if tc.lora_type == "lycoris":

@@ -95,10 +95,10 @@ def noisy_inputs(
     generator: torch.Generator,
     predict: Predict,
 ) -> NoisyInputs:
-    """The training forward's input at ``sigmas``: ``add_noise``, or what ``bundle.input_rewriter`` makes of it.
+    """The training forward's input at ``sigmas``: ``add_noise``, or what ``bundle.run.input_rewriter`` makes of it.
 
     ``predict`` is only called when a feature rewrites inputs; it runs with
-    gradients off and with ``bundle.router`` unset, so that a family whose
+    gradients off and with ``bundle.run.router`` unset, so that a family whose
     forward reads the router routes no token there (validation does not route
     either).
     """
@@ -107,12 +107,12 @@ def noisy_inputs(
     from tuner.train.timesteps import add_noise
 
     plain = NoisyInputs(x0, noise, sigmas, add_noise(x0, noise, sigmas))
-    rewriter = bundle.input_rewriter
+    rewriter = bundle.run.input_rewriter
     if rewriter is None or not bundle.denoiser.training:
         return plain
-    router, bundle.router = bundle.router, None
+    router, bundle.run.router = bundle.run.router, None
     try:
         with torch.no_grad():
-            return rewriter.rewrite(plain, predict, generator, bundle.training_step)
+            return rewriter.rewrite(plain, predict, generator, bundle.run.training_step)
     finally:
-        bundle.router = router
+        bundle.run.router = router

@@ -116,10 +116,10 @@ def _enable_gradient_checkpointing(bundle: ModelBundle) -> None:
 
 
 def _feature_params(bundle: ModelBundle, device: torch.device) -> list[torch.nn.Parameter]:
-    """The parameters of the features' own modules (`ModelBundle.trainables`), float32 and trainable on ``device``."""
+    """The parameters of the features' own modules (`RunSlots.trainables`), float32 and trainable on ``device``."""
     params: list[torch.nn.Parameter] = []
-    for name in sorted(bundle.trainables):  # a stable order: checkpoints store the parameters as a list
-        module = bundle.trainables[name].float().to(device).train()
+    for name in sorted(bundle.run.trainables):  # a stable order: checkpoints store the parameters as a list
+        module = bundle.run.trainables[name].float().to(device).train()
         for param in module.parameters():
             param.requires_grad_(True)
             params.append(param)
@@ -245,8 +245,8 @@ def _train(config: RunConfig, host: PluginHost, accelerator: Any, world: World, 
         from tuner.routing import check_routing
 
         check_routing(bundle, router)  # fail now, not inside step 1
-    bundle.router = router
-    bundle.input_rewriter = host.rewrite_noisy_input(bundle, config)  # refused here for a family without it
+    bundle.run.router = router
+    bundle.run.input_rewriter = host.rewrite_noisy_input(bundle, config)  # refused here for a family without it
 
     data = prepare_samples(host, bundle, config, samples, accelerator.device, world)
     kept, held_out = split_eval_samples(data.samples, config)  # held-out samples never train

@@ -68,7 +68,7 @@ class Trainer:
     ema: EMA | None = None
     skipped_in_a_row: int = field(default=0)
     overflow_steps: int = field(default=0)
-    # Parameters of the features' own modules (`ModelBundle.trainables`): optimized, clipped and
+    # Parameters of the features' own modules (`RunSlots.trainables`): optimized, clipped and
     # checkpointed with the adapter's, after them; never exported or averaged by EMA.
     extras: list[torch.nn.Parameter] = field(default_factory=list)
     # The prepared training forward (`tuner.train.data_parallel`) and this process's place among several;
@@ -115,7 +115,7 @@ class Trainer:
         ga = tc.gradient_accumulation_steps
         losses: list[torch.Tensor] = []
         logs: dict[str, float] = {}
-        self.bundle.training_step = step  # the clock of a feature's schedule inside compute_loss
+        self.bundle.run.training_step = step  # the clock of a feature's schedule inside compute_loss
         for micro in range(ga):
             index = self.ranks.micro_index(step, micro)  # run-wide: this process's share, its own noise
             batch = self.micro_batch(index)

@@ -22,7 +22,7 @@ def inference_state(bundle: ModelBundle) -> Iterator[None]:
     """
     import torch
 
-    router, bundle.router = bundle.router, None
+    router, bundle.run.router = bundle.run.router, None
     modules = bundle.denoisers()
     was_training = [m.training for m in modules]
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -32,6 +32,6 @@ def inference_state(bundle: ModelBundle) -> Iterator[None]:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             yield
     finally:
-        bundle.router = router
+        bundle.run.router = router
         for module, mode in zip(modules, was_training):
             module.train(mode)

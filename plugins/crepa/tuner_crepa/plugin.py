@@ -5,7 +5,7 @@ It reaches a model family only through the contract: the block stack
 (``hidden_size``), the token grid (``token_grid``) and the latent tokens of a
 block's output (``block_tokens``) from the `tuner.types.bundle.ModelBundle`, per-clip
 teacher features through `clip_features`, its projector through
-``ModelBundle.trainables`` and its loss term through `auxiliary_loss`.
+``RunSlots.trainables`` and its loss term through `auxiliary_loss`.
 
 An image family (Flux: a token grid of one frame) gets REPA: each image is
 aligned to its own teacher features, there being no neighbours. A family that
@@ -93,12 +93,12 @@ class CrepaPlugin:
         experts = bundle.trained_experts()
         modules = [expert.module for expert in experts]
         block = resolve_block(section.crepa_block_index, len(block_stack(bundle, modules[0])))
-        bundle.block_taps["crepa_block_index"] = block  # token routing over this block is refused at start-up
+        bundle.run.block_taps["crepa_block_index"] = block  # token routing over this block is refused at start-up
         seed = config.train.seed
         self.projectors = [make_projector(bundle.hidden_size, self.info.hidden_size, seed + i) for i in range(len(experts))]
         for expert, projector in zip(experts, self.projectors):
             name = "crepa_projector" if len(experts) == 1 else f"crepa_projector_{expert.label or expert.name}"
-            bundle.trainables[name] = projector
+            bundle.run.trainables[name] = projector
         self.capture = BlockCapture(modules, block, bundle.block_lists[0], bundle.latent_tokens)
         self.capture.install()
 

@@ -103,7 +103,7 @@ def flow_matching_loss(
     noised = noisy_inputs(bundle, x0, noise, sigmas, generator, predict)
     logs.update(noised.logs)
     inputs = transformer_inputs(bundle, batch, noised.noisy, sigmas)
-    router = bundle.router
+    router = bundle.run.router
     if router is not None and transformer.training:
         from tuner_flux.routing import routed_forward
 

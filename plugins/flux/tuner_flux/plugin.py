@@ -80,7 +80,6 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         cache_id=parts["cache_id"],
         supports_token_routing=True,  # flow_matching_loss carries a router's plan out (tuner_flux.routing)
         rewritable_inputs=True,  # flow_matching_loss builds its input with tuner.train.noising.noisy_inputs
-        num_blocks=len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks),
         base_model=section.flux_pretrained_model_name_or_path or FLAVOURS[section.flux_model_flavour][0],
         block_lists=["transformer_blocks", "single_transformer_blocks"],
         encoders={"text_encoder": "text", "text_encoder_2": "text", "vae": "latent"},

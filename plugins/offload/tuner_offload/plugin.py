@@ -46,7 +46,7 @@ def prepare_model(
         _take_turns(bundle, section, device)
     if bundle.experts and (section.enable_group_offload or section.blocks_to_swap or section.enable_model_cpu_offload):
         # The weights of every expert are placed here already: the core's expert turns would fight it.
-        bundle.expert_switch = _placed_here
+        bundle.run.expert_switch = _placed_here
 
 
 def _placed_here(expert: Any) -> None:

@@ -25,7 +25,7 @@ __all__ = ["Rollout", "reflexflow_errors"]
 
 
 class Rollout:
-    """Installed once (``ModelBundle.input_rewriter``); draws everything from the micro-batch's generator."""
+    """Installed once (``RunSlots.input_rewriter``); draws everything from the micro-batch's generator."""
 
     def __init__(self, section: RolloutSection, sigma_range: tuple[float, float]) -> None:
         self.section = section

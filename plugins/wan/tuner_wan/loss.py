@@ -50,7 +50,7 @@ def flow_matching_loss(
     noised = noisy_inputs(bundle, x0, noise, sigmas, generator, predict)
     logs.update(noised.logs)
     inputs = model_inputs(bundle, batch, noised.noisy, sigmas, text_only=text_only)
-    router = bundle.router
+    router = bundle.run.router
 
     def forward(transformer: torch.nn.Module, part: dict[str, torch.Tensor]) -> torch.Tensor:
         part = dict(part)

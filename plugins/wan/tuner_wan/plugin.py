@@ -78,7 +78,6 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
         cache_id=parts["cache_id"],
         supports_token_routing=True,  # flow_matching_loss carries a router's plan out (tuner_wan.routing)
         rewritable_inputs=True,  # flow_matching_loss builds its input with tuner.train.noising.noisy_inputs
-        num_blocks=len(parts["transformer"].blocks),
         base_model=section.pretrained_model_name_or_path or FLAVOURS[section.model_flavour].repo,
         block_lists=["blocks"],
         encoders={

@@ -166,8 +166,8 @@ def _term(host, config, bundle, batch, seed=0):
 
 def test_crepa_gradients_reach_only_the_lora_up_to_its_block_and_the_projector(make_run, tiny_dino):
     host, config, bundle, adapter, batch = _set_up(make_run, tiny_dino)
-    assert bundle.block_taps == {"crepa_block_index": 0}
-    (projector,) = bundle.trainables.values()
+    assert bundle.run.block_taps == {"crepa_block_index": 0}
+    (projector,) = bundle.run.trainables.values()
     _, term = _term(host, config, bundle, batch)
     assert term.weight == 0.5 and {"crepa_loss", "crepa_alignment", "crepa_weight"} <= set(term.logs)
     term.loss.backward()

@@ -101,7 +101,9 @@ def test_skipped_image_tokens_pass_every_block_unchanged_and_kept_ones_see_the_t
 
 def test_routes_plan_over_double_then_single_blocks(host, tiny_model_dir):
     config = resolve_config({"tread_config": ROUTE}, host)
-    bundle = ModelBundle("flux", tiny_flux(), [], supports_token_routing=True, num_blocks=4)
+    bundle = ModelBundle("flux", tiny_flux(), [], supports_token_routing=True,
+                         block_lists=["transformer_blocks", "single_transformer_blocks"])
+    assert bundle.num_blocks == 4
     assert check_routing(bundle, host.route_tokens(bundle, config)) == [(1, 2)]
 
 

@@ -37,9 +37,9 @@ def _expert_run(host, folder, flavour, near=False, **wan):
     bundle = host.load_model(config, torch.device("cpu"))
     section = RolloutSection(scheduled_sampling_max_step_offset=20, scheduled_sampling_probability=1.0,
                              scheduled_sampling_sampler="euler")
-    bundle.input_rewriter = Rollout(section, bundle.sigma_range())
+    bundle.run.input_rewriter = Rollout(section, bundle.sigma_range())
     if near:
-        bundle.input_rewriter = JustBelow(bundle.input_rewriter)
+        bundle.run.input_rewriter = JustBelow(bundle.run.input_rewriter)
     for module in bundle.denoisers():
         module.train()
     seen: dict[str, list[tuple[float, bool]]] = {e.name: [] for e in bundle.experts}

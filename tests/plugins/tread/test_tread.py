@@ -37,6 +37,13 @@ def router_for(host, tread_config):
     return host.route_tokens(ModelBundle("wan", nn.Identity(), []), config)
 
 
+def block_stack(blocks: int) -> nn.Module:
+    """A denoiser that is only a stack of ``blocks`` blocks at ``blocks``: what `ModelBundle.num_blocks` counts."""
+    model = nn.Module()
+    model.blocks = nn.ModuleList(nn.Identity() for _ in range(blocks))
+    return model
+
+
 def tiny_wan(num_layers: int, seed: int = 0):
     from diffusers import WanTransformer3DModel
 
@@ -77,7 +84,7 @@ def test_at_start_the_blocks_each_route_skips_and_the_share_routed_are_said(host
     )
     assert describe_routes(five, 6) is None, "routes that do not fit: the core's start-up check says why"
     config = resolve_config({"tread_config": GUIDE_ONE_ROUTE}, host)
-    host.route_tokens(ModelBundle("wan", nn.Identity(), [], num_blocks=6), config)
+    host.route_tokens(ModelBundle("wan", block_stack(6), [], block_lists=["blocks"]), config)
     assert "10% of latent tokens skip blocks 2-4 (3 of 6); expected share routed: 5.0%" in capsys.readouterr().err
 
 
@@ -136,7 +143,7 @@ def test_routes_are_validated_when_the_config_is_read(host, routes, message):
 )
 def test_routes_that_do_not_fit_the_model_fail_at_start_up(host, tread_config, blocks, message):
     router = router_for(host, tread_config)
-    bundle = ModelBundle("wan", nn.Identity(), [], supports_token_routing=True, num_blocks=blocks)
+    bundle = ModelBundle("wan", block_stack(blocks), [], supports_token_routing=True, block_lists=["blocks"])
     with pytest.raises(ConfigError, match=message):
         check_routing(bundle, router)
 
@@ -155,11 +162,12 @@ def test_a_family_without_routing_support_is_refused_naming_it(host):
 
 def test_a_feature_capturing_hidden_states_inside_a_route_is_refused(host):
     router = router_for(host, GUIDE_ONE_ROUTE)
-    bundle = ModelBundle("wan", nn.Identity(), [], supports_token_routing=True, num_blocks=30, block_taps={"crepa": 8})
+    bundle = ModelBundle("wan", block_stack(30), [], supports_token_routing=True, block_lists=["blocks"])
+    bundle.run.block_taps = {"crepa": 8}
     with pytest.raises(PluginError, match=r"crepa reads the hidden states of block 8.*blocks 2..28"):
         check_routing(bundle, router)
     for outside in (1, -1, 29):
-        bundle.block_taps = {"crepa": outside}
+        bundle.run.block_taps = {"crepa": outside}
         assert check_routing(bundle, router) == [(2, 28)]
 
 
@@ -338,8 +346,8 @@ def test_wan_loss_routes_in_training_only_and_repeats_with_the_seed(host, tiny_m
     )
     bundle = host.load_model(config, torch.device("cpu"))
     assert bundle.supports_token_routing and bundle.num_blocks == 30
-    bundle.router = host.route_tokens(bundle, config)
-    check_routing(bundle, bundle.router)
+    bundle.run.router = host.route_tokens(bundle, config)
+    check_routing(bundle, bundle.run.router)
     x, _, text = inputs()
     batch = {"latents": x, "prompt_embeds": text}
 
@@ -352,9 +360,9 @@ def test_wan_loss_routes_in_training_only_and_repeats_with_the_seed(host, tiny_m
         assert routed == loss()
         bundle.denoiser.eval()  # validation / eval: the full model
         full = loss()
-        router, bundle.router = bundle.router, None
+        router, bundle.run.router = bundle.run.router, None
         assert full == loss()
-        bundle.router = router
+        bundle.run.router = router
     assert routed != full
 
 
@@ -426,7 +434,7 @@ class _HiddenStateTap:
 
     @hookimpl
     def prepare_model(self, bundle, config, phase):
-        bundle.block_taps["crepa"] = 8
+        bundle.run.block_taps["crepa"] = 8
 
 
 def test_a_feature_tapping_a_routed_block_stops_the_run_at_start_up(make_run, deep_transformer):

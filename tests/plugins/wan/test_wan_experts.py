@@ -209,7 +209,7 @@ def test_experts_take_turns_only_frozen_weights_move(host, tiny_model_dir):
     names = {id(e.module): e.name for e in bundle.experts}
     accelerator = torch.device("cpu")  # stands for the accelerator; the recorder checks who goes where
     turns = ExpertTurns(bundle, accelerator, move=lambda m, d: moves.append((names[id(m)], "park" if d is not accelerator else "run")))
-    bundle.expert_switch = turns
+    bundle.run.expert_switch = turns
     high, low = bundle.experts
     assert bundle.enter(high) is high.module
     assert moves == [("transformer_2", "park"), ("transformer", "run")]

@@ -73,7 +73,6 @@ def load(config: RunConfig, device: torch.device) -> ModelBundle:
         cache_id=hashlib.sha256(json.dumps(encoders, sort_keys=True, default=str).encode()).hexdigest()[:16],
         supports_token_routing=True,  # velocity_errors carries a router's plan out (tuner.routing.routed_blocks)
         rewritable_inputs=True,  # velocity_errors builds its input with tuner.train.noising.noisy_inputs
-        num_blocks=len(pipe.transformer.transformer_blocks),
         base_model=section.ltx_model_path,
         block_lists=["transformer_blocks"],
         encoders={"text_encoder": "text", "vae": "latent"},
@@ -171,8 +170,8 @@ def velocity_errors(
 
     noised = noisy_inputs(bundle, tokens(x0), tokens(noise), sigmas, generator, predict)  # in the token layout
     routes = []
-    if bundle.router is not None and model.training:  # drawn after the noise: routing changes no other draw
-        routes = bundle.router.plan(bundle.num_blocks, frames * height * width, x0.shape[0], generator)
+    if bundle.run.router is not None and model.training:  # drawn after the noise: routing changes no other draw
+        routes = bundle.run.router.plan(bundle.num_blocks, frames * height * width, x0.shape[0], generator)
     pred = forward(noised.noisy, sigmas, batch, routes)
     if logs is not None:
         logs.update(noised.logs)
