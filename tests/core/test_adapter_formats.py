@@ -13,7 +13,8 @@ from tuner.config import resolve_config
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import PluginError
 from tuner.plugins import PluginHost
-from tuner.testing.toy import ToyDenoiser, ToyFamily, toy_config
+from tuner.testing.toy import ToyFamily, toy_config
+from tuner.testing.toy_model import ToyDenoiser
 from tuner.train.adapters import Lycoris
 from tuner.train.run import train
 from tuner.train.settings import TrainSection

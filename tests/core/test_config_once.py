@@ -6,30 +6,16 @@ import collections
 from pathlib import Path
 
 import pytest
-import tomlkit
 
 import tuner.config
-from tuner.data.synthetic import write_synthetic_clips
 from tuner.plugins import PluginHost
-from tuner.testing.toy import toy_config
 from tuner.train.settings import TrainSection
 
 
 @pytest.fixture
-def toy_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The toy family installed as a third party installs a plugin: an entry point in a dist-info on the path."""
-    dist = tmp_path / "site" / "tuner_toy-0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tuner-toy\nVersion: 0\n")
-    (dist / "entry_points.txt").write_text("[tuner.plugins]\ntoy = tuner.testing.toy:ToyFamily\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.delenv("TUNER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
-    raw = toy_config(tmp_path, max_train_steps=2)
-    del raw["validation"]
-    path = tmp_path / "config.toml"
-    path.write_text(tomlkit.dumps({"plugins": ["toy"], **raw}))
-    return path
+def toy_config_path(toy_run) -> Path:
+    """A toy run (the toy family installed as a third party installs a plugin) without validation."""
+    return toy_run(steps=2, overrides=["validation.validation_disable=true"])
 
 
 @pytest.fixture
@@ -60,18 +46,18 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
 
 
 @pytest.mark.parametrize("command", [["train"], ["cache"], ["data", "preview"], ["config", "show"]])
-def test_a_command_loads_its_config_once_and_builds_one_host(toy_installed, calls, cli, command):
+def test_a_command_loads_its_config_once_and_builds_one_host(toy_config_path, calls, cli, command):
     # A flat option of an installed plugin switches it on: the one place the host was built twice.
-    result = cli([*command, "--config", str(toy_installed), "--set", "crepa_enabled=false", "--set", "seed=3"])
+    result = cli([*command, "--config", str(toy_config_path), "--set", "crepa_enabled=false", "--set", "seed=3"])
     assert result.exit_code == 0, result.output + result.stderr
     assert "plugin 'crepa' switched on: the config sets its option 'crepa_enabled'" in result.stderr
     assert dict(calls) == {"read": 1, "checked": 1, "validated": 1, "run host": 1, "every installed plugin's host": 1}
     if command == ["train"]:
-        assert "done" in result.output and (toy_installed.parent / "out" / "pytorch_lora_weights.safetensors").is_file()
+        assert "done" in result.output and (toy_config_path.parent / "out" / "pytorch_lora_weights.safetensors").is_file()
 
 
-def test_a_refused_key_is_named_from_the_same_host_of_every_installed_plugin(toy_installed, calls, cli):
-    result = cli(["train", "--config", str(toy_installed), "--set", "lerning_rate=1e-3"])
+def test_a_refused_key_is_named_from_the_same_host_of_every_installed_plugin(toy_config_path, calls, cli):
+    result = cli(["train", "--config", str(toy_config_path), "--set", "lerning_rate=1e-3"])
     assert result.exit_code == 2
     assert result.stderr.strip().endswith("error: unknown config key 'lerning_rate' (did you mean 'learning_rate'?)")
     assert dict(calls) == {"read": 1, "checked": 1, "run host": 1, "every installed plugin's host": 1}

@@ -16,7 +16,8 @@ from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import ConfigError, PluginError
 from tuner.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, read_media
 from tuner.plugins import PluginHost
-from tuner.testing.toy import ToyFamily, toy_config, toy_prompt_vector
+from tuner.testing.toy import ToyFamily, toy_config
+from tuner.testing.toy_model import toy_prompt_vector
 from tuner.types.bundle import ModelBundle
 from tuner.types.validation import ValidationResult
 from tuner.validate.rounds import check_validation, round_complete, run_validation

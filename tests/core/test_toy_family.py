@@ -135,3 +135,14 @@ def test_a_family_whose_tiny_model_has_one_width_refuses_real_width_in_one_line(
     assert host.write_tiny_model(family, tmp_path, 0) == {"toy.path": str(tmp_path)}
     with pytest.raises(PluginError, match="cannot write its model at real width.*no real_width_blocks parameter"):
         host.write_tiny_model(family, tmp_path, 0, real_width_blocks=1)
+
+
+def test_the_installed_toy_family_loads_without_torch(toy_installed):
+    """Found through its entry point by a new process (PYTHONPATH) and loaded, as a family's plugin module is, without torch."""
+    import subprocess
+    import sys
+
+    code = "import sys; from tuner.plugins import PluginHost; PluginHost.build(['toy']); print(sorted(m for m in ('torch',) if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]"]

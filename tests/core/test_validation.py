@@ -19,7 +19,8 @@ from tuner.errors import ConfigError, DataError, PluginError
 from tuner.media import SHEET_GAP, SHEET_LABEL, SHEET_PAD, contact_sheet, read_media, thumbnails, write_video
 from tuner.plugins import PluginHost
 from tuner.report.jsonlog import read_log
-from tuner.testing.toy import ToyFamily, toy_config, toy_prompt_vector
+from tuner.testing.toy import ToyFamily, toy_config
+from tuner.testing.toy_model import toy_prompt_vector
 from tuner.train.run import train
 from tuner.types.validation import ValidationResult
 from tuner.validate.evaluation import EvalLoss, eval_sigmas, split_eval_samples

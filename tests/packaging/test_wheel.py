@@ -43,7 +43,7 @@ def test_wheel_install_finds_the_plugins(tmp_path):
     assert (target / "tuner" / "py.typed").is_file() and (target / "tuner_wan" / "py.typed").is_file()
     # The testing kit ships: outside families test themselves with it.
     kit = target / "tuner" / "testing"
-    assert all((kit / f"{name}.py").is_file() for name in ("__init__", "contract", "fixtures", "runs", "tiny", "toy", "config_fuzz"))
+    assert all((kit / f"{name}.py").is_file() for name in ("__init__", "contract", "fixtures", "runs", "tiny", "toy", "toy_model", "config_fuzz"))
     # tuner serve works offline: its script, chart library (with its licence) and style ship in the wheel.
     static = target / "tuner" / "serve" / "static"
     assert all((static / name).is_file() for name in ("serve.js", "serve.css", "uPlot.iife.min.js", "uPlot.LICENSE"))

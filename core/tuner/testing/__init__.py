@@ -9,6 +9,7 @@ modules, by what they hold:
 - `runs`: a run folder on a family's tiny model, ``tuner`` in-process, what a run logged;
 - `tiny`: parts for a family's tiny model (small tokenizers, random weights at real width);
 - `toy`: the toy family, a model in milliseconds for tests of the core and of features;
+- `toy_model`: the toy family's model (the one part of it that imports torch);
 - `config_fuzz`: hypothesis strategies that damage a config (needs the ``test`` extra).
 
 Import from the module (``from tuner.testing.contract import FamilyContract``):
@@ -16,4 +17,4 @@ this package imports none of them, so taking one never loads pytest,
 hypothesis or torch for another.
 """
 
-__all__ = ["config_fuzz", "contract", "fixtures", "runs", "tiny", "toy"]
+__all__ = ["config_fuzz", "contract", "fixtures", "runs", "tiny", "toy", "toy_model"]

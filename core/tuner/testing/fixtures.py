@@ -8,19 +8,22 @@ and take the fixtures: ``tiny_model_dir(family)`` writes a family's tiny model
 once per session; ``make_run(...)`` lays out a complete run folder (tiny model,
 synthetic clips, config) and returns the config path; ``cli(...)`` runs the
 ``tuner`` command in-process and returns exit code and output.
+``toy_installed`` installs the toy family as an entry point for one test (this
+process and the processes it starts), and ``toy_run(...)`` lays out a run of it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tuner.testing.runs import CliResult, run_cli, write_run_folder
+from tuner.testing.runs import CliResult, run_cli, write_run_folder, write_toy_dist, write_toy_run
 
-__all__ = ["tuner_plugin", "tiny_model_dir", "make_run", "cli"]
+__all__ = ["tuner_plugin", "tiny_model_dir", "make_run", "cli", "toy_installed", "toy_run"]
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +79,34 @@ def make_run(tmp_path: Path, tiny_model_dir: Callable[[str], Path], tuner_plugin
 def cli() -> Iterator[Callable[[list[str]], CliResult]]:
     """``cli(["train", "--config", ...])`` -> `CliResult`."""
     yield run_cli
+
+
+@pytest.fixture(scope="session")
+def _toy_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy_dist(tmp_path_factory.mktemp("toy-site"))
+
+
+@pytest.fixture
+def toy_installed(_toy_site: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The toy family installed for this test as a third party installs a plugin: entry point ``toy``.
+
+    Its dist-info lies in a folder put on ``sys.path`` and on ``PYTHONPATH``, so
+    ``tuner`` run in this process or in a process the test starts finds it
+    (plugin autoload is switched on for both). Returns that folder.
+    """
+    from tuner.plugins import DISABLE_AUTOLOAD_ENV
+
+    monkeypatch.syspath_prepend(str(_toy_site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(_toy_site), os.environ.get("PYTHONPATH")])))
+    monkeypatch.delenv(DISABLE_AUTOLOAD_ENV, raising=False)
+    return _toy_site
+
+
+@pytest.fixture
+def toy_run(tmp_path: Path, toy_installed: Path) -> Callable[..., Path]:
+    """``toy_run(steps=20, overrides=[...], name="run", clips=2)`` -> config path of a toy run folder (installs the toy family)."""
+
+    def make(*, name: str = "run", **kwargs: Any) -> Path:
+        return write_toy_run(tmp_path / name, **kwargs)
+
+    return make

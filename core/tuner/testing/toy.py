@@ -8,33 +8,32 @@ Register it directly (it is no installed plugin)::
 It trains, caches, validates, checkpoints and resumes through the same core
 code as a real family in milliseconds, and counts the hooks it was called for
 (`ToyFamily.calls`), so a test of the core needs no real model. It also proves
-the core knows no family.
+the core knows no family. Its model lies in `tuner.testing.toy_model`, imported
+by the hooks that need it: loading the plugin costs no torch import, as a real
+family's plugin module does not, so a config check through ``tuner`` stays quick.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
 from tuner import hookimpl
 from tuner.media import write_image
 from tuner.train.experts import run_experts
 from tuner.train.noising import noisy_inputs
 from tuner.train.precision import base_weight_dtype
-from tuner.train.timesteps import add_noise, sample_sigmas
 from tuner.types.bundle import Expert, ModelBundle
 from tuner.types.training import LossOutput
 from tuner.types.validation import ValidationResult
 
-TEXT_DIM = 8
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-__all__ = ["ToyFamily", "ToySection", "ToyDenoiser", "ToyRouter", "ToyRoutingFeature", "toy_config", "toy_prompt_vector"]
+__all__ = ["ToyFamily", "ToySection", "ToyRouter", "ToyRoutingFeature", "toy_config"]
 
 
 class ToySection(BaseModel):
@@ -44,32 +43,6 @@ class ToySection(BaseModel):
     toy_experts: int = Field(1, ge=1, le=2, description="2: two denoisers split the noise range at 0.5, both trained.")
     toy_fps: float | None = Field(None, gt=0, description="The frame rate the toy model states (none by default).")
     toy_flavour: str = Field("plain", description="A name telling toy models apart (ModelBundle.flavour).")
-
-
-class ToyDenoiser(nn.Module):
-    """A per-pixel MLP conditioned on the noise level and a prompt vector."""
-
-    def __init__(self, channels: int = 3, hidden: int = 32) -> None:
-        super().__init__()
-        self.inp = nn.Linear(channels + 1 + TEXT_DIM, hidden)
-        self.mid = nn.Linear(hidden, hidden)
-        self.out = nn.Linear(hidden, channels)
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        # Inputs in the base's storage dtype, as a real family feeds them (autocast, when on, picks the compute dtype).
-        dtype = self.out.weight.dtype
-        x, sigma, text = x.to(dtype), sigma.to(dtype), text.to(dtype)
-        b, c, f, h, w = x.shape
-        pixels = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c)
-        cond = torch.cat([sigma.view(b, 1, 1).expand(b, pixels.shape[1], 1), text[:, None].expand(-1, pixels.shape[1], -1)], -1)
-        y = self.out(F.silu(self.mid(F.silu(self.inp(torch.cat([pixels, cond], -1))))))
-        return y.view(b, f, h, w, c).permute(0, 4, 1, 2, 3)
-
-
-def toy_prompt_vector(prompt: str) -> torch.Tensor:
-    """The toy text encoder: ``TEXT_DIM`` numbers drawn from the prompt's hash."""
-    digest = hashlib.sha256(prompt.encode()).digest()
-    return torch.tensor([b / 127.5 - 1 for b in digest[:TEXT_DIM]])
 
 
 class ToyFamily:
@@ -94,6 +67,10 @@ class ToyFamily:
 
     @hookimpl
     def load_model(self, config: Any, device: torch.device) -> ModelBundle:
+        import torch
+
+        from tuner.testing.toy_model import ToyDenoiser
+
         self._count("load_model")
         section = config.section("toy")
         torch.manual_seed(0)
@@ -124,6 +101,8 @@ class ToyFamily:
 
     @hookimpl
     def encode_batch(self, bundle: ModelBundle, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        import torch.nn.functional as F
+
         self._count("encode_batch")
         pool = bundle.components["pool"]
         video = pixels.permute(0, 2, 1, 3, 4)  # (B, C, F, H, W)
@@ -132,11 +111,17 @@ class ToyFamily:
 
     @hookimpl
     def encode_prompts(self, bundle: ModelBundle, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        from tuner.testing.toy_model import toy_prompt_vector
+
         self._count("encode_prompts")
         return [{"text": toy_prompt_vector(p)} for p in prompts]
 
     @hookimpl
     def compute_loss(self, bundle: ModelBundle, batch: dict[str, torch.Tensor], generator: torch.Generator, config: Any) -> LossOutput:
+        import torch
+
+        from tuner.train.timesteps import sample_sigmas
+
         self._count("compute_loss")
         x0 = batch["latents"]
         sigmas = sample_sigmas(x0.shape[0], generator, sigma_range=bundle.sigma_range(), device=x0.device)
@@ -165,6 +150,10 @@ class ToyFamily:
 
     @hookimpl
     def eval_loss(self, bundle: ModelBundle, batch: dict[str, torch.Tensor], sigmas: torch.Tensor, generator: torch.Generator, config: Any) -> torch.Tensor:
+        import torch
+
+        from tuner.train.timesteps import add_noise
+
         self._count("eval_loss")
         x0 = batch["latents"]
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -173,6 +162,10 @@ class ToyFamily:
 
     @hookimpl
     def validate(self, bundle: ModelBundle, request: Any) -> ValidationResult:
+        import torch
+
+        from tuner.testing.toy_model import toy_prompt_vector
+
         self._count("validate")
         self.validate_saw_router = bundle.run.router
         self.validate_saw_training = bundle.denoiser.training
