@@ -16,12 +16,16 @@ Three kinds of hook live here.
   registered the family named by the config's ``model_family``; the core calls
   them on that plugin alone, so a family never has to check whether it is meant.
 * **Feature and lifecycle hooks** go to every active plugin. Features change
-  the model once at set-up (``prepare_model``, ``route_tokens``); lifecycle hooks
-  observe the run and must not change it.
+  the model once at set-up (``prepare_model``), offer objects the core installs
+  (``route_tokens``, ``rewrite_noisy_input``, ``clip_features``) and add loss
+  terms (``auxiliary_loss``); lifecycle hooks observe the run and must not
+  change it.
 
-Hooks run at set-up and once per step at most, never per block or per token.
+Hooks run at set-up, once per micro-batch (``compute_loss``,
+``auxiliary_loss``) or once per step at most, never per block or per token.
 Anything that must act inside the forward pass is an object a hook returns,
-which the core or the family installs once.
+which the core or the family installs once; the core keeps what it installs
+in ``bundle.run`` (`tuner.types.bundle.RunSlots`).
 
 Plugins never import one another: they meet only through these hooks.
 """
@@ -99,9 +103,12 @@ def register_model_families(register: Callable[..., None]) -> None:
         ``model_family`` is one of them switches this plugin on by itself, as
         SimpleTuner's ``"model_family": "wan"`` does. A plugin that registers a family must
         implement `load_model`, `encode_batch`, `encode_prompts` and
-        `compute_loss`; `validate`, `export_adapter` and `write_tiny_model` are
-        optional (without them there is no validation, the adapter is saved
-        with peft's key names, and ``tuner demo`` cannot use the family).
+        `compute_loss`; the other family hooks are optional: without
+        `validate` there is no validation, without `export_adapter` the
+        adapter is saved in the adapter library's own key names, without
+        `write_tiny_model` ``tuner demo`` cannot use the family, and
+        `collate_prompts`, `eval_loss`, `lora_naming` and `describe_family`
+        each say what their absence means.
     """
 
 
@@ -154,7 +161,8 @@ def load_model(config: RunConfig, device: torch.device) -> ModelBundle:
     :return: a `tuner.types.bundle.ModelBundle`. Freeze every parameter: the core
         attaches the adapter and decides what trains. Fill ``block_lists``,
         ``encoders`` and ``refused_precisions`` so that memory features can
-        work on the model without knowing the family. A model whose noise
+        work on the model without knowing the family (``block_lists`` also
+        gives a token router its depth, ``bundle.num_blocks``). A model whose noise
         range is split between several denoisers lists them in ``experts``
         (each with its sigma range, trained or frozen); load only the ones
         the run trains or validates with. Store the frozen denoiser in
@@ -223,7 +231,8 @@ def compute_loss(
 
     :param batch: the cached tensors of the micro-batch, stacked, on the
         training device: every key `encode_batch` returned, plus the keys of
-        the prompt encodings (after `collate_prompts`).
+        the prompt encodings (after `collate_prompts`) and of any
+        `clip_features`.
     :param generator: a generator seeded from ``(seed, micro-batch number)``,
         the number counted across steps and processes (so each process draws its
         own noise). Draw all noise and timesteps from it: that is what makes a
@@ -233,7 +242,12 @@ def compute_loss(
         noise levels; run each sample through the trained expert that owns
         its sigma with `tuner.train.experts.run_experts` (by hand: pick it
         with `tuner.types.bundle.Expert.owns` and enter it with
-        ``bundle.enter(expert)``).
+        ``bundle.enter(expert)``). A family that sets ``rewritable_inputs``
+        builds the forward's input with `tuner.train.noising.noisy_inputs`
+        (which applies ``bundle.run.input_rewriter``); one that sets
+        ``supports_token_routing`` carries out the plan of
+        ``bundle.run.router`` when it is set and the denoiser is training
+        (see `route_tokens`).
     :param config: the resolved config.
     :return: a `tuner.types.training.LossOutput`.
     """
@@ -246,8 +260,9 @@ def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResul
     Called on the validation schedule (and at the end of the run) under
     ``torch.no_grad()``, with the denoiser in eval mode and a forked RNG; the
     core puts it back in train mode afterwards. Token routing is off during
-    validation. The core calls it once per prompt, size and weight variant
-    (trained / EMA weights, already swapped in), and writes the files.
+    validation (``bundle.run.router`` is ``None``). The core calls it once per
+    prompt, size and weight variant (trained / EMA weights, already swapped
+    in), and writes the files.
 
     :param request: the one prompt (``request.prompt``) and the key that names
         its clip (``request.key``), size, frames, sampler settings and the
@@ -264,7 +279,10 @@ def validate(bundle: ModelBundle, request: ValidationRequest) -> ValidationResul
         velocity``), decoded at low cost (a few frames, a tiny decoder). Take
         it from the sampler as it runs (a diffusers pipeline's
         ``callback_on_step_end``, or the family's own loop): previews must not
-        change the final frames.
+        change the final frames. Call ``request.on_sampler_step()`` after each
+        sampler step and ``request.on_preview(key, step, frames)`` as each
+        preview is rendered, when they are set: the round's progress and its
+        previews then show while the clip renders.
     :return: a `tuner.types.validation.ValidationResult` whose ``frames`` maps
         ``request.key`` to the clip's frames, ``(frames, height, width, 3)`` in
         ``[0, 1]``. (A family may instead write a file into
@@ -308,12 +326,14 @@ def export_adapter(
     """Write the trained adapter in a format the family's tools load.
 
     Called at each checkpoint and at the end of the run (and once more for the
-    EMA weights when ``use_ema`` is on).
+    EMA weights when ``use_ema`` is on), once per trained expert when the
+    bundle has several (each with its own weights and ``path``).
 
     :param weights: a `tuner.types.adapter.AdapterWeights`: tensors named
         ``<module path>.<param>`` plus LoRA alphas and ranks. ``scale_baked()``
         folds alpha / rank into the weights for loaders that assume scale 1.
-    :param path: the ``.safetensors`` file to write.
+    :param path: the ``.safetensors`` file to write (a temporary name the core
+        renames into place once the file is complete).
     :param lora_format: ``"diffusers"`` (the family's diffusers pipeline) or
         ``"comfyui"`` (the original model's key names, with alphas). The
         user's ``"auto"`` (the default) arrives resolved to the family's
@@ -406,12 +426,13 @@ def describe_family() -> FamilyProfile:
 def prepare_model(
     bundle: ModelBundle, config: RunConfig, phase: Literal["base", "adapted"], device: torch.device
 ) -> None:
-    """Change the model in place once, before training starts.
+    """Change the model in place, before training starts.
 
     Called twice on every active plugin: with ``phase="base"`` right after
     `load_model` and before the adapter is attached (quantize the base, swap
     the attention backend, chunk feed-forward layers), then with
-    ``phase="adapted"`` once the adapter exists (offloading, compilation).
+    ``phase="adapted"`` once the adapter exists (offloading, a feature's own
+    trainable modules).
     Order between plugins with ``@hookimpl(tryfirst=True)`` /
     ``trylast=True``. Install behaviour as module hooks or processors, not by
     patching library functions globally. A feature that reads the hidden
@@ -420,7 +441,9 @@ def prepare_model(
     trains a module of its own (a projection head) adds it to
     ``bundle.run.trainables`` in the ``"adapted"`` phase: the core optimizes,
     clips, checkpoints and restores it with the adapter (see
-    `tuner.types.bundle.ModelBundle`).
+    `tuner.types.bundle.RunSlots`). Of ``bundle.run`` a feature writes only
+    these two and, when it places the weights itself (offloading),
+    ``expert_switch`` in the ``"adapted"`` phase.
 
     :param device: where training runs. The denoiser may still be on the CPU
         (see `load_model`); a plugin that places weights itself (offloading)
@@ -530,8 +553,10 @@ def on_step_end(run: RunInfo, step: int, logs: dict[str, float]) -> None:
     """An optimizer step finished.
 
     :param step: the number of optimizer steps done so far (1 after the first).
-    :param logs: ``loss``, ``lr`` and ``step_time`` plus what `compute_loss`
-        logged. Keep this fast: it runs in the training loop.
+    :param logs: ``loss``, ``lr`` and ``step_time``; ``grad_norm`` when the
+        step back-propagated, ``skipped`` when its update was dropped (a bad
+        loss, an fp16 overflow), ``eval_loss`` on the steps the evaluation
+        loss is computed, and what `compute_loss` and `auxiliary_loss` logged. Keep this fast: it runs in the training loop.
     """
 
 
@@ -548,7 +573,8 @@ def on_checkpoint_saved(run: RunInfo, step: int, path: Path) -> None:
 def on_validation_done(run: RunInfo, result: ValidationResult) -> None:
     """A validation round wrote its media.
 
-    :param result: the step and the media files written, by nickname; with
+    :param result: the step, the media files written by media key (as in
+        `on_validation_preview`) and the round's contact sheet; with
         ``validation_preview``, ``result.previews`` holds the preview files, by
         media key and sampler step.
     """
@@ -575,6 +601,8 @@ def on_run_end(run: RunInfo, outputs: dict[str, Path], error: BaseException | No
     """The run is over.
 
     :param outputs: files the run produced: ``adapter``, ``checkpoint``, ``ema_adapter`` (with EMA) and
-        ``validation`` (the final round's main file, when validation ran).
+        ``validation`` (the final round's main file, when validation ran). With
+        several trained experts each adapter file is keyed by its expert's
+        label instead: ``adapter_<label>`` (and ``ema_adapter_<label>``).
     :param error: the exception that stopped the run, or ``None`` on success.
     """

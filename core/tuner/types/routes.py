@@ -29,12 +29,14 @@ class TokenRoute(NamedTuple):
 class TokenRouter(Protocol):
     """A policy for which tokens skip which blocks (returned by `route_tokens`).
 
-    The model family owns the mechanism: before a span it gathers the kept
-    tokens together with everything that travels per token (positional
-    encodings, per-token conditioning), runs the span's blocks on them, and
-    scatters them back into place after it (see `tuner.routing`). The router
-    only decides. A family calls `plan` once per training forward and never
-    while validating or at inference.
+    The router only decides; the model family carries the plan out: before a
+    span it gathers the kept tokens together with everything that travels per
+    token (positional encodings, per-token conditioning), runs the span's
+    blocks on them, and scatters them back into place after it
+    (`tuner.routing.routed_blocks` does all of it around a block stack;
+    `tuner.routing.gather_tokens` / `scatter_tokens` by hand). The core
+    installs the router as ``bundle.run.router``; a family calls `plan` once
+    per training forward and never while validating or at inference.
 
     Routable tokens are the family's latent (image / video) tokens; text and
     other context tokens are never routed. A router may also carry an
