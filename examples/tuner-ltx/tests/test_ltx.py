@@ -22,10 +22,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _bundle(model_dir: Path):  # type: ignore[no-untyped-def]
+def _bundle(model_dir: Path, **options: str):  # type: ignore[no-untyped-def]
     host = PluginHost.build([], extra={"ltx": tuner_ltx.plugin})
-    config = resolve_config({"model_family": "ltx", "ltx_model_path": str(model_dir), "ltx_max_sequence_length": 32}, host)
-    return host, host.load_model(config, torch.device("cpu"))
+    raw = {"model_family": "ltx", "ltx_model_path": str(model_dir), "ltx_max_sequence_length": 32, **options}
+    return host, host.load_model(resolve_config(raw, host), torch.device("cpu"))
 
 
 def test_cached_prompts_feed_the_transformer_what_the_pipeline_feeds_it(model_dir: Path):
@@ -79,6 +79,30 @@ def test_a_model_path_that_does_not_load_is_one_line_naming_the_option(tmp_path:
     config = resolve_config({"model_family": "ltx", "ltx_model_path": str(tmp_path / "missing")}, host)
     with pytest.raises(ConfigError, match=r"^ltx\.ltx_model_path: cannot load LTX-Video from .*missing"):
         host.load_model(config, torch.device("cpu"))
+
+
+def test_the_transformer_comes_from_one_safetensors_file_or_a_folder_holding_it_at_its_root(model_dir: Path, tmp_path: Path):
+    # The source options every family shares (tuner.loading): a fine-tune's transformer beside the base's other parts.
+    from diffusers import LTXVideoTransformer3DModel
+    from safetensors.torch import save_file
+
+    write_tiny_ltx(tmp_path / "other", seed=1)
+    weights = LTXVideoTransformer3DModel.from_pretrained(tmp_path / "other", subfolder="transformer").state_dict()
+    save_file(weights, tmp_path / "finetune.safetensors")
+    base = _bundle(model_dir)[1].denoiser.state_dict()
+    assert not all(torch.equal(base[k], v) for k, v in weights.items())
+    for options in (
+        {"ltx_pretrained_transformer_model_name_or_path": str(tmp_path / "finetune.safetensors")},
+        {"ltx_pretrained_transformer_model_name_or_path": str(tmp_path / "other" / "transformer"),
+         "ltx_pretrained_transformer_subfolder": "none"},
+    ):
+        _, bundle = _bundle(model_dir, **options)
+        loaded = bundle.denoiser.state_dict()
+        assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items()), options
+        assert bundle.components["pipeline"].transformer is bundle.denoiser
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(ConfigError, match=rf"^ltx\.ltx_pretrained_transformer_model_name_or_path: no such file {missing}$"):
+        _bundle(model_dir, ltx_pretrained_transformer_model_name_or_path=str(missing))
 
 
 def test_an_unknown_tiny_variant_is_refused(tmp_path: Path):

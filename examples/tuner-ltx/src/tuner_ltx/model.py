@@ -9,14 +9,14 @@ with). Validation calls the pipeline itself.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuner.errors import ConfigError, PluginError
+from tuner.loading import fingerprint, load_denoiser
 from tuner.routing import routed_blocks
 from tuner.train.noising import noisy_inputs
+from tuner.train.timesteps import draw_noise
 from tuner.types.bundle import ModelBundle
 from tuner.types.validation import ValidationResult
 
@@ -32,20 +32,31 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 
 
 def load(config: RunConfig, device: torch.device) -> ModelBundle:
-    """The pipeline's parts, frozen; VAE (float32) and T5 on ``device``, the transformer on the CPU."""
+    """The pipeline's parts, frozen; VAE (float32) and T5 on ``device``, the transformer on the CPU.
+
+    The transformer may come from elsewhere (`tuner.loading`'s source options): a
+    folder, hub id or one ``.safetensors`` file of a fine-tune.
+    """
     import torch
-    from diffusers import AutoencoderKLLTXVideo, LTXPipeline
+    from diffusers import AutoencoderKLLTXVideo, LTXPipeline, LTXVideoTransformer3DModel
 
     from tuner.train.precision import base_weight_dtype
 
     section = config.section("ltx")
-    source = config.resolve_path(section.ltx_model_path)
+    sources = section.model_sources(config.resolve_path)
     dtype = base_weight_dtype(config)
+    option, source = sources.options["transformer"], sources.transformer
     try:
+        transformer = load_denoiser(
+            LTXVideoTransformer3DModel, source, base=sources.base, subfolder=sources.transformer_subfolder,
+            dtype=dtype, revision=None, option=option,
+            diffusers_prefixes=("proj_in.", "time_embed."),  # LTX-Video's own names: patchify_proj, adaln_single
+        )
+        option, source = sources.options["model"], sources.base
         vae = AutoencoderKLLTXVideo.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
-        pipe = LTXPipeline.from_pretrained(source, vae=vae, torch_dtype=dtype)
+        pipe = LTXPipeline.from_pretrained(source, vae=vae, transformer=transformer, torch_dtype=dtype)
     except OSError as exc:
-        raise ConfigError(f"ltx.ltx_model_path: cannot load LTX-Video from '{source}': {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{option}: cannot load LTX-Video from '{source}': {str(exc).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.transformer, vae, pipe.text_encoder):
         module.requires_grad_(False).eval()
@@ -63,14 +74,13 @@ def load(config: RunConfig, device: torch.device) -> ModelBundle:
             "text_encoder": pipe.text_encoder,
             "dtype": dtype,
             "max_sequence_length": section.ltx_max_sequence_length,
-            "frame_rate": section.ltx_frame_rate,
             # As LTXPipeline scales RoPE: latent frames last temporal / frame_rate seconds, pixels are spatial apart.
             "rope_scale": (temporal / section.ltx_frame_rate, spatial, spatial),
         },
         temporal_compression=temporal,
         spatial_multiple=spatial,
         frame_rate=section.ltx_frame_rate,  # clips are resampled to the rate the model is told
-        cache_id=hashlib.sha256(json.dumps(encoders, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        cache_id=fingerprint(encoders),
         supports_token_routing=True,  # velocity_errors carries a router's plan out (tuner.routing.routed_blocks)
         rewritable_inputs=True,  # velocity_errors builds its input with tuner.train.noising.noisy_inputs
         base_model=section.ltx_model_path,
@@ -139,10 +149,8 @@ def velocity_errors(
     sampling); evaluation and validation never route nor rewrite. ``logs``
     receives what such a feature logs.
     """
-    import torch
-
     x0 = batch["latents"].float()
-    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    noise = draw_noise(x0, generator)
     sigmas = sigmas.to(x0.device)
     _, _, frames, height, width = x0.shape
     model = bundle.denoiser
@@ -192,7 +200,7 @@ def render(bundle: ModelBundle, request: ValidationRequest) -> ValidationResult:
         height=request.height,
         width=request.width,
         num_frames=request.num_frames,
-        frame_rate=parts["frame_rate"],
+        frame_rate=bundle.frame_rate,  # what the model was told in training
         num_inference_steps=request.num_inference_steps,
         guidance_scale=request.guidance_scale,
         generator=torch.Generator().manual_seed(request.seed),

@@ -31,7 +31,7 @@ LtxSources = source_options(
     "ltx",
     "ltx_",
     holds="transformer/, vae/, text_encoder/ (T5), tokenizer/ and scheduler/",
-    roles=("model",),
+    roles=("model", "transformer", "transformer_subfolder"),
     default="Lightricks/LTX-Video",
     names={"model": "ltx_model_path"},
 )

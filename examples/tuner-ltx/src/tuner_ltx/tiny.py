@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import ConfigError
-from tuner.testing.tiny import write_t5_tokenizer
+from tuner.testing.tiny import tiny_t5_config, write_t5_tokenizer
 
 TINY_MAX_SEQUENCE_LENGTH = 32
 
@@ -29,10 +29,7 @@ def write_tiny_ltx(path: Path, seed: int = 0, variant: str | None = None) -> dic
     write_t5_tokenizer(path / "tokenizer", TINY_MAX_SEQUENCE_LENGTH)
     tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
     torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(
-        T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                 relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    )
+    text_encoder = T5EncoderModel(tiny_t5_config(T5Config, tokenizer, d_model=32))
     vae = AutoencoderKLLTXVideo(
         latent_channels=16,
         block_out_channels=(8, 16, 16, 16),
