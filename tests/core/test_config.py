@@ -70,22 +70,22 @@ def test_section_must_be_a_table(host):
         resolve_config({"train": 3}, host)
 
 
-def test_show_prints_resolved_defaults(make_run, cli):
-    config = make_run(steps=3)
+def test_show_prints_resolved_defaults(toy_run, cli):
+    config = toy_run(steps=3)
     result = cli(["config", "show", "--config", str(config), "--set", "train.seed=5"])
     assert result.exit_code == 0
     assert "seed = 5" in result.output and "max_train_steps = 3" in result.output
     assert "adam_beta1 = 0.9" in result.output, "defaults are filled in"
 
 
-def test_set_overrides_a_flat_file_key_and_the_other_way_round(tmp_path, cli):
+def test_set_overrides_a_flat_file_key_and_the_other_way_round(tmp_path, cli, toy_installed):
     """The guide's configs are flat; --set may name the option either way."""
     flat = tmp_path / "flat.json"
-    flat.write_text(json.dumps({"model_family": "wan", "max_train_steps": 3, "output_dir": "out", "instance_data_dir": "."}))
+    flat.write_text(json.dumps({"model_family": "toy", "max_train_steps": 3, "output_dir": "out", "instance_data_dir": "."}))
     tabled = tmp_path / "tabled.toml"
-    tabled.write_text('model_family = "wan"\n[train]\nmax_train_steps = 3\n[data]\ninstance_data_dir = "."\n')
+    tabled.write_text('model_family = "toy"\n[train]\nmax_train_steps = 3\n[data]\ninstance_data_dir = "."\n')
     for config, override in [(flat, "train.max_train_steps=7"), (tabled, "max_train_steps=7"), (flat, "max_train_steps=7")]:
-        result = cli(["config", "show", "--plugin", "wan", "--config", str(config), "--set", override])
+        result = cli(["config", "show", "--plugin", "toy", "--config", str(config), "--set", override])
         assert result.exit_code == 0, result.output
         assert "max_train_steps = 7" in result.output
 
@@ -143,9 +143,9 @@ def test_a_missing_file_is_named_at_its_real_path_with_the_rule_and_the_file_the
     assert f"{tmp_path / 'config/wan/prompts.json'} exists: name it relative to {tmp_path / 'config'}" in str(err.value)
 
 
-def test_options_of_installed_plugins_switch_them_on_from_the_cli_and_are_named_in_the_api(make_run, cli, host):
+def test_options_of_installed_plugins_switch_them_on_from_the_cli_and_are_named_in_the_api(toy_run, cli, host):
     """The guide's flat config sets feature options at the top level: naming them is enough on the CLI."""
-    config = make_run(steps=1)
+    config = toy_run(steps=1)
     result = cli(["config", "show", "--config", str(config), "--set", "attention_mechanism='sdpa-math'"])
     assert result.exit_code == 0, result.output
     assert "plugin 'attention' switched on: the config sets its option 'attention_mechanism'" in result.stderr
@@ -197,10 +197,10 @@ def test_the_guides_literal_spellings_are_accepted(tmp_path, host):
         resolve_config({**raw, "pretrained_transformer_model_name_or_path": "/other"}, host, base_dir=tmp_path)
 
 
-def test_an_option_set_in_the_file_is_switched_off_from_the_command_line(make_run, cli):
+def test_an_option_set_in_the_file_is_switched_off_from_the_command_line(toy_run, cli):
     from tuner.config import load_run_config
 
-    config = make_run(steps=1, overrides=["validation.validation_guidance_skip_layers=[1]", "train.lora_alpha=4.0"])
+    config = toy_run(steps=1, overrides=["validation.validation_guidance_skip_layers=[1]", "train.lora_alpha=4.0"])
     _, before = load_run_config(config, None, [])
     assert before.validation.validation_guidance_skip_layers == [1] and before.train.lora_alpha == 4.0
     for off in ("validation_guidance_skip_layers=", "validation_guidance_skip_layers=null",
@@ -224,14 +224,14 @@ def test_an_empty_string_unsets_an_optional_file(host, tmp_path):
     assert config.validation.user_prompt_library is None
 
 
-def test_schema_covers_core_and_plugin_sections(cli):
-    result = cli(["config", "schema", "--plugin", "wan"])
+def test_schema_covers_core_and_plugin_sections(cli, toy_installed):
+    result = cli(["config", "schema", "--plugin", "toy"])
     schema = json.loads(result.output)
     props = schema["properties"]
-    assert {"train", "data", "validation", "wan"} <= set(props)
-    assert props["model_family"]["enum"] == ["wan"]
+    assert {"train", "data", "validation", "toy"} <= set(props)
+    assert props["model_family"]["enum"] == ["toy"]
     assert props["train"]["properties"]["learning_rate"]["description"]
-    assert props["wan"]["additionalProperties"] is False
+    assert props["toy"]["additionalProperties"] is False
 
 
 def test_every_option_has_a_description():
@@ -241,12 +241,12 @@ def test_every_option_has_a_description():
             assert info.description, f"{name}.{field} has no description"
 
 
-def test_plugins_command_lists_version_hooks_and_sections(cli):
+def test_plugins_command_lists_version_hooks_and_sections(cli, toy_installed):
     result = cli(["plugins", "--json"])
     infos = {i["name"]: i for i in json.loads(result.output)}
-    assert infos["wan"]["version"] == "0.1.0"
-    assert infos["wan"]["sections"] == ["wan"] and infos["wan"]["families"] == ["wan"]
-    assert {"load_model", "encode_batch", "compute_loss", "validate"} <= set(infos["wan"]["hooks"])
+    assert infos["toy"]["version"] == "0", "the version its distribution declares"
+    assert infos["toy"]["sections"] == ["toy"] and infos["toy"]["families"] == ["toy"]
+    assert {"load_model", "encode_batch", "compute_loss", "validate"} <= set(infos["toy"]["hooks"])
     assert infos["core"]["sections"] == ["train", "data", "validation", "evaluation", "distributed"]
 
 

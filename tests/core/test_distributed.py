@@ -89,12 +89,12 @@ def test_only_the_main_process_acts_through_main():
     assert calls == ["a"]
 
 
-def test_process_group_timeout_reaches_accelerate(make_run, cli):
+def test_process_group_timeout_reaches_accelerate(toy_run, cli):
     from tuner.config import read_config_file, resolve_config
     from tuner.plugins import PluginHost
 
-    path = make_run(overrides=["distributed.process_group_timeout=45"])
-    config = resolve_config(read_config_file(path), PluginHost.build(["wan"]), base_dir=path.parent)
+    path = toy_run(overrides=["distributed.process_group_timeout=45"])
+    config = resolve_config(read_config_file(path), PluginHost.build(["toy"]), base_dir=path.parent)
     handler = process_group_kwargs(config)[0]
     assert handler.timeout == timedelta(seconds=45)
     result = cli(["config", "show", "--config", str(path), "--set", "distributed.process_group_timeout=2"])

@@ -9,11 +9,11 @@ from tuner.testing.runs import run_cli
 
 def _config(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('plugins = ["wan"]\n[train]\nlearning_rate = 1e-4\n')
+    path.write_text('plugins = ["toy"]\n[train]\nlearning_rate = 1e-4\n')
     return str(path)
 
 
-def test_key_value_flags_after_the_config_set_options_like_set(tmp_path):
+def test_key_value_flags_after_the_config_set_options_like_set(tmp_path, toy_installed):
     result = run_cli(["config", "show", "--config", _config(tmp_path), "--learning_rate", "5e-5", "--seed=3",
                       "--use_ema", "--train.lora_rank", "8", "--set", "train.lora_dropout=0.1"])
     assert result.exit_code == 0, result.stderr
@@ -22,7 +22,7 @@ def test_key_value_flags_after_the_config_set_options_like_set(tmp_path):
         5e-5, 3, True, 8, 0.1)
 
 
-def test_a_mistyped_flag_or_a_stray_word_is_one_line(tmp_path):
+def test_a_mistyped_flag_or_a_stray_word_is_one_line(tmp_path, toy_installed):
     result = run_cli(["config", "show", "--config", _config(tmp_path), "--learning_rat", "5e-5"])
     assert result.exit_code == 2 and "did you mean 'learning_rate'" in result.stderr
     result = run_cli(["train", "--config", _config(tmp_path), "oops"])
@@ -36,12 +36,12 @@ def test_train_help_says_so():
     assert "--KEY VALUE or --KEY=VALUE" in out and "--learning_rate 1e-4" in out
 
 
-def test_model_family_alone_switches_its_plugin_on(tmp_path):
+def test_model_family_alone_switches_its_plugin_on(tmp_path, toy_installed):
     path = tmp_path / "config.json"
-    path.write_text('{"model_family": "wan", "learning_rate": 5e-5}')  # SimpleTuner's switch, no plugins list
+    path.write_text('{"model_family": "toy", "learning_rate": 5e-5}')  # SimpleTuner's switch, no plugins list
     result = run_cli(["config", "show", "--config", str(path)])
     assert result.exit_code == 0, result.stderr
-    assert "plugin 'wan' switched on" in result.stderr and 'model_family = "wan"' in result.output
+    assert "plugin 'toy' switched on" in result.stderr and 'model_family = "toy"' in result.output
 
 
 def test_a_family_answers_to_the_aliases_it_declares():
@@ -60,7 +60,7 @@ def test_a_family_answers_to_the_aliases_it_declares():
     assert host.family_named("wan") is None
 
 
-def test_plot_takes_option_flags_too(tmp_path):
+def test_plot_takes_option_flags_too(tmp_path, toy_installed):
     out = tmp_path / "lr.png"
     result = run_cli(["plot", "lr", "--config", _config(tmp_path), "--max_train_steps", "10", "--out", str(out)])
     assert result.exit_code == 0, result.stderr

@@ -289,8 +289,8 @@ def test_auto_shift_grows_with_resolution():
     assert auto_shift(832 * 480) > auto_shift(480 * 480)
 
 
-def test_plot_commands_write_pngs(make_run, cli, tmp_path):
-    config = make_run(steps=50, overrides=["train.lr_scheduler='cosine'", "train.lr_warmup_steps=10"])
+def test_plot_commands_write_pngs(toy_run, cli, tmp_path):
+    config = toy_run(steps=50, overrides=["train.lr_scheduler='cosine'", "train.lr_warmup_steps=10"])
     lr = cli(["plot", "lr", "--config", str(config), "--out", str(tmp_path / "lr.png")])
     ts = cli(["plot", "timesteps", "--config", str(config), "--out", str(tmp_path / "ts.png"), "--set", "train.flow_schedule_auto_shift=true"])
     assert lr.exit_code == 0 and ts.exit_code == 0
