@@ -1,8 +1,9 @@
 """The bad-input corpus: every way a user (or a damaged disk) can hand tuner wrong input.
 
-Each case starts from a copy of a finished run (tiny Wan model, clips, config, and a real
-checkpoint in output/), breaks one thing, and runs ``tuner`` through its command-line
-entry, in this process. Every case must end with exit code 2, one ``error:`` line (the
+Each case starts from a copy of a finished run of the toy family, installed as a plugin
+(clips, config, and a real checkpoint in output/), breaks one thing, and runs ``tuner``
+through its command-line entry, in this process; the cases of a broken model folder,
+which the toy family has none of, start from a finished run on the tiny Wan (model/ too). Every case must end with exit code 2, one ``error:`` line (the
 last line, naming the problem), no traceback, every input file byte-for-byte unchanged
 and the checkpoint still there. A few cases run as real subprocesses too.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tuner.testing.runs import run_cli, write_run_folder
+from tuner.testing.runs import run_cli, write_run_folder, write_toy_run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,24 +32,45 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, tiny_model_dir) -> Path:
-    """A run folder (model/, clips/, config.toml) whose first training left output/checkpoint-1."""
-    folder = tmp_path_factory.mktemp("bad-input") / "run"
-    shutil.copytree(tiny_model_dir("wan"), folder / "model")
-    config = write_run_folder(
-        folder, folder / "model", plugin="wan", steps=1, clips=2, overrides=["validation.validation_disable=true"]
-    )
+def _finish(config: Path, change: Callable[[dict[str, Any]], None] = lambda raw: None) -> Path:
+    """Train the run at ``config`` once (it leaves output/checkpoint-1), then set it to resume."""
+    folder = config.parent
     result = run_cli(["train", "--config", str(config)])
     assert result.exit_code == 0, result.stderr
     assert (folder / "output" / "checkpoint-1").is_dir()
     # Later runs resume: what the corpus breaks must not cost the checkpoint.
     raw = tomllib.loads(config.read_text())
     raw["train"]["resume_from_checkpoint"] = "latest"
-    raw["wan"]["pretrained_model_name_or_path"] = "model"
+    change(raw)
     _write_toml(config, raw)
     shutil.rmtree(folder / "cache")
     return folder
+
+
+@pytest.fixture(scope="session")
+def _finished_runs() -> dict[str, Path]:
+    return {}
+
+
+@pytest.fixture
+def finished_run(_finished_runs, tmp_path_factory, toy_installed) -> Path:
+    """A toy run folder (clips/, config.toml) whose first training left output/checkpoint-1 (trained once a session)."""
+    if "toy" not in _finished_runs:
+        overrides = ["validation.validation_disable=true", "train.output_dir='output'"]
+        config = write_toy_run(tmp_path_factory.mktemp("bad-input") / "run", steps=1, overrides=overrides)
+        _finished_runs["toy"] = _finish(config)
+    return _finished_runs["toy"]
+
+
+@pytest.fixture(scope="session")
+def finished_wan_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """The same on the tiny Wan, its model in model/: for the cases of Wan's model folder."""
+    folder = tmp_path_factory.mktemp("bad-input-wan") / "run"
+    shutil.copytree(tiny_model_dir("wan"), folder / "model")
+    config = write_run_folder(
+        folder, folder / "model", plugin="wan", steps=1, clips=2, overrides=["validation.validation_disable=true"]
+    )
+    return _finish(config, lambda raw: raw["wan"].update(pretrained_model_name_or_path="model"))
 
 
 def _write_toml(path: Path, data: dict[str, Any]) -> None:
@@ -103,6 +125,12 @@ def _only(run: Path, files: dict[str, bytes]) -> list[str]:
 
 def _clip_bytes(run: Path) -> bytes:
     return (run / "clips" / "clip_000.mp4").read_bytes()
+
+
+def _cut_clip(run: Path) -> bytes:
+    """A clip's first half, as an interrupted copy leaves it (its frames begun, its index missing)."""
+    data = _clip_bytes(run)
+    return data[: len(data) // 2]
 
 
 def _png_bytes() -> bytes:
@@ -170,6 +198,7 @@ class Case:
     expect: str
     command: str = "train"
     monkeypatch: bool = False  # setup(run, monkeypatch)
+    wan: bool = False  # a case of Wan's model folder: starts from the finished run on the tiny Wan
 
 
 LONG = "x" * 300
@@ -189,11 +218,11 @@ CASES = [
          "must end in .toml or .json"),
     Case("config is a folder", lambda r: ["--config", str(r / "clips")], "config file not found"),
     # -- the core's top-level keys ---------------------------------------------------------------
-    Case("plugins is a string", lambda r: _edit(r, lambda c: c.update(plugins="wan")), "'plugins' must be a list of plugin names"),
+    Case("plugins is a string", lambda r: _edit(r, lambda c: c.update(plugins="toy")), "'plugins' must be a list of plugin names"),
     Case("plugins holds a number", lambda r: _edit(r, lambda c: c.update(plugins=[1])), "'plugins' must be a list of plugin names"),
     Case("model_family is a number", lambda r: _edit(r, lambda c: c.update(model_family=3)), "'model_family' must be the name of a model family"),
-    Case("model_family is a list", lambda r: _edit(r, lambda c: c.update(model_family=["wan"])), "'model_family' must be the name of a model family"),
-    Case("model_family unknown", lambda r: _edit(r, lambda c: c.update(model_family="wna")), "model_family 'wna' is not provided by any active plugin (did you mean 'wan'?)"),
+    Case("model_family is a list", lambda r: _edit(r, lambda c: c.update(model_family=["toy"])), "'model_family' must be the name of a model family"),
+    Case("model_family unknown", lambda r: _edit(r, lambda c: c.update(model_family="tyo")), "model_family 'tyo' is not provided by any active plugin (did you mean 'toy'?)"),
     Case("section is not a table", lambda r: _edit(r, lambda c: c.update(train=3)), "'train' is a section and must be a table"),
     Case("flat and section duplicate", lambda r: _edit(r, lambda c: c.update(learning_rate=1e-3)), "'learning_rate' is set both at the top level and in [train]"),
     Case("unknown key", _set("train.learnin_rate=1e-4"), "unknown key 'train.learnin_rate' (did you mean 'learning_rate'?)"),
@@ -202,10 +231,10 @@ CASES = [
     Case("output_dir with NUL", lambda r: _as_json(r, lambda c: c["train"].update(output_dir="out\x00put")), "train.output_dir: the value contains a NUL character"),
     Case("output_dir with a lone surrogate", lambda r: _as_json(r, lambda c: c["train"].update(output_dir="out\udc80")), "train.output_dir: the value contains a character that is not valid Unicode"),
     Case("data dir with NUL", lambda r: _as_json(r, lambda c: c["data"].update(instance_data_dir="cl\x00ips")), "data.instance_data_dir: the value contains a NUL character"),
-    Case("model path with a lone surrogate", lambda r: _as_json(r, lambda c: c["wan"].update(pretrained_model_name_or_path="/m\udcff")), "wan.pretrained_model_name_or_path: the value contains a character that is not valid Unicode"),
+    Case("model path with a lone surrogate", lambda r: _as_json(r, lambda c: c["wan"].update(pretrained_model_name_or_path="/m\udcff")), "wan.pretrained_model_name_or_path: the value contains a character that is not valid Unicode", wan=True),
     Case("output_dir name over 255 bytes", _set(f"output_dir='{LONG}'"), "train.output_dir: the path 'xxx"),
     Case("data dir name over 255 bytes", _set(f"instance_data_dir='{LONG}/clips'"), "data.instance_data_dir: the path 'xxx"),
-    Case("model path name over 255 bytes", _set(f"pretrained_model_name_or_path='./{LONG}'"), "wan.pretrained_model_name_or_path: the path './xxx"),
+    Case("model path name over 255 bytes", _set(f"pretrained_model_name_or_path='./{LONG}'"), "wan.pretrained_model_name_or_path: the path './xxx", wan=True),
     # -- numbers -------------------------------------------------------------------------------
     Case("learning_rate inf", _set("learning_rate=inf"), "train.learning_rate: Input should be a finite number (got inf)"),
     Case("flow_schedule_shift nan", _set("flow_schedule_shift=nan"), "train.flow_schedule_shift: Input should be a finite number (got nan)"),
@@ -216,20 +245,20 @@ CASES = [
     Case("output_dir is a file", _set("output_dir='clips/clip_000.txt'"), "clip_000.txt is a file, not a folder"),
     Case("output_dir not writable", _not_writable, "train.output_dir: cannot write to", monkeypatch=True),
     # -- the model -----------------------------------------------------------------------------
-    Case("model path missing", _set("pretrained_model_name_or_path='/nonexistent/wan'"), "wan.pretrained_model_name_or_path: no such folder /nonexistent/wan (the path looks local, so the Hub is not asked)"),
-    Case("relative model path missing", _set("pretrained_model_name_or_path='./no-model'"), "/run/no-model (the path looks local"),
-    Case("model folder without vae/", lambda r: shutil.rmtree(r / "model" / "vae") or [], "/run/model has no vae/ folder (a complete model folder holds transformer/"),
-    Case("model folder without tokenizer/", lambda r: shutil.rmtree(r / "model" / "tokenizer") or [], "has no tokenizer/ folder"),
-    Case("model folder without transformer/", lambda r: shutil.rmtree(r / "model" / "transformer") or [], "has no transformer/ folder"),
-    Case("transformer file missing", _set("pretrained_transformer_model_name_or_path='weights/wan.safetensors'"), "/run/weights/wan.safetensors"),
-    Case("scheduler without _class_name", lambda r: _scheduler(r, lambda d: d.pop("_class_name")), "scheduler_config.json: it has no '_class_name'"),
-    Case("scheduler naming no class", lambda r: _scheduler(r, lambda d: d.update(_class_name="NoSuchScheduler")), "'_class_name' is 'NoSuchScheduler', not a diffusers scheduler"),
-    Case("transformer weights cut off", lambda r: _cut(r / "model" / "transformer"), "cannot load Wan from"),
-    Case("text encoder weights cut off", lambda r: _cut(r / "model" / "text_encoder"), "cannot load Wan from"),
+    Case("model path missing", _set("pretrained_model_name_or_path='/nonexistent/wan'"), "wan.pretrained_model_name_or_path: no such folder /nonexistent/wan (the path looks local, so the Hub is not asked)", wan=True),
+    Case("relative model path missing", _set("pretrained_model_name_or_path='./no-model'"), "/run/no-model (the path looks local", wan=True),
+    Case("model folder without vae/", lambda r: shutil.rmtree(r / "model" / "vae") or [], "/run/model has no vae/ folder (a complete model folder holds transformer/", wan=True),
+    Case("model folder without tokenizer/", lambda r: shutil.rmtree(r / "model" / "tokenizer") or [], "has no tokenizer/ folder", wan=True),
+    Case("model folder without transformer/", lambda r: shutil.rmtree(r / "model" / "transformer") or [], "has no transformer/ folder", wan=True),
+    Case("transformer file missing", _set("pretrained_transformer_model_name_or_path='weights/wan.safetensors'"), "/run/weights/wan.safetensors", wan=True),
+    Case("scheduler without _class_name", lambda r: _scheduler(r, lambda d: d.pop("_class_name")), "scheduler_config.json: it has no '_class_name'", wan=True),
+    Case("scheduler naming no class", lambda r: _scheduler(r, lambda d: d.update(_class_name="NoSuchScheduler")), "'_class_name' is 'NoSuchScheduler', not a diffusers scheduler", wan=True),
+    Case("transformer weights cut off", lambda r: _cut(r / "model" / "transformer"), "cannot load Wan from", wan=True),
+    Case("text encoder weights cut off", lambda r: _cut(r / "model" / "text_encoder"), "cannot load Wan from", wan=True),
     Case("transformer config.json broken", lambda r: (r / "model" / "transformer" / "config.json").write_text("{x") and [],
-         "transformer/config.json' is not a valid JSON file"),
+         "transformer/config.json' is not a valid JSON file", wan=True),
     Case("tokenizer config broken", lambda r: (r / "model" / "tokenizer" / "tokenizer_config.json").write_text("{x") and [],
-         "cannot load Wan from"),
+         "cannot load Wan from", wan=True),
     # -- the backend file ----------------------------------------------------------------------
     Case("backend not UTF-8", lambda r: _backend(r, None, raw=b'[{"id": "caf\xe9"}]'), "is not UTF-8 text (byte 0xe9 on line 1)"),
     Case("backend invalid JSON", lambda r: _backend(r, None, raw=b"[{"), "invalid JSON at line 1"),
@@ -246,7 +275,7 @@ CASES = [
     Case("data dir is a file", _set("instance_data_dir='config.toml'"), "does not exist or is not a folder"),
     Case("only a zero-byte clip", lambda r: _only(r, {"empty.mp4": b""}), "skipped: 1 empty file (0 bytes)"),
     Case("only a garbage clip", lambda r: _only(r, {"garbage.mp4": random.Random(0).randbytes(4096)}), "skipped: 1 unreadable"),  # seeded: random bytes can look like an audio stream
-    Case("only a truncated clip", lambda r: _only(r, {"cut.mp4": _clip_bytes(r)[:1000]}), "skipped: 1 unreadable"),  # seeded: random bytes can look like an audio stream
+    Case("only a truncated clip", lambda r: _only(r, {"cut.mp4": _cut_clip(r)}), "skipped: 1 unreadable"),  # seeded: random bytes can look like an audio stream
     Case("only a PNG named .mp4", lambda r: _only(r, {"still.mp4": _png_bytes()}), "skipped: 1 not a video"),
     Case("only an unreadable folder", _unreadable_folder, "1 folder(s) could not be read", monkeypatch=True),
     Case("caption metadata without its column", lambda r: (r / "meta.jsonl").write_text('{"name": "clip_000.mp4"}\n') and _backend(
@@ -276,6 +305,10 @@ def _prepare(finished_run: Path, tmp_path: Path, case: Case, monkeypatch: pytest
     return run, args
 
 
+def _finished(request: pytest.FixtureRequest, wan: bool) -> Path:
+    return request.getfixturevalue("finished_wan_run" if wan else "finished_run")
+
+
 def _one_error_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -290,8 +323,8 @@ def test_the_corpus_is_large_and_named_uniquely():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_ends_in_one_line_and_changes_nothing(finished_run, tmp_path, monkeypatch, case):
-    run, args = _prepare(finished_run, tmp_path, case, monkeypatch)
+def test_bad_input_ends_in_one_line_and_changes_nothing(request, tmp_path, monkeypatch, case):
+    run, args = _prepare(_finished(request, case.wan), tmp_path, case, monkeypatch)
     before = _snapshot(run)
     result = run_cli(args)  # anything but a TunerError propagates here, with its traceback
     monkeypatch.undo()
@@ -305,7 +338,7 @@ def test_bad_input_ends_in_one_line_and_changes_nothing(finished_run, tmp_path, 
 
 
 def test_broken_clips_are_each_named_with_their_reason(finished_run, tmp_path, monkeypatch):
-    case = Case("mixed", lambda r: _only(r, {"empty.mp4": b"", "still.mp4": _png_bytes(), "cut.mp4": _clip_bytes(r)[:1000]}), "")
+    case = Case("mixed", lambda r: _only(r, {"empty.mp4": b"", "still.mp4": _png_bytes(), "cut.mp4": _cut_clip(r)}), "")
     run, args = _prepare(finished_run, tmp_path, case, monkeypatch)
     result = run_cli(args)
     assert result.exit_code == 2
@@ -316,16 +349,16 @@ def test_broken_clips_are_each_named_with_their_reason(finished_run, tmp_path, m
 
 
 @pytest.mark.parametrize(
-    "setup, expect",
+    "setup, expect, wan",
     [
-        (lambda r: (r / "config.toml").write_bytes(b"# caf\xe9\n" + (r / "config.toml").read_bytes()) and [], "is not UTF-8 text"),
-        (_set("pretrained_model_name_or_path='./no-model'"), "/no-model (the path looks local"),
-        (_set("output_dir='config.toml'"), "is a file, not a folder"),
+        (lambda r: (r / "config.toml").write_bytes(b"# caf\xe9\n" + (r / "config.toml").read_bytes()) and [], "is not UTF-8 text", False),
+        (_set("pretrained_model_name_or_path='./no-model'"), "/no-model (the path looks local", True),
+        (_set("output_dir='config.toml'"), "is a file, not a folder", False),
     ],
     ids=["not UTF-8", "missing model", "output_dir a file"],
 )
-def test_bad_input_in_a_real_process(finished_run, tmp_path, monkeypatch, setup, expect):
-    run, args = _prepare(finished_run, tmp_path, Case("sub", setup, expect), monkeypatch)
+def test_bad_input_in_a_real_process(request, tmp_path, monkeypatch, setup, expect, wan):
+    run, args = _prepare(_finished(request, wan), tmp_path, Case("sub", setup, expect), monkeypatch)
     before = _snapshot(run)
     proc = subprocess.run(
         [sys.executable, "-m", "tuner.cli", *args], capture_output=True, text=True, cwd=run, timeout=300
