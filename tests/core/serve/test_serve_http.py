@@ -186,8 +186,8 @@ def test_other_sites_cannot_drive_a_local_server(tmp_path, served):
     assert request(address, "/api/jobs", "POST", form, body)[0] == 403
 
 
-def test_start_refuses_bad_configs_with_one_line(tmp_path, served, make_run):
-    config = make_run(steps=2)  # its output_dir lies beside it, outside the served folder
+def test_start_refuses_bad_configs_with_one_line(tmp_path, served, toy_run):
+    config = toy_run(steps=2)  # its output_dir lies beside it, outside the served folder
     served_root = tmp_path / "served"
     served_root.mkdir()
     address, _ = served(served_root)
