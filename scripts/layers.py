@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1] / "core" / "tuner"
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("errors", "paths", "jsonfile", "durable", "loading", "config_args", "config_paths", "media", "progress"),
     ("types", "routing", "family_profile"),
-    ("hookspecs", "config_keys", "config_checks", "plugins", "config", "lora"),
+    ("hookspecs", "config_keys", "config_checks", "plugin_discovery", "plugins", "config", "lora"),
     ("outputs", "distributed"),
     ("data", "cache"),
     ("validate",),

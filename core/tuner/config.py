@@ -280,7 +280,8 @@ def load_run_config(
     """
     from tuner.config_keys import every_installed, unread_environment
     from tuner.config_paths import path_rule_for
-    from tuner.plugins import BUILTIN_PLUGINS, PluginHost
+    from tuner.plugin_discovery import BUILTIN_PLUGINS
+    from tuner.plugins import PluginHost
     from tuner.progress import notice, say
 
     raw, overrides = read_config_file(path), parse_overrides(sets or [])

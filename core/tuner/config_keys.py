@@ -100,7 +100,7 @@ def _unknown_key(key: str, known: list[str], every: PluginHost | None) -> str:
             f"config key '{key}' is an option of the '{owner}' plugin, which is not enabled: enable it"
             f" (plugins = [..., \"{owner}\"] or --plugin {owner})"
         )
-    from tuner.plugins import BUILTIN_PLUGINS
+    from tuner.plugin_discovery import BUILTIN_PLUGINS
 
     # A key named after a plugin ("crepa_...", or its section's name) is that plugin's, installed or not.
     prefix = key.split("_", 1)[0] if "_" in key.strip("_") else ""
@@ -155,7 +155,7 @@ def implied_plugins(raw: Mapping[str, Any], names: Iterable[str], every: PluginH
     A config written for the guide sets the options of several features at the top level; naming
     those options is enough to switch their plugins on. ``every`` is `every_installed` (``None``: none implied).
     """
-    from tuner.plugins import BUILTIN_PLUGINS
+    from tuner.plugin_discovery import BUILTIN_PLUGINS
 
     if every is None:
         return {}

@@ -1,4 +1,4 @@
-"""The plugin host: finds plugins, activates the ones a run names, and calls hooks.
+"""The plugin host: activates the plugins a run names (found by `tuner.plugin_discovery`) and calls hooks.
 
 The core talks to plugins only through `PluginHost`'s typed methods; nothing
 else touches ``pm.hook``. A host is built by a function and passed along: there
@@ -7,18 +7,16 @@ is no module-level manager, and importing this module loads no plugin.
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
 
-from tuner import hookspecs
+from tuner import hookspecs, plugin_discovery
 from tuner.errors import PluginError, did_you_mean, shown
+from tuner.plugin_discovery import BUILTIN_PLUGINS, load_builtin, load_entry_point
 
 if TYPE_CHECKING:
     import torch
@@ -34,29 +32,7 @@ if TYPE_CHECKING:
     from tuner.types.training import AuxiliaryLoss, ClipFeatures, LossOutput, RunInfo
     from tuner.types.validation import ValidationRequest, ValidationResult
 
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "DISABLE_AUTOLOAD_ENV",
-    "BUILTIN_PLUGINS",
-    "PluginHost",
-    "PluginInfo",
-    "installed_plugins",
-]
-
-ENTRY_POINT_GROUP = "tuner.plugins"
-# Set to 1 to ignore installed entry points (tests that want a clean host,
-# or to rule plugins out while debugging).
-DISABLE_AUTOLOAD_ENV = "TUNER_DISABLE_PLUGIN_AUTOLOAD"
-# The core's own settings and reporting ride the same bus as third-party
-# plugins: (name, "module" or "module:Class"); a class is instantiated per host.
-BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
-    ("core", "tuner.sections"),
-    ("jsonlog", "tuner.report.jsonlog:JsonLog"),
-    ("console", "tuner.report.console:ConsoleLog"),
-    ("trackers", "tuner.report.trackers:Trackers"),
-    ("webhooks", "tuner.report.webhooks:Webhooks"),
-    ("hub", "tuner.report.hub:Hub"),
-)
+__all__ = ["PluginHost", "PluginInfo"]
 
 _REQUIRED_FAMILY_HOOKS = ("load_model", "encode_batch", "encode_prompts", "compute_loss")
 _DATA_BACKEND_METHODS = ("list_files", "open", "signature", "probe", "read_caption", "quarantine")
@@ -74,13 +50,6 @@ class PluginInfo:
     families: tuple[str, ...]
     active: bool
     data_backends: tuple[str, ...] = ()
-
-
-def installed_plugins() -> dict[str, metadata.EntryPoint]:
-    """Entry points in the ``tuner.plugins`` group, by name (nothing is imported)."""
-    if os.environ.get(DISABLE_AUTOLOAD_ENV, "") not in ("", "0"):
-        return {}
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
 class PluginHost:
@@ -120,12 +89,8 @@ class PluginHost:
         host = cls()
         extra = dict(extra or {})
         for name, target in BUILTIN_PLUGINS:
-            module, _, attr = target.partition(":")
-            obj: object = importlib.import_module(module)
-            if attr:
-                obj = getattr(obj, attr)()
-            host._register(name, obj, version="builtin", source=target)
-        installed = installed_plugins()
+            host._register(name, load_builtin(target), version="builtin", source=target)
+        installed = plugin_discovery.installed_plugins()  # by module: a fuzz run reads the entry points once
         wanted = list(dict.fromkeys(installed if all_installed else names))
         for name in wanted:
             if name in extra or name in host.versions:
@@ -135,21 +100,13 @@ class PluginHost:
                 listing = ", ".join(choices) if choices else "none"
                 hint = did_you_mean(name, choices) or ": it is not installed (install the package that provides it)"
                 raise PluginError(f"unknown plugin '{shown(name)}'{hint}; installed plugins: {listing}")
-            host._load_entry_point(installed[name])
+            ep = installed[name]
+            obj, version = load_entry_point(ep)
+            host._register(ep.name, obj, version=version, source=ep.value)
         for name, obj in extra.items():
             host._register(name, obj, version="local", source=getattr(obj, "__name__", type(obj).__name__))
         host.pm.check_pending()
         return host
-
-    def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
-        try:
-            obj = ep.load()
-            if isinstance(obj, type):  # a class: each host gets its own instance (and its own state)
-                obj = obj()
-        except Exception as exc:  # a broken plugin must not look like a core bug
-            raise PluginError(f"plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
-        dist = getattr(ep, "dist", None)
-        self._register(ep.name, obj, version=dist.version if dist else "?", source=ep.value)
 
     def _register(self, name: str, obj: object, *, version: str, source: str) -> None:
         self.pm.register(obj, name=name)

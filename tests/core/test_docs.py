@@ -14,7 +14,7 @@ def in_tree_plugins() -> list[str]:
     """The installed plugins whose code lives in this repository's plugins/ (not third-party ones)."""
     import importlib.util
 
-    from tuner.plugins import installed_plugins
+    from tuner.plugin_discovery import installed_plugins
 
     names = []
     for name, ep in installed_plugins().items():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.plugins import DISABLE_AUTOLOAD_ENV
+from tuner.plugin_discovery import DISABLE_AUTOLOAD_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tuner-ltx"

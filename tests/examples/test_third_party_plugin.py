@@ -20,7 +20,8 @@ import pytest
 from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.errors import ConfigError
-from tuner.plugins import DISABLE_AUTOLOAD_ENV, PluginHost
+from tuner.plugin_discovery import DISABLE_AUTOLOAD_ENV
+from tuner.plugins import PluginHost
 from tuner.types.training import RunInfo
 
 ROOT = Path(__file__).resolve().parents[2]

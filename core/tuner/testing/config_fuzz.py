@@ -47,15 +47,15 @@ def entry_points_read_once() -> Iterator[None]:
     Scanning the installed distributions takes most of a config load's time (tens of milliseconds);
     the plugins cannot change during a fuzz run, so thousands of loads share one scan.
     """
-    import tuner.plugins as plugins
+    import tuner.plugin_discovery as discovery
 
-    real = plugins.installed_plugins
+    real = discovery.installed_plugins
     found = real()
-    plugins.installed_plugins = lambda: dict(found)
+    discovery.installed_plugins = lambda: dict(found)
     try:
         yield
     finally:
-        plugins.installed_plugins = real
+        discovery.installed_plugins = real
 
 
 def base_config(folder: Path) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def toy_installed(_toy_site: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ``tuner`` run in this process or in a process the test starts finds it
     (plugin autoload is switched on for both). Returns that folder.
     """
-    from tuner.plugins import DISABLE_AUTOLOAD_ENV
+    from tuner.plugin_discovery import DISABLE_AUTOLOAD_ENV
 
     monkeypatch.syspath_prepend(str(_toy_site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(_toy_site), os.environ.get("PYTHONPATH")])))
