@@ -116,8 +116,8 @@ def test_resume_from_an_explicit_path_and_a_missing_one(tmp_path):
         _train(config, "train.resume_from_checkpoint='output/checkpoint-99'")
 
 
-def test_the_done_lines_name_only_this_runs_validation_video(make_run, cli):
-    config = make_run(steps=2)
+def test_the_done_lines_name_only_this_runs_validation_video(toy_run, cli):
+    config = toy_run(steps=2)
     first = cli(["train", "--config", str(config)])
     assert first.exit_code == 0 and "  validation: " in first.output
     again = cli(["train", "--config", str(config), "--set", "validation.validation_disable=true",

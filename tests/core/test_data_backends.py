@@ -95,9 +95,9 @@ def test_hook_register_data_backends_trains_the_toy_family_from_a_zip_file(tmp_p
     assert family.calls["encode_batch"] == 2
 
 
-def test_tuner_plugins_lists_each_plugins_data_backends(cli):
+def test_tuner_plugins_lists_each_plugins_data_backends(cli, toy_installed):
     infos = {i["name"]: i for i in json.loads(cli(["plugins", "--json"]).output)}
-    assert infos["core"]["data_backends"] == ["local", "metadata"] and infos["wan"]["data_backends"] == []
+    assert infos["core"]["data_backends"] == ["local", "metadata"] and infos["toy"]["data_backends"] == []
     assert "register_data_backends" not in infos["core"]["hooks"]  # shown by what it registered
     described = {i.name: i for i in PluginHost.build([], extra={"zipped": ZipPlugin()}).describe()}
     assert described["zipped"].data_backends == ("zip",) and described["zipped"].hooks == ()
