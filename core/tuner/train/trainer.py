@@ -17,13 +17,11 @@ batch prefetch thread only reads files (`tuner.data.batches`).
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.durable import disk_full_message, is_disk_full
 from tuner.errors import CheckpointError, DataError, TunerError
 
 if TYPE_CHECKING:
@@ -226,54 +224,13 @@ class Trainer:
     # -- adapters and checkpoints -------------------------------------------
 
     def export_adapter(self, path: Path, *, ema: bool = False, step: int | None = None) -> dict[str, Path]:
-        """Write the adapter (or its EMA) atomically, in the configured format: one file per trained expert.
-
-        ``path`` names the file of a single adapter; with several experts each
-        file carries its expert's label (`tuner.train.adapters.adapter_file`).
-        Each file carries its metadata (`tuner.lora.metadata`), with
-        ``step`` as the steps trained. Returns label -> file (the label is ''
-        for a single adapter).
-        """
-        from safetensors.torch import save_file
-
-        from tuner.lora.metadata import adapter_metadata, ensure_metadata, native_metadata
-        from tuner.train.adapters import adapter_file, export_format
-        from tuner.train.precision import save_dtype
+        """Write the adapter (or its EMA) as `tuner.train.export.write_adapter_files` does: label -> file."""
+        from tuner.train.export import write_adapter_files
 
         context = self.ema.applied() if ema and self.ema is not None else contextlib.nullcontext()
         with context:
             members = self.adapter.weights()
-        dtype = save_dtype(self.config)
-        written: dict[str, Path] = {}
-        several = len(members) > 1
-        lora_format = export_format(self.config.train.lora_format, self.bundle)
-        for expert, weights in members:
-            # Scalars (LyCORIS's alphas) keep their exact value: bf16 would turn an alpha of 10000 into 9984.
-            weights.tensors = {k: v.to(dtype) if v.is_floating_point() and v.ndim else v for k, v in weights.tensors.items()}
-            target = adapter_file(path, expert, several)
-            if target.parent == Path(self.config.train.output_dir):  # the run's own adapter, not a checkpoint's
-                from tuner.outputs import claim
-
-                claim(target)
-            tmp = target.with_name(f".{target.stem}.partial{target.suffix}")
-            meta = adapter_metadata(
-                self.config, self.bundle, expert, weights, lora_format=lora_format, path=target, step=step
-            )
-            try:
-                if self.host.export_adapter(self.bundle, weights, tmp, lora_format, meta) is None:
-                    meta = native_metadata(meta, weights)
-                    save_file({k: v.contiguous() for k, v in weights.native().items()}, str(tmp), metadata=meta)
-                ensure_metadata(tmp, meta)
-            except BaseException as exc:
-                tmp.unlink(missing_ok=True)  # whatever stopped the write (safetensors' own error on a full disk too)
-                if not is_disk_full(exc):
-                    raise
-                needed = sum(p.numel() * p.element_size() for p in self.params)
-                message = disk_full_message(target.name, target.parent, needed, "output_dir", exc)
-                raise CheckpointError(message) from exc
-            os.replace(tmp, target)
-            written[expert.label or expert.name if several else ""] = target
-        return written
+        return write_adapter_files(self.host, self.config, self.bundle, members, path, step=step, params=self.params)
 
     def _write_adapters(self, folder: Path, step: int) -> None:
         from tuner.train.checkpoints import ADAPTER_FILE
