@@ -102,7 +102,8 @@ class SourceOptions(BaseModel):
             sources[role] = resolve(own or base)
             options[role] = self.source_option(role if own else "model")
         options["model"] = self.source_option("model")
-        subfolder = self.source_value("transformer_subfolder") if "transformer_subfolder" in self.source_names else "transformer"
+        has_subfolder = "transformer_subfolder" in self.source_names
+        subfolder = self.source_value("transformer_subfolder") if has_subfolder else "transformer"
         return ModelSources(
             base=base,
             transformer_subfolder=subfolder_or_none(subfolder),
@@ -125,8 +126,9 @@ def source_options(
 ) -> type[SourceOptions]:
     """A pydantic model holding the model-source options of ``roles`` (`SOURCE_ROLES`), named ``prefix`` + role.
 
-    A family's section class inherits it (first, so its own options follow):
-    ``class FluxSection(source_options("flux", "flux_", holds=...), FluxFlavour)``.
+    A family's section class inherits it, as the first base: pydantic lists a later
+    base's fields first, so ``class FluxSection(FluxSources, FluxFlavour)`` lists the
+    flavour, then the sources, then the section's own options.
 
     :param section: the config section (``flux``), for messages naming an option.
     :param holds: what a complete model folder holds (``transformer/, vae/, ...``), said in the docs.
