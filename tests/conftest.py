@@ -5,7 +5,7 @@ pytest_plugins = ["tuner.testing.fixtures"]
 
 @pytest.fixture(scope="session")
 def tuner_plugin() -> str:
-    # The CLI and end-to-end tests run on the tiny Wan model.
+    # make_run's family: the tiny Wan, for tests that need a real model (the core's tests through the CLI take toy_run).
     return "wan"
 
 

@@ -153,11 +153,13 @@ def _full_disk(path: Path) -> OSError:
 
 
 @pytest.mark.parametrize("victim", ["data report", "validation video"])
-def test_a_full_disk_met_by_any_other_write_ends_in_one_line_naming_the_file(make_run, cli, monkeypatch, victim):
+def test_a_full_disk_met_by_any_other_write_ends_in_one_line_naming_the_file(request, cli, monkeypatch, victim):
     """Writes without an option of their own (data report, media, cards) end in one line, not a traceback."""
     import tuner.media as media
 
-    config = make_run(steps=1)  # its clips are written before the disk fills
+    # The toy family validates to a still: a validation video needs the tiny Wan.
+    make = request.getfixturevalue("make_run" if victim == "validation video" else "toy_run")
+    config = make(steps=1)  # its clips are written before the disk fills
     if victim == "data report":
         real = Path.write_text
 
