@@ -168,10 +168,14 @@ def test_wan_2_2_a14b_i2v_is_conditioned_like_2_1_without_clip(host, tiny_model_
 
     from tuner_wan.conditioning import model_inputs
 
+    # The session's shared tiny A14B first, from the real flavour: the tiny model is written from FLAVOURS, so
+    # written under the patch below it would lack transformer_2 for every later test that asks for this flavour.
+    folder = tiny_model_dir("wan", "i2v-14b-2.2-high")
     # Load `transformer` (the high-noise expert) alone, as a one-transformer model.
     one = dataclasses.replace(loading.FLAVOURS["i2v-14b-2.2-high"], expert=None)
     monkeypatch.setitem(loading.FLAVOURS, "i2v-14b-2.2-high", one)
     bundle = _bundle(host, tiny_model_dir, "i2v-14b-2.2-high")
+    assert (folder / "transformer_2").is_dir()  # the shared model is still the two-expert one
     assert bundle.image_conditioned and "image_encoder" not in bundle.components
     pixels = _pixels()
     entry = host.encode_batch(bundle, pixels)[0]
