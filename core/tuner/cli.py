@@ -62,8 +62,6 @@ SetOpt = Annotated[
 ]
 
 
-
-
 def _print_outputs(outputs: dict[str, Path]) -> None:
     from tuner.distributed import on_main_process
 

@@ -120,7 +120,7 @@ def _written_before_records(output_dir: Path) -> set[str]:
     (That version wrote its model card over any README.md already, so taking them as tuner's loses nothing.)
     """
     try:
-        with (output_dir / "train_log.jsonl").open("rb") as log:
+        with (output_dir / LOG_NAME).open("rb") as log:
             first = json.loads(log.readline(65536))
     except (OSError, ValueError):
         return set()

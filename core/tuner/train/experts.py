@@ -55,6 +55,7 @@ def run_experts(
     assert pred is not None, "the experts' ranges cover [0, 1]"
     return pred
 
+
 def move_frozen(module: torch.nn.Module, device: torch.device) -> None:
     """Move ``module``'s frozen parameters and buffers to ``device``; trainable parameters stay where they are."""
     for sub in module.modules():
