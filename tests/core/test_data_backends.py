@@ -103,6 +103,20 @@ def test_tuner_plugins_lists_each_plugins_data_backends(cli, toy_installed):
     assert described["zipped"].data_backends == ("zip",) and described["zipped"].hooks == ()
 
 
+def test_building_a_plugin_host_registers_the_core_data_backends_without_numpy():
+    """Every command builds a host (``tuner plugins``, ``config show``): registering ``local`` loads no numpy or decoder."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tuner.plugins import PluginHost; host = PluginHost.build([]); assert 'local' in host.data_backends;"
+        " print(sorted(m for m in ('numpy', 'av', 'PIL', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]"]
+
+
 def test_hook_register_data_backends_refuses_a_clash_and_an_object_that_is_no_backend():
     class Clash:
         @hookimpl

@@ -21,11 +21,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from tuner.data.timing import ClipTiming, read_timing
 from tuner.durable import replacing
 
 if TYPE_CHECKING:
     from tuner.data.storage import DataBackend
+    from tuner.data.timing import ClipTiming
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -67,6 +67,9 @@ class MediaInfo:
 
     @classmethod
     def from_json(cls, data: list[Any]) -> MediaInfo:
+        # Imported here, as below: timing needs numpy, which a plugin host registering the data backends must not load.
+        from tuner.data.timing import ClipTiming
+
         timing = ClipTiming.from_json(data[4]) if len(data) > 4 and data[4] else None
         return cls(int(data[0]), int(data[1]), int(data[2]), bool(data[3]), timing)
 
@@ -137,6 +140,8 @@ def _first_frame_rotation(container: Any, stream: Any) -> int:
 
 def _probe_video(source: Path | BinaryIO) -> MediaInfo:
     import av
+
+    from tuner.data.timing import read_timing
 
     with av.open(str(source) if isinstance(source, Path) else source) as container:
         if container.format.name in _STILL_FORMATS:
