@@ -225,9 +225,8 @@ def demo(
     from tuner.plugins import PluginHost
 
     # Built once each and handed to the load: the named plugin's host is the one the run needs.
-    named, installed = (PluginHost.build([plugin]), None) if plugin else (None, PluginHost.build(all_installed=True))
-    writer = named or installed
-    assert writer is not None
+    writer = PluginHost.build([plugin]) if plugin else PluginHost.build(all_installed=True)
+    named, installed = (writer, None) if plugin else (None, writer)
     family = writer.resolve_family(None)
     path = write_demo(writer, family, folder, steps=steps, variant=variant)
     typer.echo(f"demo config: {path}")

@@ -231,3 +231,15 @@ def test_unknown_key_in_a_plugin_section_suggests_the_right_one():
     host = PluginHost.build([], extra={"toy": ToyFamily()})
     with pytest.raises(ConfigError, match=r"unknown key 'toy.toy_hiden' \(did you mean 'toy_hidden'\?\)"):
         resolve_config({"toy": {"toy_hiden": 3}}, host)
+
+
+def test_the_plugin_host_checks_a_data_backend_for_every_method_of_the_contract():
+    # The host checks by method names (importing the contract would make it import a floor above it), so
+    # the names it checks must be the DataBackend ABC's own.
+    import inspect
+
+    from tuner.data.storage import DataBackend
+    from tuner.plugins import _DATA_BACKEND_METHODS
+
+    contract = {name for name, _ in inspect.getmembers(DataBackend, inspect.isfunction) if not name.startswith("_")}
+    assert set(_DATA_BACKEND_METHODS) == contract
