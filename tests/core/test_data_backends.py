@@ -15,6 +15,7 @@ from PIL import Image
 from tuner import hookimpl
 from tuner.config import resolve_config
 from tuner.data.layout import DatasetSpec, load_layout
+from tuner.data.local import LocalFiles
 from tuner.data.storage import MEDIA_EXTENSIONS, DataBackend, MediaListing
 from tuner.data.synthetic import write_synthetic_clips
 from tuner.errors import DataError, PluginError
@@ -115,6 +116,50 @@ def test_building_a_plugin_host_registers_the_core_data_backends_without_numpy()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]"]
+
+
+class CountedFiles(LocalFiles):
+    """``local`` under another name, counting what is read through `open` (the files a decoder does not open by name)."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    def open(self, path: Path) -> BinaryIO:
+        self.opened.append(path.name)
+        return super().open(path)
+
+
+class CountedZip(ZipFiles):
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    def open(self, path: Path) -> BinaryIO:
+        self.opened.append(path.name)
+        return super().open(path)
+
+
+def test_data_preview_decodes_files_on_disk_by_path_and_other_files_through_their_backend(tmp_path):
+    from tuner.data.preview import write_preview
+
+    write_synthetic_clips(tmp_path / "clips", count=2, num_frames=3, width=16, height=16)
+    _zip_folder(tmp_path / "clips", tmp_path / "clips.zip")
+    on_disk, zipped = CountedFiles(), CountedZip()
+
+    class Counted:
+        @hookimpl
+        def register_data_backends(self, register: Any) -> None:
+            register("counted", on_disk)
+            register("zip", zipped)
+
+    host = PluginHost.build([], extra={"toy": ToyFamily(), "counted": Counted()})
+    config = _zip_config(tmp_path)
+    entries = json.loads(Path(config["data"]["data_backend_config"]).read_text())
+    disk = {**entries[0], "id": "disk", "type": "counted", "instance_data_dir": str(tmp_path / "clips")}
+    _backend_file(tmp_path, [disk, *entries])
+    previews = write_preview(host, resolve_config(config, host), tmp_path / "preview")
+    assert [(p.dataset, p.windows, len(p.files)) for p in previews] == [("disk", 2, 3), ("zipped", 2, 3)]
+    assert on_disk.opened == [], "PyAV reads the clips on disk by their path, as training does"
+    assert zipped.opened.count("clip_000.mp4") == 2  # probed, then decoded through the backend
 
 
 def test_hook_register_data_backends_refuses_a_clash_and_an_object_that_is_no_backend():

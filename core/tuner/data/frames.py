@@ -24,10 +24,16 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.data.sizing import Geometry
+    from tuner.data.storage import DataBackend
 
-__all__ = ["SourceChanged", "Opener", "decode_sample", "to_pixels"]
+__all__ = ["SourceChanged", "Opener", "decode_sample", "opener_of", "to_pixels"]
 
 Opener = Callable[[Path], BinaryIO]  # a data backend's ``open``
+
+
+def opener_of(backend: DataBackend) -> Opener | None:
+    """How `decode_sample` opens a dataset's files: by path (``None``) where they are on this disk, else the backend's ``open``."""
+    return None if backend.files_on_disk else backend.open
 
 
 def _wanted(geometry: Geometry) -> tuple[dict[int, list[int]], bool]:

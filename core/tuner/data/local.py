@@ -78,6 +78,7 @@ class LocalFiles(DataBackend):
     """
 
     description = "a folder of clips and images (searched recursively), read in place"
+    files_on_disk = True
 
     def list_files(self, spec: DatasetSpec) -> MediaListing:
         check_folder(spec)

@@ -87,10 +87,11 @@ def _encode_missing_latents(
     them the same way, before any writes), and all wait for the whole cache.
     """
     from tuner.data.encode import LatentJob, build_latents
+    from tuner.data.frames import opener_of
     from tuner.data.scan import decode_workers
 
     todo: dict[str, LatentJob] = {}
-    openers = {ds.spec.id: ds.backend.open for ds in scan.datasets}
+    openers = {ds.spec.id: opener_of(ds.backend) for ds in scan.datasets}
     for s in (w for sample in samples for w in sample.windows()):
         if str(s.latents) in todo:  # two datasets (or two epochs' random windows) may share one entry
             continue

@@ -110,7 +110,7 @@ def _frame_times(sample: PlannedSample, scan: DataScan, fps: float | None) -> li
 def write_preview(host: PluginHost, config: RunConfig, out: Path, clips_per_dataset: int = 3) -> list[DatasetPreview]:
     """Plan the datasets, write the windows of ``clips_per_dataset`` clips per dataset under ``out``; the summary."""
     from tuner.data.buckets import plan_samples
-    from tuner.data.frames import decode_sample
+    from tuner.data.frames import decode_sample, opener_of
     from tuner.data.prepare import scan_samples
     from tuner.errors import DataError
     from tuner.media import contact_sheet, safe_filename, thumbnails, write_media
@@ -141,7 +141,7 @@ def write_preview(host: PluginHost, config: RunConfig, out: Path, clips_per_data
             windows = [s for s in samples if s.source == source and s.dataset == ds.spec.id]
             for k, s in enumerate(windows):
                 try:
-                    frames = decode_sample(s.source, s.geometry, opener=ds.backend.open)
+                    frames = decode_sample(s.source, s.geometry, opener=opener_of(ds.backend))
                 except DataError as exc:
                     rows.append((f"{source.name}: {exc}", [np.zeros((1, 8, 8, 3), np.uint8)]))
                     continue

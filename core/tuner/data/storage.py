@@ -56,6 +56,9 @@ class DataBackend(ABC):
     """
 
     description: str = ""
+    # True when every listed path is a file on this disk: decoders then open it by its name, as
+    # PyAV and Pillow read fastest (the core's ``local`` and ``metadata``), not through `open`.
+    files_on_disk: bool = False
 
     @abstractmethod
     def list_files(self, spec: DatasetSpec) -> MediaListing:
