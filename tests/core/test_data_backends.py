@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -160,6 +161,39 @@ def test_data_preview_decodes_files_on_disk_by_path_and_other_files_through_thei
     assert [(p.dataset, p.windows, len(p.files)) for p in previews] == [("disk", 2, 3), ("zipped", 2, 3)]
     assert on_disk.opened == [], "PyAV reads the clips on disk by their path, as training does"
     assert zipped.opened.count("clip_000.mp4") == 2  # probed, then decoded through the backend
+
+
+def test_a_backends_file_is_hashed_once_per_cache_build_for_all_its_windows(tmp_path, monkeypatch):
+    from tuner.data import frames
+
+    write_synthetic_clips(tmp_path / "loose", count=1, num_frames=9, width=16, height=16)
+    _zip_folder(tmp_path / "loose", tmp_path / "clips.zip")
+    hashed: list[str] = []
+    real = frames.stream_digest
+    monkeypatch.setattr(frames, "stream_digest", lambda f: hashed.append("clip") or real(f))
+    family = ToyFamily()
+    host = PluginHost.build([], extra={"toy": family, "zipped": ZipPlugin()})
+    config = _zip_config(tmp_path, max_train_steps=1)
+    entries = json.loads(Path(config["data"]["data_backend_config"]).read_text())
+    _backend_file(tmp_path, [{**entries[0], "video": {"num_frames": 3, "frame_extraction": "chunk"}}])
+    train(resolve_config(config, host), host)
+    assert len(list((tmp_path / "cache" / "vae" / "zipped").rglob("*.safetensors"))) == 3  # three windows
+    assert hashed == ["clip"], "the member's bytes are hashed for the build once, not once per window"
+
+    # A member replaced between two windows of one build is still caught (its size moved).
+    from tuner.data.sizing import Geometry
+
+    geometry = Geometry(frames=3, width=16, height=16, resize=(16, 16), crop=(0, 0), aspect=1.0)
+    member = tmp_path / "clips.zip" / "clips" / "clip_000.mp4"
+    digest = hashlib.sha256((tmp_path / "loose" / "clip_000.mp4").read_bytes()).hexdigest()
+    verified: dict = {}
+    open_member = ZipFiles().open
+    assert frames.decode_sample(member, geometry, digest, verified, open_member).shape == (3, 16, 16, 3)
+    write_synthetic_clips(tmp_path / "loose", count=1, num_frames=6, width=16, height=16)
+    _zip_folder(tmp_path / "loose", tmp_path / "clips.zip")
+    with pytest.raises(frames.SourceChanged):
+        frames.decode_sample(member, geometry, digest, verified, open_member)
+    assert len(hashed) == 3
 
 
 def test_hook_register_data_backends_refuses_a_clash_and_an_object_that_is_no_backend():

@@ -59,6 +59,19 @@ def _fstat(f: BinaryIO) -> os.stat_result | None:
         return None
 
 
+def _identity(f: BinaryIO, before: os.stat_result | None, digest: str) -> tuple:
+    """What says an open file holds the bytes already hashed to ``digest`` in this build.
+
+    A file's device, inode, size and modification time; a data backend's file with no
+    descriptor (an archive member read into memory) has only its size to show.
+    """
+    if before is not None:
+        return digest, before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns
+    size = f.seek(0, io.SEEK_END)
+    f.seek(0)
+    return digest, size
+
+
 @contextmanager
 def _checked(
     path: Path, digest: str | None, verified: dict | None = None, opener: Opener | None = None
@@ -68,8 +81,9 @@ def _checked(
     The bytes hashed and the bytes decoded are those of one open file, so a file
     replaced after the scan is never cached under the earlier file's key. With
     ``verified`` (one dict per cache build), a file already hashed in this build whose
-    device, inode, size and modification time are unchanged is not hashed again: the
-    windows of a long take cost what their frames cost, not one read of the file each.
+    device, inode, size and modification time (a backend's file with no descriptor: its
+    size) are unchanged is not hashed again: the windows of a long take cost what their
+    frames cost, not one read of the file each.
     ``opener``: how the dataset's backend opens its files (default: a local file).
     """
     if digest is None and opener is None:
@@ -84,12 +98,12 @@ def _checked(
             yield f
             return
         before = _fstat(f)
-        identity = before and (digest, before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
-        if verified is None or identity is None or verified.get(str(path)) != identity:
+        identity = _identity(f, before, digest)
+        if verified is None or verified.get(str(path)) != identity:
             if stream_digest(f) != digest:
                 raise SourceChanged(_CHANGED)
             f.seek(0)
-            if verified is not None and identity is not None:
+            if verified is not None:
                 verified[str(path)] = identity
         yield f
         after = _fstat(f)
