@@ -291,8 +291,14 @@ def _scan(folder: Path, entries: list[dict[str, Any]], extra: dict[str, Any] | N
     return scan_samples(resolve_config(config, host, folder))
 
 
-def test_the_metadata_backend_reads_the_files_its_table_lists(tmp_path):
+def test_the_metadata_backend_reads_the_files_its_table_lists(tmp_path, monkeypatch):
+    from tuner.data.captions import MetadataCaptions
+
+    parsed: list[str] = []
+    real = MetadataCaptions._rows
+    monkeypatch.setattr(MetadataCaptions, "_rows", staticmethod(lambda path: parsed.append(path.name) or real(path)))
     scan = _scan(tmp_path, [_metadata_dataset(tmp_path)])
+    assert parsed == ["metadata.jsonl"], "the table that lists the files captions them: read once per scan"
     assert scan.layout.backends["metadata"].description.startswith("the files a metadata file")
     got = {f.path.name: f.caption for f in scan.datasets[0].files}
     assert got == {"clip_000.mp4": "from the table", "clip_001.mp4": "no extension"}  # clip_002 is not listed

@@ -171,12 +171,15 @@ class MetadataCaptions:
 
 
 class CaptionSource:
-    """The caption of each file of one dataset, under its ``caption_strategy``; caption files come from ``backend``."""
+    """The caption of each file of one dataset, under its ``caption_strategy``; caption files come from ``backend``.
 
-    def __init__(self, spec: DatasetSpec, backend: DataBackend) -> None:
+    ``metadata``: the dataset's metadata table where its listing already read it (`MediaListing.captions`).
+    """
+
+    def __init__(self, spec: DatasetSpec, backend: DataBackend, metadata: MetadataCaptions | None = None) -> None:
         self.spec = spec
         self.backend = backend
-        self.metadata = MetadataCaptions.of(spec) if spec.caption_strategy == "parquet" else None
+        self.metadata = (metadata or MetadataCaptions.of(spec)) if spec.caption_strategy == "parquet" else None
 
     def caption(self, path: Path) -> tuple[str | None, str | None]:
         """``(caption, message)``: a caption (and maybe a note), or ``None`` and why the file is skipped."""

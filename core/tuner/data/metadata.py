@@ -51,7 +51,7 @@ class MetadataFiles(LocalFiles):
             )
         check_folder(spec)
         table = MetadataCaptions.of(spec)
-        listing = MediaListing()
+        listing = MediaListing(captions=table)
         for key in table.by_key:
             named = Path(os.path.normpath(spec.root / key))
             if not named.is_relative_to(spec.root):

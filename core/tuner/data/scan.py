@@ -113,7 +113,7 @@ def _scan_dataset(
             f"no clips or images found in {spec.root} (dataset '{spec.id}'; looked for"
             f" {', '.join(sorted(MEDIA_EXTENSIONS))}{unread})"
         )
-    captions = CaptionSource(spec, backend)
+    captions = CaptionSource(spec, backend, listing.captions)
     index = FileIndex(spec.vae_cache / f"files-{safe_name(spec.id)}.json")
     cold = sum(1 for f in files if _unknown(index, backend, f)) if len(files) >= _BAR_FROM else 0
     if cold >= _BAR_FROM:

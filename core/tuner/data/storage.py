@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from tuner.data.captions import MAX_CAPTION_BYTES, clean_caption, decode_caption
+from tuner.data.captions import MAX_CAPTION_BYTES, MetadataCaptions, clean_caption, decode_caption
 from tuner.data.probe import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaInfo, probe_stream, stream_digest
 
 if TYPE_CHECKING:
@@ -39,12 +39,15 @@ class MediaListing:
     """What a backend found in a dataset: the files, what it could not read, and notices for the report.
 
     ``unreadable``: ``(path, reason)`` per folder or entry that could not be listed (reported as skipped);
-    ``repeated``: ``(link, the folder it leads back to)`` per folder reached twice (``local`` only).
+    ``repeated``: ``(link, the folder it leads back to)`` per folder reached twice (``local`` only);
+    ``captions``: the metadata table the files were listed from (``metadata``), which then
+    captions them too, so a scan reads and parses the table once.
     """
 
     files: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     repeated: list[tuple[Path, Path]] = field(default_factory=list)
+    captions: MetadataCaptions | None = None
 
 
 class DataBackend(ABC):
