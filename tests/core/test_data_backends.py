@@ -119,24 +119,23 @@ def test_building_a_plugin_host_registers_the_core_data_backends_without_numpy()
     assert done.stdout.split() == ["[]"]
 
 
-class CountedFiles(LocalFiles):
-    """``local`` under another name, counting what is read through `open` (the files a decoder does not open by name)."""
+class CountsOpens:
+    """Mixed in before a backend: the name of each file read through its `open` (not opened by a decoder by name)."""
 
     def __init__(self) -> None:
         self.opened: list[str] = []
 
     def open(self, path: Path) -> BinaryIO:
         self.opened.append(path.name)
-        return super().open(path)
+        return super().open(path)  # type: ignore[misc]
 
 
-class CountedZip(ZipFiles):
-    def __init__(self) -> None:
-        self.opened: list[str] = []
+class CountedFiles(CountsOpens, LocalFiles):
+    """``local`` under another name."""
 
-    def open(self, path: Path) -> BinaryIO:
-        self.opened.append(path.name)
-        return super().open(path)
+
+class CountedZip(CountsOpens, ZipFiles):
+    pass
 
 
 def test_data_preview_decodes_files_on_disk_by_path_and_other_files_through_their_backend(tmp_path):
