@@ -157,6 +157,25 @@ def test_resuming_on_another_number_of_processes_says_so(two_processes):
     assert [r["step"] for r in read_log(other) if r["event"] == "step"] == [4, 5, 6]
 
 
+def endless_run(tmp_path: Path, tiny_model_dir) -> Path:
+    """A tiny Wan run that would go on for 100,000 steps, checkpointing every 2: a test stops it."""
+    return write_run_folder(
+        tmp_path,
+        tiny_model_dir("wan"),
+        plugin="wan",
+        steps=100_000,
+        overrides=["train.checkpoint_step_interval=2", "validation.validation_step_interval=0"],
+    )
+
+
+def wait_for_checkpoint(launcher: subprocess.Popen, checkpoint: Path) -> None:
+    """Wait until ``checkpoint`` exists; the launcher ending first, or 240 s passing, fails with its stderr."""
+    deadline = time.monotonic() + 240
+    while not checkpoint.is_dir():
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[1][-4000:]
+        time.sleep(0.1)
+
+
 def _ranks(launcher: subprocess.Popen) -> dict[int, int]:
     """``{rank: pid}`` of the processes accelerate's launcher started."""
     found: dict[int, int] = {}
@@ -169,23 +188,14 @@ def _ranks(launcher: subprocess.Popen) -> dict[int, int]:
 
 
 def test_a_rank_that_dies_stops_the_other_and_the_checkpoint_survives(tmp_path, tiny_model_dir):
-    config = write_run_folder(
-        tmp_path,
-        tiny_model_dir("wan"),
-        plugin="wan",
-        steps=100_000,
-        overrides=["train.checkpoint_step_interval=2", "validation.validation_step_interval=0"],
-    )
+    config = endless_run(tmp_path, tiny_model_dir)
     out = tmp_path / "output"
     launcher = subprocess.Popen(
         _accelerate(config, "distributed.process_group_timeout=30", port=_port()),
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoint-4").is_dir():
-            assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[1][-4000:]
-            time.sleep(0.1)
+        wait_for_checkpoint(launcher, out / "checkpoint-4")
         ranks = _ranks(launcher)
         os.kill(ranks[1], signal.SIGKILL)
         killed = time.monotonic()

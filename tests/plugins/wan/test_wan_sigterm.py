@@ -9,36 +9,26 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from test_wan_processes import _env
+from test_wan_processes import _env, endless_run, wait_for_checkpoint
 
 from tuner.report.jsonlog import read_log
-from tuner.testing.runs import run_cli, write_run_folder
+from tuner.testing.runs import run_cli
 from tuner.train.checkpoints import latest_checkpoint, read_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")]
 
 
 def test_sigterm_stops_every_process_after_the_same_step_saved_and_the_run_resumes(tmp_path, tiny_model_dir):
-    config = write_run_folder(
-        tmp_path,
-        tiny_model_dir("wan"),
-        plugin="wan",
-        steps=100_000,
-        overrides=["train.checkpoint_step_interval=2", "validation.validation_step_interval=0"],
-    )
+    config = endless_run(tmp_path, tiny_model_dir)
     out = tmp_path / "output"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "tuner", "train", "--num-processes", "2", "--config", str(config)],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoint-2").is_dir():
-            assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[1][-4000:]
-            time.sleep(0.1)
+        wait_for_checkpoint(launcher, out / "checkpoint-2")
         launcher.send_signal(signal.SIGTERM)
         _, err = launcher.communicate(timeout=120)
     finally:
